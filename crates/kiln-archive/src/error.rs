@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong between an apt source and a verified index.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad apt configuration at {origin}: {message}")]
+    AptConfig { origin: String, message: String },
+    #[error("no Debian archive found in the host's apt sources")]
+    NoHostSources,
+    #[error("cannot reach {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{url} answered HTTP {status}")]
+    HttpStatus { url: String, status: u16 },
+    #[error("{url}: not found")]
+    NotFound { url: String },
+    #[error("the Release file of {source_name} is not signed by a trusted key ({keyring}): {detail}")]
+    BadSignature {
+        source_name: String,
+        keyring: String,
+        detail: String,
+    },
+    #[error("the Release file of {source_name} expired on {valid_until} (Valid-Until)")]
+    Expired {
+        source_name: String,
+        valid_until: String,
+    },
+    #[error("the Release file of {source_name} is for suite '{found}', not '{expected}'")]
+    WrongSuite {
+        source_name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("malformed Release file of {source_name}: {message}")]
+    BadRelease { source_name: String, message: String },
+    #[error("{source_name} has no {path} for architecture {arch}")]
+    MissingIndex {
+        source_name: String,
+        path: String,
+        arch: String,
+    },
+    #[error("hash mismatch for {what}: expected sha256 {expected}, got {actual}")]
+    HashMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("cannot decompress {what}: {message}")]
+    Decompress { what: String, message: String },
+    #[error("--offline: {what} is not in the cache ({path})")]
+    NotCached { what: String, path: PathBuf },
+    #[error("cannot run gpgv to check signatures: {0}")]
+    Gpgv(std::io::Error),
+}
+
+impl ArchiveError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            ArchiveError::NoHostSources => "configure the Debian archive for apt in /etc/apt/sources.list.d/*.sources, \
+                 pass --mirror URI, or list [[source]] tables in the recipe"
+                .into(),
+            ArchiveError::Unreachable { .. } | ArchiveError::HttpStatus { .. } => {
+                "check the network and the mirror URI (--mirror URI overrides it); \
+                 --offline builds from the index cache alone"
+                    .into()
+            }
+            ArchiveError::NotFound { .. } => {
+                "check that the suite exists on this mirror and is spelled right".into()
+            }
+            ArchiveError::BadSignature { .. } => "install the archive's keyring (e.g. debian-archive-keyring) or name it \
+                 with signed-by; for an unsigned local repository set allow-unsigned = true on its [[source]]"
+                .into(),
+            ArchiveError::Expired { .. } => {
+                "the mirror is stale or replaying old metadata; use an up-to-date mirror".into()
+            }
+            ArchiveError::WrongSuite { .. } => "check the suite name and the mirror URI".into(),
+            ArchiveError::HashMismatch { .. } | ArchiveError::SizeMismatch { .. } => {
+                "the mirror served data that does not match its signed Release file; \
+                 retry later or use another mirror"
+                    .into()
+            }
+            ArchiveError::NotCached { .. } => "run once without --offline to fill the cache".into(),
+            ArchiveError::Gpgv(_) => "install gpgv: apt-get install gpgv".into(),
+            ArchiveError::MissingIndex { .. } => {
+                "check the architecture and components for this suite".into()
+            }
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,364 @@
+//! Kiln's repository client: sources, signed Release files, package indexes
+//! and the cache they live in.
+//!
+//! Nothing read from a mirror is trusted until it is tied to a Release file
+//! whose OpenPGP signature checks out against the source's keyring: indexes
+//! must match the Release file's sha256 and size, and Release files must not
+//! be past their `Valid-Until`.
+
+pub mod cache;
+pub mod date;
+pub mod error;
+pub mod fetch;
+pub mod release;
+pub mod sources;
+pub mod verify;
+
+use std::io::Read;
+use std::path::Path;
+
+pub use cache::Cache;
+pub use error::ArchiveError;
+pub use fetch::{sha256_hex, Fetcher};
+pub use release::Release;
+pub use sources::{Keyring, MirrorOverride, Source};
+
+/// Options for loading indexes.
+pub struct LoadOptions<'a> {
+    /// Use only the cache; fail if something is missing.
+    pub offline: bool,
+    /// The current time, for `Valid-Until` (seconds since the epoch).
+    pub now: i64,
+    /// Progress messages for the user.
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+/// A Release file whose signature was checked.
+#[derive(Clone, Debug)]
+pub struct LoadedRelease {
+    pub source: Source,
+    pub release: Release,
+    /// sha256 of the signed Release text.
+    pub sha256: String,
+}
+
+impl LoadedRelease {
+    pub fn name(&self) -> String {
+        format!("{} {}", self.source.uri, self.source.suite)
+    }
+}
+
+/// A verified, uncompressed `Packages` index.
+#[derive(Debug)]
+pub struct LoadedIndex {
+    /// Index into [`Indexes::releases`].
+    pub release: usize,
+    pub component: String,
+    pub arch: String,
+    /// Path below `dists/SUITE/`, e.g. `main/binary-amd64/Packages`.
+    pub path: String,
+    pub sha256: String,
+    pub text: String,
+}
+
+/// Everything read from the sources for one architecture.
+#[derive(Debug, Default)]
+pub struct Indexes {
+    pub releases: Vec<LoadedRelease>,
+    pub indexes: Vec<LoadedIndex>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Loads and verifies the Release files and `Packages` indexes of every
+/// source for `arch`, fetching what the cache does not have.
+pub fn load_indexes(
+    sources: &[Source],
+    arch: &str,
+    cache: &Cache,
+    fetcher: &Fetcher,
+    opts: &LoadOptions,
+) -> Result<Indexes, ArchiveError> {
+    let results: Vec<Result<(LoadedRelease, Vec<LoadedIndex>), ArchiveError>> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = sources
+                .iter()
+                .map(|src| s.spawn(move || load_source(src, arch, cache, fetcher, opts)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("index loader panicked"))
+                .collect()
+        });
+    let mut out = Indexes::default();
+    for r in results {
+        let (rel, mut idx) = r?;
+        let n = out.releases.len();
+        for i in &mut idx {
+            i.release = n;
+        }
+        out.releases.push(rel);
+        out.indexes.extend(idx);
+    }
+    Ok(out)
+}
+
+fn dist_url(src: &Source, rest: &str) -> String {
+    format!("{}/dists/{}/{}", src.uri, src.suite, rest)
+}
+
+fn load_source(
+    src: &Source,
+    arch: &str,
+    cache: &Cache,
+    fetcher: &Fetcher,
+    opts: &LoadOptions,
+) -> Result<(LoadedRelease, Vec<LoadedIndex>), ArchiveError> {
+    let rel = load_release(src, cache, fetcher, opts)?;
+    let name = rel.name();
+    let mut indexes = Vec::new();
+    for comp in &src.components {
+        let mut arches = vec![arch.to_string()];
+        if !rel.release.no_all_index
+            && ["", ".xz", ".gz"]
+                .iter()
+                .any(|ext| rel.release.files.contains_key(&format!("{comp}/binary-all/Packages{ext}")))
+        {
+            arches.push("all".into());
+        }
+        for a in arches {
+            let path = format!("{comp}/binary-{a}/Packages");
+            let (sha256, text) = load_index(src, &rel.release, &name, &path, arch, cache, fetcher, opts)?;
+            indexes.push(LoadedIndex {
+                release: 0,
+                component: comp.clone(),
+                arch: a,
+                path,
+                sha256,
+                text,
+            });
+        }
+    }
+    Ok((rel, indexes))
+}
+
+fn load_release(
+    src: &Source,
+    cache: &Cache,
+    fetcher: &Fetcher,
+    opts: &LoadOptions,
+) -> Result<LoadedRelease, ArchiveError> {
+    let name = format!("{} {}", src.uri, src.suite);
+    let cached = cache.release_path(&src.uri, &src.suite);
+    let cached_detached = cached.with_file_name("Release");
+    let cached_sig = cached.with_file_name("Release.gpg");
+    // Fetch (or read from the cache) either InRelease or Release + Release.gpg.
+    enum Got {
+        Inline(Vec<u8>),
+        Detached(Vec<u8>, Option<Vec<u8>>),
+    }
+    let got = if opts.offline {
+        if let Ok(b) = std::fs::read(&cached) {
+            Got::Inline(b)
+        } else if let Ok(b) = std::fs::read(&cached_detached) {
+            Got::Detached(b, std::fs::read(&cached_sig).ok())
+        } else {
+            return Err(ArchiveError::NotCached {
+                what: format!("the Release file of {name}"),
+                path: cached,
+            });
+        }
+    } else {
+        (opts.progress)(&format!("Get {}", dist_url(src, "InRelease")));
+        match fetcher.get(&dist_url(src, "InRelease")) {
+            Ok(b) => Got::Inline(b),
+            Err(ArchiveError::NotFound { .. }) => {
+                let release = fetcher.get(&dist_url(src, "Release")).map_err(|e| match e {
+                    ArchiveError::NotFound { .. } => ArchiveError::NotFound {
+                        url: dist_url(src, "InRelease"),
+                    },
+                    e => e,
+                })?;
+                let sig = match fetcher.get(&dist_url(src, "Release.gpg")) {
+                    Ok(s) => Some(s),
+                    Err(ArchiveError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                Got::Detached(release, sig)
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let text = match &got {
+        Got::Inline(raw) if src.allow_unsigned => {
+            verify::strip_clearsign(&String::from_utf8_lossy(raw))
+        }
+        Got::Inline(raw) => verify::verify_clearsigned(raw, &src.keyring, &name)?,
+        Got::Detached(release, sig) => {
+            if !src.allow_unsigned {
+                let sig = sig.as_ref().ok_or_else(|| ArchiveError::BadSignature {
+                    source_name: name.clone(),
+                    keyring: src.keyring.describe(),
+                    detail: "the repository has neither InRelease nor Release.gpg".into(),
+                })?;
+                verify::verify_detached(release, sig, &src.keyring, &name)?;
+            }
+            String::from_utf8_lossy(release).into_owned()
+        }
+    };
+    let release = Release::parse(&text, &name)?;
+    let matches = |v: &Option<String>| v.as_deref() == Some(src.suite.as_str());
+    if !(matches(&release.suite) || matches(&release.codename)) {
+        return Err(ArchiveError::WrongSuite {
+            source_name: name,
+            expected: src.suite.clone(),
+            found: release
+                .codename
+                .clone()
+                .or(release.suite.clone())
+                .unwrap_or_default(),
+        });
+    }
+    if let (Some(until), Some(t)) = (&release.valid_until, release.valid_until_epoch) {
+        if t < opts.now {
+            return Err(ArchiveError::Expired {
+                source_name: name,
+                valid_until: until.clone(),
+            });
+        }
+    }
+    if !opts.offline {
+        match &got {
+            Got::Inline(raw) => {
+                Cache::write_atomic(&cached, raw)?;
+                let _ = std::fs::remove_file(&cached_detached);
+            }
+            Got::Detached(r, s) => {
+                if let Some(s) = s {
+                    Cache::write_atomic(&cached_sig, s)?;
+                }
+                Cache::write_atomic(&cached_detached, r)?;
+                let _ = std::fs::remove_file(&cached);
+            }
+        }
+    }
+    Ok(LoadedRelease {
+        source: src.clone(),
+        release,
+        sha256: sha256_hex(text.as_bytes()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_index(
+    src: &Source,
+    release: &Release,
+    name: &str,
+    path: &str,
+    arch: &str,
+    cache: &Cache,
+    fetcher: &Fetcher,
+    opts: &LoadOptions,
+) -> Result<(String, String), ArchiveError> {
+    let plain = release.files.get(path);
+    let what = format!("{}/dists/{}/{}", src.uri, src.suite, path);
+    if let Some(p) = plain {
+        let cp = cache.index_path(&p.sha256);
+        if let Ok(bytes) = std::fs::read(&cp) {
+            if sha256_hex(&bytes) == p.sha256 {
+                let text = String::from_utf8(bytes).map_err(|_| ArchiveError::Decompress {
+                    what: what.clone(),
+                    message: "not UTF-8".into(),
+                })?;
+                return Ok((p.sha256.clone(), text));
+            }
+            (opts.progress)(&format!(
+                "warning: cached index {} is corrupt; fetching it again",
+                cp.display()
+            ));
+            let _ = std::fs::remove_file(&cp);
+        }
+        if opts.offline {
+            return Err(ArchiveError::NotCached { what, path: cp });
+        }
+    } else if opts.offline {
+        return Err(ArchiveError::NotCached {
+            what,
+            path: cache.root().join("indexes"),
+        });
+    }
+    let (ext, entry) = [".xz", ".gz", ""]
+        .iter()
+        .find_map(|ext| release.files.get(&format!("{path}{ext}")).map(|e| (*ext, e)))
+        .ok_or_else(|| ArchiveError::MissingIndex {
+            source_name: name.to_string(),
+            path: path.to_string(),
+            arch: arch.to_string(),
+        })?;
+    let file = format!("{path}{ext}");
+    let url = dist_url(src, &file);
+    let tmp = Cache::temp_beside(&cache.index_path("x"))?;
+    (opts.progress)(&format!("Get {url}"));
+    let fetched = if release.acquire_by_hash {
+        let dir = Path::new(&file).parent().and_then(|p| p.to_str()).unwrap_or("");
+        let by_hash = dist_url(src, &format!("{dir}/by-hash/SHA256/{}", entry.sha256));
+        match fetcher.download(&by_hash, tmp.path()) {
+            Err(ArchiveError::NotFound { .. }) => fetcher.download(&url, tmp.path()),
+            r => r,
+        }
+    } else {
+        fetcher.download(&url, tmp.path())
+    };
+    let (size, sha) = fetched?;
+    if sha != entry.sha256 {
+        return Err(ArchiveError::HashMismatch {
+            what: url,
+            expected: entry.sha256.clone(),
+            actual: sha,
+        });
+    }
+    if size != entry.size {
+        return Err(ArchiveError::SizeMismatch {
+            what: url,
+            expected: entry.size,
+            actual: size,
+        });
+    }
+    let f = std::fs::File::open(tmp.path()).map_err(|e| ArchiveError::Io {
+        what: "reading a download".into(),
+        source: e,
+    })?;
+    let mut data = Vec::with_capacity(entry.size as usize * 6);
+    let res = match ext {
+        ".xz" => liblzma::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(f))
+            .read_to_end(&mut data),
+        ".gz" => flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)).read_to_end(&mut data),
+        _ => std::io::BufReader::new(f).read_to_end(&mut data),
+    };
+    res.map_err(|e| ArchiveError::Decompress {
+        what: url.clone(),
+        message: e.to_string(),
+    })?;
+    let sha = sha256_hex(&data);
+    if let Some(p) = plain {
+        if p.sha256 != sha {
+            return Err(ArchiveError::HashMismatch {
+                what: format!("{url} (decompressed)"),
+                expected: p.sha256.clone(),
+                actual: sha,
+            });
+        }
+    }
+    let text = String::from_utf8(data).map_err(|_| ArchiveError::Decompress {
+        what: url,
+        message: "not UTF-8".into(),
+    })?;
+    Cache::write_atomic(&cache.index_path(&sha), text.as_bytes())?;
+    Ok((sha, text))
+}

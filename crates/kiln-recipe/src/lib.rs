@@ -1,0 +1,9 @@
+//! Kiln recipes (TOML, composed from classes) and lock files.
+
+pub mod error;
+pub mod lock;
+pub mod recipe;
+
+pub use error::RecipeError;
+pub use lock::{Lock, LockedPackage, LockedRelease, Reason};
+pub use recipe::{did_you_mean, host_architecture, Image, Output, Packages, Priority, Recipe, SignedBy, SourceSpec};

@@ -1,0 +1,602 @@
+//! Recipes: TOML files composed from classes through `include`.
+//!
+//! Each file is parsed on its own with unknown keys rejected, so every error
+//! points at the file, line and column that caused it. Files are then merged
+//! in order (includes first, then the including file): later scalars win,
+//! lists append (keeping the first occurrence of repeated values).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::RecipeError;
+
+/// The Priority-based base set, as debootstrap variants define it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// No Priority-based set: only `include` and what it needs.
+    None,
+    Required,
+    Important,
+    Standard,
+}
+
+impl Priority {
+    /// Whether a package of Debian priority `p` belongs to this set.
+    pub fn includes(self, p: &str) -> bool {
+        let rank = match p {
+            "required" => 1,
+            "important" => 2,
+            "standard" => 3,
+            _ => return false,
+        };
+        rank <= self as u8
+    }
+}
+
+const ARCHITECTURES: &[&str] = &[
+    "amd64", "arm64", "armel", "armhf", "i386", "loong64", "mips64el", "ppc64el", "riscv64",
+    "s390x",
+];
+const FORMATS: &[&str] = &["tar", "oci", "disk", "qcow2"];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Layer {
+    include: Option<Vec<Spanned<String>>>,
+    image: Option<ImageLayer>,
+    packages: Option<PackagesLayer>,
+    source: Option<Vec<SourceLayer>>,
+    output: Option<OutputLayer>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ImageLayer {
+    name: Option<Spanned<String>>,
+    version: Option<String>,
+    suite: Option<Spanned<String>>,
+    architectures: Option<Vec<Spanned<String>>>,
+    components: Option<Vec<Spanned<String>>>,
+    default_sources: Option<bool>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PackagesLayer {
+    priority: Option<Priority>,
+    include: Option<Vec<Spanned<String>>>,
+    exclude: Option<Vec<Spanned<String>>>,
+    recommends: Option<bool>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SourceLayer {
+    uri: Spanned<String>,
+    suites: Vec<Spanned<String>>,
+    #[serde(default)]
+    components: Option<Vec<Spanned<String>>>,
+    signed_by: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_unsigned: bool,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct OutputLayer {
+    formats: Option<Vec<Spanned<String>>>,
+    directory: Option<String>,
+}
+
+/// `[image]`: what is being built.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Image {
+    pub name: String,
+    pub version: Option<String>,
+    pub suite: String,
+    pub architectures: Vec<String>,
+    pub components: Vec<String>,
+    pub default_sources: bool,
+}
+
+/// `[packages]`: the requested package set.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Packages {
+    pub priority: Priority,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub recommends: bool,
+}
+
+/// Where a key for a `[[source]]` comes from.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignedBy {
+    File(PathBuf),
+    Inline(String),
+}
+
+/// `[[source]]`: an extra repository.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct SourceSpec {
+    pub uri: String,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+    pub signed_by: Option<SignedBy>,
+    pub allow_unsigned: bool,
+    /// `file:line` where it was declared.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// `[output]`: which artifacts to write.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Output {
+    pub formats: Vec<String>,
+    pub directory: Option<PathBuf>,
+}
+
+/// A composed, validated recipe.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recipe {
+    /// The recipe file named on the command line.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Every file that contributed, in merge order.
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
+    pub image: Image,
+    pub packages: Packages,
+    pub sources: Vec<SourceSpec>,
+    pub output: Output,
+}
+
+impl Recipe {
+    /// Loads `path` and everything it includes.
+    pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+        let mut files = Vec::new();
+        let mut stack = Vec::new();
+        let merged = load_layer(path, &mut stack, &mut files)?;
+        finish(path, files, merged)
+    }
+
+    /// The lock file that belongs to this recipe.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.with_file_name("kiln.lock")
+    }
+
+    /// sha256 over everything that influences resolution (not the outputs), so
+    /// a lock stays valid when only output settings change.
+    pub fn resolution_hash(&self) -> String {
+        use sha2::Digest;
+        #[derive(Serialize)]
+        struct Inputs<'a> {
+            suite: &'a str,
+            architectures: &'a [String],
+            components: &'a [String],
+            default_sources: bool,
+            packages: &'a Packages,
+            sources: &'a [SourceSpec],
+        }
+        let json = serde_json::to_vec(&Inputs {
+            suite: &self.image.suite,
+            architectures: &self.image.architectures,
+            components: &self.image.components,
+            default_sources: self.image.default_sources,
+            packages: &self.packages,
+            sources: &self.sources,
+        })
+        .expect("recipe serializes");
+        hex::encode(sha2::Sha256::digest(json))
+    }
+
+    /// The output directory: `[output] directory`, else `out/<name>` beside the recipe.
+    pub fn output_dir(&self) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        match &self.output.directory {
+            Some(d) => base.join(d),
+            None => base.join("out").join(&self.image.name),
+        }
+    }
+}
+
+/// Byte offset to 1-based line and column, plus the line's text with a caret.
+fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let col = text[line_start..offset].chars().count() + 1;
+    let line_end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
+    let line = &text[line_start..line_end];
+    let gutter = format!("{line_no} | ");
+    let snippet = format!(
+        "{gutter}{line}\n{}^",
+        " ".repeat(gutter.len() + col - 1)
+    );
+    (line_no, col, snippet)
+}
+
+fn syntax(
+    path: &Path,
+    text: &str,
+    offset: usize,
+    message: String,
+    suggestion: Option<String>,
+) -> RecipeError {
+    let (line, column, snippet) = locate(text, offset);
+    RecipeError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+        snippet,
+        suggestion,
+    }
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a hint.
+fn suggestion_for(message: &str) -> Option<String> {
+    let (kind, rest) = if let Some(r) = message.strip_prefix("unknown field `") {
+        ("key", r)
+    } else if let Some(r) = message.strip_prefix("unknown variant `") {
+        ("value", r)
+    } else {
+        return None;
+    };
+    let word = &rest[..rest.find('`')?];
+    let expected: Vec<&str> = rest
+        .split("expected")
+        .nth(1)?
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let _ = kind;
+    match did_you_mean(word, expected.iter().copied()) {
+        Some(c) => Some(format!("did you mean `{c}`?")),
+        None => Some(format!(
+            "expected one of: {}",
+            expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+fn load_layer(
+    path: &Path,
+    stack: &mut Vec<PathBuf>,
+    files: &mut Vec<PathBuf>,
+) -> Result<Merged, RecipeError> {
+    let canon = std::fs::canonicalize(path).map_err(|e| RecipeError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    if stack.contains(&canon) {
+        let chain: Vec<String> = stack
+            .iter()
+            .chain(std::iter::once(&canon))
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(RecipeError::IncludeCycle(chain.join(" -> ")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| RecipeError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let layer: Layer = toml::from_str(&text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let sugg = suggestion_for(&msg);
+        let msg = msg
+            .replace("unknown field", "unknown key")
+            .split(", expected")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        syntax(path, &text, offset, msg, sugg)
+    })?;
+    stack.push(canon);
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut merged = Merged::default();
+    for inc in layer.include.iter().flatten() {
+        let p = dir.join(inc.get_ref());
+        if !p.exists() {
+            return Err(syntax(
+                path,
+                &text,
+                inc.span().start,
+                format!("included file {} does not exist", p.display()),
+                Some("include paths are relative to the including file".into()),
+            ));
+        }
+        let sub = load_layer(&p, stack, files)?;
+        merged.merge(sub);
+    }
+    stack.pop();
+    let own = Merged::from_layer(layer, path, &text)?;
+    merged.merge(own);
+    files.push(path.to_path_buf());
+    Ok(merged)
+}
+
+/// A value with the place it was set, for errors found after merging.
+#[derive(Clone, Debug)]
+struct At<T> {
+    value: T,
+    path: PathBuf,
+    line: usize,
+    column: usize,
+    snippet: String,
+}
+
+impl<T> At<T> {
+    fn err(&self, message: String, suggestion: Option<String>) -> RecipeError {
+        RecipeError::Syntax {
+            path: self.path.clone(),
+            line: self.line,
+            column: self.column,
+            message,
+            snippet: self.snippet.clone(),
+            suggestion,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Merged {
+    name: Option<At<String>>,
+    version: Option<String>,
+    suite: Option<At<String>>,
+    architectures: Vec<At<String>>,
+    components: Option<Vec<At<String>>>,
+    default_sources: Option<bool>,
+    priority: Option<Priority>,
+    include: Vec<At<String>>,
+    exclude: Vec<At<String>>,
+    recommends: Option<bool>,
+    sources: Vec<SourceSpec>,
+    formats: Vec<At<String>>,
+    directory: Option<String>,
+}
+
+fn append(into: &mut Vec<At<String>>, from: Vec<At<String>>) {
+    for v in from {
+        if !into.iter().any(|x| x.value == v.value) {
+            into.push(v);
+        }
+    }
+}
+
+impl Merged {
+    fn from_layer(l: Layer, path: &Path, text: &str) -> Result<Merged, RecipeError> {
+        let at = |s: Spanned<String>| {
+            let (line, column, snippet) = locate(text, s.span().start);
+            At {
+                value: s.into_inner(),
+                path: path.to_path_buf(),
+                line,
+                column,
+                snippet,
+            }
+        };
+        let ats = |v: Option<Vec<Spanned<String>>>| v.unwrap_or_default().into_iter().map(at).collect::<Vec<_>>();
+        let image = l.image.unwrap_or_default();
+        let packages = l.packages.unwrap_or_default();
+        let output = l.output.unwrap_or_default();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut sources = Vec::new();
+        for s in l.source.unwrap_or_default() {
+            let origin = {
+                let (line, _, _) = locate(text, s.uri.span().start);
+                format!("{}:{}", path.display(), line)
+            };
+            let signed_by = s.signed_by.map(|k| {
+                let k = k.into_inner();
+                if k.contains("BEGIN PGP PUBLIC KEY BLOCK") {
+                    SignedBy::Inline(k)
+                } else {
+                    SignedBy::File(dir.join(k))
+                }
+            });
+            if s.suites.is_empty() {
+                return Err(at(s.uri).err(
+                    "[[source]] has an empty `suites` list".into(),
+                    Some("name at least one suite, e.g. suites = [\"trixie\"]".into()),
+                ));
+            }
+            sources.push(SourceSpec {
+                uri: s.uri.into_inner().trim_end_matches('/').to_string(),
+                suites: s.suites.into_iter().map(|s| s.into_inner()).collect(),
+                components: s
+                    .components
+                    .map(|c| c.into_iter().map(|c| c.into_inner()).collect())
+                    .unwrap_or_else(|| vec!["main".to_string()]),
+                signed_by,
+                allow_unsigned: s.allow_unsigned,
+                origin,
+            });
+        }
+        Ok(Merged {
+            name: image.name.map(at),
+            version: image.version,
+            suite: image.suite.map(at),
+            architectures: ats(image.architectures),
+            components: image.components.map(|c| c.into_iter().map(at).collect()),
+            default_sources: image.default_sources,
+            priority: packages.priority,
+            include: ats(packages.include),
+            exclude: ats(packages.exclude),
+            recommends: packages.recommends,
+            sources,
+            formats: ats(output.formats),
+            directory: output.directory,
+        })
+    }
+
+    fn merge(&mut self, o: Merged) {
+        macro_rules! later_wins {
+            ($($f:ident),*) => { $( if o.$f.is_some() { self.$f = o.$f; } )* };
+        }
+        later_wins!(name, version, suite, components, default_sources, priority, recommends, directory);
+        append(&mut self.architectures, o.architectures);
+        append(&mut self.include, o.include);
+        append(&mut self.exclude, o.exclude);
+        append(&mut self.formats, o.formats);
+        self.sources.extend(o.sources);
+    }
+}
+
+/// The architecture Kiln runs on, in Debian's naming.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "i386",
+        "arm" => "armhf",
+        "powerpc64" => "ppc64el",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+fn valid_package_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    b.len() >= 2
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(c))
+}
+
+fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeError> {
+    let missing = |key: &str, example: &str| RecipeError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("missing required key `{key}` (in none of: {})",
+            files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
+        hint: Some(format!("add it to the recipe, e.g. {example}")),
+    };
+    let name = m.name.ok_or_else(|| missing("image.name", "[image] name = \"my-image\""))?;
+    if name.value.is_empty()
+        || !name
+            .value
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+    {
+        return Err(name.err(
+            format!("invalid image name `{}`", name.value),
+            Some("use letters, digits, '.', '_' and '-'".into()),
+        ));
+    }
+    let suite = m.suite.ok_or_else(|| missing("image.suite", "[image] suite = \"trixie\""))?;
+    if suite.value.is_empty() || suite.value.contains(char::is_whitespace) || suite.value.contains('/') {
+        return Err(suite.err(format!("invalid suite `{}`", suite.value), None));
+    }
+    for a in &m.architectures {
+        if !ARCHITECTURES.contains(&a.value.as_str()) {
+            return Err(a.err(
+                format!("unknown architecture `{}`", a.value),
+                Some(match did_you_mean(&a.value, ARCHITECTURES.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("Debian architectures are: {}", ARCHITECTURES.join(", ")),
+                }),
+            ));
+        }
+    }
+    for p in m.include.iter().chain(&m.exclude) {
+        if !valid_package_name(&p.value) {
+            return Err(p.err(
+                format!("`{}` is not a valid Debian package name", p.value),
+                Some("package names use lowercase letters, digits, '+', '-' and '.'".into()),
+            ));
+        }
+    }
+    for f in &m.formats {
+        if !FORMATS.contains(&f.value.as_str()) {
+            return Err(f.err(
+                format!("unknown output format `{}`", f.value),
+                Some(match did_you_mean(&f.value, FORMATS.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("formats are: {}", FORMATS.join(", ")),
+                }),
+            ));
+        }
+    }
+    if let Some(x) = m.exclude.iter().find(|x| m.include.iter().any(|i| i.value == x.value)) {
+        return Err(x.err(
+            format!("`{}` is both included and excluded", x.value),
+            Some("remove it from one of the two lists".into()),
+        ));
+    }
+    let default_sources = m.default_sources.unwrap_or(true);
+    if !default_sources && m.sources.is_empty() {
+        return Err(RecipeError::Invalid {
+            path: path.to_path_buf(),
+            message: "`image.default-sources = false` but no [[source]] is given".into(),
+            hint: Some("add a [[source]] table or drop default-sources".into()),
+        });
+    }
+    let vals = |v: Vec<At<String>>| v.into_iter().map(|a| a.value).collect::<Vec<_>>();
+    let mut architectures = vals(m.architectures);
+    if architectures.is_empty() {
+        architectures.push(host_architecture().to_string());
+    }
+    let mut formats = vals(m.formats);
+    if formats.is_empty() {
+        formats.push("tar".into());
+    }
+    Ok(Recipe {
+        path: path.to_path_buf(),
+        files,
+        image: Image {
+            name: name.value,
+            version: m.version,
+            suite: suite.value,
+            architectures,
+            components: m
+                .components
+                .map(vals)
+                .unwrap_or_else(|| vec!["main".to_string()]),
+            default_sources,
+        },
+        packages: Packages {
+            priority: m.priority.unwrap_or(Priority::Required),
+            include: vals(m.include),
+            exclude: vals(m.exclude),
+            recommends: m.recommends.unwrap_or(false),
+        },
+        sources: m.sources,
+        output: Output {
+            formats,
+            directory: m.directory.map(PathBuf::from),
+        },
+    })
+}
+
+/// Keys of every table, for documentation checks.
+pub fn documented_keys() -> BTreeMap<&'static str, &'static [&'static str]> {
+    BTreeMap::from([
+        ("", &["include"][..]),
+        ("image", &["name", "version", "suite", "architectures", "components", "default-sources"][..]),
+        ("packages", &["priority", "include", "exclude", "recommends"][..]),
+        ("source", &["uri", "suites", "components", "signed-by", "allow-unsigned"][..]),
+        ("output", &["formats", "directory"][..]),
+    ])
+}

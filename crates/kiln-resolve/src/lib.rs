@@ -1,0 +1,280 @@
+//! apt-grade dependency resolution for Kiln.
+//!
+//! [`Universe`] holds one candidate per package (apt's pin rules), [`resolve`]
+//! finds a consistent installation set with a CDCL solver (resolvo) whose
+//! choices are steered by a replay of apt's own marking algorithm, so the
+//! result is what `apt-get install` would pick wherever apt succeeds.
+
+mod apt;
+pub mod deps;
+mod solve;
+pub mod universe;
+
+use std::collections::{HashMap, VecDeque};
+
+pub use universe::{IndexInput, Pkg, PkgId, Universe};
+
+use deps::DepCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("malformed package index: {0}")]
+    BadIndex(String),
+    #[error("unknown package `{name}`")]
+    UnknownPackage { name: String, suggestions: Vec<String> },
+    #[error("`{name}` is a virtual package provided by {}", providers.join(", "))]
+    Ambiguous { name: String, providers: Vec<String> },
+    #[error("`{name}` is both requested and excluded")]
+    ExcludedRoot { name: String },
+    #[error("the requested packages cannot be installed together:\n{explanation}")]
+    Unsatisfiable { explanation: String },
+}
+
+impl ResolveError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ResolveError::UnknownPackage { suggestions, .. } if !suggestions.is_empty() => Some(format!(
+                "did you mean {}?",
+                suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ")
+            )),
+            ResolveError::UnknownPackage { .. } => Some(
+                "check the spelling, the suite and the components ([image] components) of the recipe".into(),
+            ),
+            ResolveError::Ambiguous { .. } => Some("include one of the providers explicitly".into()),
+            ResolveError::ExcludedRoot { .. } => Some("remove it from [packages] exclude".into()),
+            ResolveError::Unsatisfiable { .. } => Some(
+                "change the request (include, exclude, suite) or add the source that carries the missing version"
+                    .into(),
+            ),
+            ResolveError::BadIndex(_) => None,
+        }
+    }
+}
+
+/// What to install.
+pub struct Request<'r> {
+    /// Packages named by the user, in order.
+    pub include: &'r [String],
+    pub exclude: &'r [String],
+    /// Whether a package of this Debian Priority belongs to the base set.
+    pub priority: &'r dyn Fn(&str) -> bool,
+    /// Install every `Essential: yes` package (dpkg needs them in a full system).
+    pub essential: bool,
+    pub recommends: bool,
+}
+
+/// Why a package was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    Include,
+    Essential,
+    Priority,
+    Dependency,
+}
+
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub pkg: PkgId,
+    pub reason: Reason,
+    /// Chosen packages with a dependency this package satisfies.
+    pub required_by: Vec<PkgId>,
+}
+
+/// The installation set, sorted by package name.
+#[derive(Debug)]
+pub struct Resolution {
+    pub packages: Vec<Chosen>,
+}
+
+fn root_of(u: &Universe, name: &str) -> Result<PkgId, ResolveError> {
+    if let Some(p) = u.get(name) {
+        return Ok(p);
+    }
+    match u.providers.get(name).map(|v| v.as_slice()) {
+        Some([(p, _)]) => Ok(*p),
+        Some(provs) if !provs.is_empty() => {
+            let mut providers: Vec<String> = provs.iter().map(|(p, _)| u.pkgs[*p].name.to_string()).collect();
+            providers.sort();
+            providers.dedup();
+            Err(ResolveError::Ambiguous {
+                name: name.into(),
+                providers,
+            })
+        }
+        _ => Err(ResolveError::UnknownPackage {
+            name: name.into(),
+            suggestions: u.suggest(name).into_iter().map(String::from).collect(),
+        }),
+    }
+}
+
+pub fn resolve(u: &Universe, req: &Request) -> Result<Resolution, ResolveError> {
+    let n = u.pkgs.len();
+    let mut excluded = vec![false; n];
+    for x in req.exclude {
+        match u.get(x) {
+            Some(p) => excluded[p] = true,
+            None => {
+                return Err(ResolveError::UnknownPackage {
+                    name: x.clone(),
+                    suggestions: u.suggest(x).into_iter().map(String::from).collect(),
+                })
+            }
+        }
+    }
+    let mut reason: HashMap<PkgId, Reason> = HashMap::new();
+    let mut includes = Vec::new();
+    for name in req.include {
+        let p = root_of(u, name)?;
+        if excluded[p] {
+            return Err(ResolveError::ExcludedRoot { name: name.clone() });
+        }
+        includes.push(p);
+        reason.insert(p, Reason::Include);
+    }
+    // Pattern-selected sets come in apt's cache order.
+    let mut by_id: Vec<PkgId> = (0..n).filter(|&p| u.pkgs[p].in_main_suite).collect();
+    by_id.sort_by_key(|&p| u.pkgs[p].apt_id);
+    let essential: Vec<PkgId> = if req.essential {
+        by_id.iter().copied().filter(|&p| u.pkgs[p].essential && !excluded[p]).collect()
+    } else {
+        Vec::new()
+    };
+    let prio: Vec<PkgId> = by_id
+        .iter()
+        .copied()
+        .filter(|&p| (req.priority)(u.pkgs[p].priority) && !u.pkgs[p].essential && !excluded[p])
+        .collect();
+    for &p in &essential {
+        reason.entry(p).or_insert(Reason::Essential);
+    }
+    for &p in &prio {
+        reason.entry(p).or_insert(Reason::Priority);
+    }
+
+    let deps = DepCache::new(u, req.recommends);
+    // apt's choices, as mmdebstrap makes them: the essential set first, then
+    // the user's packages and the Priority set, each from an empty system.
+    let mut preferred = vec![false; n];
+    for phase in [essential.clone(), includes.iter().chain(&prio).copied().collect::<Vec<_>>()] {
+        let mut pass = apt::AptPass::new(&deps, &excluded);
+        pass.install(&phase)?;
+        for (p, m) in pass.marked.iter().enumerate() {
+            preferred[p] |= *m;
+        }
+    }
+
+    let provider = solve::Provider::new(&deps, &excluded, &preferred);
+    let mut roots: Vec<PkgId> = essential.iter().chain(&includes).chain(&prio).copied().collect();
+    let mut seen = vec![false; n];
+    roots.retain(|&p| !std::mem::replace(&mut seen[p], true));
+    let requirements = roots.iter().map(|&p| provider.root_requirement(p)).collect();
+    let mut solver = resolvo::Solver::new(provider);
+    let result = solver.solve(resolvo::Problem::new().requirements(requirements));
+    if let Some(e) = solver.provider().error.borrow_mut().take() {
+        return Err(e);
+    }
+    let solution = match result {
+        Ok(s) => s,
+        Err(resolvo::UnsolvableOrCancelled::Unsolvable(conflict)) => {
+            let explanation = explain(u, &deps, &excluded, &roots)?
+                .unwrap_or_else(|| conflict.display_user_friendly(&solver).to_string());
+            return Err(ResolveError::Unsatisfiable { explanation });
+        }
+        Err(resolvo::UnsolvableOrCancelled::Cancelled(_)) => unreachable!("never cancelled"),
+    };
+    let mut chosen = vec![false; n];
+    for s in &solution {
+        chosen[solve::Provider::pkg_of(*s)] = true;
+    }
+    let mut required_by: HashMap<PkgId, Vec<PkgId>> = HashMap::new();
+    for (p, _) in chosen.iter().enumerate().filter(|(_, c)| **c) {
+        for g in &deps.get(p)?.groups {
+            for alt in &g.alts {
+                for &(q, ok) in &alt.targets {
+                    if ok && chosen[q] && q != p {
+                        let v = required_by.entry(q).or_default();
+                        if !v.contains(&p) {
+                            v.push(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut packages: Vec<Chosen> = (0..n)
+        .filter(|&p| chosen[p])
+        .map(|p| Chosen {
+            pkg: p,
+            reason: reason.get(&p).copied().unwrap_or(Reason::Dependency),
+            required_by: required_by.remove(&p).unwrap_or_default(),
+        })
+        .collect();
+    packages.sort_by(|a, b| u.pkgs[a.pkg].name.cmp(u.pkgs[b.pkg].name));
+    Ok(Resolution { packages })
+}
+
+/// Finds the shortest chain from a requested package to a dependency that
+/// nothing in the archive can satisfy, and says why.
+fn explain(
+    u: &Universe,
+    deps: &DepCache,
+    excluded: &[bool],
+    roots: &[PkgId],
+) -> Result<Option<String>, ResolveError> {
+    let n = u.pkgs.len();
+    let mut parent: Vec<Option<PkgId>> = vec![None; n];
+    let mut seen = vec![false; n];
+    let mut queue: VecDeque<PkgId> = VecDeque::new();
+    for &r in roots {
+        seen[r] = true;
+        queue.push_back(r);
+    }
+    let name_ver = |p: PkgId| format!("{} {}", u.pkgs[p].name, u.pkgs[p].version);
+    while let Some(p) = queue.pop_front() {
+        let d = deps.get(p)?;
+        for g in d.groups.iter().filter(|g| g.critical) {
+            let usable = g
+                .alts
+                .iter()
+                .any(|a| a.targets.iter().any(|&(q, ok)| ok && !excluded[q]));
+            if !usable {
+                let mut chain = vec![p];
+                while let Some(q) = parent[*chain.last().unwrap()] {
+                    chain.push(q);
+                }
+                chain.reverse();
+                let path = chain.iter().map(|&q| u.pkgs[q].name).collect::<Vec<_>>().join(" -> ");
+                let reasons: Vec<String> = g
+                    .alts
+                    .iter()
+                    .map(|a| {
+                        let real = a.targets.iter().find(|(q, _)| u.pkgs[*q].name == a.name);
+                        match real {
+                            Some(&(q, _)) if excluded[q] => format!("{} is excluded by the recipe", a.name),
+                            Some(&(q, _)) => format!("only {} is available", name_ver(q)),
+                            None if a.targets.is_empty() => format!("no package named or providing {} exists", a.name),
+                            None => format!("no provider of {} offers {}", a.name, a.text),
+                        }
+                    })
+                    .collect();
+                return Ok(Some(format!(
+                    "{} depends on {} but {}\n  (pulled in by: {path})",
+                    name_ver(p),
+                    g.text,
+                    reasons.join(", and ")
+                )));
+            }
+            for a in &g.alts {
+                for &(q, ok) in &a.targets {
+                    if ok && !excluded[q] && !seen[q] {
+                        seen[q] = true;
+                        parent[q] = Some(p);
+                        queue.push_back(q);
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,278 @@
+//! The candidate universe: one installable version per package name, as apt
+//! would pick it, plus the virtual packages their `Provides` declare.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use kiln_deb::deb822;
+use kiln_deb::relation::{parse_provides, parse_relations, Dep};
+
+use crate::ResolveError;
+
+/// One Packages index handed to [`Universe::build`], in apt's source order.
+pub struct IndexInput<'a> {
+    /// Caller's release number (kept in [`Pkg::release`]).
+    pub release: usize,
+    /// apt pin priority of the release (500 normally).
+    pub pin: i32,
+    /// Whether the release is the recipe's suite itself (not -updates or -security):
+    /// the Priority- and Essential-based sets are taken from there, as mmdebstrap does.
+    pub main_suite: bool,
+    pub text: &'a str,
+}
+
+/// A candidate version of a binary package.
+#[derive(Debug, Clone)]
+pub struct Pkg<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub arch: &'a str,
+    pub essential: bool,
+    /// `Important: yes` or `Protected: yes` (apt's Important flag).
+    pub important: bool,
+    pub priority: &'a str,
+    pub multi_arch: &'a str,
+    pub source: &'a str,
+    pub source_version: &'a str,
+    pub filename: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+    pub installed_size: u64,
+    pub release: usize,
+    pub pin: i32,
+    /// Some version of this package is in the main suite.
+    pub in_main_suite: bool,
+    /// The order in which apt's cache would have created this name.
+    pub apt_id: u32,
+    pub pre_depends: &'a str,
+    pub depends: &'a str,
+    pub recommends: &'a str,
+    pub conflicts: &'a str,
+    pub breaks: &'a str,
+    pub provides: &'a str,
+}
+
+impl Pkg<'_> {
+    /// apt's numeric priority (missing = 0, as apt's cache stores it).
+    pub fn priority_rank(&self) -> u8 {
+        match self.priority {
+            "" => 0,
+            "required" => 1,
+            "important" => 2,
+            "standard" => 3,
+            "optional" => 4,
+            _ => 5,
+        }
+    }
+}
+
+pub type PkgId = usize;
+
+/// Every candidate, indexed by name, with reverse `Provides`.
+pub struct Universe<'a> {
+    pub arch: String,
+    pub pkgs: Vec<Pkg<'a>>,
+    pub by_name: HashMap<&'a str, PkgId>,
+    /// Virtual name → (provider, provided version).
+    pub providers: HashMap<&'a str, Vec<(PkgId, Option<&'a str>)>>,
+    /// Every version seen per name, for error messages.
+    pub other_versions: HashMap<&'a str, Vec<&'a str>>,
+}
+
+fn relation_names<'a>(field: &'a str, mut f: impl FnMut(&'a str)) {
+    for part in field.split([',', '|']) {
+        let part = part.trim_start();
+        let end = part
+            .find(|c: char| c.is_whitespace() || c == '(' || c == ':' || c == '[' || c == '<')
+            .unwrap_or(part.len());
+        if end > 0 {
+            f(&part[..end]);
+        }
+    }
+}
+
+impl<'a> Universe<'a> {
+    pub fn build(inputs: &[IndexInput<'a>], arch: &str) -> Result<Universe<'a>, ResolveError> {
+        let mut pkgs: Vec<Pkg<'a>> = Vec::new();
+        let mut by_name: HashMap<&'a str, PkgId> = HashMap::with_capacity(80_000);
+        let mut apt_ids: HashMap<&'a str, u32> = HashMap::with_capacity(120_000);
+        let mut other_versions: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
+        let mut in_main: HashMap<&'a str, bool> = HashMap::new();
+        for input in inputs {
+            for para in deb822::paragraphs(input.text) {
+                let para = para.map_err(|e| ResolveError::BadIndex(e.to_string()))?;
+                let get = |k: &str| para.get(k).unwrap_or("");
+                let name = get("Package");
+                let version = get("Version");
+                let parch = get("Architecture");
+                if name.is_empty() || version.is_empty() || (parch != arch && parch != "all") {
+                    continue;
+                }
+                // apt creates package names in the order it first meets them:
+                // the stanza's own name, its relation targets, then its provides.
+                let mut intern = |n: &'a str| {
+                    let next = apt_ids.len() as u32;
+                    apt_ids.entry(n).or_insert(next);
+                };
+                intern(name);
+                let versions = other_versions.entry(name).or_default();
+                let new_version = !versions.iter().any(|v| kiln_deb::version::compare(v, version).is_eq());
+                if new_version {
+                    versions.push(version);
+                    for f in [
+                        "Pre-Depends", "Depends", "Conflicts", "Breaks", "Recommends", "Suggests",
+                        "Replaces", "Enhances", "Provides",
+                    ] {
+                        if let Some(v) = para.get(f) {
+                            relation_names(v, &mut intern);
+                        }
+                    }
+                }
+                if input.main_suite {
+                    in_main.insert(name, true);
+                }
+                let num = |k: &str| get(k).trim().parse::<u64>().unwrap_or(0);
+                let (source, source_version) = match para.get("Source") {
+                    Some(s) => match s.split_once('(') {
+                        Some((n, v)) => (n.trim(), v.trim_end_matches(')').trim()),
+                        None => (s.trim(), version),
+                    },
+                    None => (name, version),
+                };
+                let pkg = Pkg {
+                    name,
+                    version,
+                    arch: parch,
+                    essential: get("Essential") == "yes",
+                    important: get("Important") == "yes" || get("Protected") == "yes",
+                    priority: get("Priority"),
+                    multi_arch: get("Multi-Arch"),
+                    source,
+                    source_version,
+                    filename: get("Filename"),
+                    size: num("Size"),
+                    sha256: get("SHA256"),
+                    installed_size: num("Installed-Size"),
+                    release: input.release,
+                    pin: input.pin,
+                    in_main_suite: false,
+                    apt_id: 0,
+                    pre_depends: get("Pre-Depends"),
+                    depends: get("Depends"),
+                    recommends: get("Recommends"),
+                    conflicts: get("Conflicts"),
+                    breaks: get("Breaks"),
+                    provides: get("Provides"),
+                };
+                match by_name.get(name) {
+                    None => {
+                        by_name.insert(name, pkgs.len());
+                        pkgs.push(pkg);
+                    }
+                    Some(&i) => {
+                        let cur = &pkgs[i];
+                        let better = pkg.pin > cur.pin
+                            || (pkg.pin == cur.pin
+                                && kiln_deb::version::compare(pkg.version, cur.version) == Ordering::Greater);
+                        if better {
+                            pkgs[i] = pkg;
+                        }
+                    }
+                }
+            }
+        }
+        let mut providers: HashMap<&'a str, Vec<(PkgId, Option<&'a str>)>> = HashMap::new();
+        for (i, p) in pkgs.iter_mut().enumerate() {
+            p.apt_id = apt_ids[p.name];
+            p.in_main_suite = in_main.contains_key(p.name);
+            if p.sha256.is_empty() || p.filename.is_empty() {
+                return Err(ResolveError::BadIndex(format!(
+                    "package {} {} has no Filename or SHA256 in its index",
+                    p.name, p.version
+                )));
+            }
+            if !p.provides.is_empty() {
+                let provs = parse_provides(p.provides).map_err(|e| {
+                    ResolveError::BadIndex(format!("{} {}: Provides: {e}", p.name, p.version))
+                })?;
+                for d in provs {
+                    providers
+                        .entry(d.name)
+                        .or_default()
+                        .push((i, d.constraint.map(|(_, v)| v)));
+                }
+            }
+        }
+        Ok(Universe {
+            arch: arch.to_string(),
+            pkgs,
+            by_name,
+            providers,
+            other_versions,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<PkgId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Parses a relation field of package `p`.
+    pub fn relations(&self, p: PkgId, field: &'a str) -> Result<Vec<Vec<Dep<'a>>>, ResolveError> {
+        parse_relations(field).map_err(|e| {
+            ResolveError::BadIndex(format!("{} {}: {e}", self.pkgs[p].name, self.pkgs[p].version))
+        })
+    }
+
+    /// Whether candidate `q` satisfies the atom `d` directly (not through Provides).
+    pub fn satisfies_real(&self, q: PkgId, d: &Dep) -> bool {
+        let pkg = &self.pkgs[q];
+        let arch_ok = match d.arch {
+            None | Some("any") | Some("native") => true,
+            Some(a) => a == self.arch || pkg.arch == a,
+        };
+        arch_ok && d.satisfied_by_version(pkg.version)
+    }
+
+    /// Whether a provided version satisfies the atom `d`.
+    pub fn satisfies_provided(d: &Dep, provided: Option<&str>) -> bool {
+        match (d.constraint, provided) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(v)) => d.satisfied_by_version(v),
+        }
+    }
+
+    /// Every (package, satisfies) pair an atom could be satisfied by: the real
+    /// package of that name first, then its providers.
+    pub fn targets(&self, d: &Dep) -> Vec<(PkgId, bool)> {
+        let mut out = Vec::new();
+        if let Some(q) = self.get(d.name) {
+            out.push((q, self.satisfies_real(q, d)));
+        }
+        if let Some(provs) = self.providers.get(d.name) {
+            for &(p, pv) in provs {
+                let ok = Self::satisfies_provided(d, pv);
+                if let Some(e) = out.iter_mut().find(|(q, _)| *q == p) {
+                    e.1 |= ok;
+                } else {
+                    out.push((p, ok));
+                }
+            }
+        }
+        out
+    }
+
+    /// Close names, for "did you mean" hints on unknown packages.
+    pub fn suggest(&self, name: &str) -> Vec<&'a str> {
+        let mut scored: Vec<(f64, &'a str)> = self
+            .by_name
+            .keys()
+            .chain(self.providers.keys())
+            .map(|n| (strsim::jaro_winkler(name, n), *n))
+            .filter(|(s, _)| *s > 0.88)
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        scored.dedup_by(|a, b| a.1 == b.1);
+        scored.into_iter().take(3).map(|(_, n)| n).collect()
+    }
+}

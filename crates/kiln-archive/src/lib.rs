@@ -125,7 +125,11 @@ fn load_source(
     let mut indexes = Vec::new();
     for comp in &src.components {
         let mut arches = vec![arch.to_string()];
+        // apt reads binary-all only where the Release file announces "all".
+        let announces_all = rel.release.architectures.is_empty()
+            || rel.release.architectures.iter().any(|a| a == "all");
         if !rel.release.no_all_index
+            && announces_all
             && ["", ".xz", ".gz"]
                 .iter()
                 .any(|ext| rel.release.files.contains_key(&format!("{comp}/binary-all/Packages{ext}")))

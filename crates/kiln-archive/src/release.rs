@@ -28,6 +28,8 @@ pub struct Release {
     pub acquire_by_hash: bool,
     /// Architecture `all` packages are listed in each architecture's index.
     pub no_all_index: bool,
+    /// The `Architectures` field (empty when absent).
+    pub architectures: Vec<String>,
     pub files: HashMap<String, IndexFile>,
 }
 
@@ -91,6 +93,10 @@ impl Release {
             no_all_index: para
                 .get("No-Support-for-Architecture-all")
                 .is_some_and(|v| v.trim() == "Packages"),
+            architectures: para
+                .get("Architectures")
+                .map(|v| v.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
             files,
         })
     }

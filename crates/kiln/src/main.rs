@@ -1,1 +1,97 @@
-fn main() {}
+//! `kiln`: the command line. Parsing arguments, progress and exit codes only;
+//! the work happens in the library crates.
+
+mod lock;
+mod ui;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Fire Debian package archives into verifiable system images")]
+struct Cli {
+    /// Print only errors on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where packages come from, for commands that read the archive.
+#[derive(Args, Clone, Default)]
+pub struct SourceArgs {
+    /// Use only the local index cache; never touch the network.
+    #[arg(long)]
+    pub offline: bool,
+    /// Debian mirror to use instead of the one in the host's apt sources.
+    #[arg(long, value_name = "URI")]
+    pub mirror: Option<String>,
+    /// Security mirror to use instead of the one in the host's apt sources.
+    #[arg(long, value_name = "URI")]
+    pub security_mirror: Option<String>,
+    /// Cache directory (default: $KILN_CACHE_DIR, $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Resolve a recipe into kiln.lock (every package, version and sha256).
+    Lock {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// Do not resolve: fail if kiln.lock does not match the recipe.
+        #[arg(long)]
+        check: bool,
+        /// Print the resolution as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+    /// Show the dependency path that pulled a package into a lock.
+    Why {
+        /// The package name.
+        package: String,
+        /// The recipe whose kiln.lock to read.
+        #[arg(long, short, value_name = "RECIPE", conflicts_with = "lock")]
+        recipe: Option<PathBuf>,
+        /// The lock file to read (default: ./kiln.lock).
+        #[arg(long, value_name = "LOCK")]
+        lock: Option<PathBuf>,
+        /// Image architecture, when the lock has several.
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ui = ui::Ui::new(cli.quiet);
+    let result = match cli.command {
+        Command::Lock {
+            recipe,
+            check,
+            json,
+            sources,
+        } => lock::cmd_lock(&ui, &recipe, check, json, &sources),
+        Command::Why {
+            package,
+            recipe,
+            lock,
+            arch,
+            json,
+        } => lock::cmd_why(&ui, &package, recipe, lock, arch, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            ui::report_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

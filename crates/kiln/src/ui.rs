@@ -1,0 +1,82 @@
+//! User-facing output: data on stdout, progress and errors on stderr,
+//! readable without colour.
+
+use std::io::IsTerminal;
+
+pub struct Ui {
+    pub quiet: bool,
+    pub color: bool,
+}
+
+impl Ui {
+    pub fn new(quiet: bool) -> Ui {
+        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Ui { quiet, color }
+    }
+
+    /// A progress or status line on stderr.
+    pub fn status(&self, verb: &str, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.color {
+            eprintln!("\x1b[1;32m{verb:>10}\x1b[0m {msg}");
+        } else {
+            eprintln!("{verb:>10} {msg}");
+        }
+    }
+
+    pub fn warn(&self, msg: &str) {
+        if self.color {
+            eprintln!("\x1b[1;33mwarning\x1b[0m: {msg}");
+        } else {
+            eprintln!("warning: {msg}");
+        }
+    }
+}
+
+/// Prints an error and, after a blank line, what to do about it.
+pub fn report_error(e: &anyhow::Error) {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let prefix = if color { "\x1b[1;31merror\x1b[0m" } else { "error" };
+    eprintln!("{prefix}: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if let Some(h) = hint(e) {
+        eprintln!("\nhint: {h}");
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<String> {
+    for c in e.chain() {
+        if let Some(x) = c.downcast_ref::<kiln_archive::ArchiveError>() {
+            return x.hint();
+        }
+        if let Some(x) = c.downcast_ref::<kiln_recipe::RecipeError>() {
+            return x.hint();
+        }
+        if let Some(x) = c.downcast_ref::<kiln_resolve::ResolveError>() {
+            return x.hint();
+        }
+        if let Some(x) = c.downcast_ref::<crate::lock::Hinted>() {
+            return Some(x.hint.clone());
+        }
+    }
+    None
+}
+
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}

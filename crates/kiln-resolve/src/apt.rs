@@ -17,6 +17,8 @@ pub struct AptPass<'c, 'u, 'a> {
     excluded: &'c [bool],
     pub marked: Vec<bool>,
     protected: Vec<bool>,
+    /// Already installed on the (simulated) system.
+    installed: Vec<bool>,
 }
 
 impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
@@ -27,7 +29,15 @@ impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
             excluded,
             marked: vec![false; n],
             protected: vec![false; n],
+            installed: vec![false; n],
         }
+    }
+
+    /// Treats everything marked so far as installed, as after a dpkg run:
+    /// the next [`AptPass::install`] starts from that system.
+    pub fn commit(&mut self) {
+        self.installed.clone_from(&self.marked);
+        self.protected.iter_mut().for_each(|p| *p = false);
     }
 
     /// Like `apt-get install ROOTS…` from an empty system: every root is
@@ -55,6 +65,7 @@ impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
         let (pa, pb) = (&self.deps.u.pkgs[a], &self.deps.u.pkgs[b]);
         let first = |x: bool, y: bool| y.cmp(&x);
         first(self.protected[a], self.protected[b])
+            .then(first(self.installed[a], self.installed[b]))
             .then(first(pa.name == target, pb.name == target))
             .then(first(pa.essential, pb.essential))
             .then(first(pa.important, pb.important))

@@ -153,16 +153,13 @@ pub fn resolve(u: &Universe, req: &Request) -> Result<Resolution, ResolveError> 
     }
 
     let deps = DepCache::new(u, req.recommends);
-    // apt's choices, as mmdebstrap makes them: the essential set first, then
-    // the user's packages and the Priority set, each from an empty system.
-    let mut preferred = vec![false; n];
-    for phase in [essential.clone(), includes.iter().chain(&prio).copied().collect::<Vec<_>>()] {
-        let mut pass = apt::AptPass::new(&deps, &excluded);
-        pass.install(&phase)?;
-        for (p, m) in pass.marked.iter().enumerate() {
-            preferred[p] |= *m;
-        }
-    }
+    // apt's choices, as mmdebstrap makes them: the essential set is installed
+    // first, then the user's packages and the Priority set on top of it.
+    let mut pass = apt::AptPass::new(&deps, &excluded);
+    pass.install(&essential)?;
+    pass.commit();
+    pass.install(&includes.iter().chain(&prio).copied().collect::<Vec<_>>())?;
+    let preferred = pass.marked;
 
     let provider = solve::Provider::new(&deps, &excluded, &preferred);
     let mut roots: Vec<PkgId> = essential.iter().chain(&includes).chain(&prio).copied().collect();

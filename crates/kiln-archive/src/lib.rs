@@ -297,29 +297,47 @@ fn load_index(
             path: cache.root().join("indexes"),
         });
     }
-    let (ext, entry) = [".xz", ".gz", ""]
+    let choices: Vec<(&str, &release::IndexFile)> = [".xz", ".gz", ""]
         .iter()
-        .find_map(|ext| release.files.get(&format!("{path}{ext}")).map(|e| (*ext, e)))
-        .ok_or_else(|| ArchiveError::MissingIndex {
+        .filter_map(|ext| release.files.get(&format!("{path}{ext}")).map(|e| (*ext, e)))
+        .collect();
+    if choices.is_empty() {
+        return Err(ArchiveError::MissingIndex {
             source_name: name.to_string(),
             path: path.to_string(),
             arch: arch.to_string(),
-        })?;
-    let file = format!("{path}{ext}");
-    let url = dist_url(src, &file);
+        });
+    }
     let tmp = Cache::temp_beside(&cache.index_path("x"))?;
-    (opts.progress)(&format!("Get {url}"));
-    let fetched = if release.acquire_by_hash {
-        let dir = Path::new(&file).parent().and_then(|p| p.to_str()).unwrap_or("");
-        let by_hash = dist_url(src, &format!("{dir}/by-hash/SHA256/{}", entry.sha256));
-        match fetcher.download(&by_hash, tmp.path()) {
-            Err(ArchiveError::NotFound { .. }) => fetcher.download(&url, tmp.path()),
-            r => r,
+    // Like apt, try the next compression when a listed file is missing.
+    let mut last_err = None;
+    let mut got = None;
+    for (ext, entry) in choices {
+        let file = format!("{path}{ext}");
+        let url = dist_url(src, &file);
+        (opts.progress)(&format!("Get {url}"));
+        let fetched = if release.acquire_by_hash {
+            let dir = Path::new(&file).parent().and_then(|p| p.to_str()).unwrap_or("");
+            let by_hash = dist_url(src, &format!("{dir}/by-hash/SHA256/{}", entry.sha256));
+            match fetcher.download(&by_hash, tmp.path()) {
+                Err(ArchiveError::NotFound { .. }) => fetcher.download(&url, tmp.path()),
+                r => r,
+            }
+        } else {
+            fetcher.download(&url, tmp.path())
+        };
+        match fetched {
+            Ok(r) => {
+                got = Some((ext, entry, url, r));
+                break;
+            }
+            Err(e @ ArchiveError::NotFound { .. }) => last_err = Some(e),
+            Err(e) => return Err(e),
         }
-    } else {
-        fetcher.download(&url, tmp.path())
+    }
+    let Some((ext, entry, url, (size, sha))) = got else {
+        return Err(last_err.expect("at least one attempt"));
     };
-    let (size, sha) = fetched?;
     if sha != entry.sha256 {
         return Err(ArchiveError::HashMismatch {
             what: url,

@@ -306,6 +306,7 @@ fn load_layer(
         let sugg = suggestion_for(&msg);
         let msg = msg
             .replace("unknown field", "unknown key")
+            .replace("unknown variant", "unknown value")
             .split(", expected")
             .next()
             .unwrap_or_default()

@@ -2,7 +2,7 @@
 //! would pick it, plus the virtual packages their `Provides` declare.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use kiln_deb::deb822;
 use kiln_deb::relation::{parse_provides, parse_relations, Dep};
@@ -75,8 +75,32 @@ pub struct Universe<'a> {
     pub by_name: HashMap<&'a str, PkgId>,
     /// Virtual name → (provider, provided version).
     pub providers: HashMap<&'a str, Vec<(PkgId, Option<&'a str>)>>,
-    /// Every version seen per name, for error messages.
-    pub other_versions: HashMap<&'a str, Vec<&'a str>>,
+}
+
+/// The fields of one index stanza that Kiln reads.
+#[derive(Default)]
+struct Fields<'a> {
+    name: &'a str,
+    version: &'a str,
+    arch: &'a str,
+    essential: bool,
+    important: bool,
+    priority: &'a str,
+    multi_arch: &'a str,
+    source: Option<&'a str>,
+    filename: &'a str,
+    size: u64,
+    sha256: &'a str,
+    installed_size: u64,
+    pre_depends: &'a str,
+    depends: &'a str,
+    recommends: &'a str,
+    conflicts: &'a str,
+    breaks: &'a str,
+    provides: &'a str,
+    suggests: &'a str,
+    replaces: &'a str,
+    enhances: &'a str,
 }
 
 fn relation_names<'a>(field: &'a str, mut f: impl FnMut(&'a str)) {
@@ -94,18 +118,42 @@ fn relation_names<'a>(field: &'a str, mut f: impl FnMut(&'a str)) {
 impl<'a> Universe<'a> {
     pub fn build(inputs: &[IndexInput<'a>], arch: &str) -> Result<Universe<'a>, ResolveError> {
         let mut pkgs: Vec<Pkg<'a>> = Vec::new();
-        let mut by_name: HashMap<&'a str, PkgId> = HashMap::with_capacity(80_000);
-        let mut apt_ids: HashMap<&'a str, u32> = HashMap::with_capacity(120_000);
-        let mut other_versions: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
-        let mut in_main: HashMap<&'a str, bool> = HashMap::new();
+        let mut by_name: HashMap<&'a str, PkgId> = HashMap::with_capacity_and_hasher(80_000, Default::default());
+        let mut apt_ids: HashMap<&'a str, u32> = HashMap::with_capacity_and_hasher(120_000, Default::default());
+        let mut seen_versions: rustc_hash::FxHashSet<(&'a str, &'a str)> = Default::default();
         for input in inputs {
             for para in deb822::paragraphs(input.text) {
                 let para = para.map_err(|e| ResolveError::BadIndex(e.to_string()))?;
-                let get = |k: &str| para.get(k).unwrap_or("");
-                let name = get("Package");
-                let version = get("Version");
-                let parch = get("Architecture");
-                if name.is_empty() || version.is_empty() || (parch != arch && parch != "all") {
+                // One pass over the fields; archive indexes use canonical case.
+                let mut f = Fields::default();
+                for (k, v) in para.fields() {
+                    match k {
+                        "Package" => f.name = v,
+                        "Version" => f.version = v,
+                        "Architecture" => f.arch = v,
+                        "Essential" => f.essential = v == "yes",
+                        "Important" | "Protected" => f.important |= v == "yes",
+                        "Priority" => f.priority = v,
+                        "Multi-Arch" => f.multi_arch = v,
+                        "Source" => f.source = Some(v),
+                        "Filename" => f.filename = v,
+                        "Size" => f.size = v.trim().parse().unwrap_or(0),
+                        "SHA256" => f.sha256 = v,
+                        "Installed-Size" => f.installed_size = v.trim().parse().unwrap_or(0),
+                        "Pre-Depends" => f.pre_depends = v,
+                        "Depends" => f.depends = v,
+                        "Recommends" => f.recommends = v,
+                        "Conflicts" => f.conflicts = v,
+                        "Breaks" => f.breaks = v,
+                        "Provides" => f.provides = v,
+                        "Suggests" => f.suggests = v,
+                        "Replaces" => f.replaces = v,
+                        "Enhances" => f.enhances = v,
+                        _ => {}
+                    }
+                }
+                let (name, version) = (f.name, f.version);
+                if name.is_empty() || version.is_empty() || (f.arch != arch && f.arch != "all") {
                     continue;
                 }
                 // apt creates package names in the order it first meets them:
@@ -115,24 +163,17 @@ impl<'a> Universe<'a> {
                     apt_ids.entry(n).or_insert(next);
                 };
                 intern(name);
-                let versions = other_versions.entry(name).or_default();
-                let new_version = !versions.iter().any(|v| kiln_deb::version::compare(v, version).is_eq());
-                if new_version {
-                    versions.push(version);
-                    for f in [
-                        "Pre-Depends", "Depends", "Conflicts", "Breaks", "Recommends", "Suggests",
-                        "Replaces", "Enhances", "Provides",
+                if seen_versions.insert((name, version)) {
+                    for v in [
+                        f.pre_depends, f.depends, f.conflicts, f.breaks, f.recommends, f.suggests,
+                        f.replaces, f.enhances, f.provides,
                     ] {
-                        if let Some(v) = para.get(f) {
+                        if !v.is_empty() {
                             relation_names(v, &mut intern);
                         }
                     }
                 }
-                if input.main_suite {
-                    in_main.insert(name, true);
-                }
-                let num = |k: &str| get(k).trim().parse::<u64>().unwrap_or(0);
-                let (source, source_version) = match para.get("Source") {
+                let (source, source_version) = match f.source {
                     Some(s) => match s.split_once('(') {
                         Some((n, v)) => (n.trim(), v.trim_end_matches(')').trim()),
                         None => (s.trim(), version),
@@ -142,27 +183,27 @@ impl<'a> Universe<'a> {
                 let pkg = Pkg {
                     name,
                     version,
-                    arch: parch,
-                    essential: get("Essential") == "yes",
-                    important: get("Important") == "yes" || get("Protected") == "yes",
-                    priority: get("Priority"),
-                    multi_arch: get("Multi-Arch"),
+                    arch: f.arch,
+                    essential: f.essential,
+                    important: f.important,
+                    priority: f.priority,
+                    multi_arch: f.multi_arch,
                     source,
                     source_version,
-                    filename: get("Filename"),
-                    size: num("Size"),
-                    sha256: get("SHA256"),
-                    installed_size: num("Installed-Size"),
+                    filename: f.filename,
+                    size: f.size,
+                    sha256: f.sha256,
+                    installed_size: f.installed_size,
                     release: input.release,
                     pin: input.pin,
-                    in_main_suite: false,
+                    in_main_suite: input.main_suite,
                     apt_id: 0,
-                    pre_depends: get("Pre-Depends"),
-                    depends: get("Depends"),
-                    recommends: get("Recommends"),
-                    conflicts: get("Conflicts"),
-                    breaks: get("Breaks"),
-                    provides: get("Provides"),
+                    pre_depends: f.pre_depends,
+                    depends: f.depends,
+                    recommends: f.recommends,
+                    conflicts: f.conflicts,
+                    breaks: f.breaks,
+                    provides: f.provides,
                 };
                 match by_name.get(name) {
                     None => {
@@ -174,17 +215,18 @@ impl<'a> Universe<'a> {
                         let better = pkg.pin > cur.pin
                             || (pkg.pin == cur.pin
                                 && kiln_deb::version::compare(pkg.version, cur.version) == Ordering::Greater);
+                        let in_main = cur.in_main_suite || pkg.in_main_suite;
                         if better {
                             pkgs[i] = pkg;
                         }
+                        pkgs[i].in_main_suite = in_main;
                     }
                 }
             }
         }
-        let mut providers: HashMap<&'a str, Vec<(PkgId, Option<&'a str>)>> = HashMap::new();
+        let mut providers: HashMap<&'a str, Vec<(PkgId, Option<&'a str>)>> = HashMap::default();
         for (i, p) in pkgs.iter_mut().enumerate() {
             p.apt_id = apt_ids[p.name];
-            p.in_main_suite = in_main.contains_key(p.name);
             if p.sha256.is_empty() || p.filename.is_empty() {
                 return Err(ResolveError::BadIndex(format!(
                     "package {} {} has no Filename or SHA256 in its index",
@@ -208,7 +250,6 @@ impl<'a> Universe<'a> {
             pkgs,
             by_name,
             providers,
-            other_versions,
         })
     }
 

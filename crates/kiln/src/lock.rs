@@ -81,6 +81,14 @@ pub fn resolve_recipe(ui: &Ui, recipe: &Recipe, args: &SourceArgs) -> Result<Loc
         releases: Vec::new(),
         packages: Vec::new(),
     };
+    let timing = std::env::var_os("KILN_TIMING").is_some();
+    let mut t = Instant::now();
+    let mut lap = |what: &str| {
+        if timing {
+            eprintln!("timing: {what}: {:.3}s", t.elapsed().as_secs_f64());
+        }
+        t = Instant::now();
+    };
     for arch in &recipe.image.architectures {
         let indexes = kiln_archive::load_indexes(
             &sources,
@@ -118,7 +126,9 @@ pub fn resolve_recipe(ui: &Ui, recipe: &Recipe, args: &SourceArgs) -> Result<Loc
                 }
             })
             .collect();
+        lap("load and verify indexes");
         let universe = Universe::build(&inputs, arch)?;
+        lap("build the candidate universe");
         let prio = recipe.packages.priority;
         let resolution = kiln_resolve::resolve(
             &universe,
@@ -131,6 +141,7 @@ pub fn resolve_recipe(ui: &Ui, recipe: &Recipe, args: &SourceArgs) -> Result<Loc
             },
         )
         .with_context(|| format!("resolving {} for {arch}", recipe.path.display()))?;
+        lap("resolve");
         for c in &resolution.packages {
             let p = &universe.pkgs[c.pkg];
             lock.packages.push(LockedPackage {

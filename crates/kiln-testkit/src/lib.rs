@@ -1,0 +1,376 @@
+//! Test fixtures: a tiny signed Debian repository made of real `.deb`s
+//! (built with `dpkg-deb`), signed with a throwaway OpenPGP key (`gpg`), and
+//! served from a directory or a loopback HTTP server with fault injection.
+//!
+//! Offline and deterministic apart from the key material.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A throwaway OpenPGP signing key in its own GNUPGHOME.
+pub struct Key {
+    pub home: tempfile::TempDir,
+    /// The public key as a binary keyring file.
+    pub keyring: PathBuf,
+}
+
+impl Key {
+    pub fn generate(name: &str) -> Key {
+        let home = tempfile::tempdir().unwrap();
+        let gpg = |args: &[&str]| {
+            run(Command::new("gpg")
+                .env("GNUPGHOME", home.path())
+                .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args(args))
+        };
+        gpg(&[
+            "--quick-gen-key",
+            &format!("{name} <{}@kiln.invalid>", name.to_lowercase().replace(' ', "-")),
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let keyring = home.path().join("public.gpg");
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", home.path())
+            .args(["--batch", "--export"])
+            .output()
+            .unwrap();
+        std::fs::write(&keyring, out.stdout).unwrap();
+        Key { home, keyring }
+    }
+
+    /// The public key, ASCII-armored.
+    pub fn armored(&self) -> String {
+        run(Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--armor", "--export"]))
+    }
+
+    pub fn clearsign(&self, input: &Path, output: &Path) {
+        let _ = std::fs::remove_file(output);
+        run(Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(["--digest-algo", "SHA256", "--clearsign", "--output"])
+            .arg(output)
+            .arg(input));
+    }
+
+    pub fn detach_sign(&self, input: &Path, output: &Path) {
+        let _ = std::fs::remove_file(output);
+        run(Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(["--digest-algo", "SHA256", "--detach-sign", "--output"])
+            .arg(output)
+            .arg(input));
+    }
+}
+
+/// A binary package to put in the fixture repository.
+#[derive(Clone, Debug, Default)]
+pub struct Pkg {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// Extra control fields (Depends, Provides, Priority, Essential, …).
+    pub fields: Vec<(String, String)>,
+    /// Files in the package: path (relative to /) → contents.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Maintainer scripts (postinst, preinst, …) → contents.
+    pub scripts: BTreeMap<String, String>,
+}
+
+impl Pkg {
+    pub fn new(name: &str, version: &str) -> Pkg {
+        Pkg {
+            name: name.into(),
+            version: version.into(),
+            arch: "all".into(),
+            ..Default::default()
+        }
+    }
+    pub fn arch(mut self, a: &str) -> Pkg {
+        self.arch = a.into();
+        self
+    }
+    pub fn field(mut self, k: &str, v: &str) -> Pkg {
+        self.fields.push((k.into(), v.into()));
+        self
+    }
+    pub fn depends(self, v: &str) -> Pkg {
+        self.field("Depends", v)
+    }
+    pub fn file(mut self, path: &str, contents: &[u8]) -> Pkg {
+        self.files.insert(path.trim_start_matches('/').into(), contents.to_vec());
+        self
+    }
+    pub fn script(mut self, name: &str, body: &str) -> Pkg {
+        self.scripts.insert(name.into(), body.into());
+        self
+    }
+}
+
+/// Options for writing the repository's Release file.
+#[derive(Clone, Debug)]
+pub struct ReleaseOpts {
+    pub suite: String,
+    pub codename: String,
+    pub date: String,
+    pub valid_until: Option<String>,
+    /// Sign InRelease (clearsigned) — otherwise write an unsigned Release only.
+    pub sign: bool,
+}
+
+impl Default for ReleaseOpts {
+    fn default() -> Self {
+        ReleaseOpts {
+            suite: "kiln-test".into(),
+            codename: "kiln-test".into(),
+            date: "Sat, 01 Nov 2025 12:00:00 UTC".into(),
+            valid_until: None,
+            sign: true,
+        }
+    }
+}
+
+/// A repository on disk: `dists/SUITE/...` and `pool/...`.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+    pub key: Key,
+    pub debs: BTreeMap<String, PathBuf>,
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Builds a `.deb` with dpkg-deb and returns its path.
+pub fn build_deb(p: &Pkg, out_dir: &Path) -> PathBuf {
+    let tree = tempfile::tempdir().unwrap();
+    let root = tree.path();
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    let mut control = format!(
+        "Package: {}\nVersion: {}\nArchitecture: {}\nMaintainer: Kiln Tests <tests@kiln.invalid>\n",
+        p.name, p.version, p.arch
+    );
+    for (k, v) in &p.fields {
+        control.push_str(&format!("{k}: {v}\n"));
+    }
+    control.push_str(&format!("Description: test package {}\n", p.name));
+    std::fs::write(root.join("DEBIAN/control"), control).unwrap();
+    for (name, body) in &p.scripts {
+        let path = root.join("DEBIAN").join(name);
+        std::fs::write(&path, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (path, contents) in &p.files {
+        let f = root.join(path);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, contents).unwrap();
+    }
+    std::fs::create_dir_all(out_dir).unwrap();
+    let deb = out_dir.join(format!("{}_{}_{}.deb", p.name, p.version.replace(':', "%3a"), p.arch));
+    run(Command::new("dpkg-deb")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(root)
+        .arg(&deb));
+    deb
+}
+
+impl Repo {
+    /// Builds, indexes and signs a repository with `pkgs` for `arch`.
+    pub fn build(pkgs: &[Pkg], arch: &str, opts: &ReleaseOpts) -> Repo {
+        let key = Key::generate("Kiln Test Archive");
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = Repo {
+            dir,
+            key,
+            debs: BTreeMap::new(),
+        };
+        repo.write(pkgs, arch, opts);
+        repo
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn uri(&self) -> String {
+        format!("file://{}", self.root().display())
+    }
+
+    pub fn dists(&self, opts: &ReleaseOpts) -> PathBuf {
+        self.root().join("dists").join(&opts.suite)
+    }
+
+    /// (Re)writes pool, index and Release for the package set.
+    pub fn write(&mut self, pkgs: &[Pkg], arch: &str, opts: &ReleaseOpts) {
+        let mut index = String::new();
+        for p in pkgs {
+            let first = p.name.chars().next().unwrap();
+            let rel = format!("pool/main/{first}/{}", p.name);
+            let deb = build_deb(p, &self.root().join(&rel));
+            let bytes = std::fs::read(&deb).unwrap();
+            let filename = format!("{rel}/{}", deb.file_name().unwrap().to_str().unwrap());
+            index.push_str(&format!(
+                "Package: {}\nVersion: {}\nArchitecture: {}\n",
+                p.name, p.version, p.arch
+            ));
+            for (k, v) in &p.fields {
+                index.push_str(&format!("{k}: {v}\n"));
+            }
+            index.push_str(&format!(
+                "Installed-Size: 1\nFilename: {filename}\nSize: {}\nSHA256: {}\nDescription: test package {}\n\n",
+                bytes.len(),
+                sha256_hex(&bytes),
+                p.name
+            ));
+            self.debs.insert(p.name.clone(), deb);
+        }
+        let dists = self.dists(opts);
+        let bin = dists.join(format!("main/binary-{arch}"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("Packages"), &index).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(index.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        std::fs::write(bin.join("Packages.gz"), &gz).unwrap();
+        self.write_release(arch, opts);
+    }
+
+    /// Writes Release (and InRelease when signing) over what is in dists/.
+    pub fn write_release(&self, arch: &str, opts: &ReleaseOpts) {
+        let dists = self.dists(opts);
+        let mut files = String::new();
+        for name in ["Packages", "Packages.gz"] {
+            let rel = format!("main/binary-{arch}/{name}");
+            let b = std::fs::read(dists.join(&rel)).unwrap();
+            files.push_str(&format!(" {} {} {rel}\n", sha256_hex(&b), b.len()));
+        }
+        let mut release = format!(
+            "Origin: Kiln Tests\nLabel: Kiln Tests\nSuite: {}\nCodename: {}\nDate: {}\n",
+            opts.suite, opts.codename, opts.date
+        );
+        if let Some(v) = &opts.valid_until {
+            release.push_str(&format!("Valid-Until: {v}\n"));
+        }
+        release.push_str(&format!(
+            "Architectures: {arch}\nComponents: main\nDescription: Kiln test repository\nSHA256:\n{files}"
+        ));
+        std::fs::write(dists.join("Release"), &release).unwrap();
+        let _ = std::fs::remove_file(dists.join("InRelease"));
+        if opts.sign {
+            self.key.clearsign(&dists.join("Release"), &dists.join("InRelease"));
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 file server on 127.0.0.1 for one directory.
+pub struct HttpServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    /// Requests to fail with 500 before serving normally.
+    pub fail_next: Arc<AtomicUsize>,
+    /// Paths requested so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpServer {
+    pub fn serve(root: &Path) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let fail_next = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, f, l, root) = (stop.clone(), fail_next.clone(), log.clone(), root.to_path_buf());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (f, l, root) = (f.clone(), l.clone(), root.clone());
+                        std::thread::spawn(move || handle(stream, &root, &f, &l));
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        HttpServer {
+            port,
+            stop,
+            fail_next,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn handle(stream: TcpStream, root: &Path, fail: &AtomicUsize, log: &Mutex<Vec<String>>) {
+    stream.set_nonblocking(false).ok();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+        }
+        log.lock().unwrap().push(path.clone());
+        if fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let _ = stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
+            continue;
+        }
+        let file = root.join(path.trim_start_matches('/'));
+        let mut body = Vec::new();
+        match std::fs::File::open(&file).and_then(|mut f| f.read_to_end(&mut body)) {
+            Ok(_) if file.is_file() => {
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                );
+                let _ = stream.write_all(&body);
+            }
+            _ => {
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! `kiln lock` against a signed fixture repository the tests build
+//! themselves: the happy path and every kind of bad input, offline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_testkit::{HttpServer, Pkg, ReleaseOpts, Repo};
+
+fn packages() -> Vec<Pkg> {
+    vec![
+        Pkg::new("base-files", "13")
+            .field("Essential", "yes")
+            .field("Priority", "required")
+            .file("/etc/debian_version", b"13\n"),
+        Pkg::new("libfoo1", "1.2-1").arch("amd64").field("Priority", "optional"),
+        Pkg::new("nginx", "1.26.0-1")
+            .arch("amd64")
+            .depends("libfoo1 (>= 1.0), nginx-common | nginx-light-common"),
+        Pkg::new("nginx-common", "1.26.0-1"),
+        Pkg::new("app", "2.0").depends("libfoo1 (>= 2.0)"),
+        Pkg::new("mta-a", "1").field("Provides", "mail-transport-agent"),
+        Pkg::new("mta-b", "1").field("Provides", "mail-transport-agent"),
+    ]
+}
+
+struct Fixture {
+    repo: Repo,
+    opts: ReleaseOpts,
+    work: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Self::with(ReleaseOpts::default())
+    }
+
+    fn with(opts: ReleaseOpts) -> Fixture {
+        let repo = Repo::build(&packages(), "amd64", &opts);
+        Fixture {
+            repo,
+            opts,
+            work: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes a recipe for this repository with extra TOML lines.
+    fn recipe(&self, uri: &str, packages: &str, extra_source: &str) -> PathBuf {
+        let path = self.work.path().join("image.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[image]\nname = \"test\"\nsuite = \"kiln-test\"\narchitectures = [\"amd64\"]\ndefault-sources = false\n\n\
+                 [packages]\n{packages}\n\n[[source]]\nuri = \"{uri}\"\nsuites = [\"kiln-test\"]\nsigned-by = \"{}\"\n{extra_source}",
+                self.repo.key.keyring.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_CACHE_DIR", self.cache.path())
+            .env("KILN_FETCH_ATTEMPTS", "2")
+            .env("NO_COLOR", "1")
+            .current_dir(self.work.path())
+            .output()
+            .unwrap()
+    }
+
+    fn lock(&self, recipe: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["lock", recipe.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.kiln(&args)
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_fails_with(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+fn locked(recipe: &Path) -> toml::Table {
+    let text = std::fs::read_to_string(recipe.with_file_name("kiln.lock")).unwrap();
+    toml::from_str(&text).unwrap()
+}
+
+fn names(lock: &toml::Table) -> Vec<String> {
+    lock["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{} {}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn locks_a_signed_repository_over_http_with_hashes_of_the_real_debs() {
+    let f = Fixture::new();
+    let server = HttpServer::serve(f.repo.root());
+    let recipe = f.recipe(&server.url(), "priority = \"required\"\ninclude = [\"nginx\"]", "");
+    let out = f.lock(&recipe, &["--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = locked(&recipe);
+    assert_eq!(
+        names(&lock),
+        ["base-files 13", "libfoo1 1.2-1", "nginx 1.26.0-1", "nginx-common 1.26.0-1"]
+    );
+    for p in lock["package"].as_array().unwrap() {
+        let deb = &f.repo.debs[p["name"].as_str().unwrap()];
+        let bytes = std::fs::read(deb).unwrap();
+        assert_eq!(p["sha256"].as_str().unwrap(), kiln_testkit::sha256_hex(&bytes));
+        assert_eq!(p["size"].as_integer().unwrap() as usize, bytes.len());
+        assert!(f.repo.root().join(p["filename"].as_str().unwrap()).exists());
+    }
+    let rel = &lock["release"].as_array().unwrap()[0];
+    assert_eq!(rel["suite"].as_str(), Some("kiln-test"));
+    assert_eq!(rel["date"].as_str(), Some("Sat, 01 Nov 2025 12:00:00 UTC"));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["packages"].as_array().unwrap().len(), 4);
+    assert!(stderr(&out).contains("Locked 4 packages"), "{}", stderr(&out));
+
+    // Deterministic: locking again leaves the file byte-identical.
+    let before = std::fs::read(recipe.with_file_name("kiln.lock")).unwrap();
+    let again = f.lock(&recipe, &[]);
+    assert!(again.status.success());
+    assert!(stderr(&again).contains("unchanged"), "{}", stderr(&again));
+    assert_eq!(before, std::fs::read(recipe.with_file_name("kiln.lock")).unwrap());
+}
+
+#[test]
+fn why_shows_the_dependency_path() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert!(f.lock(&recipe, &[]).status.success());
+    let out = f.kiln(&["why", "libfoo1", "--recipe", recipe.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("nginx 1.26.0-1 (listed in [packages] include)"), "{text}");
+    assert!(text.contains("└─ libfoo1 1.2-1"), "{text}");
+    let missing = f.kiln(&["why", "libfoo", "--recipe", recipe.to_str().unwrap()]);
+    assert_fails_with(&missing, &["`libfoo` is not in", "did you mean `libfoo1`?"]);
+}
+
+#[test]
+fn lock_check_fails_when_the_recipe_changed() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert!(f.lock(&recipe, &[]).status.success());
+    assert!(f.lock(&recipe, &["--check"]).status.success());
+    // Output-only changes keep the lock valid; package changes do not.
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, format!("{text}\n[output]\nformats = [\"tar\"]\n")).unwrap();
+    assert!(f.lock(&recipe, &["--check"]).status.success());
+    std::fs::write(&recipe, text.replace("[\"nginx\"]", "[\"nginx\", \"app\"]")).unwrap();
+    assert_fails_with(&f.lock(&recipe, &["--check"]), &["does not match its recipe", "hint: run `kiln lock"]);
+}
+
+#[test]
+fn malformed_recipe_names_file_line_and_column() {
+    let f = Fixture::new();
+    let recipe = f.work.path().join("bad.toml");
+    std::fs::write(&recipe, "[image]\nname = \"x\"\nsuite = trixie\n").unwrap();
+    assert_fails_with(&f.lock(&recipe, &[]), &["bad.toml:3:9"]);
+}
+
+#[test]
+fn unknown_key_suggests_the_right_one() {
+    let f = Fixture::new();
+    let recipe = f.work.path().join("typo.toml");
+    std::fs::write(
+        &recipe,
+        "[image]\nname = \"x\"\nsuite = \"trixie\"\n\n[packages]\nincludes = [\"nginx\"]\n",
+    )
+    .unwrap();
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["typo.toml:6:1", "unknown key `includes`", "hint: did you mean `include`?"],
+    );
+}
+
+#[test]
+fn unknown_package_suggests_near_names() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"ngnix\"]", "");
+    assert_fails_with(&f.lock(&recipe, &[]), &["unknown package `ngnix`", "did you mean `nginx`"]);
+    assert!(!recipe.with_file_name("kiln.lock").exists(), "no lock is written on failure");
+}
+
+#[test]
+fn ambiguous_virtual_package_lists_providers() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"mail-transport-agent\"]", "");
+    assert_fails_with(&f.lock(&recipe, &[]), &["virtual package provided by mta-a, mta-b"]);
+}
+
+#[test]
+fn unsatisfiable_request_is_explained_as_a_chain() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"app\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["app 2.0 depends on libfoo1 (>= 2.0) but only libfoo1 1.2-1 is available"],
+    );
+}
+
+#[test]
+fn excluded_dependency_is_reported() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]\nexclude = [\"libfoo1\"]", "");
+    assert_fails_with(&f.lock(&recipe, &[]), &["libfoo1 is excluded by the recipe"]);
+}
+
+#[test]
+fn signature_by_an_untrusted_key_is_refused() {
+    let f = Fixture::new();
+    let other = kiln_testkit::Key::generate("Someone Else");
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace(
+        &f.repo.key.keyring.display().to_string(),
+        &other.keyring.display().to_string(),
+    );
+    std::fs::write(&recipe, text).unwrap();
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["is not signed by a trusted key", "not in the keyring", "hint:"],
+    );
+}
+
+#[test]
+fn tampered_release_file_is_refused() {
+    let f = Fixture::new();
+    let inrelease = f.repo.dists(&f.opts).join("InRelease");
+    let text = std::fs::read_to_string(&inrelease).unwrap();
+    std::fs::write(&inrelease, text.replace("Label: Kiln Tests", "Label: Kiln Evil")).unwrap();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert_fails_with(&f.lock(&recipe, &[]), &["BAD (the data was modified)"]);
+}
+
+#[test]
+fn missing_signature_needs_an_explicit_opt_out() {
+    let f = Fixture::with(ReleaseOpts {
+        sign: false,
+        ..Default::default()
+    });
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["neither InRelease nor Release.gpg", "allow-unsigned = true"],
+    );
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "allow-unsigned = true\n");
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn detached_release_signature_is_checked() {
+    let f = Fixture::with(ReleaseOpts {
+        sign: false,
+        ..Default::default()
+    });
+    let dists = f.repo.dists(&f.opts);
+    f.repo.key.detach_sign(&dists.join("Release"), &dists.join("Release.gpg"));
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn expired_release_is_refused() {
+    let f = Fixture::with(ReleaseOpts {
+        valid_until: Some("Sun, 02 Nov 2025 12:00:00 UTC".into()),
+        ..Default::default()
+    });
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["expired on Sun, 02 Nov 2025 12:00:00 UTC", "hint: the mirror is stale"],
+    );
+}
+
+#[test]
+fn index_changed_after_signing_is_refused() {
+    let f = Fixture::new();
+    // Add a package to the index (and its compressed copy) after the Release
+    // file was signed: a mirror serving data the signature does not cover.
+    let bin = f.repo.dists(&f.opts).join("main/binary-amd64");
+    let mut text = std::fs::read_to_string(bin.join("Packages")).unwrap();
+    text.push_str("Package: evil\nVersion: 1\nArchitecture: all\nFilename: x\nSHA256: 00\n\n");
+    std::fs::write(bin.join("Packages"), &text).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+    std::fs::write(bin.join("Packages.gz"), gz.finish().unwrap()).unwrap();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"evil\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["hash mismatch for file://", "main/binary-amd64/Packages.gz", "does not match its signed Release file"],
+    );
+    assert!(!recipe.with_file_name("kiln.lock").exists());
+    let cached = f.cache.path().join("indexes");
+    let leftovers: Vec<_> = std::fs::read_dir(&cached).map(|d| d.count()).into_iter().collect();
+    assert!(leftovers.iter().all(|n| *n == 0), "nothing unverified is cached: {leftovers:?}");
+}
+
+#[test]
+fn missing_compressed_index_falls_back_to_another_compression() {
+    let f = Fixture::new();
+    std::fs::remove_file(f.repo.dists(&f.opts).join("main/binary-amd64/Packages.gz")).unwrap();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn compressed_index_hash_mismatch_names_both_hashes() {
+    let f = Fixture::new();
+    let gz = f.repo.dists(&f.opts).join("main/binary-amd64/Packages.gz");
+    let mut bytes = std::fs::read(&gz).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&gz, bytes).unwrap();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert_fails_with(&f.lock(&recipe, &[]), &["hash mismatch for", "expected sha256", ", got "]);
+}
+
+#[test]
+fn unreachable_mirror_is_named_with_a_hint() {
+    let f = Fixture::new();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let recipe = f.recipe(&format!("http://127.0.0.1:{port}/debian"), "include = [\"nginx\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &[&format!("cannot reach http://127.0.0.1:{port}/debian/dists/kiln-test/InRelease"), "--offline"],
+    );
+}
+
+#[test]
+fn transient_server_errors_are_retried() {
+    let f = Fixture::new();
+    let server = HttpServer::serve(f.repo.root());
+    server.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
+    let recipe = f.recipe(&server.url(), "include = [\"nginx\"]", "");
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = server.log.lock().unwrap();
+    assert_eq!(log.iter().filter(|p| p.ends_with("/InRelease")).count(), 2, "{log:?}");
+}
+
+#[test]
+fn corrupted_cache_entry_is_detected_and_refetched() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert!(f.lock(&recipe, &[]).status.success());
+    let indexes = f.cache.path().join("indexes");
+    let entries: Vec<_> = std::fs::read_dir(&indexes).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1);
+    std::fs::write(&entries[0], "Package: garbage\n").unwrap();
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is corrupt; fetching it again"), "{}", stderr(&out));
+    let bytes = std::fs::read(&entries[0]).unwrap();
+    assert_eq!(
+        kiln_testkit::sha256_hex(&bytes),
+        entries[0].file_name().unwrap().to_str().unwrap(),
+        "the cache entry is whole again"
+    );
+}
+
+#[test]
+fn offline_uses_the_cache_only() {
+    let f = Fixture::new();
+    let server = HttpServer::serve(f.repo.root());
+    let recipe = f.recipe(&server.url(), "include = [\"nginx\"]", "");
+    assert_fails_with(&f.lock(&recipe, &["--offline"]), &["--offline", "is not in the cache", "run once without --offline"]);
+    assert!(f.lock(&recipe, &[]).status.success());
+    let requests = server.log.lock().unwrap().len();
+    let out = f.lock(&recipe, &["--offline"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.log.lock().unwrap().len(), requests, "--offline made no request");
+}
+
+#[test]
+fn recipes_compose_from_classes() {
+    let f = Fixture::new();
+    let classes = f.work.path().join("classes");
+    std::fs::create_dir_all(&classes).unwrap();
+    std::fs::write(
+        classes.join("base.toml"),
+        format!(
+            "[image]\nname = \"base\"\nsuite = \"kiln-test\"\ndefault-sources = false\n[packages]\ninclude = [\"nginx\"]\n\
+             [[source]]\nuri = \"{}\"\nsuites = [\"kiln-test\"]\nsigned-by = \"{}\"\n",
+            f.repo.uri(),
+            f.repo.key.keyring.display()
+        ),
+    )
+    .unwrap();
+    let recipe = f.work.path().join("web.toml");
+    std::fs::write(
+        &recipe,
+        "include = [\"classes/base.toml\"]\n[image]\nname = \"web\"\n[packages]\ninclude = [\"app\"]\nexclude = []\n",
+    )
+    .unwrap();
+    // app is unsatisfiable: the error proves the lists were appended (nginx + app).
+    assert_fails_with(&f.lock(&recipe, &[]), &["app 2.0 depends on libfoo1"]);
+    std::fs::write(&recipe, "include = [\"classes/base.toml\"]\n[image]\nname = \"web\"\n[packages]\ninclude = [\"mta-a\"]\n").unwrap();
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = names(&locked(&recipe));
+    assert!(n.contains(&"nginx 1.26.0-1".to_string()) && n.contains(&"mta-a 1".to_string()), "{n:?}");
+    // An include cycle is named.
+    std::fs::write(classes.join("base.toml"), "include = [\"../web.toml\"]\n").unwrap();
+    assert_fails_with(&f.lock(&recipe, &[]), &["include cycle"]);
+}

@@ -45,7 +45,13 @@ impl Cache {
     pub fn release_path(&self, uri: &str, suite: &str) -> PathBuf {
         let key: String = format!("{uri}/{suite}")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.root.join("releases").join(key).join("InRelease")
     }

@@ -19,7 +19,9 @@ pub enum ArchiveError {
     HttpStatus { url: String, status: u16 },
     #[error("{url}: not found")]
     NotFound { url: String },
-    #[error("the Release file of {source_name} is not signed by a trusted key ({keyring}): {detail}")]
+    #[error(
+        "the Release file of {source_name} is not signed by a trusted key ({keyring}): {detail}"
+    )]
     BadSignature {
         source_name: String,
         keyring: String,
@@ -37,7 +39,10 @@ pub enum ArchiveError {
         found: String,
     },
     #[error("malformed Release file of {source_name}: {message}")]
-    BadRelease { source_name: String, message: String },
+    BadRelease {
+        source_name: String,
+        message: String,
+    },
     #[error("{source_name} has no {path} for architecture {arch}")]
     MissingIndex {
         source_name: String,

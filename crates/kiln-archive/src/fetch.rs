@@ -99,10 +99,14 @@ impl Fetcher {
                 message: "unsupported URI scheme (use http://, https:// or file://)".into(),
             });
         }
-        let resp = self.agent.get(url).call().map_err(|e| ArchiveError::Unreachable {
-            url: url.into(),
-            message: e.to_string(),
-        })?;
+        let resp = self
+            .agent
+            .get(url)
+            .call()
+            .map_err(|e| ArchiveError::Unreachable {
+                url: url.into(),
+                message: e.to_string(),
+            })?;
         let status = resp.status().as_u16();
         if status == 404 || status == 410 {
             return Err(ArchiveError::NotFound { url: url.into() });

@@ -130,15 +130,18 @@ fn load_source(
             || rel.release.architectures.iter().any(|a| a == "all");
         if !rel.release.no_all_index
             && announces_all
-            && ["", ".xz", ".gz"]
-                .iter()
-                .any(|ext| rel.release.files.contains_key(&format!("{comp}/binary-all/Packages{ext}")))
+            && ["", ".xz", ".gz"].iter().any(|ext| {
+                rel.release
+                    .files
+                    .contains_key(&format!("{comp}/binary-all/Packages{ext}"))
+            })
         {
             arches.push("all".into());
         }
         for a in arches {
             let path = format!("{comp}/binary-{a}/Packages");
-            let (sha256, text) = load_index(src, &rel.release, &name, &path, arch, cache, fetcher, opts)?;
+            let (sha256, text) =
+                load_index(src, &rel.release, &name, &path, arch, cache, fetcher, opts)?;
             indexes.push(LoadedIndex {
                 release: 0,
                 component: comp.clone(),
@@ -183,12 +186,14 @@ fn load_release(
         match fetcher.get(&dist_url(src, "InRelease")) {
             Ok(b) => Got::Inline(b),
             Err(ArchiveError::NotFound { .. }) => {
-                let release = fetcher.get(&dist_url(src, "Release")).map_err(|e| match e {
-                    ArchiveError::NotFound { .. } => ArchiveError::NotFound {
-                        url: dist_url(src, "InRelease"),
-                    },
-                    e => e,
-                })?;
+                let release = fetcher
+                    .get(&dist_url(src, "Release"))
+                    .map_err(|e| match e {
+                        ArchiveError::NotFound { .. } => ArchiveError::NotFound {
+                            url: dist_url(src, "InRelease"),
+                        },
+                        e => e,
+                    })?;
                 let sig = match fetcher.get(&dist_url(src, "Release.gpg")) {
                     Ok(s) => Some(s),
                     Err(ArchiveError::NotFound { .. }) => None,
@@ -299,7 +304,12 @@ fn load_index(
     }
     let choices: Vec<(&str, &release::IndexFile)> = [".xz", ".gz", ""]
         .iter()
-        .filter_map(|ext| release.files.get(&format!("{path}{ext}")).map(|e| (*ext, e)))
+        .filter_map(|ext| {
+            release
+                .files
+                .get(&format!("{path}{ext}"))
+                .map(|e| (*ext, e))
+        })
         .collect();
     if choices.is_empty() {
         return Err(ArchiveError::MissingIndex {
@@ -317,7 +327,10 @@ fn load_index(
         let url = dist_url(src, &file);
         (opts.progress)(&format!("Get {url}"));
         let fetched = if release.acquire_by_hash {
-            let dir = Path::new(&file).parent().and_then(|p| p.to_str()).unwrap_or("");
+            let dir = Path::new(&file)
+                .parent()
+                .and_then(|p| p.to_str())
+                .unwrap_or("");
             let by_hash = dist_url(src, &format!("{dir}/by-hash/SHA256/{}", entry.sha256));
             match fetcher.download(&by_hash, tmp.path()) {
                 Err(ArchiveError::NotFound { .. }) => fetcher.download(&url, tmp.path()),
@@ -360,7 +373,9 @@ fn load_index(
     let res = match ext {
         ".xz" => liblzma::read::XzDecoder::new_multi_decoder(std::io::BufReader::new(f))
             .read_to_end(&mut data),
-        ".gz" => flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)).read_to_end(&mut data),
+        ".gz" => {
+            flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)).read_to_end(&mut data)
+        }
         _ => std::io::BufReader::new(f).read_to_end(&mut data),
     };
     res.map_err(|e| ArchiveError::Decompress {

@@ -253,7 +253,13 @@ fn parse_deb822_file(
 }
 
 fn base_suite(s: &str) -> &str {
-    for suffix in ["-updates", "-security", "-backports", "-proposed-updates", "/updates"] {
+    for suffix in [
+        "-updates",
+        "-security",
+        "-backports",
+        "-proposed-updates",
+        "/updates",
+    ] {
         if let Some(b) = s.strip_suffix(suffix) {
             return b;
         }
@@ -322,7 +328,10 @@ pub fn default_sources(
             ..out[0].clone()
         });
         let sec_uri = match (&overrides.security_mirror, security) {
-            (Some(m), _) => Some((m.trim_end_matches('/').to_string(), "--security-mirror".into())),
+            (Some(m), _) => Some((
+                m.trim_end_matches('/').to_string(),
+                "--security-mirror".into(),
+            )),
             (None, Some(e)) if !e.uris.is_empty() => Some((e.uris[0].clone(), e.origin.clone())),
             _ => None,
         };
@@ -364,7 +373,10 @@ mod tests {
              Components: main\nSigned-By: /usr/share/keyrings/s.gpg\n",
         )]);
         let s = default_sources("trixie", &["main".into()], d.path(), &Default::default()).unwrap();
-        let got: Vec<(&str, &str)> = s.iter().map(|s| (s.uri.as_str(), s.suite.as_str())).collect();
+        let got: Vec<(&str, &str)> = s
+            .iter()
+            .map(|s| (s.uri.as_str(), s.suite.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -85,7 +85,11 @@ fn io(what: &str, e: std::io::Error) -> ArchiveError {
 }
 
 /// Turns every key of the keyring into a binary keyring file gpgv can read.
-fn keyring_files(dir: &Path, keyring: &Keyring, source_name: &str) -> Result<Vec<PathBuf>, ArchiveError> {
+fn keyring_files(
+    dir: &Path,
+    keyring: &Keyring,
+    source_name: &str,
+) -> Result<Vec<PathBuf>, ArchiveError> {
     let bad = |detail: String| ArchiveError::BadSignature {
         source_name: source_name.to_string(),
         keyring: keyring.describe(),

@@ -2,7 +2,9 @@
 use std::time::Instant;
 
 fn main() {
-    let path = std::env::args().nth(1).expect("usage: parse_index PACKAGES-FILE");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: parse_index PACKAGES-FILE");
     let text = std::fs::read_to_string(&path).expect("readable UTF-8 file");
     let mut best = f64::MAX;
     let mut count = 0;

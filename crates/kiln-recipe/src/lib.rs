@@ -6,4 +6,7 @@ pub mod recipe;
 
 pub use error::RecipeError;
 pub use lock::{Lock, LockedPackage, LockedRelease, Reason};
-pub use recipe::{did_you_mean, host_architecture, Image, Output, Packages, Priority, Recipe, SignedBy, SourceSpec};
+pub use recipe::{
+    did_you_mean, host_architecture, Image, Output, Packages, Priority, Recipe, SignedBy,
+    SourceSpec,
+};

@@ -131,7 +131,9 @@ impl Lock {
         };
         let tmp = path.with_file_name(format!(
             ".{}.tmp{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("kiln.lock"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("kiln.lock"),
             std::process::id()
         ));
         std::fs::write(&tmp, self.to_toml()).map_err(io)?;

@@ -214,13 +214,13 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
     let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line_no = text[..offset].matches('\n').count() + 1;
     let col = text[line_start..offset].chars().count() + 1;
-    let line_end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
+    let line_end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
     let line = &text[line_start..line_end];
     let gutter = format!("{line_no} | ");
-    let snippet = format!(
-        "{gutter}{line}\n{}^",
-        " ".repeat(gutter.len() + col - 1)
-    );
+    let snippet = format!("{gutter}{line}\n{}^", " ".repeat(gutter.len() + col - 1));
     (line_no, col, snippet)
 }
 
@@ -243,7 +243,10 @@ fn syntax(
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -274,7 +277,11 @@ fn suggestion_for(message: &str) -> Option<String> {
         Some(c) => Some(format!("did you mean `{c}`?")),
         None => Some(format!(
             "expected one of: {}",
-            expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            expected
+                .iter()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -397,7 +404,12 @@ impl Merged {
                 snippet,
             }
         };
-        let ats = |v: Option<Vec<Spanned<String>>>| v.unwrap_or_default().into_iter().map(at).collect::<Vec<_>>();
+        let ats = |v: Option<Vec<Spanned<String>>>| {
+            v.unwrap_or_default()
+                .into_iter()
+                .map(at)
+                .collect::<Vec<_>>()
+        };
         let image = l.image.unwrap_or_default();
         let packages = l.packages.unwrap_or_default();
         let output = l.output.unwrap_or_default();
@@ -455,7 +467,16 @@ impl Merged {
         macro_rules! later_wins {
             ($($f:ident),*) => { $( if o.$f.is_some() { self.$f = o.$f; } )* };
         }
-        later_wins!(name, version, suite, components, default_sources, priority, recommends, directory);
+        later_wins!(
+            name,
+            version,
+            suite,
+            components,
+            default_sources,
+            priority,
+            recommends,
+            directory
+        );
         append(&mut self.architectures, o.architectures);
         append(&mut self.include, o.include);
         append(&mut self.exclude, o.exclude);
@@ -490,11 +511,19 @@ fn valid_package_name(n: &str) -> bool {
 fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeError> {
     let missing = |key: &str, example: &str| RecipeError::Invalid {
         path: path.to_path_buf(),
-        message: format!("missing required key `{key}` (in none of: {})",
-            files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
+        message: format!(
+            "missing required key `{key}` (in none of: {})",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         hint: Some(format!("add it to the recipe, e.g. {example}")),
     };
-    let name = m.name.ok_or_else(|| missing("image.name", "[image] name = \"my-image\""))?;
+    let name = m
+        .name
+        .ok_or_else(|| missing("image.name", "[image] name = \"my-image\""))?;
     if name.value.is_empty()
         || !name
             .value
@@ -506,18 +535,25 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             Some("use letters, digits, '.', '_' and '-'".into()),
         ));
     }
-    let suite = m.suite.ok_or_else(|| missing("image.suite", "[image] suite = \"trixie\""))?;
-    if suite.value.is_empty() || suite.value.contains(char::is_whitespace) || suite.value.contains('/') {
+    let suite = m
+        .suite
+        .ok_or_else(|| missing("image.suite", "[image] suite = \"trixie\""))?;
+    if suite.value.is_empty()
+        || suite.value.contains(char::is_whitespace)
+        || suite.value.contains('/')
+    {
         return Err(suite.err(format!("invalid suite `{}`", suite.value), None));
     }
     for a in &m.architectures {
         if !ARCHITECTURES.contains(&a.value.as_str()) {
             return Err(a.err(
                 format!("unknown architecture `{}`", a.value),
-                Some(match did_you_mean(&a.value, ARCHITECTURES.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("Debian architectures are: {}", ARCHITECTURES.join(", ")),
-                }),
+                Some(
+                    match did_you_mean(&a.value, ARCHITECTURES.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("Debian architectures are: {}", ARCHITECTURES.join(", ")),
+                    },
+                ),
             ));
         }
     }
@@ -540,7 +576,11 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             ));
         }
     }
-    if let Some(x) = m.exclude.iter().find(|x| m.include.iter().any(|i| i.value == x.value)) {
+    if let Some(x) = m
+        .exclude
+        .iter()
+        .find(|x| m.include.iter().any(|i| i.value == x.value))
+    {
         return Err(x.err(
             format!("`{}` is both included and excluded", x.value),
             Some("remove it from one of the two lists".into()),
@@ -595,9 +635,25 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
 pub fn documented_keys() -> BTreeMap<&'static str, &'static [&'static str]> {
     BTreeMap::from([
         ("", &["include"][..]),
-        ("image", &["name", "version", "suite", "architectures", "components", "default-sources"][..]),
-        ("packages", &["priority", "include", "exclude", "recommends"][..]),
-        ("source", &["uri", "suites", "components", "signed-by", "allow-unsigned"][..]),
+        (
+            "image",
+            &[
+                "name",
+                "version",
+                "suite",
+                "architectures",
+                "components",
+                "default-sources",
+            ][..],
+        ),
+        (
+            "packages",
+            &["priority", "include", "exclude", "recommends"][..],
+        ),
+        (
+            "source",
+            &["uri", "suites", "components", "signed-by", "allow-unsigned"][..],
+        ),
         ("output", &["formats", "directory"][..]),
     ])
 }

@@ -19,6 +19,8 @@ pub struct AptPass<'c, 'u, 'a> {
     protected: Vec<bool>,
     /// Already installed on the (simulated) system.
     installed: Vec<bool>,
+    /// How many marked packages declare Conflicts/Breaks against each package.
+    conflicted_by: Vec<u32>,
 }
 
 impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
@@ -30,7 +32,23 @@ impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
             marked: vec![false; n],
             protected: vec![false; n],
             installed: vec![false; n],
+            conflicted_by: vec![0; n],
         }
+    }
+
+    fn set_marked(&mut self, p: PkgId, on: bool) -> Result<(), ResolveError> {
+        if self.marked[p] == on {
+            return Ok(());
+        }
+        self.marked[p] = on;
+        for &q in &self.deps.get(p)?.conflicts {
+            if on {
+                self.conflicted_by[q] += 1;
+            } else {
+                self.conflicted_by[q] -= 1;
+            }
+        }
+        Ok(())
     }
 
     /// Treats everything marked so far as installed, as after a dpkg run:
@@ -45,7 +63,7 @@ impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
     /// root at a time, depth first.
     pub fn install(&mut self, roots: &[PkgId]) -> Result<(), ResolveError> {
         for &r in roots {
-            self.marked[r] = true;
+            self.set_marked(r, true)?;
             self.protected[r] = true;
         }
         for &r in roots {
@@ -105,7 +123,9 @@ impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
         if self.marked[p] {
             return Ok(true);
         }
-        if self.excluded[p] || !self.installable_by_candidates(p)? {
+        // A package something marked conflicts with is not an option (apt's
+        // problem resolver would remove it again).
+        if self.excluded[p] || self.conflicted_by[p] > 0 || !self.installable_by_candidates(p)? {
             return Ok(false);
         }
         let d = self.deps.get(p)?;
@@ -114,13 +134,13 @@ impl<'c, 'u, 'a> AptPass<'c, 'u, 'a> {
                 if self.protected[q] {
                     return Ok(false);
                 }
-                self.marked[q] = false;
+                self.set_marked(q, false)?;
             }
         }
-        self.marked[p] = true;
+        self.set_marked(p, true)?;
         let ok = self.install_deps(p)?;
         if !ok {
-            self.marked[p] = false;
+            self.set_marked(p, false)?;
         }
         Ok(ok)
     }

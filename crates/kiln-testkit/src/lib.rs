@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -37,12 +39,22 @@ impl Key {
         let gpg = |args: &[&str]| {
             run(Command::new("gpg")
                 .env("GNUPGHOME", home.path())
-                .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
                 .args(args))
         };
         gpg(&[
             "--quick-gen-key",
-            &format!("{name} <{}@kiln.invalid>", name.to_lowercase().replace(' ', "-")),
+            &format!(
+                "{name} <{}@kiln.invalid>",
+                name.to_lowercase().replace(' ', "-")
+            ),
             "ed25519",
             "sign",
             "never",
@@ -68,7 +80,14 @@ impl Key {
         let _ = std::fs::remove_file(output);
         run(Command::new("gpg")
             .env("GNUPGHOME", self.home.path())
-            .args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
             .args(["--digest-algo", "SHA256", "--clearsign", "--output"])
             .arg(output)
             .arg(input));
@@ -78,7 +97,14 @@ impl Key {
         let _ = std::fs::remove_file(output);
         run(Command::new("gpg")
             .env("GNUPGHOME", self.home.path())
-            .args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
             .args(["--digest-algo", "SHA256", "--detach-sign", "--output"])
             .arg(output)
             .arg(input));
@@ -120,7 +146,8 @@ impl Pkg {
         self.field("Depends", v)
     }
     pub fn file(mut self, path: &str, contents: &[u8]) -> Pkg {
-        self.files.insert(path.trim_start_matches('/').into(), contents.to_vec());
+        self.files
+            .insert(path.trim_start_matches('/').into(), contents.to_vec());
         self
     }
     pub fn script(mut self, name: &str, body: &str) -> Pkg {
@@ -189,7 +216,12 @@ pub fn build_deb(p: &Pkg, out_dir: &Path) -> PathBuf {
         std::fs::write(f, contents).unwrap();
     }
     std::fs::create_dir_all(out_dir).unwrap();
-    let deb = out_dir.join(format!("{}_{}_{}.deb", p.name, p.version.replace(':', "%3a"), p.arch));
+    let deb = out_dir.join(format!(
+        "{}_{}_{}.deb",
+        p.name,
+        p.version.replace(':', "%3a"),
+        p.arch
+    ));
     run(Command::new("dpkg-deb")
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .args(["--root-owner-group", "-Zgzip", "--build"])
@@ -281,7 +313,8 @@ impl Repo {
         std::fs::write(dists.join("Release"), &release).unwrap();
         let _ = std::fs::remove_file(dists.join("InRelease"));
         if opts.sign {
-            self.key.clearsign(&dists.join("Release"), &dists.join("InRelease"));
+            self.key
+                .clearsign(&dists.join("Release"), &dists.join("InRelease"));
         }
     }
 }
@@ -304,7 +337,12 @@ impl HttpServer {
         let stop = Arc::new(AtomicBool::new(false));
         let fail_next = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (s, f, l, root) = (stop.clone(), fail_next.clone(), log.clone(), root.to_path_buf());
+        let (s, f, l, root) = (
+            stop.clone(),
+            fail_next.clone(),
+            log.clone(),
+            root.to_path_buf(),
+        );
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
@@ -356,7 +394,8 @@ fn handle(stream: TcpStream, root: &Path, fail: &AtomicUsize, log: &Mutex<Vec<St
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            let _ = stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
             continue;
         }
         let file = root.join(path.trim_start_matches('/'));

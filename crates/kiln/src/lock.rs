@@ -39,7 +39,9 @@ pub fn recipe_sources(recipe: &Recipe, args: &SourceArgs) -> Result<Vec<Source>>
         let keyring = match &s.signed_by {
             Some(SignedBy::File(p)) => Keyring::Files(vec![p.clone()]),
             Some(SignedBy::Inline(k)) => Keyring::Inline(k.clone()),
-            None => Keyring::Files(vec![PathBuf::from("/usr/share/keyrings/debian-archive-keyring.gpg")]),
+            None => Keyring::Files(vec![PathBuf::from(
+                "/usr/share/keyrings/debian-archive-keyring.gpg",
+            )]),
         };
         for suite in &s.suites {
             out.push(Source {
@@ -198,7 +200,13 @@ fn summary_json(lock: &Lock, path: &Path) -> serde_json::Value {
     })
 }
 
-pub fn cmd_lock(ui: &Ui, recipe_path: &Path, check: bool, json: bool, args: &SourceArgs) -> Result<()> {
+pub fn cmd_lock(
+    ui: &Ui,
+    recipe_path: &Path,
+    check: bool,
+    json: bool,
+    args: &SourceArgs,
+) -> Result<()> {
     let start = Instant::now();
     let recipe = Recipe::load(recipe_path)?;
     let lock_path = recipe.lock_path();
@@ -212,9 +220,15 @@ pub fn cmd_lock(ui: &Ui, recipe_path: &Path, check: bool, json: bool, args: &Sou
         }
         let lock = Lock::read(&lock_path)?;
         lock.check(&recipe.resolution_hash(), &lock_path)?;
-        ui.status("Checked", &format!("{} matches {}", lock_path.display(), recipe_path.display()));
+        ui.status(
+            "Checked",
+            &format!("{} matches {}", lock_path.display(), recipe_path.display()),
+        );
         if json {
-            println!("{}", serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?
+            );
         }
         return Ok(());
     }
@@ -237,7 +251,9 @@ pub fn cmd_lock(ui: &Ui, recipe_path: &Path, check: bool, json: bool, args: &Sou
             let n = lock
                 .packages
                 .iter()
-                .filter(|p| before.get(&(p.target.as_str(), p.name.as_str())) != Some(&p.version.as_str()))
+                .filter(|p| {
+                    before.get(&(p.target.as_str(), p.name.as_str())) != Some(&p.version.as_str())
+                })
                 .count();
             format!("updated, {n} packages changed")
         }
@@ -255,7 +271,10 @@ pub fn cmd_lock(ui: &Ui, recipe_path: &Path, check: bool, json: bool, args: &Sou
         ),
     );
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?
+        );
     }
     Ok(())
 }
@@ -292,7 +311,11 @@ pub fn cmd_why(
         (None, []) => "",
         (None, many) => {
             return Err(Hinted {
-                message: format!("{} has several architectures ({})", lock_path.display(), many.join(", ")),
+                message: format!(
+                    "{} has several architectures ({})",
+                    lock_path.display(),
+                    many.join(", ")
+                ),
                 hint: "pick one with --arch".into(),
             }
             .into())
@@ -355,7 +378,12 @@ pub fn cmd_why(
         );
         return Ok(());
     }
-    println!("{} {} ({})", root, pkgs[root].version, why(pkgs[root].reason));
+    println!(
+        "{} {} ({})",
+        root,
+        pkgs[root].version,
+        why(pkgs[root].reason)
+    );
     for (i, n) in chain.iter().enumerate().skip(1) {
         println!("{}└─ {} {}", "   ".repeat(i - 1), n, pkgs[n].version);
     }

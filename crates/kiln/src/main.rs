@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Fire Debian package archives into verifiable system images")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Fire Debian package archives into verifiable system images"
+)]
 struct Cli {
     /// Print only errors on stderr.
     #[arg(long, short, global = true)]

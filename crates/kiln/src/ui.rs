@@ -10,7 +10,8 @@ pub struct Ui {
 
 impl Ui {
     pub fn new(quiet: bool) -> Ui {
-        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let color = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Ui { quiet, color }
     }
 
@@ -37,8 +38,13 @@ impl Ui {
 
 /// Prints an error and, after a blank line, what to do about it.
 pub fn report_error(e: &anyhow::Error) {
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let prefix = if color { "\x1b[1;31merror\x1b[0m" } else { "error" };
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let prefix = if color {
+        "\x1b[1;31merror\x1b[0m"
+    } else {
+        "error"
+    };
     eprintln!("{prefix}: {e}");
     for cause in e.chain().skip(1) {
         eprintln!("  caused by: {cause}");

@@ -12,7 +12,9 @@ fn packages() -> Vec<Pkg> {
             .field("Essential", "yes")
             .field("Priority", "required")
             .file("/etc/debian_version", b"13\n"),
-        Pkg::new("libfoo1", "1.2-1").arch("amd64").field("Priority", "optional"),
+        Pkg::new("libfoo1", "1.2-1")
+            .arch("amd64")
+            .field("Priority", "optional"),
         Pkg::new("nginx", "1.26.0-1")
             .arch("amd64")
             .depends("libfoo1 (>= 1.0), nginx-common | nginx-light-common"),
@@ -85,7 +87,10 @@ fn stderr(o: &Output) -> String {
 #[track_caller]
 fn assert_fails_with(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr:\n{err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr:\n{err}"
+    );
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
     }
@@ -101,7 +106,13 @@ fn names(lock: &toml::Table) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| format!("{} {}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -109,18 +120,30 @@ fn names(lock: &toml::Table) -> Vec<String> {
 fn locks_a_signed_repository_over_http_with_hashes_of_the_real_debs() {
     let f = Fixture::new();
     let server = HttpServer::serve(f.repo.root());
-    let recipe = f.recipe(&server.url(), "priority = \"required\"\ninclude = [\"nginx\"]", "");
+    let recipe = f.recipe(
+        &server.url(),
+        "priority = \"required\"\ninclude = [\"nginx\"]",
+        "",
+    );
     let out = f.lock(&recipe, &["--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lock = locked(&recipe);
     assert_eq!(
         names(&lock),
-        ["base-files 13", "libfoo1 1.2-1", "nginx 1.26.0-1", "nginx-common 1.26.0-1"]
+        [
+            "base-files 13",
+            "libfoo1 1.2-1",
+            "nginx 1.26.0-1",
+            "nginx-common 1.26.0-1"
+        ]
     );
     for p in lock["package"].as_array().unwrap() {
         let deb = &f.repo.debs[p["name"].as_str().unwrap()];
         let bytes = std::fs::read(deb).unwrap();
-        assert_eq!(p["sha256"].as_str().unwrap(), kiln_testkit::sha256_hex(&bytes));
+        assert_eq!(
+            p["sha256"].as_str().unwrap(),
+            kiln_testkit::sha256_hex(&bytes)
+        );
         assert_eq!(p["size"].as_integer().unwrap() as usize, bytes.len());
         assert!(f.repo.root().join(p["filename"].as_str().unwrap()).exists());
     }
@@ -129,14 +152,21 @@ fn locks_a_signed_repository_over_http_with_hashes_of_the_real_debs() {
     assert_eq!(rel["date"].as_str(), Some("Sat, 01 Nov 2025 12:00:00 UTC"));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["packages"].as_array().unwrap().len(), 4);
-    assert!(stderr(&out).contains("Locked 4 packages"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Locked 4 packages"),
+        "{}",
+        stderr(&out)
+    );
 
     // Deterministic: locking again leaves the file byte-identical.
     let before = std::fs::read(recipe.with_file_name("kiln.lock")).unwrap();
     let again = f.lock(&recipe, &[]);
     assert!(again.status.success());
     assert!(stderr(&again).contains("unchanged"), "{}", stderr(&again));
-    assert_eq!(before, std::fs::read(recipe.with_file_name("kiln.lock")).unwrap());
+    assert_eq!(
+        before,
+        std::fs::read(recipe.with_file_name("kiln.lock")).unwrap()
+    );
 }
 
 #[test]
@@ -147,7 +177,10 @@ fn why_shows_the_dependency_path() {
     let out = f.kiln(&["why", "libfoo1", "--recipe", recipe.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("nginx 1.26.0-1 (listed in [packages] include)"), "{text}");
+    assert!(
+        text.starts_with("nginx 1.26.0-1 (listed in [packages] include)"),
+        "{text}"
+    );
     assert!(text.contains("└─ libfoo1 1.2-1"), "{text}");
     let missing = f.kiln(&["why", "libfoo", "--recipe", recipe.to_str().unwrap()]);
     assert_fails_with(&missing, &["`libfoo` is not in", "did you mean `libfoo1`?"]);
@@ -164,7 +197,10 @@ fn lock_check_fails_when_the_recipe_changed() {
     std::fs::write(&recipe, format!("{text}\n[output]\nformats = [\"tar\"]\n")).unwrap();
     assert!(f.lock(&recipe, &["--check"]).status.success());
     std::fs::write(&recipe, text.replace("[\"nginx\"]", "[\"nginx\", \"app\"]")).unwrap();
-    assert_fails_with(&f.lock(&recipe, &["--check"]), &["does not match its recipe", "hint: run `kiln lock"]);
+    assert_fails_with(
+        &f.lock(&recipe, &["--check"]),
+        &["does not match its recipe", "hint: run `kiln lock"],
+    );
 }
 
 #[test]
@@ -186,7 +222,11 @@ fn unknown_key_suggests_the_right_one() {
     .unwrap();
     assert_fails_with(
         &f.lock(&recipe, &[]),
-        &["typo.toml:6:1", "unknown key `includes`", "hint: did you mean `include`?"],
+        &[
+            "typo.toml:6:1",
+            "unknown key `includes`",
+            "hint: did you mean `include`?",
+        ],
     );
 }
 
@@ -194,15 +234,24 @@ fn unknown_key_suggests_the_right_one() {
 fn unknown_package_suggests_near_names() {
     let f = Fixture::new();
     let recipe = f.recipe(&f.repo.uri(), "include = [\"ngnix\"]", "");
-    assert_fails_with(&f.lock(&recipe, &[]), &["unknown package `ngnix`", "did you mean `nginx`"]);
-    assert!(!recipe.with_file_name("kiln.lock").exists(), "no lock is written on failure");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["unknown package `ngnix`", "did you mean `nginx`"],
+    );
+    assert!(
+        !recipe.with_file_name("kiln.lock").exists(),
+        "no lock is written on failure"
+    );
 }
 
 #[test]
 fn ambiguous_virtual_package_lists_providers() {
     let f = Fixture::new();
     let recipe = f.recipe(&f.repo.uri(), "include = [\"mail-transport-agent\"]", "");
-    assert_fails_with(&f.lock(&recipe, &[]), &["virtual package provided by mta-a, mta-b"]);
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["virtual package provided by mta-a, mta-b"],
+    );
 }
 
 #[test]
@@ -218,8 +267,15 @@ fn unsatisfiable_request_is_explained_as_a_chain() {
 #[test]
 fn excluded_dependency_is_reported() {
     let f = Fixture::new();
-    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]\nexclude = [\"libfoo1\"]", "");
-    assert_fails_with(&f.lock(&recipe, &[]), &["libfoo1 is excluded by the recipe"]);
+    let recipe = f.recipe(
+        &f.repo.uri(),
+        "include = [\"nginx\"]\nexclude = [\"libfoo1\"]",
+        "",
+    );
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["libfoo1 is excluded by the recipe"],
+    );
 }
 
 #[test]
@@ -234,7 +290,11 @@ fn signature_by_an_untrusted_key_is_refused() {
     std::fs::write(&recipe, text).unwrap();
     assert_fails_with(
         &f.lock(&recipe, &[]),
-        &["is not signed by a trusted key", "not in the keyring", "hint:"],
+        &[
+            "is not signed by a trusted key",
+            "not in the keyring",
+            "hint:",
+        ],
     );
 }
 
@@ -243,7 +303,11 @@ fn tampered_release_file_is_refused() {
     let f = Fixture::new();
     let inrelease = f.repo.dists(&f.opts).join("InRelease");
     let text = std::fs::read_to_string(&inrelease).unwrap();
-    std::fs::write(&inrelease, text.replace("Label: Kiln Tests", "Label: Kiln Evil")).unwrap();
+    std::fs::write(
+        &inrelease,
+        text.replace("Label: Kiln Tests", "Label: Kiln Evil"),
+    )
+    .unwrap();
     let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
     assert_fails_with(&f.lock(&recipe, &[]), &["BAD (the data was modified)"]);
 }
@@ -259,7 +323,11 @@ fn missing_signature_needs_an_explicit_opt_out() {
         &f.lock(&recipe, &[]),
         &["neither InRelease nor Release.gpg", "allow-unsigned = true"],
     );
-    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "allow-unsigned = true\n");
+    let recipe = f.recipe(
+        &f.repo.uri(),
+        "include = [\"nginx\"]",
+        "allow-unsigned = true\n",
+    );
     let out = f.lock(&recipe, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -271,7 +339,9 @@ fn detached_release_signature_is_checked() {
         ..Default::default()
     });
     let dists = f.repo.dists(&f.opts);
-    f.repo.key.detach_sign(&dists.join("Release"), &dists.join("Release.gpg"));
+    f.repo
+        .key
+        .detach_sign(&dists.join("Release"), &dists.join("Release.gpg"));
     let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
     let out = f.lock(&recipe, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -286,7 +356,10 @@ fn expired_release_is_refused() {
     let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
     assert_fails_with(
         &f.lock(&recipe, &[]),
-        &["expired on Sun, 02 Nov 2025 12:00:00 UTC", "hint: the mirror is stale"],
+        &[
+            "expired on Sun, 02 Nov 2025 12:00:00 UTC",
+            "hint: the mirror is stale",
+        ],
     );
 }
 
@@ -305,12 +378,22 @@ fn index_changed_after_signing_is_refused() {
     let recipe = f.recipe(&f.repo.uri(), "include = [\"evil\"]", "");
     assert_fails_with(
         &f.lock(&recipe, &[]),
-        &["hash mismatch for file://", "main/binary-amd64/Packages.gz", "does not match its signed Release file"],
+        &[
+            "hash mismatch for file://",
+            "main/binary-amd64/Packages.gz",
+            "does not match its signed Release file",
+        ],
     );
     assert!(!recipe.with_file_name("kiln.lock").exists());
     let cached = f.cache.path().join("indexes");
-    let leftovers: Vec<_> = std::fs::read_dir(&cached).map(|d| d.count()).into_iter().collect();
-    assert!(leftovers.iter().all(|n| *n == 0), "nothing unverified is cached: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&cached)
+        .map(|d| d.count())
+        .into_iter()
+        .collect();
+    assert!(
+        leftovers.iter().all(|n| *n == 0),
+        "nothing unverified is cached: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -331,18 +414,32 @@ fn compressed_index_hash_mismatch_names_both_hashes() {
     bytes[n / 2] ^= 0xff;
     std::fs::write(&gz, bytes).unwrap();
     let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
-    assert_fails_with(&f.lock(&recipe, &[]), &["hash mismatch for", "expected sha256", ", got "]);
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["hash mismatch for", "expected sha256", ", got "],
+    );
 }
 
 #[test]
 fn unreachable_mirror_is_named_with_a_hint() {
     let f = Fixture::new();
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let recipe = f.recipe(&format!("http://127.0.0.1:{port}/debian"), "include = [\"nginx\"]", "");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let recipe = f.recipe(
+        &format!("http://127.0.0.1:{port}/debian"),
+        "include = [\"nginx\"]",
+        "",
+    );
     assert_fails_with(
         &f.lock(&recipe, &[]),
-        &[&format!("cannot reach http://127.0.0.1:{port}/debian/dists/kiln-test/InRelease"), "--offline"],
+        &[
+            &format!("cannot reach http://127.0.0.1:{port}/debian/dists/kiln-test/InRelease"),
+            "--offline",
+        ],
     );
 }
 
@@ -350,12 +447,18 @@ fn unreachable_mirror_is_named_with_a_hint() {
 fn transient_server_errors_are_retried() {
     let f = Fixture::new();
     let server = HttpServer::serve(f.repo.root());
-    server.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
+    server
+        .fail_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
     let recipe = f.recipe(&server.url(), "include = [\"nginx\"]", "");
     let out = f.lock(&recipe, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let log = server.log.lock().unwrap();
-    assert_eq!(log.iter().filter(|p| p.ends_with("/InRelease")).count(), 2, "{log:?}");
+    assert_eq!(
+        log.iter().filter(|p| p.ends_with("/InRelease")).count(),
+        2,
+        "{log:?}"
+    );
 }
 
 #[test]
@@ -364,12 +467,19 @@ fn corrupted_cache_entry_is_detected_and_refetched() {
     let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
     assert!(f.lock(&recipe, &[]).status.success());
     let indexes = f.cache.path().join("indexes");
-    let entries: Vec<_> = std::fs::read_dir(&indexes).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&indexes)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(entries.len(), 1);
     std::fs::write(&entries[0], "Package: garbage\n").unwrap();
     let out = f.lock(&recipe, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is corrupt; fetching it again"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is corrupt; fetching it again"),
+        "{}",
+        stderr(&out)
+    );
     let bytes = std::fs::read(&entries[0]).unwrap();
     assert_eq!(
         kiln_testkit::sha256_hex(&bytes),
@@ -383,12 +493,23 @@ fn offline_uses_the_cache_only() {
     let f = Fixture::new();
     let server = HttpServer::serve(f.repo.root());
     let recipe = f.recipe(&server.url(), "include = [\"nginx\"]", "");
-    assert_fails_with(&f.lock(&recipe, &["--offline"]), &["--offline", "is not in the cache", "run once without --offline"]);
+    assert_fails_with(
+        &f.lock(&recipe, &["--offline"]),
+        &[
+            "--offline",
+            "is not in the cache",
+            "run once without --offline",
+        ],
+    );
     assert!(f.lock(&recipe, &[]).status.success());
     let requests = server.log.lock().unwrap().len();
     let out = f.lock(&recipe, &["--offline"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(server.log.lock().unwrap().len(), requests, "--offline made no request");
+    assert_eq!(
+        server.log.lock().unwrap().len(),
+        requests,
+        "--offline made no request"
+    );
 }
 
 #[test]
@@ -418,7 +539,10 @@ fn recipes_compose_from_classes() {
     let out = f.lock(&recipe, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let n = names(&locked(&recipe));
-    assert!(n.contains(&"nginx 1.26.0-1".to_string()) && n.contains(&"mta-a 1".to_string()), "{n:?}");
+    assert!(
+        n.contains(&"nginx 1.26.0-1".to_string()) && n.contains(&"mta-a 1".to_string()),
+        "{n:?}"
+    );
     // An include cycle is named.
     std::fs::write(classes.join("base.toml"), "include = [\"../web.toml\"]\n").unwrap();
     assert_fails_with(&f.lock(&recipe, &[]), &["include cycle"]);

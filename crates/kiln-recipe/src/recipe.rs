@@ -170,7 +170,7 @@ impl Recipe {
 
     /// The lock file that belongs to this recipe.
     pub fn lock_path(&self) -> PathBuf {
-        self.path.with_file_name("kiln.lock")
+        lock_path_for(&self.path)
     }
 
     /// sha256 over everything that influences resolution (not the outputs), so
@@ -206,6 +206,16 @@ impl Recipe {
             None => base.join("out").join(&self.image.name),
         }
     }
+}
+
+/// The lock beside a recipe: `NAME.lock` for `NAME.toml` (so `kiln.toml`
+/// has `kiln.lock`), keeping several recipes in one directory apart.
+pub fn lock_path_for(recipe: &Path) -> PathBuf {
+    let stem = recipe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("kiln");
+    recipe.with_file_name(format!("{stem}.lock"))
 }
 
 /// Byte offset to 1-based line and column, plus the line's text with a caret.
@@ -656,4 +666,142 @@ pub fn documented_keys() -> BTreeMap<&'static str, &'static [&'static str]> {
         ),
         ("output", &["formats", "directory"][..]),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "r.toml",
+            "[image]\nname = \"x\"\nsuite = \"trixie\"\n",
+        );
+        let r = Recipe::load(&p).unwrap();
+        assert_eq!(r.image.architectures, vec![host_architecture().to_string()]);
+        assert_eq!(r.image.components, vec!["main"]);
+        assert!(r.image.default_sources);
+        assert_eq!(r.packages.priority, Priority::Required);
+        assert!(!r.packages.recommends);
+        assert_eq!(r.output.formats, vec!["tar"]);
+        assert_eq!(r.output_dir(), d.path().join("out/x"));
+        assert_eq!(r.lock_path(), d.path().join("r.lock"));
+    }
+
+    #[test]
+    fn later_scalars_win_and_lists_append() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "classes/base.toml",
+            "[image]\nname = \"base\"\nsuite = \"bookworm\"\narchitectures = [\"amd64\"]\n\
+             [packages]\ninclude = [\"apt\", \"curl\"]\nrecommends = true\n",
+        );
+        write(
+            d.path(),
+            "classes/cloud.toml",
+            "include = [\"base.toml\"]\n[packages]\ninclude = [\"cloud-init\", \"apt\"]\n",
+        );
+        let p = write(
+            d.path(),
+            "img.toml",
+            "include = [\"classes/cloud.toml\"]\n[image]\nname = \"img\"\nsuite = \"trixie\"\n\
+             architectures = [\"arm64\"]\n[packages]\nrecommends = false\n",
+        );
+        let r = Recipe::load(&p).unwrap();
+        assert_eq!(r.image.name, "img");
+        assert_eq!(r.image.suite, "trixie");
+        assert_eq!(r.image.architectures, vec!["amd64", "arm64"]);
+        assert_eq!(r.packages.include, vec!["apt", "curl", "cloud-init"]);
+        assert!(!r.packages.recommends);
+        assert_eq!(r.files.len(), 3);
+    }
+
+    #[test]
+    fn missing_name_lists_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "r.toml", "[image]\nsuite = \"trixie\"\n");
+        let e = Recipe::load(&p).unwrap_err();
+        assert!(
+            e.to_string().contains("missing required key `image.name`"),
+            "{e}"
+        );
+        assert!(e.hint().unwrap().contains("[image] name = "));
+    }
+
+    #[test]
+    fn bad_values_point_at_their_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "r.toml",
+            "[image]\nname = \"x\"\nsuite = \"trixie\"\n[packages]\ninclude = [\"Bad_Name\"]\n",
+        );
+        let e = Recipe::load(&p).unwrap_err();
+        assert!(e.to_string().contains("r.toml:5:12"), "{e}");
+        let p = write(
+            d.path(),
+            "r.toml",
+            "[image]\nname = \"x\"\nsuite = \"trixie\"\n[output]\nformats = [\"qcow\"]\n",
+        );
+        let e = Recipe::load(&p).unwrap_err();
+        assert_eq!(e.hint().as_deref(), Some("did you mean `qcow2`?"));
+    }
+
+    #[test]
+    fn resolution_hash_ignores_outputs() {
+        let d = tempfile::tempdir().unwrap();
+        let a = write(
+            d.path(),
+            "a.toml",
+            "[image]\nname = \"x\"\nsuite = \"trixie\"\n",
+        );
+        let b = write(
+            d.path(),
+            "b.toml",
+            "[image]\nname = \"y\"\nsuite = \"trixie\"\n[output]\nformats = [\"oci\"]\n",
+        );
+        let c = write(
+            d.path(),
+            "c.toml",
+            "[image]\nname = \"x\"\nsuite = \"trixie\"\n[packages]\ninclude = [\"curl\"]\n",
+        );
+        let h = |p: &Path| Recipe::load(p).unwrap().resolution_hash();
+        assert_eq!(h(&a), h(&b));
+        assert_ne!(h(&a), h(&c));
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipe.md"),
+        )
+        .unwrap();
+        for (table, keys) in documented_keys() {
+            if !table.is_empty() {
+                let heading = if table == "source" {
+                    "## `[[source]]`".to_string()
+                } else {
+                    format!("## `[{table}]`")
+                };
+                assert!(doc.contains(&heading), "docs/recipe.md lacks {heading}");
+            }
+            for k in keys {
+                assert!(
+                    doc.contains(&format!("| `{k}` |")),
+                    "docs/recipe.md does not document `{k}` of [{table}]"
+                );
+            }
+        }
+    }
 }

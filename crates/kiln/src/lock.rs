@@ -255,7 +255,11 @@ pub fn cmd_lock(
                     before.get(&(p.target.as_str(), p.name.as_str())) != Some(&p.version.as_str())
                 })
                 .count();
-            format!("updated, {n} packages changed")
+            if n == 0 {
+                "updated: same packages, recipe or sources changed".to_string()
+            } else {
+                format!("updated, {n} packages changed")
+            }
         }
     };
     ui.status(
@@ -288,7 +292,7 @@ pub fn cmd_why(
     json: bool,
 ) -> Result<()> {
     let lock_path = match (recipe, lock) {
-        (Some(r), _) => r.with_file_name("kiln.lock"),
+        (Some(r), _) => kiln_recipe::lock_path_for(&r),
         (None, Some(l)) => l,
         (None, None) => PathBuf::from("kiln.lock"),
     };

@@ -42,11 +42,11 @@ pub struct SourceArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Resolve a recipe into kiln.lock (every package, version and sha256).
+    /// Resolve a recipe into its lock, NAME.lock beside NAME.toml (every package, version and sha256).
     Lock {
         /// The recipe file.
         recipe: PathBuf,
-        /// Do not resolve: fail if kiln.lock does not match the recipe.
+        /// Do not resolve: fail if the lock does not match the recipe.
         #[arg(long)]
         check: bool,
         /// Print the resolution as JSON on stdout.
@@ -59,7 +59,7 @@ enum Command {
     Why {
         /// The package name.
         package: String,
-        /// The recipe whose kiln.lock to read.
+        /// The recipe whose lock to read.
         #[arg(long, short, value_name = "RECIPE", conflicts_with = "lock")]
         recipe: Option<PathBuf>,
         /// The lock file to read (default: ./kiln.lock).

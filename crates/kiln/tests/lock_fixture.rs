@@ -97,7 +97,7 @@ fn assert_fails_with(o: &Output, needles: &[&str]) {
 }
 
 fn locked(recipe: &Path) -> toml::Table {
-    let text = std::fs::read_to_string(recipe.with_file_name("kiln.lock")).unwrap();
+    let text = std::fs::read_to_string(kiln_recipe::lock_path_for(&recipe)).unwrap();
     toml::from_str(&text).unwrap()
 }
 
@@ -159,13 +159,13 @@ fn locks_a_signed_repository_over_http_with_hashes_of_the_real_debs() {
     );
 
     // Deterministic: locking again leaves the file byte-identical.
-    let before = std::fs::read(recipe.with_file_name("kiln.lock")).unwrap();
+    let before = std::fs::read(kiln_recipe::lock_path_for(&recipe)).unwrap();
     let again = f.lock(&recipe, &[]);
     assert!(again.status.success());
     assert!(stderr(&again).contains("unchanged"), "{}", stderr(&again));
     assert_eq!(
         before,
-        std::fs::read(recipe.with_file_name("kiln.lock")).unwrap()
+        std::fs::read(kiln_recipe::lock_path_for(&recipe)).unwrap()
     );
 }
 
@@ -239,7 +239,7 @@ fn unknown_package_suggests_near_names() {
         &["unknown package `ngnix`", "did you mean `nginx`"],
     );
     assert!(
-        !recipe.with_file_name("kiln.lock").exists(),
+        !kiln_recipe::lock_path_for(&recipe).exists(),
         "no lock is written on failure"
     );
 }
@@ -384,7 +384,7 @@ fn index_changed_after_signing_is_refused() {
             "does not match its signed Release file",
         ],
     );
-    assert!(!recipe.with_file_name("kiln.lock").exists());
+    assert!(!kiln_recipe::lock_path_for(&recipe).exists());
     let cached = f.cache.path().join("indexes");
     let leftovers: Vec<_> = std::fs::read_dir(&cached)
         .map(|d| d.count())

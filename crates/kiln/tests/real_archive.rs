@@ -92,7 +92,7 @@ fn compare(name: &str, include: &[&str]) {
         })
         .collect();
 
-    let lock = recipe.with_file_name("kiln.lock");
+    let lock = kiln_recipe::lock_path_for(&recipe);
     let oracle = |from_empty: bool| {
         let mut cmd = Command::new(workspace().join("tests/apt-oracle"));
         if from_empty {

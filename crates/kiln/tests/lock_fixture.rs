@@ -97,7 +97,7 @@ fn assert_fails_with(o: &Output, needles: &[&str]) {
 }
 
 fn locked(recipe: &Path) -> toml::Table {
-    let text = std::fs::read_to_string(kiln_recipe::lock_path_for(&recipe)).unwrap();
+    let text = std::fs::read_to_string(kiln_recipe::lock_path_for(recipe)).unwrap();
     toml::from_str(&text).unwrap()
 }
 

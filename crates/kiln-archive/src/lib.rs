@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod date;
+pub mod debs;
 pub mod error;
 pub mod fetch;
 pub mod release;

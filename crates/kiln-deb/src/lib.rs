@@ -11,6 +11,7 @@
 //! - [`relation`]: `Depends`-style relationship fields.
 
 pub mod deb822;
+pub mod debfile;
 pub mod relation;
 pub mod version;
 

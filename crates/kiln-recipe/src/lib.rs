@@ -7,6 +7,6 @@ pub mod recipe;
 pub use error::RecipeError;
 pub use lock::{Lock, LockedPackage, LockedRelease, Reason};
 pub use recipe::{
-    did_you_mean, host_architecture, lock_path_for, Image, Output, Packages, Priority, Recipe,
-    SignedBy, SourceSpec,
+    did_you_mean, host_architecture, lock_path_for, Customize, FileContent, FileEntry, Group,
+    Image, Output, Packages, Priority, Recipe, SignedBy, SourceSpec, User,
 };

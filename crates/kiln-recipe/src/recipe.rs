@@ -51,6 +51,95 @@ struct Layer {
     packages: Option<PackagesLayer>,
     source: Option<Vec<SourceLayer>>,
     output: Option<OutputLayer>,
+    customize: Option<CustomizeLayer>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct CustomizeLayer {
+    hostname: Option<String>,
+    timezone: Option<String>,
+    locale: Option<String>,
+    enable: Option<Vec<String>>,
+    disable: Option<Vec<String>>,
+    commands: Option<Vec<String>>,
+    overlays: Option<Vec<Spanned<String>>>,
+    file: Option<Vec<FileLayer>>,
+    user: Option<Vec<User>>,
+    group: Option<Vec<Group>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileLayer {
+    path: Spanned<String>,
+    content: Option<String>,
+    source: Option<String>,
+    mode: Option<Spanned<String>>,
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+}
+
+/// `[[customize.user]]`: a user created with useradd.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct User {
+    pub name: String,
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub shell: Option<String>,
+    pub home: Option<String>,
+    #[serde(default)]
+    pub system: bool,
+}
+
+/// `[[customize.group]]`: a group created with groupadd.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Group {
+    pub name: String,
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub system: bool,
+}
+
+/// Where a file's contents come from.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileContent {
+    Inline(String),
+    /// A file on the build host (resolved relative to the recipe that named it).
+    Source(PathBuf),
+}
+
+/// `[[customize.file]]`: a file placed in the image.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct FileEntry {
+    pub path: String,
+    pub content: FileContent,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `[customize]`: changes applied after the packages are installed.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Customize {
+    pub hostname: Option<String>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    pub enable: Vec<String>,
+    pub disable: Vec<String>,
+    pub commands: Vec<String>,
+    pub overlays: Vec<PathBuf>,
+    pub files: Vec<FileEntry>,
+    pub users: Vec<User>,
+    pub groups: Vec<Group>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -157,6 +246,7 @@ pub struct Recipe {
     pub packages: Packages,
     pub sources: Vec<SourceSpec>,
     pub output: Output,
+    pub customize: Customize,
 }
 
 impl Recipe {
@@ -392,6 +482,15 @@ struct Merged {
     sources: Vec<SourceSpec>,
     formats: Vec<At<String>>,
     directory: Option<String>,
+    customize: Customize,
+}
+
+fn append_plain<T: PartialEq>(into: &mut Vec<T>, from: Vec<T>) {
+    for v in from {
+        if !into.contains(&v) {
+            into.push(v);
+        }
+    }
 }
 
 fn append(into: &mut Vec<At<String>>, from: Vec<At<String>>) {
@@ -456,7 +555,70 @@ impl Merged {
                 origin,
             });
         }
+        let c = l.customize.unwrap_or_default();
+        let mut files = Vec::new();
+        for f in c.file.unwrap_or_default() {
+            let path_at = at(f.path.clone());
+            let path = f.path.into_inner();
+            if !path.starts_with('/') {
+                return Err(path_at.err(
+                    format!("file path `{path}` must be absolute"),
+                    Some(format!("write it as \"/{path}\"")),
+                ));
+            }
+            let content =
+                match (f.content, f.source) {
+                    (Some(c), None) => FileContent::Inline(c),
+                    (None, Some(src)) => FileContent::Source(dir.join(src)),
+                    _ => return Err(path_at.err(
+                        format!(
+                            "[[customize.file]] {path}: give exactly one of `content` or `source`"
+                        ),
+                        None,
+                    )),
+                };
+            let mode = match f.mode {
+                None => 0o644,
+                Some(m) => {
+                    let m_at = at(m.clone());
+                    u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|v| *v <= 0o7777)
+                        .ok_or_else(|| {
+                            m_at.err(
+                                format!("bad file mode `{}`", m.get_ref()),
+                                Some("write it in octal, e.g. mode = \"0755\"".into()),
+                            )
+                        })?
+                }
+            };
+            files.push(FileEntry {
+                path,
+                content,
+                mode,
+                uid: f.uid,
+                gid: f.gid,
+            });
+        }
+        let customize = Customize {
+            hostname: c.hostname,
+            timezone: c.timezone,
+            locale: c.locale,
+            enable: c.enable.unwrap_or_default(),
+            disable: c.disable.unwrap_or_default(),
+            commands: c.commands.unwrap_or_default(),
+            overlays: c
+                .overlays
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| dir.join(o.into_inner()))
+                .collect(),
+            files,
+            users: c.user.unwrap_or_default(),
+            groups: c.group.unwrap_or_default(),
+        };
         Ok(Merged {
+            customize,
             name: image.name.map(at),
             version: image.version,
             suite: image.suite.map(at),
@@ -492,6 +654,23 @@ impl Merged {
         append(&mut self.exclude, o.exclude);
         append(&mut self.formats, o.formats);
         self.sources.extend(o.sources);
+        let (a, b) = (&mut self.customize, o.customize);
+        if b.hostname.is_some() {
+            a.hostname = b.hostname;
+        }
+        if b.timezone.is_some() {
+            a.timezone = b.timezone;
+        }
+        if b.locale.is_some() {
+            a.locale = b.locale;
+        }
+        append_plain(&mut a.enable, b.enable);
+        append_plain(&mut a.disable, b.disable);
+        a.commands.extend(b.commands);
+        append_plain(&mut a.overlays, b.overlays);
+        a.files.extend(b.files);
+        a.users.extend(b.users);
+        a.groups.extend(b.groups);
     }
 }
 
@@ -638,6 +817,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             formats,
             directory: m.directory.map(PathBuf::from),
         },
+        customize: m.customize,
     })
 }
 
@@ -665,6 +845,21 @@ pub fn documented_keys() -> BTreeMap<&'static str, &'static [&'static str]> {
             &["uri", "suites", "components", "signed-by", "allow-unsigned"][..],
         ),
         ("output", &["formats", "directory"][..]),
+        (
+            "customize",
+            &[
+                "hostname", "timezone", "locale", "enable", "disable", "commands", "overlays",
+            ][..],
+        ),
+        (
+            "customize.file",
+            &["path", "content", "source", "mode", "uid", "gid"][..],
+        ),
+        (
+            "customize.user",
+            &["name", "uid", "groups", "shell", "home", "system"][..],
+        ),
+        ("customize.group", &["name", "gid", "system"][..]),
     ])
 }
 
@@ -789,8 +984,8 @@ mod tests {
         .unwrap();
         for (table, keys) in documented_keys() {
             if !table.is_empty() {
-                let heading = if table == "source" {
-                    "## `[[source]]`".to_string()
+                let heading = if table == "source" || table.contains('.') {
+                    format!("## `[[{table}]]`")
                 } else {
                     format!("## `[{table}]`")
                 };

@@ -200,6 +200,49 @@ fn summary_json(lock: &Lock, path: &Path) -> serde_json::Value {
     })
 }
 
+/// The recipe and its lock: read (and checked) when `locked`, otherwise
+/// resolved again when the lock is missing or no longer matches.
+pub fn ensure_lock(
+    ui: &Ui,
+    recipe_path: &Path,
+    locked: bool,
+    args: &SourceArgs,
+) -> Result<(Recipe, Lock)> {
+    let recipe = Recipe::load(recipe_path)?;
+    let lock_path = recipe.lock_path();
+    let existing = if lock_path.exists() {
+        Some(Lock::read(&lock_path)?)
+    } else {
+        None
+    };
+    let hash = recipe.resolution_hash();
+    match existing {
+        Some(lock) if lock.recipe == hash => Ok((recipe, lock)),
+        Some(lock) if locked => {
+            lock.check(&hash, &lock_path)?;
+            unreachable!("check fails on a mismatch")
+        }
+        None if locked => Err(Hinted {
+            message: format!("--locked: {} does not exist", lock_path.display()),
+            hint: format!("run `kiln lock {}` first", recipe_path.display()),
+        }
+        .into()),
+        _ => {
+            let lock = resolve_recipe(ui, &recipe, args)?;
+            lock.write(&lock_path)?;
+            ui.status(
+                "Locked",
+                &format!(
+                    "{} packages -> {}",
+                    lock.packages.len(),
+                    lock_path.display()
+                ),
+            );
+            Ok((recipe, lock))
+        }
+    }
+}
+
 pub fn cmd_lock(
     ui: &Ui,
     recipe_path: &Path,

@@ -1,6 +1,8 @@
 //! `kiln`: the command line. Parsing arguments, progress and exit codes only;
 //! the work happens in the library crates.
 
+mod build;
+mod fetch;
 mod lock;
 mod ui;
 
@@ -55,6 +57,33 @@ enum Command {
         #[command(flatten)]
         sources: SourceArgs,
     },
+    /// Build the recipe's artifacts (locking and fetching first if needed).
+    Build {
+        recipe: PathBuf,
+        /// Output directory (default: [output] directory, else out/<name> beside the recipe).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Refuse to (re)create the lock: it must exist and match the recipe.
+        #[arg(long)]
+        locked: bool,
+        /// Build twice and fail if the artifacts differ.
+        #[arg(long)]
+        check_reproducible: bool,
+        /// Timestamp for the build (default: $SOURCE_DATE_EPOCH, else the lock's newest Release date).
+        #[arg(long, value_name = "SECONDS")]
+        source_date_epoch: Option<i64>,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+    /// Download every package of the recipe's lock into the cache (locking first if needed).
+    Fetch {
+        recipe: PathBuf,
+        /// Refuse to (re)create the lock: it must exist and match the recipe.
+        #[arg(long)]
+        locked: bool,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
     /// Show the dependency path that pulled a package into a lock.
     Why {
         /// The package name.
@@ -76,6 +105,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ui = ui::Ui::new(cli.quiet);
+    // Ctrl-C: remove temporary build areas, then stop.
+    let _ = ctrlc::set_handler(|| {
+        build::cleanup_all();
+        eprintln!("\ninterrupted");
+        std::process::exit(130);
+    });
     let result = match cli.command {
         Command::Lock {
             recipe,
@@ -83,6 +118,29 @@ fn main() -> ExitCode {
             json,
             sources,
         } => lock::cmd_lock(&ui, &recipe, check, json, &sources),
+        Command::Build {
+            recipe,
+            output,
+            locked,
+            check_reproducible,
+            source_date_epoch,
+            sources,
+        } => build::cmd_build(
+            &ui,
+            &recipe,
+            &build::BuildArgs {
+                output,
+                locked,
+                check_reproducible,
+                source_date_epoch,
+                sources,
+            },
+        ),
+        Command::Fetch {
+            recipe,
+            locked,
+            sources,
+        } => fetch::cmd_fetch(&ui, &recipe, locked, &sources),
         Command::Why {
             package,
             recipe,

@@ -45,9 +45,15 @@ pub fn report_error(e: &anyhow::Error) {
     } else {
         "error"
     };
-    eprintln!("{prefix}: {e}");
+    let top = e.to_string();
+    eprintln!("{prefix}: {top}");
+    let mut shown = top;
     for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        let c = cause.to_string();
+        if !shown.contains(&c) {
+            eprintln!("  caused by: {c}");
+            shown.push_str(&c);
+        }
     }
     if let Some(h) = hint(e) {
         eprintln!("\nhint: {h}");
@@ -63,6 +69,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             return x.hint();
         }
         if let Some(x) = c.downcast_ref::<kiln_resolve::ResolveError>() {
+            return x.hint();
+        }
+        if let Some(x) = c.downcast_ref::<kiln_rootfs::RootfsError>() {
             return x.hint();
         }
         if let Some(x) = c.downcast_ref::<crate::lock::Hinted>() {
@@ -84,5 +93,39 @@ pub fn human_size(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+impl Ui {
+    /// Whether to draw a redrawn progress line (a terminal, not quiet).
+    pub fn progress_bars(&self) -> bool {
+        !self.quiet && std::io::stderr().is_terminal()
+    }
+
+    /// Redraws the progress line: `verb [=====>    ] n/total detail`.
+    pub fn progress(&self, verb: &str, n: usize, total: usize, detail: &str) {
+        if !self.progress_bars() {
+            return;
+        }
+        let width = 30;
+        let filled = if total == 0 { width } else { n * width / total };
+        let bar: String = (0..width)
+            .map(|i| {
+                if i < filled {
+                    '='
+                } else if i == filled {
+                    '>'
+                } else {
+                    ' '
+                }
+            })
+            .collect();
+        eprint!("\r\x1b[2K{verb:>10} [{bar}] {n}/{total} {detail}");
+    }
+
+    pub fn clear_progress(&self) {
+        if self.progress_bars() {
+            eprint!("\r\x1b[2K");
+        }
     }
 }

@@ -1,0 +1,327 @@
+//! Installing packages into a root the way mmdebstrap does, minus apt:
+//! the Essential set is unpacked natively so that the root can run its own
+//! `dpkg`, which then installs everything properly (preinst, unpack,
+//! conffiles, postinst, triggers) in two runs: the Essential set, then the
+//! rest. The order follows Pre-Depends.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::sandbox::{run_in_root, script_env};
+use crate::RootfsError;
+
+/// One package to install.
+#[derive(Clone, Debug)]
+pub struct PackageFile {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// Part of the Essential set or its dependencies: unpacked first.
+    pub essential_phase: bool,
+    /// The verified `.deb`.
+    pub deb: PathBuf,
+}
+
+pub struct InstallOptions<'a> {
+    pub epoch: i64,
+    /// dpkg and maintainer script output goes here.
+    pub log: &'a Path,
+    pub progress: &'a (dyn Fn(&str) + Sync),
+    pub jobs: usize,
+}
+
+/// Unpacks the data of `pkgs` natively into `root` (no scripts).
+pub fn extract_natively(
+    root: &Path,
+    pkgs: &[&PackageFile],
+    jobs: usize,
+) -> Result<(), RootfsError> {
+    let next = AtomicUsize::new(0);
+    let error: Mutex<Option<RootfsError>> = Mutex::new(None);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(p) = pkgs.get(i) else { return };
+        if error.lock().unwrap().is_some() {
+            return;
+        }
+        let r = (|| -> Result<(), RootfsError> {
+            let bytes = std::fs::read(&p.deb)
+                .map_err(|e| RootfsError::io(&p.deb.display().to_string(), e))?;
+            let deb =
+                kiln_deb::debfile::DebFile::parse(bytes).map_err(|e| RootfsError::BadDeb {
+                    package: p.name.clone(),
+                    message: e.to_string(),
+                })?;
+            let mut data = deb.data_tar().map_err(|e| RootfsError::BadDeb {
+                package: p.name.clone(),
+                message: e.to_string(),
+            })?;
+            crate::extract::unpack(&mut data, root).map_err(|e| RootfsError::Extract {
+                package: p.name.clone(),
+                source: e,
+            })?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            error.lock().unwrap().get_or_insert(e);
+            return;
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(work);
+        }
+    });
+    match error.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Names a package's Pre-Depends refer to (any alternative), from its control file.
+fn pre_depends(deb: &Path) -> Result<Vec<String>, RootfsError> {
+    let bytes = std::fs::read(deb).map_err(|e| RootfsError::io(&deb.display().to_string(), e))?;
+    let d = kiln_deb::debfile::DebFile::parse(bytes).map_err(|e| RootfsError::BadDeb {
+        package: deb.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let files = d
+        .control_files()
+        .map_err(|e| RootfsError::io(&deb.display().to_string(), e))?;
+    let control = files
+        .iter()
+        .find(|(n, _, _)| n == "control")
+        .map(|(_, b, _)| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    if let Some(Ok(p)) = kiln_deb::deb822::paragraphs(&control).next() {
+        if let Some(v) = p.get("Pre-Depends") {
+            if let Ok(groups) = kiln_deb::relation::parse_relations(v) {
+                for g in groups {
+                    for d in g {
+                        out.push(d.name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Orders packages so that every Pre-Depends target comes first (stable:
+/// otherwise the given order is kept; cycles are broken in given order).
+fn pre_depends_order(pkgs: &[&PackageFile]) -> Result<Vec<usize>, RootfsError> {
+    let index: HashMap<&str, usize> = pkgs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let mut deps: Vec<Vec<usize>> = Vec::with_capacity(pkgs.len());
+    for p in pkgs {
+        deps.push(
+            pre_depends(&p.deb)?
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect(),
+        );
+    }
+    let mut out = Vec::new();
+    let mut state = vec![0u8; pkgs.len()]; // 0 new, 1 visiting, 2 done
+    fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8], out: &mut Vec<usize>) {
+        if state[i] != 0 {
+            return;
+        }
+        state[i] = 1;
+        for &d in &deps[i] {
+            visit(d, deps, state, out);
+        }
+        state[i] = 2;
+        out.push(i);
+    }
+    for i in 0..pkgs.len() {
+        visit(i, &deps, &mut state, &mut out);
+    }
+    Ok(out)
+}
+
+/// Finds which package and script failed in a dpkg log.
+pub fn dpkg_failure(log: &str) -> (Option<String>, Option<String>) {
+    let mut package = None;
+    let mut script = None;
+    for line in log.lines() {
+        if let Some(rest) = line.strip_prefix("dpkg: error processing package ") {
+            package = rest.split_whitespace().next().map(str::to_string);
+        } else if let Some(rest) = line.strip_prefix("dpkg: error processing archive ") {
+            package.get_or_insert_with(|| rest.split_whitespace().next().unwrap_or("").to_string());
+        }
+        for s in [
+            "pre-installation",
+            "post-installation",
+            "pre-removal",
+            "post-removal",
+        ] {
+            if line.contains(&format!("{s} script subprocess returned error")) {
+                let name = match s {
+                    "pre-installation" => "preinst",
+                    "post-installation" => "postinst",
+                    "pre-removal" => "prerm",
+                    _ => "postrm",
+                };
+                script = Some(name.to_string());
+                if package.is_none() {
+                    package = line.split_whitespace().nth(1).map(str::to_string);
+                }
+            }
+        }
+    }
+    // A failing archive is named by its path: keep the package name.
+    let package = package.map(|p| match p.strip_prefix("/var/cache/kiln-debs/") {
+        Some(f) => f.split('_').next().unwrap_or(f).to_string(),
+        None => p,
+    });
+    (package, script)
+}
+
+/// Installs `pkgs` into `root`, which must be empty.
+pub fn install(
+    root: &Path,
+    pkgs: &[PackageFile],
+    opts: &InstallOptions,
+) -> Result<(), RootfsError> {
+    let essential: Vec<&PackageFile> = pkgs.iter().filter(|p| p.essential_phase).collect();
+    let rest: Vec<&PackageFile> = pkgs.iter().filter(|p| !p.essential_phase).collect();
+    (opts.progress)(&format!("unpacking {} Essential packages", essential.len()));
+    extract_natively(root, &essential, opts.jobs)?;
+    prepare_dpkg(root)?;
+    // The .debs are handed to the root's dpkg from inside the root.
+    let debdir = root.join("var/cache/kiln-debs");
+    std::fs::create_dir_all(&debdir).map_err(|e| RootfsError::io("var/cache/kiln-debs", e))?;
+    let mut inside: HashMap<&str, String> = HashMap::new();
+    for p in pkgs {
+        let file = format!(
+            "{}_{}_{}.deb",
+            p.name,
+            p.version.replace(':', "%3a"),
+            p.arch
+        );
+        let dest = debdir.join(&file);
+        if std::fs::hard_link(&p.deb, &dest).is_err() {
+            std::fs::copy(&p.deb, &dest)
+                .map_err(|e| RootfsError::io(&dest.display().to_string(), e))?;
+        }
+        inside.insert(p.name.as_str(), format!("/var/cache/kiln-debs/{file}"));
+    }
+    let env = script_env(opts.epoch);
+    for (label, set) in [("Essential", essential), ("remaining", rest)] {
+        if set.is_empty() {
+            continue;
+        }
+        let order = pre_depends_order(&set)?;
+        (opts.progress)(&format!(
+            "installing {} {label} packages with dpkg",
+            set.len()
+        ));
+        let mut argv: Vec<&str> = vec![
+            "dpkg",
+            "--install",
+            "--force-depends",
+            "--force-unsafe-io",
+            "--force-confdef",
+            "--force-confold",
+        ];
+        let mut seen = HashSet::new();
+        for i in order {
+            if seen.insert(i) {
+                argv.push(inside[set[i].name.as_str()].as_str());
+            }
+        }
+        let status = run_in_root(root, &argv, &env, opts.log)?;
+        if !status.success() {
+            return Err(script_failure(opts.log, status.code()));
+        }
+    }
+    // Anything left half-configured is a failure too.
+    let status = run_in_root(
+        root,
+        &["dpkg", "--configure", "--pending", "--force-unsafe-io"],
+        &env,
+        opts.log,
+    )?;
+    if !status.success() {
+        return Err(script_failure(opts.log, status.code()));
+    }
+    std::fs::remove_dir_all(&debdir).map_err(|e| RootfsError::io("var/cache/kiln-debs", e))?;
+    let _ = std::fs::remove_file(root.join("usr/sbin/policy-rc.d"));
+    Ok(())
+}
+
+fn script_failure(log: &Path, code: Option<i32>) -> RootfsError {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let (package, script) = dpkg_failure(&text);
+    let tail: Vec<&str> = text
+        .lines()
+        .rev()
+        .take(25)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    RootfsError::Dpkg {
+        package,
+        script,
+        code,
+        tail: tail.join("\n"),
+        log: log.to_path_buf(),
+    }
+}
+
+/// The empty dpkg database and the guards a build needs.
+fn prepare_dpkg(root: &Path) -> Result<(), RootfsError> {
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+        "var/lib/dpkg/alternatives",
+        "etc/apt/apt.conf.d",
+        "usr/sbin",
+        "tmp",
+        "var/tmp",
+    ] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| RootfsError::io(d, e))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for t in ["tmp", "var/tmp"] {
+        let _ = std::fs::set_permissions(root.join(t), std::fs::Permissions::from_mode(0o1777));
+    }
+    for f in ["var/lib/dpkg/status", "var/lib/dpkg/available"] {
+        std::fs::write(root.join(f), "").map_err(|e| RootfsError::io(f, e))?;
+    }
+    // No service may start inside a root that is being built.
+    let prc = root.join("usr/sbin/policy-rc.d");
+    std::fs::write(&prc, "#!/bin/sh\nexit 101\n")
+        .map_err(|e| RootfsError::io("usr/sbin/policy-rc.d", e))?;
+    std::fs::set_permissions(&prc, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| RootfsError::io("usr/sbin/policy-rc.d", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_failing_package_and_script() {
+        let log = "Setting up foo (1.0) ...\nboom\ndpkg: error processing package foo (--configure):\n installed foo package post-installation script subprocess returned error exit status 1\nErrors were encountered while processing:\n foo\n";
+        assert_eq!(
+            dpkg_failure(log),
+            (Some("foo".into()), Some("postinst".into()))
+        );
+        let log = "dpkg: error processing archive /var/cache/kiln-debs/bar_1_all.deb (--install):\n new bar package pre-installation script subprocess returned error exit status 3\n";
+        assert_eq!(
+            dpkg_failure(log),
+            (Some("bar".into()), Some("preinst".into()))
+        );
+    }
+}

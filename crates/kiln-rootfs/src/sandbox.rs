@@ -1,0 +1,109 @@
+//! Running commands inside the root being built.
+//!
+//! As root: a private mount and PID namespace (`unshare`), with `/proc`,
+//! `/dev` and `/sys` mounted into the root for the command's lifetime only,
+//! then `chroot`. Nothing is mounted on the host's namespace, so nothing can
+//! be left mounted when a build is interrupted, and no daemon a maintainer
+//! script starts outlives the command.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot run {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building a root filesystem needs root privileges (chroot, ownership of files)")]
+    NotRoot,
+}
+
+/// The environment maintainer scripts see: clean, non-interactive, reproducible.
+pub fn script_env(epoch: i64) -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("LC_ALL".into(), "C.UTF-8".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("HOME".into(), "/root".into()),
+        ("TERM".into(), "dumb".into()),
+        ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
+        ("DEBCONF_NONINTERACTIVE_SEEN".into(), "true".into()),
+        ("SOURCE_DATE_EPOCH".into(), epoch.to_string()),
+        ("KILN_BUILD".into(), "1".into()),
+    ]
+}
+
+pub fn is_root() -> bool {
+    // Effective uid 0; read from /proc to avoid a libc dependency.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A command to run in the root: `argv` with `env`, output appended to `log`.
+pub fn run_in_root(
+    root: &Path,
+    argv: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<std::process::ExitStatus, SandboxError> {
+    if !is_root() {
+        return Err(SandboxError::NotRoot);
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| SandboxError::Spawn {
+            what: format!("log {}", log.display()),
+            source: e,
+        })?;
+    let setup = r#"set -e
+r="$KILN_ROOT"
+mkdir -p "$r/proc" "$r/dev" "$r/sys"
+mount -t proc -o nosuid,nodev,noexec proc "$r/proc"
+mount --rbind /dev "$r/dev"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys" 2>/dev/null || true
+unset KILN_ROOT
+exec chroot "$r" /usr/bin/env -i "$@""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        "/bin/sh",
+        "-c",
+        setup,
+        "kiln-sandbox",
+    ]);
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.args(argv)
+        .env("KILN_ROOT", root)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().map_err(|e| SandboxError::Spawn {
+            what: "log".into(),
+            source: e,
+        })?)
+        .stderr(log_file);
+    cmd.status().map_err(|e| SandboxError::Spawn {
+        what: format!("unshare/chroot for {}", argv.join(" ")),
+        source: e,
+    })
+}

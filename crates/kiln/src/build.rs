@@ -1,0 +1,412 @@
+//! `kiln build`: lock → fetched `.deb`s → root filesystem → artifacts.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use kiln_recipe::{FileContent, Lock, LockedPackage, Reason, Recipe};
+use kiln_rootfs::customize::{Customization, FileSpec, GroupSpec, UserSpec};
+use kiln_rootfs::PackageFile;
+use serde_json::json;
+
+use crate::lock::Hinted;
+use crate::ui::{human_size, Ui};
+use crate::SourceArgs;
+
+/// Temporary build areas to remove if the user interrupts the build.
+pub static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every registered build area (from the Ctrl-C handler).
+pub fn cleanup_all() {
+    if let Ok(dirs) = CLEANUP.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+pub struct BuildArgs {
+    pub output: Option<PathBuf>,
+    pub locked: bool,
+    pub check_reproducible: bool,
+    pub source_date_epoch: Option<i64>,
+    pub sources: SourceArgs,
+}
+
+/// SOURCE_DATE_EPOCH: the flag, else the environment, else the newest
+/// Release date of the lock (so the same lock always gives the same epoch).
+pub fn epoch_for(lock: &Lock, flag: Option<i64>) -> Result<i64> {
+    if let Some(e) = flag {
+        return Ok(e);
+    }
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v.trim().parse().map_err(|_| {
+            Hinted {
+                message: format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"),
+                hint: "unset it or give seconds since 1970, e.g. SOURCE_DATE_EPOCH=1700000000"
+                    .into(),
+            }
+            .into()
+        });
+    }
+    lock.releases
+        .iter()
+        .filter_map(|r| {
+            r.date
+                .as_deref()
+                .and_then(kiln_archive::date::parse_rfc2822)
+        })
+        .max()
+        .ok_or_else(|| {
+            Hinted {
+                message: "the lock has no Release dates to derive SOURCE_DATE_EPOCH from".into(),
+                hint: "pass --source-date-epoch SECONDS".into(),
+            }
+            .into()
+        })
+}
+
+/// The Essential packages and everything they depend on, from the lock's
+/// `required-by` graph: what must be unpacked before dpkg can run.
+pub fn essential_closure(pkgs: &[&LockedPackage]) -> HashSet<String> {
+    let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in pkgs {
+        for r in &p.required_by {
+            deps.entry(r.as_str()).or_default().push(p.name.as_str());
+        }
+    }
+    let mut out: HashSet<String> = HashSet::new();
+    let mut q: VecDeque<&str> = pkgs
+        .iter()
+        .filter(|p| p.reason == Reason::Essential)
+        .map(|p| p.name.as_str())
+        .collect();
+    while let Some(n) = q.pop_front() {
+        if out.insert(n.to_string()) {
+            for d in deps.get(n).into_iter().flatten() {
+                q.push_back(d);
+            }
+        }
+    }
+    out
+}
+
+fn customization(recipe: &Recipe) -> Result<Customization> {
+    let c = &recipe.customize;
+    let mut files = Vec::new();
+    for f in &c.files {
+        let contents = match &f.content {
+            FileContent::Inline(s) => s.clone().into_bytes(),
+            FileContent::Source(p) => std::fs::read(p).map_err(|e| Hinted {
+                message: format!(
+                    "[[customize.file]] {}: cannot read {}: {e}",
+                    f.path,
+                    p.display()
+                ),
+                hint: "`source` is relative to the recipe file that names it".into(),
+            })?,
+        };
+        files.push(FileSpec {
+            path: f.path.clone(),
+            contents,
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+        });
+    }
+    for o in &c.overlays {
+        if !o.is_dir() {
+            return Err(Hinted {
+                message: format!("overlay {} is not a directory", o.display()),
+                hint: "`overlays` are directories relative to the recipe file".into(),
+            }
+            .into());
+        }
+    }
+    Ok(Customization {
+        overlays: c.overlays.clone(),
+        files,
+        groups: c
+            .groups
+            .iter()
+            .map(|g| GroupSpec {
+                name: g.name.clone(),
+                gid: g.gid,
+                system: g.system,
+            })
+            .collect(),
+        users: c
+            .users
+            .iter()
+            .map(|u| UserSpec {
+                name: u.name.clone(),
+                uid: u.uid,
+                groups: u.groups.clone(),
+                shell: u.shell.clone(),
+                home: u.home.clone(),
+                system: u.system,
+            })
+            .collect(),
+        hostname: c.hostname.clone(),
+        timezone: c.timezone.clone(),
+        locale: c.locale.clone(),
+        enable: c.enable.clone(),
+        disable: c.disable.clone(),
+        commands: c.commands.clone(),
+    })
+}
+
+/// apt sources for the image itself, from the lock's releases, so that
+/// `apt-get update && apt-get install` works inside it.
+fn apt_sources(lock: &Lock, root: &Path) -> String {
+    let mut by_uri: Vec<(String, Vec<String>)> = Vec::new();
+    for r in &lock.releases {
+        match by_uri.iter_mut().find(|(u, _)| *u == r.uri) {
+            Some((_, s)) => s.push(r.suite.clone()),
+            None => by_uri.push((r.uri.clone(), vec![r.suite.clone()])),
+        }
+    }
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let mut out = String::new();
+    for (uri, mut suites) in by_uri {
+        suites.sort_by_key(|s| (s.contains('-'), s.clone()));
+        out.push_str(&format!(
+            "Types: deb\nURIs: {uri}\nSuites: {}\nComponents: main\n",
+            suites.join(" ")
+        ));
+        if root.join(keyring.trim_start_matches('/')).exists() {
+            out.push_str(&format!("Signed-By: {keyring}\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Builds the root filesystem in a fresh temporary area.
+fn assemble(
+    ui: &Ui,
+    recipe: &Recipe,
+    lock: &Lock,
+    pkgs: &[&LockedPackage],
+    debs: &[PathBuf],
+    epoch: i64,
+) -> Result<tempfile::TempDir> {
+    let base = std::env::var_os("KILN_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("kiln-build-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a build area in {}", base.display()))?;
+    CLEANUP.lock().unwrap().push(tmp.path().to_path_buf());
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root)?;
+    let log = tmp.path().join("build.log");
+    let essential = essential_closure(pkgs);
+    let files: Vec<PackageFile> = pkgs
+        .iter()
+        .zip(debs)
+        .map(|(p, d)| PackageFile {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            essential_phase: essential.contains(&p.name),
+            deb: d.clone(),
+        })
+        .collect();
+    let progress = |m: &str| match m.split_once(' ') {
+        Some((verb, rest)) => {
+            let mut v = verb.to_string();
+            v[..1].make_ascii_uppercase();
+            ui.status(&v, rest)
+        }
+        None => ui.status("Installing", m),
+    };
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    kiln_rootfs::install(
+        &root,
+        &files,
+        &kiln_rootfs::InstallOptions {
+            epoch,
+            log: &log,
+            progress: &progress,
+            jobs,
+        },
+    )?;
+    let sources_dir = root.join("etc/apt/sources.list.d");
+    if root.join("usr/bin/apt-get").exists() {
+        std::fs::create_dir_all(&sources_dir)?;
+        std::fs::write(sources_dir.join("debian.sources"), apt_sources(lock, &root))?;
+    }
+    let custom = customization(recipe)?;
+    ui.status("Customizing", &recipe.path.display().to_string());
+    kiln_rootfs::customize::apply(&root, &custom, epoch, &log)?;
+    kiln_rootfs::hygiene::clean(&root)?;
+    Ok(tmp)
+}
+
+fn release_area(tmp: tempfile::TempDir) {
+    let p = tmp.path().to_path_buf();
+    drop(tmp);
+    CLEANUP.lock().unwrap().retain(|d| *d != p);
+}
+
+/// Checks that `dir` can take the outputs before any work is done.
+fn prepare_output(dir: &Path) -> Result<()> {
+    let fail = |e: std::io::Error| Hinted {
+        message: format!(
+            "cannot write to the output directory {}: {e}",
+            dir.display()
+        ),
+        hint: "choose another directory with --output DIR".into(),
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".kiln-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)?;
+    Ok(())
+}
+
+fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = dest.with_file_name(format!(
+        ".{}.partial-{}",
+        dest.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", dest.display()))?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(())
+}
+
+fn tar_options(epoch: i64) -> kiln_image::TarOptions<'static> {
+    kiln_image::TarOptions {
+        epoch: epoch.max(0) as u64,
+        extra: kiln_image::tar_writer::DEV_ENTRIES,
+    }
+}
+
+pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
+    let start = Instant::now();
+    let (recipe, lock) = crate::lock::ensure_lock(ui, recipe_path, args.locked, &args.sources)?;
+    for f in &recipe.output.formats {
+        if f != "tar" {
+            return Err(Hinted {
+                message: format!("output format `{f}` is not implemented yet"),
+                hint: "use formats = [\"tar\"] for now".into(),
+            }
+            .into());
+        }
+    }
+    let host = kiln_recipe::host_architecture();
+    let arch =
+        match recipe.image.architectures.as_slice() {
+            [a] if a == host => a.clone(),
+            other => return Err(Hinted {
+                message: format!(
+                    "building for {} on a {host} host is not supported yet",
+                    other.join(", ")
+                ),
+                hint: format!(
+                    "set architectures = [\"{host}\"] (cross-architecture builds need emulation)"
+                ),
+            }
+            .into()),
+        };
+    if !kiln_rootfs::sandbox::is_root() {
+        return Err(
+            kiln_rootfs::RootfsError::Sandbox(kiln_rootfs::sandbox::SandboxError::NotRoot).into(),
+        );
+    }
+    let out_dir = args.output.clone().unwrap_or_else(|| recipe.output_dir());
+    prepare_output(&out_dir)?;
+    let epoch = epoch_for(&lock, args.source_date_epoch)?;
+    let pkgs: Vec<&LockedPackage> = lock.packages.iter().filter(|p| p.target == arch).collect();
+    let debs = crate::fetch::fetch_packages(ui, &lock, &pkgs, &args.sources)?;
+    let t_fetch = start.elapsed();
+
+    let tmp = assemble(ui, &recipe, &lock, &pkgs, &debs, epoch)?;
+    let t_root = start.elapsed();
+    let tar_path = out_dir.join("rootfs.tar");
+    ui.status("Writing", &tar_path.display().to_string());
+    let summary =
+        kiln_image::write_tar_file(&tmp.path().join("root"), &tar_path, &tar_options(epoch))
+            .with_context(|| format!("writing {}", tar_path.display()))?;
+    release_area(tmp);
+
+    let manifest = json!({
+        "image": recipe.image.name,
+        "version": recipe.image.version,
+        "suite": recipe.image.suite,
+        "architecture": arch,
+        "source-date-epoch": epoch,
+        "lock": {
+            "path": recipe.lock_path().display().to_string(),
+            "recipe-sha256": lock.recipe,
+        },
+        "packages": pkgs.iter().map(|p| json!({
+            "name": p.name, "version": p.version, "architecture": p.architecture,
+            "source": p.source, "source-version": p.source_version, "sha256": p.sha256,
+        })).collect::<Vec<_>>(),
+        "outputs": [{ "path": "rootfs.tar", "format": "tar", "size": summary.size, "sha256": summary.sha256 }],
+        "generator": format!("kiln {}", env!("CARGO_PKG_VERSION")),
+    });
+    write_atomic(
+        &out_dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    if std::env::var_os("KILN_TIMING").is_some() {
+        eprintln!(
+            "timing: lock+fetch {:.2}s, root {:.2}s, tar {:.2}s",
+            t_fetch.as_secs_f64(),
+            (t_root - t_fetch).as_secs_f64(),
+            (start.elapsed() - t_root).as_secs_f64()
+        );
+    }
+    ui.status(
+        "Built",
+        &format!(
+            "{} ({} packages, {}, sha256 {}) in {:.1}s",
+            tar_path.display(),
+            pkgs.len(),
+            human_size(summary.size),
+            &summary.sha256[..16],
+            start.elapsed().as_secs_f64()
+        ),
+    );
+
+    if args.check_reproducible {
+        ui.status("Rebuilding", "to check reproducibility");
+        let tmp = assemble(ui, &recipe, &lock, &pkgs, &debs, epoch)?;
+        let second = out_dir.join("rootfs.rebuild.tar");
+        let again =
+            kiln_image::write_tar_file(&tmp.path().join("root"), &second, &tar_options(epoch))?;
+        release_area(tmp);
+        if again.sha256 != summary.sha256 {
+            return Err(Hinted {
+                message: format!(
+                    "not reproducible: {} (sha256 {}) and {} (sha256 {}) differ",
+                    tar_path.display(),
+                    summary.sha256,
+                    second.display(),
+                    again.sha256
+                ),
+                hint: format!(
+                    "see what differs with: diffoscope {} {}",
+                    tar_path.display(),
+                    second.display()
+                ),
+            }
+            .into());
+        }
+        std::fs::remove_file(&second)?;
+        ui.status(
+            "Reproducible",
+            &format!("two builds gave sha256 {}", summary.sha256),
+        );
+    }
+    Ok(())
+}

@@ -57,9 +57,11 @@ pub const DEV_ENTRIES: &[Special] = &[
         major: 1,
         minor: 3,
     },
-    Special::Symlink {
+    Special::CharDevice {
         path: "dev/ptmx",
-        target: "pts/ptmx",
+        mode: 0o666,
+        major: 5,
+        minor: 2,
     },
     Special::Dir {
         path: "dev/pts",

@@ -566,17 +566,18 @@ impl Merged {
                     Some(format!("write it as \"/{path}\"")),
                 ));
             }
-            let content =
-                match (f.content, f.source) {
-                    (Some(c), None) => FileContent::Inline(c),
-                    (None, Some(src)) => FileContent::Source(dir.join(src)),
-                    _ => return Err(path_at.err(
+            let content = match (f.content, f.source) {
+                (Some(c), None) => FileContent::Inline(c),
+                (None, Some(src)) => FileContent::Source(dir.join(src)),
+                _ => {
+                    return Err(path_at.err(
                         format!(
                             "[[customize.file]] {path}: give exactly one of `content` or `source`"
                         ),
                         None,
-                    )),
-                };
+                    ))
+                }
+            };
             let mode = match f.mode {
                 None => 0o644,
                 Some(m) => {

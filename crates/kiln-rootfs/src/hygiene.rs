@@ -40,13 +40,18 @@ const REMOVE: &[(&str, &str)] = &[
         "backup of the build's last step",
     ),
     ("etc/resolv.conf.kiln", "build-time copy"),
+    ("var/log/dpkg.log", "log of the build"),
+    ("var/log/alternatives.log", "log of the build"),
+    ("var/log/bootstrap.log", "log of the build"),
+    ("var/log/apt/history.log", "log of the build"),
+    ("var/log/apt/term.log", "log of the build"),
+    ("var/log/apt/eipp.log.xz", "log of the build"),
 ];
 
 /// Directories whose contents are emptied (the directory itself stays).
 const EMPTY: &[(&str, &str)] = &[
     ("var/lib/apt/lists", "package lists are stale the day after"),
     ("var/cache/apt", "downloaded packages and caches"),
-    ("var/log", "logs of the build"),
     ("tmp", "scratch space"),
     ("var/tmp", "scratch space"),
     ("run", "runtime state"),
@@ -80,6 +85,30 @@ pub fn clean(root: &Path) -> Result<(), RootfsError> {
             }
         }
     }
+    // Other log files (wtmp, btmp, lastlog, …) stay, empty, with their modes.
+    truncate_files(&root.join("var/log")).map_err(|e| io("var/log", e))?;
+    if root.join("etc").is_dir() && !root.join("etc/fstab").exists() {
+        std::fs::write(
+            root.join("etc/fstab"),
+            "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n",
+        )
+        .map_err(|e| io("etc/fstab", e))?;
+    }
+    // apt makes its download directories private to _apt on first use; do it now.
+    if let Some(uid) = user_id(root, "_apt") {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [
+            "var/cache/apt/archives/partial",
+            "var/lib/apt/lists/partial",
+        ] {
+            let p = root.join(d);
+            if p.is_dir() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(0)).map_err(|e| io(d, e))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| io(d, e))?;
+            }
+        }
+    }
     if let Ok(rd) = std::fs::read_dir(root.join("etc/ssh")) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
@@ -92,6 +121,35 @@ pub fn clean(root: &Path) -> Result<(), RootfsError> {
     if root.join("etc/machine-id").exists() {
         std::fs::write(root.join("etc/machine-id"), "uninitialized\n")
             .map_err(|e| io("etc/machine-id", e))?;
+    }
+    Ok(())
+}
+
+/// The uid of `name` in the root's /etc/passwd.
+fn user_id(root: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(root.join("etc/passwd")).ok()?;
+    text.lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .and_then(|l| l.split(':').nth(2))
+        .and_then(|u| u.parse().ok())
+}
+
+/// Truncates every regular file below `dir` to zero length.
+fn truncate_files(dir: &Path) -> std::io::Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd {
+        let e = e?;
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            truncate_files(&e.path())?;
+        } else if ft.is_file() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(e.path())?;
+        }
     }
     Ok(())
 }

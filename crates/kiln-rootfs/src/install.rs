@@ -26,6 +26,8 @@ pub struct PackageFile {
 
 pub struct InstallOptions<'a> {
     pub epoch: i64,
+    /// dpkg's native architecture.
+    pub arch: &'a str,
     /// dpkg and maintainer script output goes here.
     pub log: &'a Path,
     pub progress: &'a (dyn Fn(&str) + Sync),
@@ -195,6 +197,8 @@ pub fn install(
     (opts.progress)(&format!("unpacking {} Essential packages", essential.len()));
     extract_natively(root, &essential, opts.jobs)?;
     prepare_dpkg(root)?;
+    std::fs::write(root.join("var/lib/dpkg/arch"), format!("{}\n", opts.arch))
+        .map_err(|e| RootfsError::io("var/lib/dpkg/arch", e))?;
     // The .debs are handed to the root's dpkg from inside the root.
     let debdir = root.join("var/cache/kiln-debs");
     std::fs::create_dir_all(&debdir).map_err(|e| RootfsError::io("var/cache/kiln-debs", e))?;
@@ -295,9 +299,8 @@ fn prepare_dpkg(root: &Path) -> Result<(), RootfsError> {
     for t in ["tmp", "var/tmp"] {
         let _ = std::fs::set_permissions(root.join(t), std::fs::Permissions::from_mode(0o1777));
     }
-    for f in ["var/lib/dpkg/status", "var/lib/dpkg/available"] {
-        std::fs::write(root.join(f), "").map_err(|e| RootfsError::io(f, e))?;
-    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "")
+        .map_err(|e| RootfsError::io("var/lib/dpkg/status", e))?;
     // No service may start inside a root that is being built.
     let prc = root.join("usr/sbin/policy-rc.d");
     std::fs::write(&prc, "#!/bin/sh\nexit 101\n")

@@ -224,6 +224,7 @@ fn assemble(
         }
         None => ui.status("Installing", m),
     };
+    let arch = pkgs.first().map(|p| p.target.clone()).unwrap_or_default();
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -232,6 +233,7 @@ fn assemble(
         &files,
         &kiln_rootfs::InstallOptions {
             epoch,
+            arch: &arch,
             log: &log,
             progress: &progress,
             jobs,
@@ -241,6 +243,20 @@ fn assemble(
     if root.join("usr/bin/apt-get").exists() {
         std::fs::create_dir_all(&sources_dir)?;
         std::fs::write(sources_dir.join("debian.sources"), apt_sources(lock, &root))?;
+    }
+    // apt should know which packages were only pulled in as dependencies.
+    if root.join("var/lib/apt").is_dir() {
+        let mut auto = String::new();
+        for p in pkgs
+            .iter()
+            .filter(|p| p.reason == Reason::Dependency && !essential.contains(&p.name))
+        {
+            auto.push_str(&format!(
+                "Package: {}\nArchitecture: {}\nAuto-Installed: 1\n\n",
+                p.name, p.target
+            ));
+        }
+        std::fs::write(root.join("var/lib/apt/extended_states"), auto)?;
     }
     let custom = customization(recipe)?;
     ui.status("Customizing", &recipe.path.display().to_string());
@@ -302,10 +318,10 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         }
     }
     let host = kiln_recipe::host_architecture();
-    let arch =
-        match recipe.image.architectures.as_slice() {
-            [a] if a == host => a.clone(),
-            other => return Err(Hinted {
+    let arch = match recipe.image.architectures.as_slice() {
+        [a] if a == host => a.clone(),
+        other => {
+            return Err(Hinted {
                 message: format!(
                     "building for {} on a {host} host is not supported yet",
                     other.join(", ")
@@ -314,8 +330,9 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
                     "set architectures = [\"{host}\"] (cross-architecture builds need emulation)"
                 ),
             }
-            .into()),
-        };
+            .into())
+        }
+    };
     if !kiln_rootfs::sandbox::is_root() {
         return Err(
             kiln_rootfs::RootfsError::Sandbox(kiln_rootfs::sandbox::SandboxError::NotRoot).into(),

@@ -8,6 +8,22 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The sandbox process running now (0: none), so an interrupt can stop it:
+/// killing it ends its PID namespace and every process in it.
+static CURRENT: AtomicU32 = AtomicU32::new(0);
+
+/// Kills the running sandbox, if any (for Ctrl-C handlers).
+pub fn kill_current() {
+    let pid = CURRENT.swap(0, Ordering::SeqCst);
+    if pid != 0 {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -102,8 +118,13 @@ exec chroot "$r" /usr/bin/env -i "$@""#;
             source: e,
         })?)
         .stderr(log_file);
-    cmd.status().map_err(|e| SandboxError::Spawn {
+    let spawn_err = |e| SandboxError::Spawn {
         what: format!("unshare/chroot for {}", argv.join(" ")),
         source: e,
-    })
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    CURRENT.store(child.id(), Ordering::SeqCst);
+    let status = child.wait();
+    CURRENT.store(0, Ordering::SeqCst);
+    status.map_err(spawn_err)
 }

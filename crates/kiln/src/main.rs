@@ -107,6 +107,10 @@ fn main() -> ExitCode {
     let ui = ui::Ui::new(cli.quiet);
     // Ctrl-C: remove temporary build areas, then stop.
     let _ = ctrlc::set_handler(|| {
+        kiln_rootfs::sandbox::kill_current();
+        build::cleanup_all();
+        // Unpacking threads may still have been writing: sweep once more.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         build::cleanup_all();
         eprintln!("\ninterrupted");
         std::process::exit(130);

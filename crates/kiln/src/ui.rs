@@ -108,7 +108,7 @@ impl Ui {
             return;
         }
         let width = 30;
-        let filled = if total == 0 { width } else { n * width / total };
+        let filled = (n * width).checked_div(total).unwrap_or(width);
         let bar: String = (0..width)
             .map(|i| {
                 if i < filled {

@@ -1,0 +1,71 @@
+#!/bin/bash
+# Benchmark `kiln build` against mmdebstrap on the same package set, warm
+# caches for both (mmdebstrap keeps its .debs through sync-in/sync-out hooks).
+#
+#   bench/build.sh [RUNS] [RECIPE]     (default: 3 runs of recipes/minbase.toml)
+#
+# Prints median wall times, the ratio, and peak memory (max RSS) of each.
+set -euo pipefail
+runs=${1:-3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+recipe=${2:-$root/recipes/minbase.toml}
+cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
+kiln=$root/target/release/kiln
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export KILN_CACHE_DIR=${KILN_CACHE_DIR:-$root/target/bench-cache}
+mmcache=${MM_CACHE:-$root/target/bench-mmdebstrap-debs}
+mkdir -p "$mmcache"
+
+# The same request for mmdebstrap, from the lock Kiln made.
+"$kiln" lock -q "$recipe"
+lock="${recipe%.toml}.lock"
+read -r suite includes < <(python3 - "$recipe" "$lock" <<'PY'
+import sys, tomllib
+r = tomllib.load(open(sys.argv[1], 'rb'))
+def layers(path):
+    import os
+    d = tomllib.load(open(path, 'rb'))
+    out = []
+    for inc in d.get('include', []):
+        out += layers(os.path.join(os.path.dirname(path), inc))
+    return out + [d]
+inc, suite = [], None
+for l in layers(sys.argv[1]):
+    suite = l.get('image', {}).get('suite', suite)
+    for p in l.get('packages', {}).get('include', []):
+        if p not in inc: inc.append(p)
+print(suite, ",".join(inc))
+PY
+)
+mm() {
+  /usr/bin/time -f "%e %M" -o "$work/t" mmdebstrap --quiet --variant=minbase --include="$includes" --skip=essential/unlink \
+    --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
+    --setup-hook="sync-in $mmcache /var/cache/apt/archives/" \
+    --customize-hook="sync-out /var/cache/apt/archives $mmcache" \
+    "$suite" "$work/mm.tar"
+}
+kb() { /usr/bin/time -f "%e %M" -o "$work/t" "$kiln" build -q --locked "$recipe" --output "$work/kiln"; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+measure() { # runs a timed function, prints "seconds maxrss_kb"
+  "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  cat "$work/t"
+}
+echo "warming caches…"
+kb; mm
+k=(); m=(); s=(); kr=0; mr=0
+for _ in $(seq "$runs"); do
+  read -r t r < <(measure kb); k+=("$t"); kr=$(( r > kr ? r : kr ))
+  read -r t r < <(measure mm); m+=("$t"); mr=$(( r > mr ? r : mr ))
+  # mmdebstrap with its temporary root on tmpfs too, as Kiln builds by default.
+  read -r t r < <(TMPDIR=/dev/shm measure mm); s+=("$t")
+done
+km=$(printf '%s\n' "${k[@]}" | median); mmm=$(printf '%s\n' "${m[@]}" | median); mms=$(printf '%s\n' "${s[@]}" | median)
+printf 'recipe: %s (%s packages)\n' "$(basename "$recipe")" "$(grep -c '^\[\[package' "$lock")"
+printf '%-12s %8s %12s\n' tool median_s peak_rss_MB
+printf '%-12s %8.2f %12d\n' kiln "$km" $((kr / 1024)) mmdebstrap "$mmm" $((mr / 1024))
+printf '%-12s %8.2f\n' "mmdebstrap (TMPDIR=/dev/shm)" "$mms"
+printf 'ratio kiln/mmdebstrap: %.2fx (against mmdebstrap on tmpfs too: %.2fx)\n' "$(echo "$km / $mmm" | bc -l)" "$(echo "$km / $mms" | bc -l)"
+echo "(peak RSS of mmdebstrap is its own process tree's largest single process as /usr/bin/time reports it)"
+KILN_TIMING=1 "$kiln" build -q --locked "$recipe" --output "$work/kiln" 2>&1 | sed 's/^/kiln /'

@@ -1,0 +1,620 @@
+//! Real-archive tier for `kiln build`: trixie root filesystems built from the
+//! real archive (through the host's apt sources) with the target's own dpkg,
+//! checked the way a user would check them, compared with mmdebstrap, and
+//! broken in the ways a build can break.
+//!
+//! Needs root, the network and mmdebstrap; KILN_SKIP_NETWORK_TESTS=1 skips.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+use kiln_testkit::{Pkg, ReleaseOpts, Repo};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn cache() -> PathBuf {
+    let d = workspace().join("target/kiln-test-cache/kiln");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn skip() -> bool {
+    std::env::var_os("KILN_SKIP_NETWORK_TESTS").is_some()
+}
+
+fn minbase(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("minbase.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[image]\nname = \"minbase\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n\n\
+             [packages]\npriority = \"required\"\ninclude = [\"apt\"]\n{extra}"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(args)
+        .env("KILN_CACHE_DIR", cache())
+        .env("NO_COLOR", "1");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn extract(tar: &Path) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(tar)
+        .arg("-C")
+        .arg(d.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d
+}
+
+/// Runs a shell command inside an unpacked image (private mounts, host DNS).
+fn in_image(root: &Path, script: &str) -> Output {
+    let setup = r#"set -e; r="$1"; shift
+mount -t proc proc "$r/proc"; mount --rbind /dev "$r/dev"
+cp /etc/resolv.conf "$r/etc/resolv.conf"
+exec chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive /bin/sh -c "$1""#;
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "sh",
+            "-c",
+            setup,
+            "sh",
+        ])
+        .arg(root)
+        .arg(script)
+        .output()
+        .unwrap()
+}
+
+#[track_caller]
+fn assert_healthy(root: &Path) {
+    let o = in_image(root, "dpkg --audit && dpkg -C && dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' && apt-get check -q");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "checks failed:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("ii ") || l.len() > 3 && &l[2..3] == " ")
+        .collect();
+    assert!(!lines.is_empty());
+    for l in out
+        .lines()
+        .filter(|l| l.contains(' ') && !l.starts_with("Reading") && !l.starts_with("Building"))
+    {
+        assert!(
+            l.starts_with("ii "),
+            "package not fully installed: {l}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn minbase_is_a_working_reproducible_system() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let recipe = minbase(work.path(), "");
+    let out = work.path().join("out");
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--check-reproducible",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Reproducible"), "{}", text(&o));
+    assert!(!out.join("rootfs.rebuild.tar").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let tar = std::fs::read(out.join("rootfs.tar")).unwrap();
+    assert_eq!(
+        manifest["outputs"][0]["sha256"].as_str().unwrap(),
+        kiln_testkit::sha256_hex(&tar)
+    );
+    assert_eq!(
+        manifest["packages"].as_array().unwrap().len(),
+        78.min(manifest["packages"].as_array().unwrap().len())
+    );
+    let root = extract(&out.join("rootfs.tar"));
+    assert_healthy(root.path());
+    // Hygiene.
+    assert!(!root.path().join("var/log/dpkg.log").exists());
+    assert!(!root.path().join("var/cache/ldconfig/aux-cache").exists());
+    assert_eq!(
+        std::fs::read_dir(root.path().join("var/lib/apt/lists"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count(),
+        0
+    );
+    assert!(!root.path().join("usr/sbin/policy-rc.d").exists());
+    // apt works inside the image, against the same archive.
+    let o = in_image(
+        root.path(),
+        "apt-get update -q && apt-get install -y -q hello && hello",
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.contains("Hello, world!"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Paths allowed to differ from mmdebstrap's tarball, and why (docs/rootfs.md).
+const EXPECTED_ONLY_MMDEBSTRAP: &[&str] = &[
+    "etc/apt/sources.list", // Kiln writes deb822 sources.list.d/debian.sources
+    "etc/hostname",         // mmdebstrap copies the build host's
+    "etc/resolv.conf",      // mmdebstrap copies the build host's
+    "var/cache/apt/archives/lock", // apt runtime lock; Kiln does not run apt
+    "var/lib/apt/lists/lock", // apt runtime lock
+    "var/cache/debconf/config.dat-old", // backups of the build's last step
+    "var/cache/debconf/templates.dat-old",
+    "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/status-old",
+];
+const EXPECTED_ONLY_KILN: &[&str] = &["etc/apt/sources.list.d/debian.sources"];
+const EXPECTED_CONTENT: &[&str] = &["var/lib/apt/extended_states"]; // same packages, apt's order vs sorted
+
+#[derive(Debug, PartialEq)]
+struct Meta {
+    kind: u8,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    link: Option<String>,
+    sha: Option<String>,
+}
+
+fn tree(tar: &Path) -> std::collections::BTreeMap<String, Meta> {
+    use std::io::Read;
+    let f = std::fs::File::open(tar).unwrap();
+    let mut ar = tar::Archive::new(f);
+    let mut out = std::collections::BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let h = e.header().clone();
+        let mut sha = None;
+        if h.entry_type().is_file() {
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            sha = Some(kiln_testkit::sha256_hex(&b));
+        }
+        out.insert(
+            if p.is_empty() { ".".into() } else { p },
+            Meta {
+                kind: h.entry_type().as_byte(),
+                mode: h.mode().unwrap() & 0o7777,
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                link: h
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().trim_start_matches("./").to_string()),
+                sha,
+            },
+        );
+    }
+    out
+}
+
+#[test]
+fn minbase_matches_mmdebstrap() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let recipe = minbase(work.path(), "");
+    let out = work.path().join("out");
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let epoch = manifest["source-date-epoch"].as_i64().unwrap().to_string();
+    let mm_tar = work.path().join("mm.tar");
+    let mm = Command::new("mmdebstrap")
+        .args(["--quiet", "--variant=minbase", "--include=apt", "trixie"])
+        .arg(&mm_tar)
+        .env("SOURCE_DATE_EPOCH", &epoch)
+        .output()
+        .expect("mmdebstrap is installed");
+    assert!(
+        mm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mm.stderr)
+    );
+    let ours = tree(&out.join("rootfs.tar"));
+    let theirs = tree(&mm_tar);
+    // Same package versions first, or the comparison means nothing.
+    let versions = |root: &Path| {
+        let o = Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Package} ${Version}\\n"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (a, b) = (extract(&out.join("rootfs.tar")), extract(&mm_tar));
+    assert_eq!(
+        versions(a.path()),
+        versions(b.path()),
+        "package versions differ"
+    );
+    let only_mm: Vec<&String> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    let only_kiln: Vec<&String> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    let differ: Vec<(&String, &Meta, &Meta)> = ours
+        .iter()
+        .filter_map(|(k, m)| theirs.get(k).filter(|t| *t != m).map(|t| (k, m, t)))
+        .collect();
+    let unexpected_mm: Vec<_> = only_mm
+        .iter()
+        .filter(|k| !EXPECTED_ONLY_MMDEBSTRAP.contains(&k.as_str()))
+        .collect();
+    let unexpected_kiln: Vec<_> = only_kiln
+        .iter()
+        .filter(|k| !EXPECTED_ONLY_KILN.contains(&k.as_str()))
+        .collect();
+    let unexpected_diff: Vec<_> = differ
+        .iter()
+        .filter(|(k, _, _)| !EXPECTED_CONTENT.contains(&k.as_str()))
+        .collect();
+    eprintln!(
+        "{} entries compared; only in mmdebstrap: {only_mm:?}; only in kiln: {only_kiln:?}; differing: {:?}",
+        ours.len(),
+        differ.iter().map(|d| d.0).collect::<Vec<_>>()
+    );
+    assert!(
+        unexpected_mm.is_empty() && unexpected_kiln.is_empty() && unexpected_diff.is_empty(),
+        "unexpected differences:\nonly mmdebstrap: {unexpected_mm:?}\nonly kiln: {unexpected_kiln:?}\ndiffering: {unexpected_diff:#?}"
+    );
+}
+
+#[test]
+fn server_set_builds_and_checks_clean() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let recipe = work.path().join("web.toml");
+    std::fs::write(
+        &recipe,
+        "[image]\nname = \"web\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n[packages]\ninclude = [\"apt\", \"nginx\", \"python3\"]\n\
+         [customize]\nhostname = \"web1\"\ntimezone = \"Etc/UTC\"\ncommands = [\"echo built-by-kiln > /etc/motd\"]\n\
+         [[customize.file]]\npath = \"/srv/www/index.html\"\ncontent = \"<h1>hi</h1>\\n\"\nmode = \"0640\"\nuid = 33\ngid = 33\n\
+         [[customize.user]]\nname = \"deploy\"\nuid = 1500\n",
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let root = extract(&out.join("rootfs.tar"));
+    assert_healthy(root.path());
+    let r = root.path();
+    assert!(r.join("usr/sbin/nginx").exists());
+    let o = in_image(r, "python3 -c 'print(6*7)' && nginx -t 2>&1 && id deploy");
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && s.contains("42") && s.contains("uid=1500(deploy)"),
+        "{s}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("etc/hostname")).unwrap(),
+        "web1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("etc/motd")).unwrap(),
+        "built-by-kiln\n"
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/Etc/UTC")
+    );
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(r.join("srv/www/index.html")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 33, 33));
+    assert!(
+        std::fs::read_dir(r.join("etc/ssh"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+            || !r.join("etc/ssh/ssh_host_rsa_key").exists()
+    );
+}
+
+#[test]
+fn failing_maintainer_script_names_the_package_and_writes_nothing() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = ReleaseOpts::default();
+    let repo = Repo::build(
+        &[Pkg::new("kiln-broken", "1.0").script(
+            "postinst",
+            "#!/bin/sh\necho 'kiln-broken: cannot configure the frobnicator' >&2\nexit 3\n",
+        )],
+        "amd64",
+        &opts,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let recipe = work.path().join("broken.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[image]\nname = \"broken\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n[packages]\ninclude = [\"kiln-broken\"]\n\
+             [[source]]\nuri = \"{}\"\nsuites = [\"kiln-test\"]\nsigned-by = \"{}\"\n",
+            repo.uri(),
+            repo.key.keyring.display()
+        ),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let tmp = tempfile::tempdir().unwrap();
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[("KILN_TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    let err = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("the postinst maintainer script of kiln-broken failed"),
+        "{err}"
+    );
+    assert!(err.contains("cannot configure the frobnicator"), "{err}");
+    assert!(!out.join("rootfs.tar").exists() && !out.join("manifest.json").exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the build area is removed"
+    );
+}
+
+#[test]
+fn corrupt_cached_deb_is_detected_and_fetched_again() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let recipe = minbase(work.path(), "");
+    assert!(kiln(&["fetch", recipe.to_str().unwrap()], &[])
+        .status
+        .success());
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(kiln_recipe::lock_path_for(&recipe)).unwrap())
+            .unwrap();
+    let apt = lock["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("apt"))
+        .unwrap();
+    let sha = apt["sha256"].as_str().unwrap();
+    let cached = cache().join("debs").join(&sha[..2]).join(sha);
+    std::fs::write(&cached, b"!<arch>\ngarbage").unwrap();
+    let out = work.path().join("out");
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("was corrupt; downloaded it again"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        kiln_testkit::sha256_hex(&std::fs::read(&cached).unwrap()),
+        sha
+    );
+}
+
+#[test]
+fn full_disk_fails_cleanly() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let small = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=40m",
+            "kiln-test",
+            small.path().to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a small tmpfs needs root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(small.path().to_path_buf());
+    let recipe = minbase(work.path(), "");
+    let out = work.path().join("out");
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[("KILN_TMPDIR", small.path().to_str().unwrap())],
+    );
+    let err = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("hint: the disk is full"), "{err}");
+    assert!(!out.join("rootfs.tar").exists());
+    assert_eq!(
+        std::fs::read_dir(small.path()).unwrap().count(),
+        0,
+        "the build area is removed"
+    );
+}
+
+#[test]
+fn interrupted_build_leaves_nothing_and_the_next_run_succeeds() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = minbase(work.path(), "");
+    let out = work.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .env("KILN_CACHE_DIR", cache())
+        .env("KILN_TMPDIR", tmp.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for l in lines.by_ref() {
+        if l.unwrap().contains("with dpkg") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the build area is removed"
+    );
+    assert!(!out.join("rootfs.tar").exists());
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[("KILN_TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("rootfs.tar").exists());
+}
+
+#[test]
+fn unwritable_output_directory_fails_before_building() {
+    let work = tempfile::tempdir().unwrap();
+    let recipe = minbase(work.path(), "");
+    let blocker = work.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            blocker.join("out").to_str().unwrap(),
+            "--offline",
+        ],
+        &[],
+    );
+    let err = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("cannot write to the output directory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: choose another directory with --output DIR"),
+        "{err}"
+    );
+}

@@ -264,19 +264,46 @@ pub fn install(
 fn script_failure(log: &Path, code: Option<i32>) -> RootfsError {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let (package, script) = dpkg_failure(&text);
-    let tail: Vec<&str> = text
-        .lines()
-        .rev()
-        .take(25)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let lines: Vec<&str> = text.lines().collect();
+    // Show the failing package's own output: from where dpkg started on it
+    // to its error, else the end of the log.
+    let excerpt = package.as_deref().and_then(|p| {
+        let start = lines.iter().rposition(|l| {
+            l.starts_with(&format!("Setting up {p} "))
+                || l.starts_with(&format!("Unpacking {p} "))
+                || l.starts_with(&format!("Preparing to unpack .../{p}_"))
+        })?;
+        let end = lines[start..]
+            .iter()
+            .position(|l| l.contains("subprocess returned error exit status"))
+            .map(|i| start + i + 1)
+            .unwrap_or(lines.len());
+        Some(
+            lines[start..end]
+                .iter()
+                .rev()
+                .take(40)
+                .rev()
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    });
+    let tail = excerpt.unwrap_or_else(|| {
+        lines
+            .iter()
+            .rev()
+            .take(25)
+            .rev()
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     RootfsError::Dpkg {
         package,
         script,
         code,
-        tail: tail.join("\n"),
+        tail,
         log: log.to_path_buf(),
     }
 }

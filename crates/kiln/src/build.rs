@@ -15,6 +15,10 @@ use crate::lock::Hinted;
 use crate::ui::{human_size, Ui};
 use crate::SourceArgs;
 
+/// Set when the user interrupts: the main thread then leaves the exit to the
+/// interrupt handler, which finishes cleaning up first.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Temporary build areas to remove if the user interrupts the build.
 pub static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 

@@ -107,6 +107,7 @@ fn main() -> ExitCode {
     let ui = ui::Ui::new(cli.quiet);
     // Ctrl-C: remove temporary build areas, then stop.
     let _ = ctrlc::set_handler(|| {
+        build::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         kiln_rootfs::sandbox::kill_current();
         build::cleanup_all();
         // Unpacking threads may still have been writing: sweep once more.
@@ -153,6 +154,12 @@ fn main() -> ExitCode {
             json,
         } => lock::cmd_why(&ui, &package, recipe, lock, arch, json),
     };
+    if build::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // The interrupt handler is cleaning up and will exit with 130.
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -61,6 +61,17 @@ pub fn report_error(e: &anyhow::Error) {
 }
 
 fn hint(e: &anyhow::Error) -> Option<String> {
+    // A full disk, wherever it struck.
+    if e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(28))
+    }) {
+        return Some(
+            "the disk is full: free space where the build happens (KILN_TMPDIR, /dev/shm or TMPDIR), \
+             in the cache or in the output directory"
+                .into(),
+        );
+    }
     for c in e.chain() {
         if let Some(x) = c.downcast_ref::<kiln_archive::ArchiveError>() {
             return x.hint();

@@ -102,6 +102,9 @@ pub fn fetch_debs(
     offline: bool,
     report: &(dyn Fn(&DebRef, DebEvent) + Sync),
 ) -> Result<Vec<PathBuf>, ArchiveError> {
+    // Largest first, so a big package does not start last and finish alone.
+    let mut order: Vec<usize> = (0..debs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(debs[i].size));
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<ArchiveError>> = Mutex::new(None);
     let work = || loop {
@@ -109,7 +112,7 @@ pub fn fetch_debs(
             return;
         }
         let i = next.fetch_add(1, Ordering::SeqCst);
-        let Some(d) = debs.get(i) else { return };
+        let Some(d) = order.get(i).map(|&i| &debs[i]) else { return };
         let result = (|| {
             let state = verify_cached(cache, d)?;
             if state == Some(true) {

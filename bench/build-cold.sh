@@ -1,0 +1,30 @@
+#!/bin/bash
+# Cold build: an empty package cache, so everything is downloaded.
+# Compares `kiln build` with the time to download the same bytes alone
+# (`kiln fetch` into another empty cache, and curl fetching the same URLs
+# six at a time), in the same run.
+#
+#   bench/build-cold.sh [RECIPE]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+recipe=${1:-$root/recipes/minbase.toml}
+cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
+kiln=$root/target/release/kiln
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$kiln" lock -q "$recipe"
+lock="${recipe%.toml}.lock"
+secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
+python3 - "$lock" > "$work/urls" <<'PY'
+import sys, tomllib
+l = tomllib.load(open(sys.argv[1], 'rb'))
+rel = {r['suite']: r['uri'] for r in l['release']}
+for p in l['package']:
+    print(f"{rel[p['release']]}/{p['filename']}")
+PY
+bytes=$(python3 -c "import tomllib,sys; print(sum(p['size'] for p in tomllib.load(open(sys.argv[1],'rb'))['package']))" "$lock")
+c=$(secs sh -c "cd $work && mkdir -p curl && cd curl && xargs -P 6 -n 1 curl -sfO < ../urls")
+f=$(KILN_CACHE_DIR=$work/c1 secs "$kiln" fetch -q --locked "$recipe")
+b=$(KILN_CACHE_DIR=$work/c2 secs "$kiln" build -q --locked "$recipe" --output "$work/out")
+printf 'download %s MiB: curl -P6 %.2fs, kiln fetch %.2fs; cold kiln build %.2fs (%.2fx the download alone)\n' \
+  "$((bytes / 1048576))" "$c" "$f" "$b" "$(echo "$b / $f" | bc -l)"

@@ -112,7 +112,9 @@ pub fn fetch_debs(
             return;
         }
         let i = next.fetch_add(1, Ordering::SeqCst);
-        let Some(d) = order.get(i).map(|&i| &debs[i]) else { return };
+        let Some(d) = order.get(i).map(|&i| &debs[i]) else {
+            return;
+        };
         let result = (|| {
             let state = verify_cached(cache, d)?;
             if state == Some(true) {

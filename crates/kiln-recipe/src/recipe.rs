@@ -52,6 +52,54 @@ struct Layer {
     source: Option<Vec<SourceLayer>>,
     output: Option<OutputLayer>,
     customize: Option<CustomizeLayer>,
+    container: Option<ContainerLayer>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ContainerLayer {
+    distroless: Option<bool>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    user: Option<String>,
+    working_dir: Option<String>,
+    exposed_ports: Option<Vec<String>>,
+    labels: Option<BTreeMap<String, String>>,
+    compression: Option<Spanned<String>>,
+    keep_locales: Option<Vec<String>>,
+    ignore_dependencies: Option<Vec<String>>,
+}
+
+/// What a distroless image leaves out by default: tools that only
+/// maintainer scripts use (no script runs in a distroless image).
+pub const DISTROLESS_IGNORED: &[&str] = &[
+    "dpkg",
+    "debconf",
+    "debconf-2.0",
+    "cdebconf",
+    "init-system-helpers",
+    "ucf",
+    "install-info",
+];
+
+/// `[container]`: how the OCI image runs, and distroless mode.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Container {
+    pub distroless: bool,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `gzip` or `zstd`.
+    pub compression: String,
+    pub keep_locales: Vec<String>,
+    /// Dependencies on these packages count as met (resolution input).
+    pub ignore_dependencies: Vec<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -247,6 +295,7 @@ pub struct Recipe {
     pub sources: Vec<SourceSpec>,
     pub output: Output,
     pub customize: Customize,
+    pub container: Container,
 }
 
 impl Recipe {
@@ -275,6 +324,8 @@ impl Recipe {
             default_sources: bool,
             packages: &'a Packages,
             sources: &'a [SourceSpec],
+            distroless: bool,
+            ignore: &'a [String],
         }
         let json = serde_json::to_vec(&Inputs {
             suite: &self.image.suite,
@@ -283,6 +334,8 @@ impl Recipe {
             default_sources: self.image.default_sources,
             packages: &self.packages,
             sources: &self.sources,
+            distroless: self.container.distroless,
+            ignore: &self.container.ignore_dependencies,
         })
         .expect("recipe serializes");
         hex::encode(sha2::Sha256::digest(json))
@@ -483,6 +536,8 @@ struct Merged {
     formats: Vec<At<String>>,
     directory: Option<String>,
     customize: Customize,
+    container: ContainerLayer,
+    compression_at: Option<At<String>>,
 }
 
 fn append_plain<T: PartialEq>(into: &mut Vec<T>, from: Vec<T>) {
@@ -618,7 +673,11 @@ impl Merged {
             users: c.user.unwrap_or_default(),
             groups: c.group.unwrap_or_default(),
         };
+        let container = l.container.unwrap_or_default();
+        let compression_at = container.compression.clone().map(at);
         Ok(Merged {
+            container,
+            compression_at,
             customize,
             name: image.name.map(at),
             version: image.version,
@@ -655,6 +714,35 @@ impl Merged {
         append(&mut self.exclude, o.exclude);
         append(&mut self.formats, o.formats);
         self.sources.extend(o.sources);
+        {
+            let (a, b) = (&mut self.container, o.container);
+            macro_rules! later {
+                ($($f:ident),*) => { $( if b.$f.is_some() { a.$f = b.$f; } )* };
+            }
+            later!(
+                distroless,
+                entrypoint,
+                cmd,
+                user,
+                working_dir,
+                compression,
+                keep_locales,
+                ignore_dependencies
+            );
+            if let Some(env) = b.env {
+                a.env.get_or_insert_with(BTreeMap::new).extend(env);
+            }
+            if let Some(l) = b.labels {
+                a.labels.get_or_insert_with(BTreeMap::new).extend(l);
+            }
+            if let Some(p) = b.exposed_ports {
+                let v = a.exposed_ports.get_or_insert_with(Vec::new);
+                append_plain(v, p);
+            }
+            if o.compression_at.is_some() {
+                self.compression_at = o.compression_at;
+            }
+        }
         let (a, b) = (&mut self.customize, o.customize);
         if b.hostname.is_some() {
             a.hostname = b.hostname;
@@ -776,6 +864,29 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             Some("remove it from one of the two lists".into()),
         ));
     }
+    let distroless = m.container.distroless.unwrap_or(false);
+    let compression = match &m.compression_at {
+        None => "gzip".to_string(),
+        Some(c) if c.value == "gzip" || c.value == "zstd" => c.value.clone(),
+        Some(c) => {
+            return Err(c.err(
+                format!("unknown layer compression `{}`", c.value),
+                Some("use \"gzip\" or \"zstd\"".into()),
+            ))
+        }
+    };
+    if distroless
+        && (!m.customize.commands.is_empty()
+            || !m.customize.enable.is_empty()
+            || !m.customize.disable.is_empty()
+            || m.customize.locale.is_some())
+    {
+        return Err(RecipeError::Invalid {
+            path: path.to_path_buf(),
+            message: "a distroless image runs no commands: [customize] commands, enable, disable and locale need a shell".into(),
+            hint: Some("use [[customize.file]] and overlays, or build a full image (distroless = false)".into()),
+        });
+    }
     let default_sources = m.default_sources.unwrap_or(true);
     if !default_sources && m.sources.is_empty() {
         return Err(RecipeError::Invalid {
@@ -808,7 +919,12 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             default_sources,
         },
         packages: Packages {
-            priority: m.priority.unwrap_or(Priority::Required),
+            // A distroless image has no base set unless one is asked for.
+            priority: m.priority.unwrap_or(if distroless {
+                Priority::None
+            } else {
+                Priority::Required
+            }),
             include: vals(m.include),
             exclude: vals(m.exclude),
             recommends: m.recommends.unwrap_or(false),
@@ -819,6 +935,25 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             directory: m.directory.map(PathBuf::from),
         },
         customize: m.customize,
+        container: Container {
+            distroless,
+            entrypoint: m.container.entrypoint,
+            cmd: m.container.cmd,
+            env: m.container.env.unwrap_or_default(),
+            user: m.container.user,
+            working_dir: m.container.working_dir,
+            exposed_ports: m.container.exposed_ports.unwrap_or_default(),
+            labels: m.container.labels.unwrap_or_default(),
+            compression,
+            keep_locales: m.container.keep_locales.unwrap_or_default(),
+            ignore_dependencies: m.container.ignore_dependencies.unwrap_or_else(|| {
+                if distroless {
+                    DISTROLESS_IGNORED.iter().map(|s| s.to_string()).collect()
+                } else {
+                    Vec::new()
+                }
+            }),
+        },
     })
 }
 

@@ -36,14 +36,22 @@ pub struct PkgDeps {
 pub struct DepCache<'u, 'a> {
     pub u: &'u Universe<'a>,
     pub recommends: bool,
+    /// Dependencies on these names count as met (distroless images leave
+    /// out the tools only maintainer scripts use).
+    pub ignore: Vec<String>,
     cache: RefCell<Vec<Option<Rc<PkgDeps>>>>,
 }
 
 impl<'u, 'a> DepCache<'u, 'a> {
     pub fn new(u: &'u Universe<'a>, recommends: bool) -> Self {
+        Self::with_ignored(u, recommends, Vec::new())
+    }
+
+    pub fn with_ignored(u: &'u Universe<'a>, recommends: bool, ignore: Vec<String>) -> Self {
         DepCache {
             u,
             recommends,
+            ignore,
             cache: RefCell::new(vec![None; u.pkgs.len()]),
         }
     }
@@ -70,6 +78,12 @@ impl<'u, 'a> DepCache<'u, 'a> {
                 continue;
             }
             for group in u.relations(p, field)? {
+                if group
+                    .iter()
+                    .any(|d| self.ignore.iter().any(|i| i == d.name))
+                {
+                    continue;
+                }
                 let alts = group
                     .iter()
                     .map(|d| Alt {

@@ -67,6 +67,8 @@ pub struct Request<'r> {
     /// Install every `Essential: yes` package (dpkg needs them in a full system).
     pub essential: bool,
     pub recommends: bool,
+    /// Dependencies on these names count as met.
+    pub ignore: &'r [String],
 }
 
 /// Why a package was chosen.
@@ -169,7 +171,7 @@ pub fn resolve(u: &Universe, req: &Request) -> Result<Resolution, ResolveError> 
         reason.entry(p).or_insert(Reason::Priority);
     }
 
-    let deps = DepCache::new(u, req.recommends);
+    let deps = DepCache::with_ignored(u, req.recommends, req.ignore.to_vec());
     // apt's choices, as mmdebstrap makes them: the essential set is installed
     // first, then the user's packages and the Priority set on top of it.
     let mut pass = apt::AptPass::new(&deps, &excluded);

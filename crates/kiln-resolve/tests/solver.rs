@@ -138,6 +138,7 @@ fn run(u: &Universe, include: &[&str], opts: &Opts) -> Result<Resolution, Resolv
             priority: &|p| priorities.contains(&p),
             essential: opts.essential,
             recommends: opts.recommends,
+            ignore: &[],
         },
     )
 }
@@ -957,6 +958,7 @@ fn reason_and_required_by_are_reported() {
             priority: &|p| p == "required",
             essential: true,
             recommends: true,
+            ignore: &[],
         },
     )
     .unwrap();
@@ -1121,4 +1123,32 @@ fn resolving_twice_gives_the_same_result() {
         let u = universe(&text);
         assert_eq!(first, detail(&u, &run(&u, &["app"], &opts).unwrap()));
     }
+}
+
+#[test]
+fn ignored_dependencies_count_as_met() {
+    // Distroless images drop tools only maintainer scripts use.
+    let text = index(vec![
+        pkg("tzdata", "1").depends("debconf (>= 0.5) | debconf-2.0"),
+        pkg("python", "1").depends("tzdata, dpkg (>= 1.13)"),
+        pkg("debconf", "1"),
+        pkg("dpkg", "1"),
+    ]);
+    let u = universe(&text);
+    let include = strings(&["python"]);
+    let ignore = strings(&["dpkg", "debconf", "debconf-2.0"]);
+    let r = resolve(
+        &u,
+        &Request {
+            include: &include,
+            exclude: &[],
+            priority: &|_| false,
+            essential: false,
+            recommends: false,
+            ignore: &ignore,
+        },
+    )
+    .unwrap();
+    let names: Vec<&str> = r.packages.iter().map(|c| u.pkgs[c.pkg].name).collect();
+    assert_eq!(names, ["python", "tzdata"]);
 }

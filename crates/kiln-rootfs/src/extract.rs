@@ -103,6 +103,15 @@ pub fn unpack<R: Read>(
     archive: &mut tar::Archive<R>,
     root: &Path,
 ) -> Result<Vec<String>, ExtractError> {
+    unpack_filtered(archive, root, &|_| true)
+}
+
+/// Like [`unpack`], keeping only members for which `keep(path)` is true.
+pub fn unpack_filtered<R: Read>(
+    archive: &mut tar::Archive<R>,
+    root: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, ExtractError> {
     let mut listed = Vec::new();
     let entries = archive.entries().map_err(|e| io("data.tar", e))?;
     for entry in entries {
@@ -114,6 +123,9 @@ pub fn unpack<R: Read>(
             continue;
         }
         let shown = format!("/{}", comps.join("/"));
+        if !keep(&shown) {
+            continue;
+        }
         let parent = resolve_in_root(root, &comps[..comps.len() - 1], true)?;
         std::fs::create_dir_all(&parent).map_err(|e| io(&shown, e))?;
         let dest = parent.join(&comps[comps.len() - 1]);

@@ -3,6 +3,7 @@
 //! hygiene.
 
 pub mod customize;
+pub mod distroless;
 pub mod extract;
 pub mod hygiene;
 pub mod install;

@@ -338,6 +338,228 @@ fn tar_options(epoch: i64) -> kiln_image::TarOptions<'static> {
     }
 }
 
+/// One written artifact, for the manifest (and later SBOM and provenance).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    /// Path relative to the output directory.
+    pub path: String,
+    pub format: String,
+    pub architecture: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Assembles a distroless root (no maintainer scripts) in a fresh build area.
+fn assemble_distroless(
+    ui: &Ui,
+    recipe: &Recipe,
+    pkgs: &[&LockedPackage],
+    debs: &[PathBuf],
+) -> Result<tempfile::TempDir> {
+    let estimate: u64 = pkgs.iter().map(|p| p.installed_size * 1024).sum();
+    let base = build_area_base(estimate);
+    let tmp = tempfile::Builder::new()
+        .prefix("kiln-build-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a build area in {}", base.display()))?;
+    CLEANUP.lock().unwrap().push(tmp.path().to_path_buf());
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root)?;
+    let files: Vec<PackageFile> = pkgs
+        .iter()
+        .zip(debs)
+        .map(|(p, d)| PackageFile {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            essential_phase: false,
+            deb: d.clone(),
+        })
+        .collect();
+    ui.status(
+        "Unpacking",
+        &format!(
+            "{} packages (distroless: no maintainer scripts)",
+            files.len()
+        ),
+    );
+    let mut users = Vec::new();
+    for u in &recipe.customize.users {
+        let uid = u.uid.ok_or_else(|| Hinted {
+            message: format!("distroless user {} needs a fixed uid", u.name),
+            hint: "set uid = NUMBER in its [[customize.user]] table".into(),
+        })?;
+        users.push(kiln_rootfs::distroless::Account {
+            name: u.name.clone(),
+            uid,
+            gid: uid,
+            home: u
+                .home
+                .clone()
+                .unwrap_or_else(|| format!("/home/{}", u.name)),
+        });
+    }
+    kiln_rootfs::distroless::assemble(
+        &root,
+        &files,
+        &kiln_rootfs::distroless::Trim {
+            keep_locales: recipe.container.keep_locales.clone(),
+        },
+        &users,
+    )?;
+    // Files and overlays need no shell.
+    let custom = Customization {
+        overlays: recipe.customize.overlays.clone(),
+        files: customization(recipe)?.files,
+        ..Default::default()
+    };
+    kiln_rootfs::customize::apply(&root, &custom, 0, &tmp.path().join("build.log"))?;
+    Ok(tmp)
+}
+
+fn run_config(recipe: &Recipe, root: &Path) -> kiln_image::oci::RunConfig {
+    let c = &recipe.container;
+    let mut env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !c.env.contains_key("PATH") {
+        env.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    let cmd = match (&c.cmd, &c.entrypoint) {
+        (Some(cmd), _) => Some(cmd.clone()),
+        (None, None) if root.join("bin/bash").exists() => Some(vec!["/bin/bash".into()]),
+        (None, None) if root.join("bin/sh").exists() => Some(vec!["/bin/sh".into()]),
+        _ => None,
+    };
+    kiln_image::oci::RunConfig {
+        env,
+        entrypoint: c.entrypoint.clone(),
+        cmd,
+        user: c.user.clone(),
+        working_dir: c.working_dir.clone(),
+        exposed_ports: c.exposed_ports.clone(),
+        labels: c.labels.clone(),
+    }
+}
+
+/// Builds every artifact of the recipe into `out_dir`.
+#[allow(clippy::too_many_arguments)]
+fn produce(
+    ui: &Ui,
+    recipe: &Recipe,
+    lock: &Lock,
+    per_arch: &[(String, Vec<&LockedPackage>, Vec<PathBuf>)],
+    epoch: i64,
+    out_dir: &Path,
+) -> Result<Vec<Artifact>> {
+    let formats = &recipe.output.formats;
+    let multi = per_arch.len() > 1;
+    let mut artifacts = Vec::new();
+    let oci_tmp = out_dir.join(format!(".oci.partial-{}", std::process::id()));
+    if formats.iter().any(|f| f == "oci") {
+        let _ = std::fs::remove_dir_all(&oci_tmp);
+        std::fs::create_dir_all(&oci_tmp)?;
+    }
+    let compression = if recipe.container.compression == "zstd" {
+        kiln_image::oci::Compression::Zstd
+    } else {
+        kiln_image::oci::Compression::Gzip
+    };
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(
+        "org.opencontainers.image.created".to_string(),
+        kiln_image::oci::rfc3339(epoch),
+    );
+    annotations.insert(
+        "org.opencontainers.image.title".to_string(),
+        recipe.image.name.clone(),
+    );
+    if let Some(v) = &recipe.image.version {
+        annotations.insert("org.opencontainers.image.version".to_string(), v.clone());
+    }
+    let mut manifests = Vec::new();
+    let result = (|| -> Result<()> {
+        for (arch, pkgs, debs) in per_arch {
+            let tmp = if recipe.container.distroless {
+                assemble_distroless(ui, recipe, pkgs, debs)?
+            } else {
+                assemble(ui, recipe, lock, pkgs, debs, epoch)?
+            };
+            let root = tmp.path().join("root");
+            if formats.iter().any(|f| f == "tar") {
+                let name = if multi {
+                    format!("rootfs-{arch}.tar")
+                } else {
+                    "rootfs.tar".to_string()
+                };
+                let path = out_dir.join(&name);
+                ui.status("Writing", &path.display().to_string());
+                let s = kiln_image::write_tar_file(&root, &path, &tar_options(epoch))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                artifacts.push(Artifact {
+                    path: name,
+                    format: "tar".into(),
+                    architecture: Some(arch.clone()),
+                    size: s.size,
+                    sha256: s.sha256,
+                });
+            }
+            if formats.iter().any(|f| f == "oci") {
+                ui.status(
+                    "Writing",
+                    &format!("OCI layer for {arch} ({})", recipe.container.compression),
+                );
+                let layer =
+                    kiln_image::oci::write_layer(&oci_tmp, &root, compression, epoch.max(0) as u64)
+                        .with_context(|| {
+                            format!("writing an OCI layer in {}", oci_tmp.display())
+                        })?;
+                let m = kiln_image::oci::write_image(
+                    &oci_tmp,
+                    arch,
+                    epoch,
+                    &run_config(recipe, &root),
+                    &[layer],
+                    &annotations,
+                )?;
+                manifests.push((m, arch.clone()));
+            }
+            release_area(tmp);
+        }
+        if !manifests.is_empty() {
+            let mut tags = vec!["latest".to_string()];
+            if let Some(v) = &recipe.image.version {
+                tags.insert(0, v.clone());
+            }
+            let top = kiln_image::oci::write_index(&oci_tmp, &manifests, &tags, &annotations)?;
+            let dest = out_dir.join("oci");
+            let old = out_dir.join(format!(".oci.old-{}", std::process::id()));
+            if dest.exists() {
+                std::fs::rename(&dest, &old)?;
+            }
+            std::fs::rename(&oci_tmp, &dest)?;
+            let _ = std::fs::remove_dir_all(&old);
+            artifacts.push(Artifact {
+                path: "oci".into(),
+                format: "oci".into(),
+                architecture: if multi {
+                    None
+                } else {
+                    per_arch.first().map(|a| a.0.clone())
+                },
+                size: top.size,
+                sha256: top.digest.trim_start_matches("sha256:").to_string(),
+            });
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&oci_tmp);
+    }
+    result.map(|()| artifacts)
+}
+
 pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
     let start = Instant::now();
     // The output directory must be usable before any work is done.
@@ -348,118 +570,120 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
     prepare_output(&out_dir)?;
     let (recipe, lock) = crate::lock::ensure_lock(ui, recipe_path, args.locked, &args.sources)?;
     for f in &recipe.output.formats {
-        if f != "tar" {
+        if f != "tar" && f != "oci" {
             return Err(Hinted {
                 message: format!("output format `{f}` is not implemented yet"),
-                hint: "use formats = [\"tar\"] for now".into(),
+                hint: "use formats = [\"tar\"] and/or [\"oci\"] for now".into(),
             }
             .into());
         }
     }
     let host = kiln_recipe::host_architecture();
-    let arch = match recipe.image.architectures.as_slice() {
-        [a] if a == host => a.clone(),
-        other => {
+    if !recipe.container.distroless {
+        if let Some(a) = recipe.image.architectures.iter().find(|a| *a != host) {
             return Err(Hinted {
-                message: format!(
-                    "building for {} on a {host} host is not supported yet",
-                    other.join(", ")
-                ),
-                hint: format!(
-                    "set architectures = [\"{host}\"] (cross-architecture builds need emulation)"
-                ),
+                message: format!("a full {a} image cannot be built on a {host} host yet (maintainer scripts would need emulation)"),
+                hint: format!("build it on {a}, set architectures = [\"{host}\"], or build distroless (no scripts run)"),
             }
-            .into())
+            .into());
         }
-    };
-    if !kiln_rootfs::sandbox::is_root() {
-        return Err(
-            kiln_rootfs::RootfsError::Sandbox(kiln_rootfs::sandbox::SandboxError::NotRoot).into(),
-        );
+        if !kiln_rootfs::sandbox::is_root() {
+            return Err(kiln_rootfs::RootfsError::Sandbox(
+                kiln_rootfs::sandbox::SandboxError::NotRoot,
+            )
+            .into());
+        }
     }
     let epoch = epoch_for(&lock, args.source_date_epoch)?;
-    let pkgs: Vec<&LockedPackage> = lock.packages.iter().filter(|p| p.target == arch).collect();
-    let debs = crate::fetch::fetch_packages(ui, &lock, &pkgs, &args.sources)?;
-    let t_fetch = start.elapsed();
-
-    let tmp = assemble(ui, &recipe, &lock, &pkgs, &debs, epoch)?;
-    let t_root = start.elapsed();
-    let tar_path = out_dir.join("rootfs.tar");
-    ui.status("Writing", &tar_path.display().to_string());
-    let summary =
-        kiln_image::write_tar_file(&tmp.path().join("root"), &tar_path, &tar_options(epoch))
-            .with_context(|| format!("writing {}", tar_path.display()))?;
-    release_area(tmp);
+    let mut per_arch = Vec::new();
+    for arch in &recipe.image.architectures {
+        let pkgs: Vec<&LockedPackage> =
+            lock.packages.iter().filter(|p| &p.target == arch).collect();
+        let debs = crate::fetch::fetch_packages(ui, &lock, &pkgs, &args.sources)?;
+        per_arch.push((arch.clone(), pkgs, debs));
+    }
+    let artifacts = produce(ui, &recipe, &lock, &per_arch, epoch, &out_dir)?;
 
     let manifest = json!({
         "image": recipe.image.name,
         "version": recipe.image.version,
         "suite": recipe.image.suite,
-        "architecture": arch,
+        "architectures": recipe.image.architectures,
+        "distroless": recipe.container.distroless,
         "source-date-epoch": epoch,
         "lock": {
             "path": recipe.lock_path().display().to_string(),
             "recipe-sha256": lock.recipe,
         },
-        "packages": pkgs.iter().map(|p| json!({
-            "name": p.name, "version": p.version, "architecture": p.architecture,
+        "packages": per_arch.iter().flat_map(|(_, pkgs, _)| pkgs.iter()).map(|p| json!({
+            "name": p.name, "version": p.version, "architecture": p.architecture, "target": p.target,
             "source": p.source, "source-version": p.source_version, "sha256": p.sha256,
         })).collect::<Vec<_>>(),
-        "outputs": [{ "path": "rootfs.tar", "format": "tar", "size": summary.size, "sha256": summary.sha256 }],
+        "outputs": artifacts.iter().map(|a| json!({
+            "path": a.path, "format": a.format, "architecture": a.architecture, "size": a.size, "sha256": a.sha256,
+        })).collect::<Vec<_>>(),
         "generator": format!("kiln {}", env!("CARGO_PKG_VERSION")),
     });
     write_atomic(
         &out_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
-    if std::env::var_os("KILN_TIMING").is_some() {
-        eprintln!(
-            "timing: lock+fetch {:.2}s, root {:.2}s, tar {:.2}s",
-            t_fetch.as_secs_f64(),
-            (t_root - t_fetch).as_secs_f64(),
-            (start.elapsed() - t_root).as_secs_f64()
+    let npkgs: usize = per_arch.iter().map(|a| a.1.len()).sum();
+    for a in &artifacts {
+        ui.status(
+            "Built",
+            &format!(
+                "{} ({}, sha256 {})",
+                out_dir.join(&a.path).display(),
+                human_size(a.size),
+                &a.sha256[..16]
+            ),
         );
     }
     ui.status(
-        "Built",
-        &format!(
-            "{} ({} packages, {}, sha256 {}) in {:.1}s",
-            tar_path.display(),
-            pkgs.len(),
-            human_size(summary.size),
-            &summary.sha256[..16],
-            start.elapsed().as_secs_f64()
-        ),
+        "Finished",
+        &format!("{npkgs} packages in {:.1}s", start.elapsed().as_secs_f64()),
     );
 
     if args.check_reproducible {
         ui.status("Rebuilding", "to check reproducibility");
-        let tmp = assemble(ui, &recipe, &lock, &pkgs, &debs, epoch)?;
-        let second = out_dir.join("rootfs.rebuild.tar");
-        let again =
-            kiln_image::write_tar_file(&tmp.path().join("root"), &second, &tar_options(epoch))?;
-        release_area(tmp);
-        if again.sha256 != summary.sha256 {
+        let again_dir = out_dir.join("rebuild");
+        let _ = std::fs::remove_dir_all(&again_dir);
+        std::fs::create_dir_all(&again_dir)?;
+        let again = produce(ui, &recipe, &lock, &per_arch, epoch, &again_dir)?;
+        let differ: Vec<String> = artifacts
+            .iter()
+            .zip(&again)
+            .filter(|(a, b)| a.sha256 != b.sha256)
+            .map(|(a, _)| a.path.clone())
+            .collect();
+        if !differ.is_empty() {
+            let first = &differ[0];
             return Err(Hinted {
                 message: format!(
-                    "not reproducible: {} (sha256 {}) and {} (sha256 {}) differ",
-                    tar_path.display(),
-                    summary.sha256,
-                    second.display(),
-                    again.sha256
+                    "not reproducible: {} differ between two builds (the second is in {})",
+                    differ.join(", "),
+                    again_dir.display()
                 ),
                 hint: format!(
                     "see what differs with: diffoscope {} {}",
-                    tar_path.display(),
-                    second.display()
+                    out_dir.join(first).display(),
+                    again_dir.join(first).display()
                 ),
             }
             .into());
         }
-        std::fs::remove_file(&second)?;
+        std::fs::remove_dir_all(&again_dir)?;
         ui.status(
             "Reproducible",
-            &format!("two builds gave sha256 {}", summary.sha256),
+            &format!(
+                "two builds gave identical {}",
+                artifacts
+                    .iter()
+                    .map(|a| format!("{} ({})", a.path, &a.sha256[..16]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
     }
     Ok(())

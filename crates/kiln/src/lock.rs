@@ -138,7 +138,8 @@ pub fn resolve_recipe(ui: &Ui, recipe: &Recipe, args: &SourceArgs) -> Result<Loc
                 include: &recipe.packages.include,
                 exclude: &recipe.packages.exclude,
                 priority: &|p| prio.includes(p),
-                essential: true,
+                essential: !recipe.container.distroless,
+                ignore: &recipe.container.ignore_dependencies,
                 recommends: recipe.packages.recommends,
             },
         )

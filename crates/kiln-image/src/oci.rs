@@ -141,11 +141,8 @@ pub fn write_layer(
     let opts = TarOptions { epoch, extra: &[] };
     let (summary, outer) = match compression {
         Compression::Gzip => {
-            // Fast level: layers are large and pulled often; gzip -1..9 differ little in size here.
-            let enc = flate2::GzBuilder::new()
-                .mtime(0)
-                .write(outer, flate2::Compression::new(4));
-            let mut enc = enc;
+            // Parallel members at a middle level: layers are large; levels 4..9 differ little in size.
+            let mut enc = crate::pgzip::ParallelGz::new(outer, 4);
             let s = write_tar(root, &mut enc, &opts)?;
             (s, enc.finish()?)
         }

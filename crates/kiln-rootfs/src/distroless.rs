@@ -85,26 +85,19 @@ pub fn assemble(
     }
     let status_d = root.join("var/lib/dpkg/status.d");
     std::fs::create_dir_all(&status_d).map_err(|e| io("var/lib/dpkg/status.d", e))?;
-    // Sequential: later packages win on shared paths, deterministically.
-    for p in pkgs {
-        let bytes = std::fs::read(&p.deb).map_err(|e| io(&p.deb.display().to_string(), e))?;
-        let deb = kiln_deb::debfile::DebFile::parse(bytes).map_err(|e| RootfsError::BadDeb {
+    // Decompress in parallel, unpack in order: later packages win on shared
+    // paths, deterministically.
+    let decoded = decode_all(pkgs)?;
+    for (p, (data, control)) in pkgs.iter().zip(decoded) {
+        unpack_filtered(&mut tar::Archive::new(&data[..]), root, &|path| {
+            !dropped(path, trim)
+        })
+        .map_err(|e| RootfsError::Extract {
             package: p.name.clone(),
-            message: e.to_string(),
-        })?;
-        let mut data = deb.data_tar().map_err(|e| RootfsError::BadDeb {
-            package: p.name.clone(),
-            message: e.to_string(),
-        })?;
-        unpack_filtered(&mut data, root, &|path| !dropped(path, trim)).map_err(|e| {
-            RootfsError::Extract {
-                package: p.name.clone(),
-                source: e,
-            }
+            source: e,
         })?;
         // The control stanza (and md5sums) where scanners look for them.
-        let files = deb.control_files().map_err(|e| io(&p.name, e))?;
-        for (name, body, _) in files {
+        for (name, body, _) in control {
             let dest = match name.as_str() {
                 "control" => status_d.join(&p.name),
                 "md5sums" => status_d.join(format!("{}.md5sums", p.name)),
@@ -142,6 +135,60 @@ pub fn assemble(
         }
     }
     Ok(())
+}
+
+type Decoded = (Vec<u8>, Vec<(String, Vec<u8>, u32)>);
+
+/// Every package's uncompressed data tarball and control files, decoded on
+/// all cores.
+fn decode_all(pkgs: &[PackageFile]) -> Result<Vec<Decoded>, RootfsError> {
+    use std::io::Read;
+    let decode = |p: &PackageFile| -> Result<Decoded, RootfsError> {
+        let bytes =
+            std::fs::read(&p.deb).map_err(|e| RootfsError::io(&p.deb.display().to_string(), e))?;
+        let bad = |m: String| RootfsError::BadDeb {
+            package: p.name.clone(),
+            message: m,
+        };
+        let deb = kiln_deb::debfile::DebFile::parse(bytes).map_err(|e| bad(e.to_string()))?;
+        let mut data = Vec::new();
+        deb.data_tar()
+            .map_err(|e| bad(e.to_string()))?
+            .into_inner()
+            .read_to_end(&mut data)
+            .map_err(|e| bad(e.to_string()))?;
+        let control = deb.control_files().map_err(|e| bad(e.to_string()))?;
+        Ok((data, control))
+    };
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    // Largest first, so the big ones do not finish last on one core.
+    let mut order: Vec<usize> = (0..pkgs.len()).collect();
+    order.sort_by_key(|&i| {
+        std::cmp::Reverse(
+            std::fs::metadata(&pkgs[i].deb)
+                .map(|m| m.len())
+                .unwrap_or(0),
+        )
+    });
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<Decoded, RootfsError>>>> =
+        pkgs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&i) = order.get(k) else { return };
+                let p = &pkgs[i];
+                *slots[i].lock().unwrap() = Some(decode(p));
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap().expect("every package decoded"))
+        .collect()
 }
 
 fn accounts(root: &Path, users: &[Account]) -> Result<(), RootfsError> {

@@ -14,6 +14,10 @@ use crate::RootfsError;
 pub struct Trim {
     /// Locale names to keep under /usr/share/locale (e.g. "en", "de").
     pub keep_locales: Vec<String>,
+    /// The root is for the host's architecture, so the host's ldconfig can
+    /// build its `ld.so.cache` (other architectures rely on the loader's
+    /// built-in search paths).
+    pub host_arch: bool,
 }
 
 /// Whether a payload path is dropped: documentation (except copyright
@@ -123,7 +127,9 @@ pub fn assemble(
     }
     std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io("root", e))?;
-    ld_so_cache(root)?;
+    if trim.host_arch {
+        ld_so_cache(root)?;
+    }
     // Drop the merged-/usr directories nothing was installed into.
     for (link, target) in [("lib64", "usr/lib64")] {
         if std::fs::read_dir(root.join(target))

@@ -353,6 +353,7 @@ pub struct Artifact {
 fn assemble_distroless(
     ui: &Ui,
     recipe: &Recipe,
+    arch: &str,
     pkgs: &[&LockedPackage],
     debs: &[PathBuf],
 ) -> Result<tempfile::TempDir> {
@@ -404,6 +405,7 @@ fn assemble_distroless(
         &files,
         &kiln_rootfs::distroless::Trim {
             keep_locales: recipe.container.keep_locales.clone(),
+            host_arch: arch == kiln_recipe::host_architecture(),
         },
         &users,
     )?;
@@ -482,7 +484,7 @@ fn produce(
     let result = (|| -> Result<()> {
         for (arch, pkgs, debs) in per_arch {
             let tmp = if recipe.container.distroless {
-                assemble_distroless(ui, recipe, pkgs, debs)?
+                assemble_distroless(ui, recipe, arch, pkgs, debs)?
             } else {
                 assemble(ui, recipe, lock, pkgs, debs, epoch)?
             };

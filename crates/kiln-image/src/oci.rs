@@ -331,7 +331,7 @@ mod tests {
                 "arm64",
                 1_700_000_000,
                 &run,
-                &[layer.clone()],
+                std::slice::from_ref(&layer),
                 &BTreeMap::new(),
             )
             .unwrap();

@@ -264,18 +264,18 @@ fn ca_bundle(root: &Path) -> Result<(), RootfsError> {
         return Ok(());
     }
     let mut certs = Vec::new();
-    fn walk(d: &Path, base: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
         for e in std::fs::read_dir(d)? {
             let p = e?.path();
             if p.is_dir() {
-                walk(&p, base, out)?;
+                walk(&p, out)?;
             } else if p.extension().is_some_and(|x| x == "crt") {
                 out.push(p);
             }
         }
         Ok(())
     }
-    walk(&dir, &dir, &mut certs).map_err(|e| RootfsError::io("usr/share/ca-certificates", e))?;
+    walk(&dir, &mut certs).map_err(|e| RootfsError::io("usr/share/ca-certificates", e))?;
     certs.sort();
     let mut bundle = Vec::new();
     for c in certs {
@@ -331,6 +331,7 @@ mod tests {
     fn trims_docs_but_keeps_copyright_and_chosen_locales() {
         let t = Trim {
             keep_locales: vec!["de".into()],
+            host_arch: true,
         };
         assert!(dropped("./usr/share/doc/python3/changelog.gz", &t));
         assert!(!dropped("./usr/share/doc/python3/copyright", &t));

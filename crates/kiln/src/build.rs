@@ -36,6 +36,7 @@ pub struct BuildArgs {
     pub locked: bool,
     pub check_reproducible: bool,
     pub source_date_epoch: Option<i64>,
+    pub sign_key: Option<PathBuf>,
     pub sources: SourceArgs,
 }
 
@@ -320,7 +321,7 @@ fn prepare_output(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dest.with_file_name(format!(
         ".{}.partial-{}",
         dest.file_name().unwrap().to_string_lossy(),
@@ -454,8 +455,9 @@ fn produce(
     per_arch: &[(String, Vec<&LockedPackage>, Vec<PathBuf>)],
     epoch: i64,
     out_dir: &Path,
-) -> Result<Vec<Artifact>> {
+) -> Result<(Vec<Artifact>, crate::attest::Licences)> {
     let formats = &recipe.output.formats;
+    let mut licences = crate::attest::Licences::new();
     let multi = per_arch.len() > 1;
     let mut artifacts = Vec::new();
     let oci_tmp = out_dir.join(format!(".oci.partial-{}", std::process::id()));
@@ -527,6 +529,7 @@ fn produce(
                 )?;
                 manifests.push((m, arch.clone()));
             }
+            crate::attest::licences_from_root(&root, pkgs, &mut licences);
             release_area(tmp);
         }
         if !manifests.is_empty() {
@@ -559,7 +562,7 @@ fn produce(
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&oci_tmp);
     }
-    result.map(|()| artifacts)
+    result.map(|()| (artifacts, licences))
 }
 
 pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
@@ -597,6 +600,8 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         }
     }
     let epoch = epoch_for(&lock, args.source_date_epoch)?;
+    let key = crate::attest::load_signing_key(args.sign_key.as_deref())?;
+    let started = kiln_archive::now();
     let mut per_arch = Vec::new();
     for arch in &recipe.image.architectures {
         let pkgs: Vec<&LockedPackage> =
@@ -604,7 +609,7 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         let debs = crate::fetch::fetch_packages(ui, &lock, &pkgs, &args.sources)?;
         per_arch.push((arch.clone(), pkgs, debs));
     }
-    let artifacts = produce(ui, &recipe, &lock, &per_arch, epoch, &out_dir)?;
+    let (artifacts, licences) = produce(ui, &recipe, &lock, &per_arch, epoch, &out_dir)?;
 
     let manifest = json!({
         "image": recipe.image.name,
@@ -630,6 +635,19 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         &out_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
+    let all_pkgs: Vec<&LockedPackage> = per_arch.iter().flat_map(|a| a.1.iter().copied()).collect();
+    crate::attest::write_records(
+        ui,
+        &recipe,
+        &lock,
+        &all_pkgs,
+        &licences,
+        &artifacts,
+        epoch,
+        started,
+        key.as_ref(),
+        &out_dir,
+    )?;
     let npkgs: usize = per_arch.iter().map(|a| a.1.len()).sum();
     for a in &artifacts {
         ui.status(
@@ -652,7 +670,7 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         let again_dir = out_dir.join("rebuild");
         let _ = std::fs::remove_dir_all(&again_dir);
         std::fs::create_dir_all(&again_dir)?;
-        let again = produce(ui, &recipe, &lock, &per_arch, epoch, &again_dir)?;
+        let (again, _) = produce(ui, &recipe, &lock, &per_arch, epoch, &again_dir)?;
         let differ: Vec<String> = artifacts
             .iter()
             .zip(&again)

@@ -1,6 +1,7 @@
 //! `kiln`: the command line. Parsing arguments, progress and exit codes only;
 //! the work happens in the library crates.
 
+mod attest;
 mod build;
 mod fetch;
 mod lock;
@@ -72,8 +73,37 @@ enum Command {
         /// Timestamp for the build (default: $SOURCE_DATE_EPOCH, else the lock's newest Release date).
         #[arg(long, value_name = "SECONDS")]
         source_date_epoch: Option<i64>,
+        /// Ed25519 private key (PKCS#8 PEM) to sign provenance.json with.
+        #[arg(long, value_name = "KEY.pem", env = "KILN_SIGN_KEY")]
+        sign_key: Option<PathBuf>,
         #[command(flatten)]
         sources: SourceArgs,
+    },
+    /// Check a build's outputs against its provenance, signature and SBOMs.
+    Verify {
+        /// The output directory of `kiln build`.
+        dir: PathBuf,
+        /// The signer's public key (SPKI PEM); required for signed provenance.
+        #[arg(long, value_name = "KEY.pub")]
+        key: Option<PathBuf>,
+        /// The lock the SBOMs must match (default: the lock named in manifest.json).
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push an OCI image layout to a registry.
+    Push {
+        /// The OCI layout directory (DIR/oci of a build).
+        layout: PathBuf,
+        /// HOST[:PORT]/REPOSITORY:TAG
+        reference: String,
+        /// Plain HTTP (for registries on loopback).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER).
+        #[arg(long)]
+        username: Option<String>,
     },
     /// Download every package of the recipe's lock into the cache (locking first if needed).
     Fetch {
@@ -129,6 +159,7 @@ fn main() -> ExitCode {
             locked,
             check_reproducible,
             source_date_epoch,
+            sign_key,
             sources,
         } => build::cmd_build(
             &ui,
@@ -138,9 +169,22 @@ fn main() -> ExitCode {
                 locked,
                 check_reproducible,
                 source_date_epoch,
+                sign_key,
                 sources,
             },
         ),
+        Command::Verify {
+            dir,
+            key,
+            lock,
+            json,
+        } => attest::cmd_verify(&ui, &dir, key, lock, json),
+        Command::Push {
+            layout,
+            reference,
+            insecure,
+            username,
+        } => attest::cmd_push(&ui, &layout, &reference, insecure, username),
         Command::Fetch {
             recipe,
             locked,

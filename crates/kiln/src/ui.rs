@@ -82,6 +82,12 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_resolve::ResolveError>() {
             return x.hint();
         }
+        if let Some(x) = c.downcast_ref::<kiln_attest::AttestError>() {
+            return x.hint();
+        }
+        if let Some(x) = c.downcast_ref::<kiln_registry::RegistryError>() {
+            return x.hint();
+        }
         if let Some(x) = c.downcast_ref::<kiln_rootfs::RootfsError>() {
             return x.hint();
         }

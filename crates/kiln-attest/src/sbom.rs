@@ -1,0 +1,736 @@
+//! Software bills of materials for an image: SPDX 2.3 JSON and CycloneDX 1.5
+//! JSON.
+//!
+//! Both documents describe the same graph: the image is the root element and
+//! contains every Debian package installed in it; packages point at the ones
+//! they depend on. Every package carries:
+//!
+//! - its purl, `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-SUITE`
+//!   (see [`deb_purl`]);
+//! - the sha256 of its `.deb` and the URL it was downloaded from;
+//! - its declared licence as an SPDX expression (`NOASSERTION` in SPDX when
+//!   unknown; CycloneDX has no such value, so the component then has no
+//!   `licenses`);
+//! - its source package and version. Security trackers (Debian's included)
+//!   file advisories against source packages, so scanners need it. SPDX
+//!   carries it in `sourceInfo` as `built package from: SOURCE VERSION`;
+//!   CycloneDX in the component properties `aquasecurity:trivy:SrcName` and
+//!   `aquasecurity:trivy:SrcVersion`. Both are the forms Trivy reads back
+//!   when it scans an SBOM (`trivy sbom FILE`).
+//!
+//! The output depends on nothing but the input: packages are sorted, the
+//! timestamp is `created` (SOURCE_DATE_EPOCH), and the SPDX document namespace
+//! and the CycloneDX serial number are derived from a sha256 of the rest of
+//! the document.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::util::{rfc3339, sha256_hex};
+
+/// One Debian binary package installed in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SbomPackage {
+    pub name: String,
+    /// The full Debian version, epoch included (`1:2.3-4+deb13u1`).
+    pub version: String,
+    /// `amd64`, `all`, …
+    pub architecture: String,
+    /// The source package it was built from.
+    pub source: String,
+    pub source_version: String,
+    /// Lower-case hex sha256 of the `.deb`.
+    pub sha256: String,
+    pub download_url: String,
+    /// SPDX licence expression, e.g. from [`crate::license_from_copyright`];
+    /// `None` when unknown.
+    pub license: Option<String>,
+    /// Packages of this SBOM that this one depends on: a name, or
+    /// `name:arch` to pick one architecture of a multi-arch package. A bare
+    /// name picks the package of the same architecture, else of `all`, else
+    /// every package of that name. Names not in the SBOM (virtual packages,
+    /// alternatives that were not installed) are left out.
+    pub depends_on: Vec<String>,
+}
+
+/// The image and what is in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SbomInput {
+    /// The image's name.
+    pub image: String,
+    pub version: Option<String>,
+    /// The Debian suite, e.g. `trixie`; goes into the purls' `distro`.
+    pub suite: String,
+    /// Build time in seconds since the epoch (SOURCE_DATE_EPOCH).
+    pub created: i64,
+    /// The producing tool as `NAME VERSION`, e.g. `kiln 0.1.0`.
+    pub tool: String,
+    pub packages: Vec<SbomPackage>,
+}
+
+/// Prefix of the SPDX `documentNamespace`. The namespace only has to be a
+/// unique URI, not a resolvable one; `.invalid` is reserved for that.
+pub const SPDX_NAMESPACE_BASE: &str = "https://kiln.invalid/spdx/";
+
+/// The package URL of a Debian binary package:
+/// `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-SUITE`, with name,
+/// version and qualifier values percent-encoded as the purl specification
+/// asks (`1:2.0+dfsg-1` becomes `1%3A2.0%2Bdfsg-1`).
+pub fn deb_purl(name: &str, version: &str, arch: &str, suite: &str) -> String {
+    format!(
+        "pkg:deb/debian/{}@{}?arch={}&distro=debian-{}",
+        purl_encode(&name.to_ascii_lowercase()),
+        purl_encode(version),
+        purl_encode(arch),
+        purl_encode(suite)
+    )
+}
+
+/// Percent-encodes everything but the purl's unreserved characters.
+fn purl_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Packages in output order, with their resolved dependency edges.
+struct Graph<'a> {
+    packages: Vec<&'a SbomPackage>,
+    /// `deps[i]`: indexes into `packages`, ascending, without `i`.
+    deps: Vec<Vec<usize>>,
+}
+
+impl<'a> Graph<'a> {
+    fn new(input: &'a SbomInput) -> Self {
+        let mut packages: Vec<&SbomPackage> = input.packages.iter().collect();
+        packages.sort_by(|a, b| {
+            (&a.name, &a.architecture, &a.version, &a.sha256).cmp(&(
+                &b.name,
+                &b.architecture,
+                &b.version,
+                &b.sha256,
+            ))
+        });
+        let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, p) in packages.iter().enumerate() {
+            by_name.entry(p.name.as_str()).or_default().push(i);
+        }
+        let deps = packages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut targets = BTreeSet::new();
+                for dep in &p.depends_on {
+                    let dep = dep.trim();
+                    let (name, arch) = match dep.split_once(':') {
+                        Some((n, a)) if a != "any" && a != "native" => (n, Some(a)),
+                        Some((n, _)) => (n, None),
+                        None => (dep, None),
+                    };
+                    let Some(candidates) = by_name.get(name) else {
+                        continue;
+                    };
+                    let arch_is = |want: &str| {
+                        candidates
+                            .iter()
+                            .copied()
+                            .filter(|&c| packages[c].architecture == want)
+                            .collect::<Vec<_>>()
+                    };
+                    let chosen = match arch {
+                        Some(a) => arch_is(a),
+                        None => {
+                            let same = arch_is(&p.architecture);
+                            if !same.is_empty() {
+                                same
+                            } else {
+                                let all = arch_is("all");
+                                if all.is_empty() {
+                                    candidates.clone()
+                                } else {
+                                    all
+                                }
+                            }
+                        }
+                    };
+                    targets.extend(chosen.into_iter().filter(|&c| c != i));
+                }
+                targets.into_iter().collect()
+            })
+            .collect();
+        Graph { packages, deps }
+    }
+}
+
+/// Makes `base` unique among `taken` by appending `{sep}2`, `{sep}3`, ….
+fn unique(base: String, sep: &str, taken: &mut HashSet<String>) -> String {
+    let mut id = base.clone();
+    let mut n = 2;
+    while !taken.insert(id.clone()) {
+        id = format!("{base}{sep}{n}");
+        n += 1;
+    }
+    id
+}
+
+/// Keeps the characters SPDX allows in identifiers, `-` for the others.
+fn spdx_id_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn split_tool(tool: &str) -> (String, Option<String>) {
+    match tool.trim().rsplit_once(char::is_whitespace) {
+        Some((name, version)) => (name.trim().to_string(), Some(version.to_string())),
+        None => (tool.trim().to_string(), None),
+    }
+}
+
+fn document_name(input: &SbomInput) -> String {
+    match &input.version {
+        Some(v) => format!("{}-{v}", input.image),
+        None => input.image.clone(),
+    }
+}
+
+fn source_info(p: &SbomPackage) -> String {
+    format!("built package from: {} {}", p.source, p.source_version)
+}
+
+fn to_pretty(value: &impl Serialize) -> String {
+    let mut s = serde_json::to_string_pretty(value).expect("SBOM serializes");
+    s.push('\n');
+    s
+}
+
+// ---------------------------------------------------------------- SPDX 2.3
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpdxDocument {
+    spdx_version: &'static str,
+    data_license: &'static str,
+    #[serde(rename = "SPDXID")]
+    spdx_id: &'static str,
+    name: String,
+    document_namespace: String,
+    creation_info: SpdxCreationInfo,
+    packages: Vec<SpdxPackage>,
+    relationships: Vec<SpdxRelationship>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    has_extracted_licensing_infos: Vec<SpdxExtractedLicense>,
+}
+
+#[derive(Serialize)]
+struct SpdxCreationInfo {
+    created: String,
+    creators: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpdxPackage {
+    #[serde(rename = "SPDXID")]
+    spdx_id: String,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_info: Option<String>,
+    supplier: &'static str,
+    download_location: String,
+    files_analyzed: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    checksums: Vec<SpdxChecksum>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_info: Option<String>,
+    license_concluded: &'static str,
+    license_declared: String,
+    copyright_text: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    external_refs: Vec<SpdxExternalRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary_package_purpose: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpdxChecksum {
+    algorithm: &'static str,
+    checksum_value: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpdxExternalRef {
+    reference_category: &'static str,
+    reference_type: &'static str,
+    reference_locator: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpdxRelationship {
+    spdx_element_id: String,
+    relationship_type: &'static str,
+    related_spdx_element: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpdxExtractedLicense {
+    license_id: String,
+    name: String,
+    extracted_text: String,
+}
+
+const NOASSERTION: &str = "NOASSERTION";
+
+/// The SBOM as an SPDX 2.3 JSON document.
+///
+/// The document `DESCRIBES` the image (an `OPERATING-SYSTEM` package), which
+/// `CONTAINS` every Debian package; `DEPENDS_ON` relationships link the
+/// packages. A package's licence is its `licenseDeclared` (what its Debian
+/// copyright file says; `licenseConcluded` stays `NOASSERTION`), and every
+/// `LicenseRef-` it uses gets a `hasExtractedLicensingInfos` entry.
+pub fn spdx_json(input: &SbomInput) -> String {
+    let graph = Graph::new(input);
+    let image_id = "SPDXRef-Image".to_string();
+    let mut taken = HashSet::from([image_id.clone()]);
+    let ids: Vec<String> = graph
+        .packages
+        .iter()
+        .map(|p| {
+            let base = format!(
+                "SPDXRef-Package-deb-{}-{}",
+                spdx_id_part(&p.name),
+                spdx_id_part(&p.architecture)
+            );
+            unique(base, "-", &mut taken)
+        })
+        .collect();
+
+    let mut packages = vec![SpdxPackage {
+        spdx_id: image_id.clone(),
+        name: input.image.clone(),
+        version_info: input.version.clone(),
+        supplier: NOASSERTION,
+        download_location: NOASSERTION.into(),
+        files_analyzed: false,
+        checksums: Vec::new(),
+        source_info: None,
+        license_concluded: NOASSERTION,
+        license_declared: NOASSERTION.into(),
+        copyright_text: NOASSERTION,
+        external_refs: Vec::new(),
+        primary_package_purpose: Some("OPERATING-SYSTEM"),
+    }];
+    let mut license_refs = BTreeSet::new();
+    for (p, id) in graph.packages.iter().zip(&ids) {
+        let license = match p.license.as_deref().map(str::trim) {
+            Some(l) if !l.is_empty() => {
+                license_refs.extend(
+                    l.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                        .filter(|t| t.starts_with("LicenseRef-"))
+                        .map(str::to_string),
+                );
+                l.to_string()
+            }
+            _ => NOASSERTION.to_string(),
+        };
+        packages.push(SpdxPackage {
+            spdx_id: id.clone(),
+            name: p.name.clone(),
+            version_info: Some(p.version.clone()),
+            supplier: NOASSERTION,
+            download_location: if p.download_url.is_empty() {
+                NOASSERTION.into()
+            } else {
+                p.download_url.clone()
+            },
+            files_analyzed: false,
+            checksums: vec![SpdxChecksum {
+                algorithm: "SHA256",
+                checksum_value: p.sha256.to_ascii_lowercase(),
+            }],
+            source_info: Some(source_info(p)),
+            license_concluded: NOASSERTION,
+            license_declared: license,
+            copyright_text: NOASSERTION,
+            external_refs: vec![SpdxExternalRef {
+                reference_category: "PACKAGE-MANAGER",
+                reference_type: "purl",
+                reference_locator: deb_purl(&p.name, &p.version, &p.architecture, &input.suite),
+            }],
+            primary_package_purpose: None,
+        });
+    }
+
+    let mut relationships = vec![SpdxRelationship {
+        spdx_element_id: "SPDXRef-DOCUMENT".into(),
+        relationship_type: "DESCRIBES",
+        related_spdx_element: image_id.clone(),
+    }];
+    relationships.extend(ids.iter().map(|id| SpdxRelationship {
+        spdx_element_id: image_id.clone(),
+        relationship_type: "CONTAINS",
+        related_spdx_element: id.clone(),
+    }));
+    for (i, deps) in graph.deps.iter().enumerate() {
+        relationships.extend(deps.iter().map(|&d| SpdxRelationship {
+            spdx_element_id: ids[i].clone(),
+            relationship_type: "DEPENDS_ON",
+            related_spdx_element: ids[d].clone(),
+        }));
+    }
+
+    let has_extracted_licensing_infos = license_refs
+        .into_iter()
+        .map(|id| SpdxExtractedLicense {
+            name: id["LicenseRef-".len()..].to_string(),
+            extracted_text: format!(
+                "The licence called '{}' in the Debian copyright file \
+                 (/usr/share/doc/PACKAGE/copyright) of each package that declares it; \
+                 that file holds its text.",
+                &id["LicenseRef-".len()..]
+            ),
+            license_id: id,
+        })
+        .collect();
+
+    let (tool_name, tool_version) = split_tool(&input.tool);
+    let creator = match tool_version {
+        Some(v) => format!("Tool: {}-{v}", tool_name.replace(char::is_whitespace, "-")),
+        None => format!("Tool: {}", tool_name.replace(char::is_whitespace, "-")),
+    };
+    let name = document_name(input);
+    let mut doc = SpdxDocument {
+        spdx_version: "SPDX-2.3",
+        data_license: "CC0-1.0",
+        spdx_id: "SPDXRef-DOCUMENT",
+        name: name.clone(),
+        document_namespace: String::new(),
+        creation_info: SpdxCreationInfo {
+            created: rfc3339(input.created),
+            creators: vec![creator],
+        },
+        packages,
+        relationships,
+        has_extracted_licensing_infos,
+    };
+    let digest = sha256_hex(to_pretty(&doc).as_bytes());
+    let segment: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    doc.document_namespace = format!("{SPDX_NAMESPACE_BASE}{segment}-{digest}");
+    to_pretty(&doc)
+}
+
+// ----------------------------------------------------------- CycloneDX 1.5
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CdxBom {
+    #[serde(rename = "$schema")]
+    schema: &'static str,
+    bom_format: &'static str,
+    spec_version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial_number: Option<String>,
+    version: u32,
+    metadata: CdxMetadata,
+    components: Vec<CdxComponent>,
+    dependencies: Vec<CdxDependency>,
+}
+
+#[derive(Serialize)]
+struct CdxMetadata {
+    timestamp: String,
+    tools: CdxTools,
+    component: CdxComponent,
+}
+
+#[derive(Serialize)]
+struct CdxTools {
+    components: Vec<CdxComponent>,
+}
+
+#[derive(Serialize)]
+struct CdxComponent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "bom-ref", skip_serializing_if = "Option::is_none")]
+    bom_ref: Option<String>,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hashes: Vec<CdxHash>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    licenses: Vec<CdxLicenseExpression>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purl: Option<String>,
+    #[serde(rename = "externalReferences", skip_serializing_if = "Vec::is_empty")]
+    external_references: Vec<CdxExternalReference>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    properties: Vec<CdxProperty>,
+}
+
+impl CdxComponent {
+    fn new(kind: &'static str, name: String) -> Self {
+        CdxComponent {
+            kind,
+            bom_ref: None,
+            name,
+            version: None,
+            hashes: Vec::new(),
+            licenses: Vec::new(),
+            purl: None,
+            external_references: Vec::new(),
+            properties: Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CdxHash {
+    alg: &'static str,
+    content: String,
+}
+
+#[derive(Serialize)]
+struct CdxLicenseExpression {
+    expression: String,
+}
+
+#[derive(Serialize)]
+struct CdxExternalReference {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+struct CdxProperty {
+    name: &'static str,
+    value: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CdxDependency {
+    #[serde(rename = "ref")]
+    reference: String,
+    depends_on: Vec<String>,
+}
+
+/// The SBOM as a CycloneDX 1.5 JSON document.
+///
+/// `metadata.component` is the image (type `operating-system`); packages are
+/// `library` components whose `bom-ref` is their purl. `dependencies` lists
+/// the image as depending on every package, and each package with the
+/// packages it depends on (an empty list when it has none). The serial number
+/// is a UUID built from the sha256 of the rest of the document (shaped as a
+/// version 5 UUID, which the schema requires).
+pub fn cyclonedx_json(input: &SbomInput) -> String {
+    let graph = Graph::new(input);
+    let root_ref = format!("kiln-image:{}", document_name(input));
+    let mut taken = HashSet::from([root_ref.clone()]);
+    let refs: Vec<String> = graph
+        .packages
+        .iter()
+        .map(|p| {
+            let purl = deb_purl(&p.name, &p.version, &p.architecture, &input.suite);
+            unique(purl, "#", &mut taken)
+        })
+        .collect();
+
+    let components = graph
+        .packages
+        .iter()
+        .zip(&refs)
+        .map(|(p, bom_ref)| {
+            let mut c = CdxComponent::new("library", p.name.clone());
+            c.bom_ref = Some(bom_ref.clone());
+            c.version = Some(p.version.clone());
+            c.hashes = vec![CdxHash {
+                alg: "SHA-256",
+                content: p.sha256.to_ascii_lowercase(),
+            }];
+            if let Some(l) = p.license.as_deref().map(str::trim) {
+                if !l.is_empty() && l != NOASSERTION {
+                    c.licenses = vec![CdxLicenseExpression {
+                        expression: l.to_string(),
+                    }];
+                }
+            }
+            c.purl = Some(deb_purl(&p.name, &p.version, &p.architecture, &input.suite));
+            if !p.download_url.is_empty() {
+                c.external_references = vec![CdxExternalReference {
+                    kind: "distribution",
+                    url: p.download_url.clone(),
+                }];
+            }
+            c.properties = vec![
+                CdxProperty {
+                    name: "aquasecurity:trivy:SrcName",
+                    value: p.source.clone(),
+                },
+                CdxProperty {
+                    name: "aquasecurity:trivy:SrcVersion",
+                    value: p.source_version.clone(),
+                },
+            ];
+            c
+        })
+        .collect();
+
+    let mut dependencies = vec![CdxDependency {
+        reference: root_ref.clone(),
+        depends_on: refs.clone(),
+    }];
+    dependencies.extend(
+        graph
+            .deps
+            .iter()
+            .enumerate()
+            .map(|(i, deps)| CdxDependency {
+                reference: refs[i].clone(),
+                depends_on: deps.iter().map(|&d| refs[d].clone()).collect(),
+            }),
+    );
+
+    let (tool_name, tool_version) = split_tool(&input.tool);
+    let mut tool = CdxComponent::new("application", tool_name);
+    tool.version = tool_version;
+    let mut root = CdxComponent::new("operating-system", input.image.clone());
+    root.bom_ref = Some(root_ref);
+    root.version = input.version.clone();
+
+    let mut bom = CdxBom {
+        schema: "http://cyclonedx.org/schema/bom-1.5.schema.json",
+        bom_format: "CycloneDX",
+        spec_version: "1.5",
+        serial_number: None,
+        version: 1,
+        metadata: CdxMetadata {
+            timestamp: rfc3339(input.created),
+            tools: CdxTools {
+                components: vec![tool],
+            },
+            component: root,
+        },
+        components,
+        dependencies,
+    };
+    let digest = sha256_hex(to_pretty(&bom).as_bytes());
+    bom.serial_number = Some(uuid_from_digest(&digest));
+    to_pretty(&bom)
+}
+
+/// `urn:uuid:` from the first 128 bits of a hex digest, with the version
+/// nibble set to 5 and the RFC 4122 variant bits.
+fn uuid_from_digest(hex_digest: &str) -> String {
+    let mut bytes = hex::decode(&hex_digest[..32]).expect("hex digest");
+    bytes[6] = (bytes[6] & 0x0f) | 0x50;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h = hex::encode(bytes);
+    format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purl_encoding() {
+        assert_eq!(
+            deb_purl("libstdc++6", "1:14.2.0-19+b1", "amd64", "trixie"),
+            "pkg:deb/debian/libstdc%2B%2B6@1%3A14.2.0-19%2Bb1?arch=amd64&distro=debian-trixie"
+        );
+        assert_eq!(
+            deb_purl("bash", "5.2.37-2", "all", "trixie"),
+            "pkg:deb/debian/bash@5.2.37-2?arch=all&distro=debian-trixie"
+        );
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = uuid_from_digest(&sha256_hex(b"x"));
+        assert_eq!(u.len(), "urn:uuid:".len() + 36);
+        assert_eq!(&u[23..24], "5");
+        assert!(matches!(&u[28..29], "8" | "9" | "a" | "b"));
+    }
+
+    fn pkg(name: &str, arch: &str, deps: &[&str]) -> SbomPackage {
+        SbomPackage {
+            name: name.into(),
+            version: "1".into(),
+            architecture: arch.into(),
+            source: name.into(),
+            source_version: "1".into(),
+            sha256: "0".repeat(64),
+            download_url: String::new(),
+            license: None,
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn dependency_resolution_prefers_same_arch() {
+        let input = SbomInput {
+            image: "x".into(),
+            version: None,
+            suite: "trixie".into(),
+            created: 0,
+            tool: "kiln 0.1.0".into(),
+            packages: vec![
+                pkg(
+                    "app",
+                    "amd64",
+                    &["libfoo", "data", "missing", "libfoo:i386", "app"],
+                ),
+                pkg("libfoo", "i386", &[]),
+                pkg("libfoo", "amd64", &[]),
+                pkg("data", "all", &[]),
+            ],
+        };
+        let g = Graph::new(&input);
+        let names: Vec<_> = g
+            .packages
+            .iter()
+            .map(|p| format!("{}:{}", p.name, p.architecture))
+            .collect();
+        assert_eq!(
+            names,
+            ["app:amd64", "data:all", "libfoo:amd64", "libfoo:i386"]
+        );
+        assert_eq!(g.deps[0], vec![1, 2, 3]);
+    }
+}

@@ -1,0 +1,296 @@
+//! Real-archive tier for container images: distroless and full OCI images
+//! built from trixie, unpacked with umoci and run with chroot.
+//!
+//! Needs root, the network, umoci; KILN_SKIP_NETWORK_TESTS=1 skips.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn cache() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kiln-test-cache/kiln");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn skip() -> bool {
+    std::env::var_os("KILN_SKIP_NETWORK_TESTS").is_some()
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_CACHE_DIR", cache())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn build(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let recipe = dir.join(format!("{name}.toml"));
+    std::fs::write(&recipe, body).unwrap();
+    let out = dir.join("out");
+    let o = kiln(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn unpack(layout: &Path, tag: &str, dest: &Path) -> PathBuf {
+    let o = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(dest)
+        .output()
+        .expect("umoci is installed");
+    assert!(
+        o.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    dest.join("rootfs")
+}
+
+fn run(root: &Path, argv: &[&str]) -> Output {
+    Command::new("chroot")
+        .arg(root)
+        .args(argv)
+        .output()
+        .unwrap()
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn blob(layout: &Path, digest: &str) -> serde_json::Value {
+    json(
+        &layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+}
+
+#[test]
+fn distroless_python_runs_without_a_shell_and_is_reproducible() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let recipe = "[image]\nname = \"python\"\nversion = \"3.13\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n\
+        [packages]\ninclude = [\"python3\", \"ca-certificates\"]\n\
+        [container]\ndistroless = true\nentrypoint = [\"/usr/bin/python3\"]\nuser = \"65532\"\nworking-dir = \"/home/nonroot\"\n\
+        env = { PYTHONUNBUFFERED = \"1\" }\nlabels = { \"org.example.team\" = \"platform\" }\n\
+        [output]\nformats = [\"oci\"]\n";
+    let out = build(work.path(), "python", recipe);
+    let layout = out.join("oci");
+    let index = json(&layout.join("index.json"));
+    let tags: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(tags, ["3.13", "latest"]);
+    let manifest = blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
+    let config = blob(&layout, manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["config"]["Entrypoint"][0], "/usr/bin/python3");
+    assert_eq!(config["config"]["User"], "65532");
+    assert_eq!(config["config"]["Labels"]["org.example.team"], "platform");
+    assert!(config["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "PYTHONUNBUFFERED=1"));
+    let epoch = json(&out.join("manifest.json"))["source-date-epoch"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.created"]
+            .as_str()
+            .unwrap()
+            .len(),
+        20
+    );
+    assert!(epoch > 0);
+
+    let b = tempfile::tempdir().unwrap();
+    let root = unpack(&layout, "latest", &b.path().join("bundle"));
+    let o = run(&root, &["/usr/bin/python3", "-c", "print(6*7)"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "42\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for absent in [
+        "bin/sh",
+        "usr/bin/sh",
+        "bin/bash",
+        "usr/bin/dpkg",
+        "usr/bin/apt",
+        "usr/bin/perl",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(root.join(absent)).is_err(),
+            "{absent} must not be in a distroless image"
+        );
+    }
+    // Scanners' view: one status file per package.
+    let status = std::fs::read_to_string(root.join("var/lib/dpkg/status.d/python3")).unwrap();
+    assert!(
+        status.contains("Package: python3\n") && status.contains("Status: install ok installed")
+    );
+    assert!(!root.join("var/lib/dpkg/status.d/dpkg").exists());
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("nonroot:x:65532:65532:"));
+    assert!(root.join("etc/ld.so.cache").exists());
+    let bundle = std::fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(bundle.matches("BEGIN CERTIFICATE").count() > 100);
+    assert!(
+        root.join("usr/share/zoneinfo/Europe/Berlin").exists(),
+        "tzdata payload"
+    );
+    assert!(!root.join("usr/share/man").exists());
+    assert!(root.join("usr/share/doc/python3/copyright").exists());
+    let o = run(&root, &["/usr/bin/python3", "-c", "import ssl, zoneinfo; ssl.create_default_context(); print(zoneinfo.ZoneInfo('Europe/Berlin'))"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Same lock, same digest.
+    let o = kiln(&[
+        "build",
+        work.path().join("python.toml").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--check-reproducible",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&layout.join("index.json")), index);
+}
+
+#[test]
+fn nginx_full_and_distroless_images_run_their_binary() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for distroless in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let recipe = format!(
+            "[image]\nname = \"nginx\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n[packages]\ninclude = [\"nginx\"]\n\
+             [container]\ndistroless = {distroless}\nentrypoint = [\"/usr/sbin/nginx\", \"-g\", \"daemon off;\"]\nexposed-ports = [\"80/tcp\"]\n\
+             [output]\nformats = [\"oci\", \"tar\"]\n"
+        );
+        let out = build(work.path(), "nginx", &recipe);
+        let b = tempfile::tempdir().unwrap();
+        let root = unpack(&out.join("oci"), "latest", &b.path().join("bundle"));
+        let o = run(&root, &["/usr/sbin/nginx", "-v"]);
+        let text = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() && text.contains("nginx version: nginx/"),
+            "distroless={distroless}: {text}"
+        );
+        assert_eq!(root.join("bin/sh").exists(), !distroless);
+        let layout = out.join("oci");
+        let index = json(&layout.join("index.json"));
+        let manifest = blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
+        let config = blob(&layout, manifest["config"]["digest"].as_str().unwrap());
+        assert!(config["config"]["ExposedPorts"]["80/tcp"].is_object());
+        if !distroless {
+            // A full image is the root filesystem of `kiln build`: same tree as rootfs.tar.
+            let tar_entries = Command::new("tar")
+                .arg("-tf")
+                .arg(out.join("rootfs.tar"))
+                .output()
+                .unwrap();
+            let n = String::from_utf8_lossy(&tar_entries.stdout).lines().count();
+            assert!(n > 1000, "{n}");
+        }
+    }
+}
+
+#[test]
+fn multi_arch_distroless_index_needs_no_emulation() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let out = build(
+        work.path(),
+        "multi",
+        "[image]\nname = \"multi\"\nsuite = \"trixie\"\narchitectures = [\"amd64\", \"arm64\"]\n[packages]\ninclude = [\"python3\"]\n\
+         [container]\ndistroless = true\n[output]\nformats = [\"oci\"]\n",
+    );
+    let layout = out.join("oci");
+    let index = json(&layout.join("index.json"));
+    assert_eq!(
+        index["manifests"][0]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let inner = blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
+    let platforms: Vec<(String, String)> = inner["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["architecture"].as_str().unwrap().to_string(),
+                m["platform"]["os"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            ("amd64".to_string(), "linux".to_string()),
+            ("arm64".to_string(), "linux".to_string())
+        ]
+    );
+    // The arm64 image really holds arm64 code (ELF e_machine 183).
+    let arm = inner["manifests"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = blob(&layout, &arm);
+    let layer = layout.join("blobs/sha256").join(
+        m["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("usr/bin/")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let python = std::fs::read_dir(dir.path().join("usr/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python3.")
+        })
+        .unwrap();
+    let head = std::fs::read(python).unwrap();
+    assert_eq!(&head[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "aarch64");
+}

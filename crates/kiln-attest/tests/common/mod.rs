@@ -35,7 +35,7 @@ fn pkg(
         source_version: source_version.into(),
         sha256: sha(&format!("{name}_{version}_{arch}.deb")),
         download_url: format!(
-            "http://deb.debian.org/debian/pool/main/{dir}/{source}/{name}_{file_version}_{arch}.deb"
+            "http://mirror.invalid/debian/pool/main/{dir}/{source}/{name}_{file_version}_{arch}.deb"
         ),
         license: license.map(str::to_string),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),

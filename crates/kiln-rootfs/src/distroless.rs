@@ -37,7 +37,7 @@ pub fn dropped(path: &str, trim: &Trim) -> bool {
         "usr/share/bug/",
         "usr/share/doc-base/",
     ] {
-        if p.starts_with(prefix) {
+        if p.starts_with(prefix) || p == prefix.trim_end_matches('/') {
             return true;
         }
     }
@@ -337,6 +337,7 @@ mod tests {
         assert!(!dropped("./usr/share/doc/python3/copyright", &t));
         assert!(!dropped("./usr/share/doc/python3/", &t));
         assert!(dropped("./usr/share/man/man1/python3.1.gz", &t));
+        assert!(dropped("/usr/share/man", &t));
         assert!(dropped("./usr/share/locale/fr/LC_MESSAGES/x.mo", &t));
         assert!(!dropped("./usr/share/locale/de/LC_MESSAGES/x.mo", &t));
         assert!(!dropped("./usr/share/locale/de_AT/LC_MESSAGES/x.mo", &t));

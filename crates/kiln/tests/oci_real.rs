@@ -294,3 +294,282 @@ fn multi_arch_distroless_index_needs_no_emulation() {
     assert_eq!(&head[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "aarch64");
 }
+
+fn distroless_python(dir: &Path, extra_args: &[&str]) -> (PathBuf, Output) {
+    let recipe = dir.join("py.toml");
+    std::fs::write(
+        &recipe,
+        "[image]\nname = \"py\"\nversion = \"1\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n[packages]\ninclude = [\"python3\"]\n\
+         [container]\ndistroless = true\nentrypoint = [\"/usr/bin/python3\"]\n[output]\nformats = [\"oci\", \"tar\"]\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let out_s = out.display().to_string();
+    let mut args = vec!["build", recipe.to_str().unwrap(), "--output", &out_s];
+    args.extend_from_slice(extra_args);
+    let o = kiln(&args);
+    (out, o)
+}
+
+fn keypair(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("key.pem");
+    let public = dir.join("key.pub");
+    assert!(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success());
+    (key, public)
+}
+
+fn verify(out: &Path, key: Option<&Path>) -> Output {
+    let mut args = vec!["verify".to_string(), out.display().to_string()];
+    if let Some(k) = key {
+        args.extend(["--key".to_string(), k.display().to_string()]);
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    kiln(&a)
+}
+
+#[test]
+fn sboms_validate_and_signed_provenance_catches_tampering() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(work.path());
+    let (out, o) = distroless_python(work.path(), &["--sign-key", key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Independent validators.
+    let spdx = Command::new("pyspdxtools")
+        .arg("-i")
+        .arg(out.join("sbom.spdx.json"))
+        .output()
+        .expect("pyspdxtools (pip install spdx-tools)");
+    assert!(
+        spdx.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&spdx.stdout),
+        String::from_utf8_lossy(&spdx.stderr)
+    );
+    let cdx = Command::new("python3")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../kiln-attest/tests/validate_cyclonedx.py"),
+        )
+        .arg(out.join("sbom.cdx.json"))
+        .output()
+        .unwrap();
+    assert!(
+        cdx.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cdx.stdout),
+        String::from_utf8_lossy(&cdx.stderr)
+    );
+    let sbom = json(&out.join("sbom.spdx.json"));
+    let python3 = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "python3")
+        .unwrap();
+    let purl = python3["externalRefs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["referenceType"] == "purl")
+        .unwrap();
+    assert!(purl["referenceLocator"]
+        .as_str()
+        .unwrap()
+        .starts_with("pkg:deb/debian/python3@3."));
+    assert!(purl["referenceLocator"]
+        .as_str()
+        .unwrap()
+        .ends_with("?arch=amd64&distro=debian-trixie"));
+    assert_ne!(python3["licenseDeclared"], serde_json::Value::Null);
+
+    let ok = verify(&out, Some(&public));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Signed provenance needs the key; another key is refused.
+    assert!(!verify(&out, None).status.success());
+    let (_, other) = keypair(&work.path().join("other").tap_mkdir());
+    let wrong = verify(&out, Some(&other));
+    assert!(!wrong.status.success());
+    // Tampering with an artifact, the SBOM or the provenance is caught.
+    for (file, needle) in [
+        ("rootfs.tar", "rootfs.tar has sha256"),
+        ("sbom.cdx.json", "sbom.cdx.json has sha256"),
+        ("provenance.json", ""),
+    ] {
+        let p = out.join(file);
+        let orig = std::fs::read(&p).unwrap();
+        let mut bad = orig.clone();
+        let i = bad.len() / 2;
+        bad[i] ^= 0x01;
+        std::fs::write(&p, &bad).unwrap();
+        let o = verify(&out, Some(&public));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "tampered {file} passed verification");
+        assert!(err.contains(needle), "{file}: {err}");
+        std::fs::write(&p, orig).unwrap();
+    }
+    assert!(verify(&out, Some(&public)).status.success());
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+#[test]
+fn bad_signing_keys_fail_before_building() {
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("nope.pem");
+    let (out, o) = distroless_python(
+        work.path(),
+        &["--sign-key", missing.to_str().unwrap(), "--offline"],
+    );
+    assert!(!o.status.success());
+    assert!(!out.join("oci").exists());
+    let rsa = work.path().join("rsa.pem");
+    assert!(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out"
+        ])
+        .arg(&rsa)
+        .status()
+        .unwrap()
+        .success());
+    let (out, o) = distroless_python(
+        work.path(),
+        &["--sign-key", rsa.to_str().unwrap(), "--offline"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.to_lowercase().contains("ed25519"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(!out.join("oci").exists());
+}
+
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry is installed");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Registry {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn pushed_digest_equals_the_local_one() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let (out, o) = distroless_python(work.path(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reg = registry();
+    let reference = format!("127.0.0.1:{}/kiln/py:1", reg.port);
+    let o = kiln(&[
+        "push",
+        out.join("oci").to_str().unwrap(),
+        &reference,
+        "--insecure",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pushed = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let local = json(&out.join("oci/index.json"))["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(pushed, local);
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo is installed");
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["Digest"].as_str().unwrap(), local);
+    // Unreachable registry: clear error, nothing pushed.
+    drop(reg);
+    let o = kiln(&[
+        "push",
+        out.join("oci").to_str().unwrap(),
+        &reference,
+        "--insecure",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("hint:"));
+}

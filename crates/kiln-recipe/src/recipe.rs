@@ -69,6 +69,7 @@ struct ContainerLayer {
     compression: Option<Spanned<String>>,
     keep_locales: Option<Vec<String>>,
     ignore_dependencies: Option<Vec<String>>,
+    layers: Option<Spanned<String>>,
 }
 
 /// What a distroless image leaves out by default: tools that only
@@ -100,6 +101,8 @@ pub struct Container {
     pub keep_locales: Vec<String>,
     /// Dependencies on these packages count as met (resolution input).
     pub ignore_dependencies: Vec<String>,
+    /// `single`, or `per-package` (distroless: one layer per package).
+    pub layers: String,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -727,7 +730,8 @@ impl Merged {
                 working_dir,
                 compression,
                 keep_locales,
-                ignore_dependencies
+                ignore_dependencies,
+                layers
             );
             if let Some(env) = b.env {
                 a.env.get_or_insert_with(BTreeMap::new).extend(env);
@@ -887,6 +891,27 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             hint: Some("use [[customize.file]] and overlays, or build a full image (distroless = false)".into()),
         });
     }
+    let layers = match &m.container.layers {
+        None => "single".to_string(),
+        Some(l) => {
+            let v = l.get_ref().clone();
+            if v != "single" && v != "per-package" {
+                return Err(RecipeError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!("unknown [container] layers `{v}`"),
+                    hint: Some("use \"single\" or \"per-package\"".into()),
+                });
+            }
+            if v == "per-package" && !distroless {
+                return Err(RecipeError::Invalid {
+                    path: path.to_path_buf(),
+                    message: "per-package layers need a distroless image (maintainer scripts change files across packages)".into(),
+                    hint: Some("set distroless = true, or layers = \"single\"".into()),
+                });
+            }
+            v
+        }
+    };
     let default_sources = m.default_sources.unwrap_or(true);
     if !default_sources && m.sources.is_empty() {
         return Err(RecipeError::Invalid {
@@ -946,6 +971,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             labels: m.container.labels.unwrap_or_default(),
             compression,
             keep_locales: m.container.keep_locales.unwrap_or_default(),
+            layers,
             ignore_dependencies: m.container.ignore_dependencies.unwrap_or_else(|| {
                 if distroless {
                     DISTROLESS_IGNORED.iter().map(|s| s.to_string()).collect()

@@ -143,6 +143,118 @@ pub fn assemble(
     Ok(())
 }
 
+/// Directory trees that, stacked as OCI layers in order, give the same tree
+/// as [`assemble`]: a skeleton (merged-/usr links, /tmp, /root), one tree per
+/// package (its trimmed payload, paths already canonical under /usr), and
+/// the generated files (accounts, status files, CA bundle, ld.so.cache).
+/// Images that share packages share those layers byte for byte.
+pub fn layer_trees(
+    area: &Path,
+    root: &Path,
+    pkgs: &[PackageFile],
+    trim: &Trim,
+) -> Result<Vec<std::path::PathBuf>, RootfsError> {
+    let io = |w: &str, e: std::io::Error| RootfsError::io(w, e);
+    let links: Vec<&str> = ["bin", "sbin", "lib", "lib64"]
+        .into_iter()
+        .filter(|l| {
+            std::fs::symlink_metadata(root.join(l)).is_ok_and(|m| m.file_type().is_symlink())
+        })
+        .collect();
+    let mut out = Vec::new();
+    // Skeleton.
+    let skel = area.join("layer-000-skeleton");
+    std::fs::create_dir_all(&skel).map_err(|e| io("layer skeleton", e))?;
+    for l in &links {
+        let target = std::fs::read_link(root.join(l)).map_err(|e| io(l, e))?;
+        std::os::unix::fs::symlink(&target, skel.join(l)).map_err(|e| io(l, e))?;
+        if root.join(&target).is_dir() {
+            copy_dir_meta(&root.join(&target), &skel.join(&target))?;
+        }
+    }
+    for d in ["usr", "tmp", "var/tmp", "root"] {
+        copy_dir_meta(&root.join(d), &skel.join(d))?;
+    }
+    out.push(skel);
+    // One tree per package, unpacked through the merged-/usr links, which are then dropped.
+    let decoded = decode_all(pkgs)?;
+    for (i, (p, (data, _))) in pkgs.iter().zip(decoded).enumerate() {
+        let dir = area.join(format!("layer-{:03}-{}", i + 1, p.name));
+        std::fs::create_dir_all(&dir).map_err(|e| io(&p.name, e))?;
+        for l in &links {
+            let target = std::fs::read_link(root.join(l)).map_err(|e| io(l, e))?;
+            std::fs::create_dir_all(dir.join(&target)).map_err(|e| io(l, e))?;
+            std::os::unix::fs::symlink(&target, dir.join(l)).map_err(|e| io(l, e))?;
+        }
+        unpack_filtered(&mut tar::Archive::new(&data[..]), &dir, &|path| {
+            !dropped(path, trim)
+        })
+        .map_err(|e| RootfsError::Extract {
+            package: p.name.clone(),
+            source: e,
+        })?;
+        for l in &links {
+            std::fs::remove_file(dir.join(l)).map_err(|e| io(l, e))?;
+            // Drop the link targets again where the package put nothing.
+            let _ = std::fs::remove_dir(
+                dir.join(std::fs::read_link(root.join(l)).map_err(|e| io(l, e))?),
+            );
+        }
+        out.push(dir);
+    }
+    // What no package ships.
+    let gen = area.join(format!("layer-{:03}-generated", pkgs.len() + 1));
+    for rel in [
+        "etc/passwd",
+        "etc/group",
+        "var/lib/dpkg/status.d",
+        "etc/ssl/certs/ca-certificates.crt",
+        "etc/ld.so.cache",
+        "etc/ld.so.conf",
+        "home",
+    ] {
+        let src = root.join(rel);
+        if std::fs::symlink_metadata(&src).is_ok() {
+            copy_tree_preserving(&src, &gen.join(rel))?;
+        }
+    }
+    out.push(gen);
+    Ok(out)
+}
+
+fn copy_dir_meta(src: &Path, dst: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(src).map_err(|e| RootfsError::io(&src.display().to_string(), e))?;
+    std::fs::create_dir_all(dst).map_err(|e| RootfsError::io(&dst.display().to_string(), e))?;
+    std::fs::set_permissions(dst, m.permissions())
+        .map_err(|e| RootfsError::io(&dst.display().to_string(), e))?;
+    let _ = std::os::unix::fs::chown(dst, Some(m.uid()), Some(m.gid()));
+    Ok(())
+}
+
+/// Copies a file or directory tree with modes and owners.
+fn copy_tree_preserving(src: &Path, dst: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |e: std::io::Error| RootfsError::io(&src.display().to_string(), e);
+    let m = std::fs::symlink_metadata(src).map_err(err)?;
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    if m.is_dir() {
+        copy_dir_meta(src, dst)?;
+        for e in std::fs::read_dir(src).map_err(err)? {
+            let e = e.map_err(err)?;
+            copy_tree_preserving(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else if m.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src).map_err(err)?, dst).map_err(err)?;
+    } else {
+        std::fs::copy(src, dst).map_err(err)?;
+        let _ = std::os::unix::fs::chown(dst, Some(m.uid()), Some(m.gid()));
+    }
+    Ok(())
+}
+
 type Decoded = (Vec<u8>, Vec<(String, Vec<u8>, u32)>);
 
 /// Every package's uncompressed data tarball and control files, decoded on

@@ -514,17 +514,59 @@ fn produce(
                     "Writing",
                     &format!("OCI layer for {arch} ({})", recipe.container.compression),
                 );
-                let layer =
-                    kiln_image::oci::write_layer(&oci_tmp, &root, compression, epoch.max(0) as u64)
-                        .with_context(|| {
-                            format!("writing an OCI layer in {}", oci_tmp.display())
-                        })?;
+                let trees = if recipe.container.layers == "per-package" {
+                    let files: Vec<PackageFile> = pkgs
+                        .iter()
+                        .zip(debs.iter())
+                        .map(|(p, d)| PackageFile {
+                            name: p.name.clone(),
+                            version: p.version.clone(),
+                            arch: p.architecture.clone(),
+                            essential_phase: false,
+                            deb: d.clone(),
+                        })
+                        .collect();
+                    let trim = kiln_rootfs::distroless::Trim {
+                        keep_locales: recipe.container.keep_locales.clone(),
+                        host_arch: arch == kiln_recipe::host_architecture(),
+                    };
+                    let trees = kiln_rootfs::distroless::layer_trees(
+                        &tmp.path().join("layers"),
+                        &root,
+                        &files,
+                        &trim,
+                    )?;
+                    // Recipe files belong to the last (generated) layer.
+                    let custom = Customization {
+                        overlays: recipe.customize.overlays.clone(),
+                        files: customization(recipe)?.files,
+                        ..Default::default()
+                    };
+                    kiln_rootfs::customize::apply(
+                        trees.last().unwrap(),
+                        &custom,
+                        0,
+                        &tmp.path().join("build.log"),
+                    )?;
+                    trees
+                } else {
+                    vec![root.clone()]
+                };
+                let mut layers = Vec::new();
+                for t in &trees {
+                    layers.push(
+                        kiln_image::oci::write_layer(&oci_tmp, t, compression, epoch.max(0) as u64)
+                            .with_context(|| {
+                                format!("writing an OCI layer in {}", oci_tmp.display())
+                            })?,
+                    );
+                }
                 let m = kiln_image::oci::write_image(
                     &oci_tmp,
                     arch,
                     epoch,
                     &run_config(recipe, &root),
-                    &[layer],
+                    &layers,
                     &annotations,
                 )?;
                 manifests.push((m, arch.clone()));

@@ -573,3 +573,67 @@ fn pushed_digest_equals_the_local_one() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("hint:"));
 }
+
+fn layer_digests(layout: &Path) -> Vec<String> {
+    let index = json(&layout.join("index.json"));
+    let m = blob(layout, index["manifests"][0]["digest"].as_str().unwrap());
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn tree_listing(root: &Path) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("find . -printf '%p %m %u %g %s %l\\n' | LC_ALL=C sort")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn per_package_layers_are_shared_between_images_and_give_the_same_tree() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let recipe = |include: &str, layers: &str| {
+        format!(
+            "[image]\nname = \"img\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n[packages]\ninclude = [{include}]\n\
+             [container]\ndistroless = true\nlayers = \"{layers}\"\n[output]\nformats = [\"oci\"]\n"
+        )
+    };
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let out_a = build(a.path(), "a", &recipe("\"python3\"", "per-package"));
+    let out_b = build(
+        b.path(),
+        "b",
+        &recipe("\"python3\", \"ca-certificates\"", "per-package"),
+    );
+    let out_c = build(c.path(), "c", &recipe("\"python3\"", "single"));
+    let (la, lb) = (
+        layer_digests(&out_a.join("oci")),
+        layer_digests(&out_b.join("oci")),
+    );
+    assert!(la.len() > 20, "{} layers", la.len());
+    let shared = la.iter().filter(|d| lb.contains(d)).count();
+    assert!(
+        shared >= la.len() - 2,
+        "only {shared} of {} layers shared",
+        la.len()
+    );
+    // Stacked, the layers give exactly the single-layer tree.
+    let ua = tempfile::tempdir().unwrap();
+    let uc = tempfile::tempdir().unwrap();
+    let ra = unpack(&out_a.join("oci"), "latest", &ua.path().join("b"));
+    let rc = unpack(&out_c.join("oci"), "latest", &uc.path().join("b"));
+    assert_eq!(tree_listing(&ra), tree_listing(&rc));
+    let o = run(&ra, &["/usr/bin/python3", "-c", "print(6*7)"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "42\n");
+}

@@ -1,5 +1,7 @@
-//! Kiln's output writers. For now: the deterministic root filesystem tarball.
+//! Kiln's output writers: the deterministic root filesystem tarball, OCI
+//! image layouts and GPT disk images.
 
+pub mod gpt;
 pub mod oci;
 pub mod pgzip;
 pub mod tar_writer;

@@ -83,24 +83,7 @@ pub fn oci_platform(debian_arch: &str) -> (&'static str, Option<&'static str>) {
     }
 }
 
-/// Hashes and counts what passes through.
-struct Hashing<W: Write> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(b)?;
-        self.hash.update(&b[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
+use crate::tar_writer::HashingWriter as Hashing;
 
 fn blob_path(layout: &Path, digest: &str) -> PathBuf {
     layout
@@ -133,11 +116,7 @@ pub fn write_layer(
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join(format!(".layer-{}", std::process::id()));
     let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-    let outer = Hashing {
-        inner: file,
-        hash: Sha256::new(),
-        size: 0,
-    };
+    let outer = Hashing::new(file);
     let opts = TarOptions { epoch, extra: &[] };
     let (summary, outer) = match compression {
         Compression::Gzip => {

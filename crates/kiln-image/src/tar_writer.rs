@@ -122,11 +122,21 @@ pub struct TarSummary {
     pub sha256: String,
 }
 
-/// Writes everything it is given while hashing it.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
+/// Writes everything it is given while hashing and counting it.
+pub(crate) struct HashingWriter<W: Write> {
+    pub(crate) inner: W,
+    pub(crate) hash: Sha256,
+    pub(crate) size: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hash: Sha256::new(),
+            size: 0,
+        }
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {

@@ -189,15 +189,9 @@ fn apt_sources(lock: &Lock, root: &Path) -> String {
     out
 }
 
-/// Builds the root filesystem in a fresh temporary area.
-fn assemble(
-    ui: &Ui,
-    recipe: &Recipe,
-    lock: &Lock,
-    pkgs: &[&LockedPackage],
-    debs: &[PathBuf],
-    epoch: i64,
-) -> Result<tempfile::TempDir> {
+/// A fresh temporary build area (removed on drop and on Ctrl-C) with an
+/// empty `root` directory in it.
+fn new_build_area(pkgs: &[&LockedPackage]) -> Result<(tempfile::TempDir, PathBuf)> {
     let estimate: u64 = pkgs.iter().map(|p| p.installed_size * 1024).sum();
     let base = build_area_base(estimate);
     let tmp = tempfile::Builder::new()
@@ -207,6 +201,19 @@ fn assemble(
     CLEANUP.lock().unwrap().push(tmp.path().to_path_buf());
     let root = tmp.path().join("root");
     std::fs::create_dir(&root)?;
+    Ok((tmp, root))
+}
+
+/// Builds the root filesystem in a fresh temporary area.
+fn assemble(
+    ui: &Ui,
+    recipe: &Recipe,
+    lock: &Lock,
+    pkgs: &[&LockedPackage],
+    debs: &[PathBuf],
+    epoch: i64,
+) -> Result<tempfile::TempDir> {
+    let (tmp, root) = new_build_area(pkgs)?;
     let log = tmp.path().join("build.log");
     let essential = essential_closure(pkgs);
     let files: Vec<PackageFile> = pkgs
@@ -358,15 +365,7 @@ fn assemble_distroless(
     pkgs: &[&LockedPackage],
     debs: &[PathBuf],
 ) -> Result<tempfile::TempDir> {
-    let estimate: u64 = pkgs.iter().map(|p| p.installed_size * 1024).sum();
-    let base = build_area_base(estimate);
-    let tmp = tempfile::Builder::new()
-        .prefix("kiln-build-")
-        .tempdir_in(&base)
-        .with_context(|| format!("creating a build area in {}", base.display()))?;
-    CLEANUP.lock().unwrap().push(tmp.path().to_path_buf());
-    let root = tmp.path().join("root");
-    std::fs::create_dir(&root)?;
+    let (tmp, root) = new_build_area(pkgs)?;
     let files: Vec<PackageFile> = pkgs
         .iter()
         .zip(debs)

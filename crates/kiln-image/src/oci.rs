@@ -158,32 +158,11 @@ pub fn write_layer(
     })
 }
 
-/// RFC 3339 UTC for epoch seconds.
-pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let z = days + 719468;
-    let era = if z >= 0 { z } else { z - 146096 } / 146097;
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// One platform's image: config and manifest blobs. Returns the manifest descriptor.
 pub fn write_image(
     layout: &Path,
     debian_arch: &str,
-    epoch: i64,
+    created: &str,
     run: &RunConfig,
     layers: &[Layer],
     annotations: &BTreeMap<String, String>,
@@ -214,12 +193,12 @@ pub fn write_image(
         cfg.insert("Labels".into(), json!(run.labels));
     }
     let mut config = json!({
-        "created": rfc3339(epoch),
+        "created": created,
         "architecture": arch,
         "os": "linux",
         "config": Value::Object(cfg),
         "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>() },
-        "history": layers.iter().map(|_| json!({ "created": rfc3339(epoch), "created_by": concat!("kiln ", env!("CARGO_PKG_VERSION")) })).collect::<Vec<_>>(),
+        "history": layers.iter().map(|_| json!({ "created": created, "created_by": concat!("kiln ", env!("CARGO_PKG_VERSION")) })).collect::<Vec<_>>(),
     });
     if let Some(v) = variant {
         config["variant"] = json!(v);
@@ -308,7 +287,7 @@ mod tests {
             let m = write_image(
                 l.path(),
                 "arm64",
-                1_700_000_000,
+                "2023-11-14T22:13:20Z",
                 &run,
                 std::slice::from_ref(&layer),
                 &BTreeMap::new(),

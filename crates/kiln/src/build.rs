@@ -189,6 +189,32 @@ fn apt_sources(lock: &Lock, root: &Path) -> String {
     out
 }
 
+/// The fetched `.deb`s of `pkgs`, in lock order, for the assemblers.
+fn package_files(
+    pkgs: &[&LockedPackage],
+    debs: &[PathBuf],
+    essential_phase: impl Fn(&str) -> bool,
+) -> Vec<PackageFile> {
+    pkgs.iter()
+        .zip(debs)
+        .map(|(p, d)| PackageFile {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            essential_phase: essential_phase(&p.name),
+            deb: d.clone(),
+        })
+        .collect()
+}
+
+/// What a distroless root of `arch` leaves out.
+fn distroless_trim(recipe: &Recipe, arch: &str) -> kiln_rootfs::distroless::Trim {
+    kiln_rootfs::distroless::Trim {
+        keep_locales: recipe.container.keep_locales.clone(),
+        host_arch: arch == kiln_recipe::host_architecture(),
+    }
+}
+
 /// A fresh temporary build area (removed on drop and on Ctrl-C) with an
 /// empty `root` directory in it.
 fn new_build_area(pkgs: &[&LockedPackage]) -> Result<(tempfile::TempDir, PathBuf)> {
@@ -216,17 +242,7 @@ fn assemble(
     let (tmp, root) = new_build_area(pkgs)?;
     let log = tmp.path().join("build.log");
     let essential = essential_closure(pkgs);
-    let files: Vec<PackageFile> = pkgs
-        .iter()
-        .zip(debs)
-        .map(|(p, d)| PackageFile {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            arch: p.architecture.clone(),
-            essential_phase: essential.contains(&p.name),
-            deb: d.clone(),
-        })
-        .collect();
+    let files = package_files(pkgs, debs, |n| essential.contains(n));
     let t0 = Instant::now();
     let timing = std::env::var_os("KILN_TIMING").is_some();
     let progress = |m: &str| match m.split_once(' ') {
@@ -366,17 +382,7 @@ fn assemble_distroless(
     debs: &[PathBuf],
 ) -> Result<tempfile::TempDir> {
     let (tmp, root) = new_build_area(pkgs)?;
-    let files: Vec<PackageFile> = pkgs
-        .iter()
-        .zip(debs)
-        .map(|(p, d)| PackageFile {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            arch: p.architecture.clone(),
-            essential_phase: false,
-            deb: d.clone(),
-        })
-        .collect();
+    let files = package_files(pkgs, debs, |_| false);
     ui.status(
         "Unpacking",
         &format!(
@@ -400,15 +406,7 @@ fn assemble_distroless(
                 .unwrap_or_else(|| format!("/home/{}", u.name)),
         });
     }
-    kiln_rootfs::distroless::assemble(
-        &root,
-        &files,
-        &kiln_rootfs::distroless::Trim {
-            keep_locales: recipe.container.keep_locales.clone(),
-            host_arch: arch == kiln_recipe::host_architecture(),
-        },
-        &users,
-    )?;
+    kiln_rootfs::distroless::assemble(&root, &files, &distroless_trim(recipe, arch), &users)?;
     // Files and overlays need no shell.
     let custom = Customization {
         overlays: recipe.customize.overlays.clone(),
@@ -472,7 +470,7 @@ fn produce(
     let mut annotations = std::collections::BTreeMap::new();
     annotations.insert(
         "org.opencontainers.image.created".to_string(),
-        kiln_image::oci::rfc3339(epoch),
+        kiln_archive::date::format_rfc3339(epoch),
     );
     annotations.insert(
         "org.opencontainers.image.title".to_string(),
@@ -514,21 +512,8 @@ fn produce(
                     &format!("OCI layer for {arch} ({})", recipe.container.compression),
                 );
                 let trees = if recipe.container.layers == "per-package" {
-                    let files: Vec<PackageFile> = pkgs
-                        .iter()
-                        .zip(debs.iter())
-                        .map(|(p, d)| PackageFile {
-                            name: p.name.clone(),
-                            version: p.version.clone(),
-                            arch: p.architecture.clone(),
-                            essential_phase: false,
-                            deb: d.clone(),
-                        })
-                        .collect();
-                    let trim = kiln_rootfs::distroless::Trim {
-                        keep_locales: recipe.container.keep_locales.clone(),
-                        host_arch: arch == kiln_recipe::host_architecture(),
-                    };
+                    let files = package_files(pkgs, debs, |_| false);
+                    let trim = distroless_trim(recipe, arch);
                     let trees = kiln_rootfs::distroless::layer_trees(
                         &tmp.path().join("layers"),
                         &root,
@@ -563,7 +548,7 @@ fn produce(
                 let m = kiln_image::oci::write_image(
                     &oci_tmp,
                     arch,
-                    epoch,
+                    &kiln_archive::date::format_rfc3339(epoch),
                     &run_config(recipe, &root),
                     &layers,
                     &annotations,

@@ -247,6 +247,118 @@ pub fn write_disk(
     }
 }
 
+/// A partition read back from a disk image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub type_guid: String,
+    pub guid: String,
+    pub label: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub attributes: u64,
+}
+
+impl Entry {
+    pub fn offset(&self) -> u64 {
+        self.first_lba * SECTOR
+    }
+    pub fn size(&self) -> u64 {
+        (self.last_lba + 1 - self.first_lba) * SECTOR
+    }
+}
+
+fn guid_text(b: &[u8]) -> String {
+    let x = |r: &[u8]| hex::encode(r);
+    let mut d1 = b[0..4].to_vec();
+    d1.reverse();
+    let mut d2 = b[4..6].to_vec();
+    d2.reverse();
+    let mut d3 = b[6..8].to_vec();
+    d3.reverse();
+    format!(
+        "{}-{}-{}-{}-{}",
+        x(&d1),
+        x(&d2),
+        x(&d3),
+        x(&b[8..10]),
+        x(&b[10..16])
+    )
+}
+
+/// Reads and checks the primary GPT of a disk image: signature, header and
+/// entry-array CRCs, partitions inside the disk. Errors say what is wrong.
+pub fn read_table(disk: &Path) -> Result<(String, Vec<Entry>), GptError> {
+    let bad = |m: String| GptError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
+    let mut f = std::fs::File::open(disk)?;
+    let len = f.metadata()?.len();
+    if len < 34 * SECTOR {
+        return Err(bad(format!("{len} bytes is too small for a GPT disk")));
+    }
+    let mut h = vec![0u8; 512];
+    f.seek(SeekFrom::Start(SECTOR))?;
+    f.read_exact(&mut h)?;
+    if &h[0..8] != b"EFI PART" {
+        return Err(bad(
+            "no GPT header (signature `EFI PART` missing at LBA 1)".into()
+        ));
+    }
+    let hsize = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+    if !(92..=512).contains(&hsize) {
+        return Err(bad(format!("GPT header size {hsize} is invalid")));
+    }
+    let want = u32::from_le_bytes(h[16..20].try_into().unwrap());
+    let mut hc = h[..hsize].to_vec();
+    hc[16..20].fill(0);
+    if crc32fast::hash(&hc) != want {
+        return Err(bad(
+            "GPT header checksum mismatch (the partition table is corrupted)".into(),
+        ));
+    }
+    let disk_guid = guid_text(&h[56..72]);
+    let entries_lba = u64::from_le_bytes(h[72..80].try_into().unwrap());
+    let n = u32::from_le_bytes(h[80..84].try_into().unwrap()) as usize;
+    let esize = u32::from_le_bytes(h[84..88].try_into().unwrap()) as usize;
+    let ecrc = u32::from_le_bytes(h[88..92].try_into().unwrap());
+    if n > 1024 || !(128..=1024).contains(&esize) {
+        return Err(bad(format!("GPT entry array {n}×{esize} is invalid")));
+    }
+    let mut entries = vec![0u8; n * esize];
+    f.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+    f.read_exact(&mut entries)?;
+    if crc32fast::hash(&entries) != ecrc {
+        return Err(bad(
+            "GPT partition entries checksum mismatch (the partition table is corrupted)".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for e in entries.chunks(esize) {
+        if e[0..16].iter().all(|b| *b == 0) {
+            continue;
+        }
+        let name: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|c| *c != 0)
+            .collect();
+        let entry = Entry {
+            type_guid: guid_text(&e[0..16]),
+            guid: guid_text(&e[16..32]),
+            label: String::from_utf16_lossy(&name),
+            first_lba: u64::from_le_bytes(e[32..40].try_into().unwrap()),
+            last_lba: u64::from_le_bytes(e[40..48].try_into().unwrap()),
+            attributes: u64::from_le_bytes(e[48..56].try_into().unwrap()),
+        };
+        if entry.last_lba < entry.first_lba || (entry.last_lba + 1) * SECTOR > len {
+            return Err(bad(format!(
+                "partition {} ends beyond the end of the disk image (truncated image?)",
+                entry.label
+            )));
+        }
+        out.push(entry);
+    }
+    Ok((disk_guid, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +440,35 @@ mod tests {
         let disk2 = d.path().join("disk2.raw");
         write_disk(&disk2, &guid_from(b"disk"), &parts).unwrap();
         assert_eq!(bytes, std::fs::read(&disk2).unwrap());
+    }
+
+    #[test]
+    fn tables_read_back_and_corruption_is_caught() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.raw");
+        let parts = vec![Partition {
+            type_guid: types::ESP.into(),
+            guid: guid_from(b"esp"),
+            label: "esp".into(),
+            image: None,
+            size: 2 << 20,
+            attributes: 1 << 59,
+        }];
+        write_disk(&disk, &guid_from(b"disk"), &parts).unwrap();
+        let (g, e) = read_table(&disk).unwrap();
+        assert_eq!(g, guid_from(b"disk"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].type_guid, types::ESP);
+        assert_eq!(e[0].guid, guid_from(b"esp"));
+        assert_eq!(e[0].label, "esp");
+        assert_eq!(e[0].attributes, 1 << 59);
+        assert_eq!(e[0].offset(), 1 << 20);
+        assert_eq!(e[0].size(), 2 << 20);
+        let mut bytes = std::fs::read(&disk).unwrap();
+        bytes[1024 + 40] ^= 0xff;
+        std::fs::write(&disk, &bytes).unwrap();
+        let err = read_table(&disk).unwrap_err().to_string();
+        assert!(err.contains("corrupted"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod recipe;
 pub use error::RecipeError;
 pub use lock::{Lock, LockedPackage, LockedRelease, Reason};
 pub use recipe::{
-    did_you_mean, host_architecture, lock_path_for, Customize, FileContent, FileEntry, Group,
-    Image, Output, Packages, Priority, Recipe, SignedBy, SourceSpec, User,
+    did_you_mean, host_architecture, lock_path_for, parse_size, Customize, Disk, FileContent,
+    FileEntry, Group, Headroom, Image, Output, Packages, Priority, Recipe, SignedBy, SourceSpec,
+    TestEntry, User,
 };

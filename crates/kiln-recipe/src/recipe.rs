@@ -53,6 +53,76 @@ struct Layer {
     output: Option<OutputLayer>,
     customize: Option<CustomizeLayer>,
     container: Option<ContainerLayer>,
+    disk: Option<DiskLayer>,
+    test: Option<Vec<TestEntry>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct DiskLayer {
+    layout: Option<Spanned<String>>,
+    filesystem: Option<Spanned<String>>,
+    usr_filesystem: Option<Spanned<String>>,
+    esp_size: Option<Spanned<String>>,
+    root_size: Option<Spanned<String>>,
+    headroom: Option<Spanned<String>>,
+    cmdline: Option<Vec<String>>,
+    ab_slots: Option<bool>,
+}
+
+/// `[disk]`: how `disk` and `qcow2` outputs are laid out.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Disk {
+    /// `standard` (one writable root) or `immutable` (read-only /usr under dm-verity).
+    pub layout: String,
+    /// Root partition filesystem: `ext4` or `erofs` (read-only).
+    pub filesystem: String,
+    /// Immutable layout: the /usr partition's filesystem, `erofs` or `ext4`.
+    pub usr_filesystem: String,
+    /// EFI system partition size in bytes.
+    pub esp_size: u64,
+    /// Fixed root partition size in bytes (None: content plus headroom).
+    pub root_size: Option<u64>,
+    /// Free space added to the content when the root size is computed.
+    pub headroom: Headroom,
+    /// Extra kernel command-line arguments (after the ones Kiln generates).
+    pub cmdline: Vec<String>,
+    /// Immutable layout: reserve an empty second /usr slot for A/B updates.
+    pub ab_slots: bool,
+}
+
+/// Free space on top of the content: a percentage or a fixed size.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Headroom {
+    Percent(u32),
+    Bytes(u64),
+}
+
+/// `[[test]]`: a command the boot test runs in the booted image.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TestEntry {
+    /// Shown in reports.
+    pub name: String,
+    /// Run with /bin/sh -c as root after boot.
+    pub command: String,
+    /// Text the output must contain (default: only the exit status counts).
+    pub expect: Option<String>,
+}
+
+/// Parses `512M`, `2G`, `1048576`, `64K` (binary units) into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mul)
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -299,6 +369,8 @@ pub struct Recipe {
     pub output: Output,
     pub customize: Customize,
     pub container: Container,
+    pub disk: Disk,
+    pub tests: Vec<TestEntry>,
 }
 
 impl Recipe {
@@ -541,6 +613,20 @@ struct Merged {
     customize: Customize,
     container: ContainerLayer,
     compression_at: Option<At<String>>,
+    disk: DiskAt,
+    tests: Vec<TestEntry>,
+}
+
+#[derive(Default)]
+struct DiskAt {
+    layout: Option<At<String>>,
+    filesystem: Option<At<String>>,
+    usr_filesystem: Option<At<String>>,
+    esp_size: Option<At<String>>,
+    root_size: Option<At<String>>,
+    headroom: Option<At<String>>,
+    cmdline: Vec<String>,
+    ab_slots: Option<bool>,
 }
 
 fn append_plain<T: PartialEq>(into: &mut Vec<T>, from: Vec<T>) {
@@ -678,7 +764,20 @@ impl Merged {
         };
         let container = l.container.unwrap_or_default();
         let compression_at = container.compression.clone().map(at);
+        let d = l.disk.unwrap_or_default();
+        let disk = DiskAt {
+            layout: d.layout.map(at),
+            filesystem: d.filesystem.map(at),
+            usr_filesystem: d.usr_filesystem.map(at),
+            esp_size: d.esp_size.map(at),
+            root_size: d.root_size.map(at),
+            headroom: d.headroom.map(at),
+            cmdline: d.cmdline.unwrap_or_default(),
+            ab_slots: d.ab_slots,
+        };
         Ok(Merged {
+            disk,
+            tests: l.test.unwrap_or_default(),
             container,
             compression_at,
             customize,
@@ -717,6 +816,28 @@ impl Merged {
         append(&mut self.exclude, o.exclude);
         append(&mut self.formats, o.formats);
         self.sources.extend(o.sources);
+        {
+            let (a, b) = (&mut self.disk, o.disk);
+            macro_rules! later {
+                ($($f:ident),*) => { $( if b.$f.is_some() { a.$f = b.$f; } )* };
+            }
+            later!(
+                layout,
+                filesystem,
+                usr_filesystem,
+                esp_size,
+                root_size,
+                headroom,
+                ab_slots
+            );
+            append_plain(&mut a.cmdline, b.cmdline);
+        }
+        for t in o.tests {
+            match self.tests.iter_mut().find(|x| x.name == t.name) {
+                Some(x) => *x = t,
+                None => self.tests.push(t),
+            }
+        }
         {
             let (a, b) = (&mut self.container, o.container);
             macro_rules! later {
@@ -912,6 +1033,18 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             v
         }
     };
+    let disk = finish_disk(&m.disk)?;
+    let mut seen = std::collections::HashSet::new();
+    for t in &m.tests {
+        if t.name.trim().is_empty() || t.command.trim().is_empty() {
+            return Err(RecipeError::Invalid {
+                path: path.to_path_buf(),
+                message: "a [[test]] needs a non-empty `name` and `command`".into(),
+                hint: Some("e.g. [[test]] name = \"ssh\" command = \"systemctl is-active ssh\" expect = \"active\"".into()),
+            });
+        }
+        seen.insert(t.name.clone());
+    }
     let default_sources = m.default_sources.unwrap_or(true);
     if !default_sources && m.sources.is_empty() {
         return Err(RecipeError::Invalid {
@@ -960,6 +1093,8 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             directory: m.directory.map(PathBuf::from),
         },
         customize: m.customize,
+        disk,
+        tests: m.tests,
         container: Container {
             distroless,
             entrypoint: m.container.entrypoint,
@@ -980,6 +1115,101 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
                 }
             }),
         },
+    })
+}
+
+fn one_of(
+    v: &Option<At<String>>,
+    default: &str,
+    allowed: &[&str],
+    what: &str,
+) -> Result<String, RecipeError> {
+    match v {
+        None => Ok(default.to_string()),
+        Some(a) if allowed.contains(&a.value.as_str()) => Ok(a.value.clone()),
+        Some(a) => Err(a.err(
+            format!("unknown {what} `{}`", a.value),
+            Some(match did_you_mean(&a.value, allowed.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("use one of: {}", allowed.join(", ")),
+            }),
+        )),
+    }
+}
+
+fn size_of(v: &At<String>, what: &str) -> Result<u64, RecipeError> {
+    parse_size(&v.value).filter(|n| *n > 0).ok_or_else(|| {
+        v.err(
+            format!("bad {what} `{}`", v.value),
+            Some("write a size such as \"512M\" or \"2G\"".into()),
+        )
+    })
+}
+
+fn finish_disk(d: &DiskAt) -> Result<Disk, RecipeError> {
+    let layout = one_of(
+        &d.layout,
+        "standard",
+        &["standard", "immutable"],
+        "[disk] layout",
+    )?;
+    let filesystem = one_of(
+        &d.filesystem,
+        "ext4",
+        &["ext4", "erofs"],
+        "[disk] filesystem",
+    )?;
+    let usr_filesystem = one_of(
+        &d.usr_filesystem,
+        "erofs",
+        &["erofs", "ext4"],
+        "[disk] usr-filesystem",
+    )?;
+    if layout == "immutable" && filesystem == "erofs" {
+        let a = d.filesystem.as_ref().unwrap();
+        return Err(a.err(
+            "the immutable layout keeps /etc and /var on a writable root: its root filesystem must be ext4".into(),
+            Some("drop `filesystem` (the read-only /usr uses `usr-filesystem`)".into()),
+        ));
+    }
+    let esp_size = match &d.esp_size {
+        None => 128 << 20,
+        Some(a) => {
+            let n = size_of(a, "[disk] esp-size")?;
+            if n < 33 << 20 {
+                return Err(a.err(
+                    format!("esp-size `{}` is too small for FAT32", a.value),
+                    Some("use at least \"64M\"; the default is \"128M\"".into()),
+                ));
+            }
+            n
+        }
+    };
+    let root_size = match &d.root_size {
+        Some(a) if a.value != "auto" => Some(size_of(a, "[disk] root-size")?),
+        _ => None,
+    };
+    let headroom = match &d.headroom {
+        None => Headroom::Percent(25),
+        Some(a) => match a.value.strip_suffix('%') {
+            Some(p) => Headroom::Percent(p.trim().parse().map_err(|_| {
+                a.err(
+                    format!("bad [disk] headroom `{}`", a.value),
+                    Some("write a percentage such as \"25%\" or a size such as \"512M\"".into()),
+                )
+            })?),
+            None => Headroom::Bytes(size_of(a, "[disk] headroom")?),
+        },
+    };
+    Ok(Disk {
+        layout,
+        filesystem,
+        usr_filesystem,
+        esp_size,
+        root_size,
+        headroom,
+        cmdline: d.cmdline.clone(),
+        ab_slots: d.ab_slots.unwrap_or(true),
     })
 }
 
@@ -1022,6 +1252,20 @@ pub fn documented_keys() -> BTreeMap<&'static str, &'static [&'static str]> {
             &["name", "uid", "groups", "shell", "home", "system"][..],
         ),
         ("customize.group", &["name", "gid", "system"][..]),
+        (
+            "disk",
+            &[
+                "layout",
+                "filesystem",
+                "usr-filesystem",
+                "esp-size",
+                "root-size",
+                "headroom",
+                "cmdline",
+                "ab-slots",
+            ][..],
+        ),
+        ("test", &["name", "command", "expect"][..]),
     ])
 }
 
@@ -1139,6 +1383,42 @@ mod tests {
     }
 
     #[test]
+    fn disk_section_defaults_and_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let base = "[image]\nname = \"x\"\nsuite = \"trixie\"\n";
+        let p = write(d.path(), "a.toml", base);
+        let r = Recipe::load(&p).unwrap();
+        assert_eq!(r.disk.layout, "standard");
+        assert_eq!(r.disk.esp_size, 128 << 20);
+        assert_eq!(r.disk.headroom, Headroom::Percent(25));
+        let p = write(
+            d.path(),
+            "b.toml",
+            &format!("{base}[disk]\nlayout = \"immutable\"\nroot-size = \"2G\"\nheadroom = \"300M\"\ncmdline = [\"quiet\"]\n[[test]]\nname = \"t\"\ncommand = \"true\"\n"),
+        );
+        let r = Recipe::load(&p).unwrap();
+        assert_eq!(r.disk.root_size, Some(2 << 30));
+        assert_eq!(r.disk.headroom, Headroom::Bytes(300 << 20));
+        assert_eq!(r.tests.len(), 1);
+        let p = write(
+            d.path(),
+            "c.toml",
+            &format!("{base}[disk]\nlayout = \"imutable\"\n"),
+        );
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("c.toml:5") && e.contains("imutable"), "{e}");
+        let p = write(
+            d.path(),
+            "e.toml",
+            &format!("{base}[disk]\nroot-size = \"lots\"\n"),
+        );
+        let e = Recipe::load(&p).unwrap_err();
+        assert!(e.to_string().contains("bad [disk] root-size"), "{e}");
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
     fn every_key_is_documented() {
         let doc = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipe.md"),
@@ -1146,7 +1426,7 @@ mod tests {
         .unwrap();
         for (table, keys) in documented_keys() {
             if !table.is_empty() {
-                let heading = if table == "source" || table.contains('.') {
+                let heading = if table == "source" || table == "test" || table.contains('.') {
                     format!("## `[[{table}]]`")
                 } else {
                     format!("## `[{table}]`")

@@ -219,7 +219,7 @@ fn distroless_trim(recipe: &Recipe, arch: &str) -> kiln_rootfs::distroless::Trim
 /// empty `root` directory in it.
 fn new_build_area(pkgs: &[&LockedPackage]) -> Result<(tempfile::TempDir, PathBuf)> {
     let estimate: u64 = pkgs.iter().map(|p| p.installed_size * 1024).sum();
-    let base = build_area_base(estimate);
+    let base = scratch_base(estimate);
     let tmp = tempfile::Builder::new()
         .prefix("kiln-build-")
         .tempdir_in(&base)
@@ -311,7 +311,7 @@ fn free_space(path: &Path) -> Option<u64> {
 /// has room for twice the installed size (dpkg syncs its database after
 /// every step, which costs nothing on tmpfs and a lot on many disks); else
 /// `$TMPDIR`.
-fn build_area_base(estimate: u64) -> PathBuf {
+pub fn scratch_base(estimate: u64) -> PathBuf {
     if let Some(d) = std::env::var_os("KILN_TMPDIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(d);
     }
@@ -452,8 +452,9 @@ fn produce(
     per_arch: &[(String, Vec<&LockedPackage>, Vec<PathBuf>)],
     epoch: i64,
     out_dir: &Path,
-) -> Result<(Vec<Artifact>, crate::attest::Licences)> {
+) -> Result<(Vec<Artifact>, crate::attest::Licences, serde_json::Value)> {
     let formats = &recipe.output.formats;
+    let mut disk_facts = serde_json::Map::new();
     let mut licences = crate::attest::Licences::new();
     let multi = per_arch.len() > 1;
     let mut artifacts = Vec::new();
@@ -556,6 +557,27 @@ fn produce(
                 manifests.push((m, arch.clone()));
             }
             crate::attest::licences_from_root(&root, pkgs, &mut licences);
+            if formats.iter().any(|f| f == "disk" || f == "qcow2") {
+                let stem = if multi {
+                    format!("disk-{arch}")
+                } else {
+                    "disk".to_string()
+                };
+                let job = crate::disk::DiskJob {
+                    recipe,
+                    root: &root,
+                    work: tmp.path(),
+                    arch,
+                    epoch,
+                    identity: image_identity(recipe, arch, pkgs, epoch),
+                    log: &tmp.path().join("build.log"),
+                    stem,
+                };
+                let (a, facts) =
+                    crate::disk::build(ui, &job, out_dir, formats.iter().any(|f| f == "qcow2"))?;
+                artifacts.extend(a);
+                disk_facts.insert(arch.clone(), facts);
+            }
             release_area(tmp);
         }
         if !manifests.is_empty() {
@@ -588,7 +610,19 @@ fn produce(
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&oci_tmp);
     }
-    result.map(|()| (artifacts, licences))
+    result.map(|()| (artifacts, licences, serde_json::Value::Object(disk_facts)))
+}
+
+/// What identifies an image for its derived UUIDs: name, architecture,
+/// epoch and every package version (same lock and epoch, same disk).
+fn image_identity(recipe: &Recipe, arch: &str, pkgs: &[&LockedPackage], epoch: i64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{}\0{arch}\0{epoch}\0", recipe.image.name));
+    for p in pkgs {
+        h.update(format!("{}={}:{}\n", p.name, p.version, p.sha256));
+    }
+    hex::encode(h.finalize())
 }
 
 pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
@@ -601,10 +635,12 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
     prepare_output(&out_dir)?;
     let (recipe, lock) = crate::lock::ensure_lock(ui, recipe_path, args.locked, &args.sources)?;
     for f in &recipe.output.formats {
-        if f != "tar" && f != "oci" {
+        if (f == "disk" || f == "qcow2") && recipe.container.distroless {
             return Err(Hinted {
-                message: format!("output format `{f}` is not implemented yet"),
-                hint: "use formats = [\"tar\"] and/or [\"oci\"] for now".into(),
+                message: format!(
+                    "a distroless image cannot be a `{f}`: it has no init, kernel or boot loader"
+                ),
+                hint: "build the disk from a full recipe (distroless = false)".into(),
             }
             .into());
         }
@@ -635,7 +671,8 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         let debs = crate::fetch::fetch_packages(ui, &lock, &pkgs, &args.sources)?;
         per_arch.push((arch.clone(), pkgs, debs));
     }
-    let (artifacts, licences) = produce(ui, &recipe, &lock, &per_arch, epoch, &out_dir)?;
+    let (artifacts, licences, disk_facts) =
+        produce(ui, &recipe, &lock, &per_arch, epoch, &out_dir)?;
 
     let manifest = json!({
         "image": recipe.image.name,
@@ -657,6 +694,17 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         })).collect::<Vec<_>>(),
         "generator": format!("kiln {}", env!("CARGO_PKG_VERSION")),
     });
+    let mut manifest = manifest;
+    if disk_facts.as_object().is_some_and(|m| !m.is_empty()) {
+        manifest["disk"] = disk_facts;
+        manifest["tests"] = serde_json::to_value(&recipe.tests)?;
+        manifest["users"] = json!(recipe
+            .customize
+            .users
+            .iter()
+            .map(|u| u.name.clone())
+            .collect::<Vec<_>>());
+    }
     write_atomic(
         &out_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
@@ -696,7 +744,7 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         let again_dir = out_dir.join("rebuild");
         let _ = std::fs::remove_dir_all(&again_dir);
         std::fs::create_dir_all(&again_dir)?;
-        let (again, _) = produce(ui, &recipe, &lock, &per_arch, epoch, &again_dir)?;
+        let (again, _, _) = produce(ui, &recipe, &lock, &per_arch, epoch, &again_dir)?;
         let differ: Vec<String> = artifacts
             .iter()
             .zip(&again)

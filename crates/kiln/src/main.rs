@@ -3,7 +3,9 @@
 
 mod attest;
 mod build;
+mod disk;
 mod fetch;
+mod imgtest;
 mod lock;
 mod ui;
 
@@ -105,6 +107,49 @@ enum Command {
         #[arg(long)]
         username: Option<String>,
     },
+    /// Test a disk image: static checks, then a boot in QEMU running the recipe's [[test]] commands.
+    Test {
+        /// A disk image (disk.raw or disk.qcow2), a build's output directory, or a recipe (its image and [[test]] entries).
+        target: PathBuf,
+        /// Seconds to wait for the booted guest's results.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Only boot (no static checks).
+        #[arg(long, conflicts_with = "skip_boot")]
+        skip_static: bool,
+        /// Only the static checks (no QEMU).
+        #[arg(long)]
+        skip_boot: bool,
+        /// A regular (uid >= 1000) account the image may contain; repeatable.
+        #[arg(long, value_name = "USER")]
+        allow_user: Vec<String>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 1536)]
+        memory: u32,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Print the results as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a disk image in QEMU with its serial console on this terminal.
+    Boot {
+        /// A disk image (disk.raw or disk.qcow2) or a build's output directory.
+        image: PathBuf,
+        /// Write changes to the image (default: a throwaway overlay).
+        #[arg(long)]
+        persist: bool,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 1536)]
+        memory: u32,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Host port forwarded to the guest's SSH port.
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
+    },
     /// Download every package of the recipe's lock into the cache (locking first if needed).
     Fetch {
         recipe: PathBuf,
@@ -185,6 +230,44 @@ fn main() -> ExitCode {
             insecure,
             username,
         } => attest::cmd_push(&ui, &layout, &reference, insecure, username),
+        Command::Test {
+            target,
+            timeout,
+            skip_static,
+            skip_boot,
+            allow_user,
+            memory,
+            cpus,
+            json,
+        } => imgtest::cmd_test(
+            &ui,
+            &imgtest::TestArgs {
+                target,
+                timeout,
+                skip_static,
+                skip_boot,
+                allow_users: allow_user,
+                memory,
+                cpus,
+                json,
+            },
+        ),
+        Command::Boot {
+            image,
+            persist,
+            memory,
+            cpus,
+            ssh_port,
+        } => imgtest::cmd_boot(
+            &ui,
+            &imgtest::BootArgs {
+                image,
+                persist,
+                memory,
+                cpus,
+                ssh_port,
+            },
+        ),
         Command::Fetch {
             recipe,
             locked,

@@ -91,6 +91,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_rootfs::RootfsError>() {
             return x.hint();
         }
+        if let Some(x) = c.downcast_ref::<kiln_image::disk::DiskError>() {
+            return x.hint();
+        }
         if let Some(x) = c.downcast_ref::<crate::lock::Hinted>() {
             return Some(x.hint.clone());
         }

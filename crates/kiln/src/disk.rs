@@ -1,0 +1,595 @@
+//! `disk` and `qcow2` outputs: a finished root tree → a bootable GPT disk
+//! (Discoverable Partitions Specification), UEFI with systemd-boot and a
+//! Unified Kernel Image, optionally with a read-only dm-verity `/usr`.
+//! Nothing is mounted and no loop device is used.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_image::disk::{self, DiskError, FatFile, Mke2fs};
+use kiln_image::gpt::{self, Partition};
+use kiln_recipe::{Disk, Headroom, Recipe};
+use serde_json::{json, Value};
+
+use crate::build::Artifact;
+use crate::lock::Hinted;
+use crate::ui::{human_size, Ui};
+
+const MIB: u64 = 1 << 20;
+
+/// Per-architecture names: (DPS root type, /usr type, /usr verity type,
+/// EFI removable-media boot file, systemd-boot binary, multiarch triplet).
+struct ArchInfo {
+    root: &'static str,
+    usr: &'static str,
+    usr_verity: &'static str,
+    boot_file: &'static str,
+    sd_boot: &'static str,
+    multiarch: &'static str,
+    dps: &'static str,
+}
+
+fn arch_info(arch: &str) -> Result<ArchInfo> {
+    match arch {
+        "amd64" => Ok(ArchInfo {
+            root: gpt::types::ROOT_X86_64,
+            usr: gpt::types::USR_X86_64,
+            usr_verity: gpt::types::USR_VERITY_X86_64,
+            boot_file: "BOOTX64.EFI",
+            sd_boot: "systemd-bootx64.efi",
+            multiarch: "x86_64-linux-gnu",
+            dps: "x86-64",
+        }),
+        "arm64" => Ok(ArchInfo {
+            root: gpt::types::ROOT_ARM64,
+            usr: gpt::types::USR_ARM64,
+            usr_verity: gpt::types::USR_VERITY_ARM64,
+            boot_file: "BOOTAA64.EFI",
+            sd_boot: "systemd-bootaa64.efi",
+            multiarch: "aarch64-linux-gnu",
+            dps: "arm64",
+        }),
+        other => Err(Hinted {
+            message: format!("disk images for {other} are not supported yet"),
+            hint: "build disk images for amd64 or arm64".into(),
+        }
+        .into()),
+    }
+}
+
+fn need_file(root: &Path, path: &str, package: &str, why: &str) -> Result<PathBuf> {
+    let p = root.join(path.trim_start_matches('/'));
+    if p.exists() {
+        return Ok(p);
+    }
+    Err(Hinted {
+        message: format!("the image has no {path}, which {why}"),
+        hint: format!("add \"{package}\" to [packages] include"),
+    }
+    .into())
+}
+
+/// The newest kernel in /boot (by dpkg version order) and its initrd.
+pub fn find_kernel(root: &Path) -> Result<String> {
+    let mut kernels: Vec<String> = std::fs::read_dir(root.join("boot"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("vmlinuz-"))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    kernels.sort_by(|a, b| kiln_deb::version::compare(a, b));
+    let Some(k) = kernels.pop() else {
+        return Err(Hinted {
+            message: "a disk image needs a kernel, but the recipe installs none (no /boot/vmlinuz-*)".into(),
+            hint: "add a kernel to [packages] include, e.g. \"linux-image-cloud-amd64\" (or \"linux-image-amd64\" for bare metal)".into(),
+        }
+        .into());
+    };
+    if !root.join(format!("boot/initrd.img-{k}")).exists() {
+        return Err(Hinted {
+            message: format!("kernel {k} has no initrd (/boot/initrd.img-{k} is missing)"),
+            hint:
+                "add an initrd generator to [packages] include: \"initramfs-tools\" or \"dracut\""
+                    .into(),
+        }
+        .into());
+    }
+    Ok(k)
+}
+
+/// UUID-shaped text from 32 hex digits (DPS: partition UUIDs from a root hash).
+fn uuid_from_hex(h: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// What the disk step needs from the build.
+pub struct DiskJob<'a> {
+    pub recipe: &'a Recipe,
+    /// The finished root tree (its /usr is moved away and back while the disk is made).
+    pub root: &'a Path,
+    /// Scratch space on the same filesystem as `root`.
+    pub work: &'a Path,
+    pub arch: &'a str,
+    pub epoch: i64,
+    /// Seed for every UUID: the same image identity gives the same disk.
+    pub identity: String,
+    pub log: &'a Path,
+    /// Output file names: `disk.raw` or `disk-ARCH.raw`.
+    pub stem: String,
+}
+
+/// Bytes an ext4 filesystem needs to hold `data` bytes of tree: inode
+/// tables, bitmaps and group descriptors (~6%), the journal and reserve.
+fn ext4_need(data: u64) -> u64 {
+    let journal = if data > 2 << 30 { 128 * MIB } else { 64 * MIB };
+    (data + data / 16 + journal + 16 * MIB).div_ceil(MIB) * MIB
+}
+
+fn with_headroom(need: u64, data: u64, h: Headroom) -> u64 {
+    let extra = match h {
+        Headroom::Percent(p) => data * p as u64 / 100,
+        Headroom::Bytes(b) => b,
+    };
+    (need + extra).div_ceil(MIB) * MIB
+}
+
+/// Runs the image's own `ukify` in the root and returns the UKI's path.
+fn build_uki(job: &DiskJob, kver: &str, cmdline: &str) -> Result<PathBuf> {
+    let root = job.root;
+    need_file(
+        root,
+        "/usr/bin/ukify",
+        "systemd-ukify",
+        "assembles the Unified Kernel Image",
+    )?;
+    let out_in_root = "/tmp/kiln-uki.efi";
+    let mut env = kiln_rootfs::sandbox::script_env(job.epoch);
+    env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    let linux = format!("--linux=/boot/vmlinuz-{kver}");
+    let initrd = format!("--initrd=/boot/initrd.img-{kver}");
+    let uname = format!("--uname={kver}");
+    let cmd = format!("--cmdline={cmdline}");
+    let output = format!("--output={out_in_root}");
+    let argv = [
+        "ukify",
+        "build",
+        linux.as_str(),
+        initrd.as_str(),
+        uname.as_str(),
+        cmd.as_str(),
+        "--os-release=@/etc/os-release",
+        output.as_str(),
+    ];
+    let status = kiln_rootfs::sandbox::run_in_root(root, &argv, &env, job.log)?;
+    let made = root.join(out_in_root.trim_start_matches('/'));
+    if !status.success() || !made.is_file() {
+        let log = std::fs::read_to_string(job.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        return Err(Hinted {
+            message: format!(
+                "ukify could not build the Unified Kernel Image ({status}):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ),
+            hint: "check that the kernel and initrd in /boot are complete".into(),
+        }
+        .into());
+    }
+    let dest = job.work.join("uki.efi");
+    std::fs::rename(&made, &dest).or_else(|_| {
+        std::fs::copy(&made, &dest)?;
+        std::fs::remove_file(&made)
+    })?;
+    Ok(dest)
+}
+
+/// Keeps a copy of /etc and /var under /usr/share/factory, with tmpfiles
+/// rules that restore missing entries at boot (the root can be wiped and
+/// is rebuilt from the read-only, verified /usr).
+fn factory_defaults(root: &Path) -> Result<()> {
+    let factory = root.join("usr/share/factory");
+    let mut rules = String::from(
+        "# Written by kiln: rebuild /etc and /var entries from the factory defaults in /usr.\n",
+    );
+    for top in ["etc", "var"] {
+        let dest = factory.join(top);
+        std::fs::create_dir_all(&dest)?;
+        let status = std::process::Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(root.join(top).join("."))
+            .arg(&dest)
+            .status()
+            .context("running cp")?;
+        if !status.success() {
+            anyhow::bail!("copying /{top} to /usr/share/factory/{top} failed");
+        }
+        let mut names: Vec<String> = std::fs::read_dir(root.join(top))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        for n in names {
+            if n.chars().any(char::is_whitespace) {
+                continue;
+            }
+            rules.push_str(&format!("C /{top}/{n} - - - - -\n"));
+        }
+    }
+    let conf = root.join("usr/lib/tmpfiles.d/kiln-factory.conf");
+    std::fs::create_dir_all(conf.parent().unwrap())?;
+    std::fs::write(&conf, rules)?;
+    Ok(())
+}
+
+/// Builds `DIR/<stem>.raw` (and `.qcow2` when asked) from the tree.
+pub fn build(
+    ui: &Ui,
+    job: &DiskJob,
+    out_dir: &Path,
+    qcow2: bool,
+) -> Result<(Vec<Artifact>, Value)> {
+    let d: &Disk = &job.recipe.disk;
+    let info = arch_info(job.arch)?;
+    let root = job.root;
+    let kver = find_kernel(root)?;
+    let sd_boot = need_file(
+        root,
+        &format!("/usr/lib/systemd/boot/efi/{}", info.sd_boot),
+        "systemd-boot-efi",
+        "is the UEFI boot loader",
+    )?;
+    let immutable = d.layout == "immutable";
+    if immutable {
+        need_file(
+            root,
+            "/usr/bin/dracut",
+            "dracut",
+            "builds the systemd initrd that sets up dm-verity for /usr (initramfs-tools cannot)",
+        )?;
+        need_file(
+            root,
+            "/usr/lib/systemd/systemd-veritysetup",
+            "systemd-cryptsetup",
+            "opens the dm-verity /usr in the initrd",
+        )?;
+    }
+    let uuid = |role: &str| gpt::guid_from(format!("kiln-disk:{}:{role}", job.identity).as_bytes());
+    let hex_of = |role: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(format!(
+            "kiln-disk:{}:{role}",
+            job.identity
+        )))
+    };
+    let root_part = uuid("root");
+    let mut facts = json!({
+        "layout": d.layout,
+        "kernel": kver,
+        "root-filesystem": d.filesystem,
+    });
+
+    // /usr first: its verity root hash goes on the kernel command line.
+    let usr_tree = job.work.join("usr-tree");
+    let mut usr_parts: Vec<Partition> = Vec::new();
+    let mut cmdline = vec![format!("root=PARTUUID={root_part}")];
+    if d.filesystem == "erofs" {
+        cmdline.push("ro".into());
+    } else {
+        cmdline.push("rw".into());
+    }
+    if immutable {
+        ui.status(
+            "Sealing",
+            "/usr: factory defaults, read-only image, dm-verity hash tree",
+        );
+        factory_defaults(root)?;
+        let usr_img = job.work.join("usr.img");
+        let usr_size_tree = disk::tree_size(&root.join("usr"))?;
+        if d.usr_filesystem == "erofs" {
+            disk::make_erofs(&root.join("usr"), &usr_img, &uuid("usr-fs"), job.epoch)?;
+        } else {
+            let mke2fs = Mke2fs::find(
+                &root.join("usr"),
+                &root.join("etc/mke2fs.conf"),
+                info.multiarch,
+            )?;
+            disk::make_ext4(
+                &mke2fs,
+                &root.join("usr"),
+                &usr_img,
+                ext4_need(usr_size_tree),
+                "usr",
+                &uuid("usr-fs"),
+                &uuid("usr-hash-seed"),
+                job.epoch,
+            )?;
+        }
+        let hash_img = job.work.join("usr.verity");
+        let roothash = disk::make_verity(
+            &usr_img,
+            &hash_img,
+            &hex_of("usr-salt"),
+            &uuid("usr-verity-sb"),
+        )?;
+        let (usr_guid, verity_guid) = (
+            uuid_from_hex(&roothash[..32]),
+            uuid_from_hex(&roothash[32..]),
+        );
+        let usr_len = std::fs::metadata(&usr_img)?.len();
+        let hash_len = std::fs::metadata(&hash_img)?.len();
+        let label = format!("usr-{}", job.recipe.image.version.as_deref().unwrap_or("0"));
+        usr_parts.push(Partition {
+            type_guid: info.usr.into(),
+            guid: usr_guid.clone(),
+            label: label.clone(),
+            image: Some(usr_img),
+            size: usr_len,
+            attributes: 1 << 60,
+        });
+        usr_parts.push(Partition {
+            type_guid: info.usr_verity.into(),
+            guid: verity_guid.clone(),
+            label: format!("{label}-verity"),
+            image: Some(hash_img),
+            size: hash_len,
+            attributes: 1 << 60,
+        });
+        if d.ab_slots {
+            // The B slot: same sizes, empty, ignored by discovery (bit 63)
+            // until an update writes it (systemd-sysupdate's "_empty").
+            for (i, (t, size)) in [(info.usr, usr_len), (info.usr_verity, hash_len)]
+                .into_iter()
+                .enumerate()
+            {
+                usr_parts.push(Partition {
+                    type_guid: t.into(),
+                    guid: uuid(&format!("usr-b-{i}")),
+                    label: "_empty".into(),
+                    image: None,
+                    size: size + size / 4,
+                    attributes: 1 << 63,
+                });
+            }
+        }
+        cmdline.push(format!("usrhash={roothash}"));
+        facts["usr"] = json!({
+            "filesystem": d.usr_filesystem,
+            "roothash": roothash,
+            "partuuid": usr_guid,
+            "verity-partuuid": verity_guid,
+            "size": usr_len,
+            "ab-slots": d.ab_slots,
+        });
+    }
+    cmdline.extend(d.cmdline.iter().cloned());
+    let cmdline = cmdline.join(" ");
+    facts["cmdline"] = json!(cmdline);
+
+    ui.status("Building", &format!("Unified Kernel Image for {kver}"));
+    let uki = build_uki(job, &kver, &cmdline)?;
+    let uki_len = std::fs::metadata(&uki)?.len();
+    let sd_len = std::fs::metadata(&sd_boot)?.len();
+    if uki_len + sd_len + 4 * MIB > d.esp_size {
+        return Err(DiskError::TooSmall {
+            what: format!(
+                "the EFI system partition (UKI {}, systemd-boot {})",
+                human_size(uki_len),
+                human_size(sd_len)
+            ),
+            need: uki_len + sd_len + 4 * MIB,
+            have: d.esp_size,
+        })
+        .context("[disk] esp-size is too small");
+    }
+    let loader_conf = job.work.join("loader.conf");
+    std::fs::write(&loader_conf, "timeout 0\neditor no\n")?;
+    let sd_copy = job.work.join("systemd-boot.efi");
+    std::fs::copy(&sd_boot, &sd_copy)?;
+    let esp_img = job.work.join("esp.img");
+    ui.status(
+        "Writing",
+        "EFI system partition (FAT32, systemd-boot + UKI)",
+    );
+    let volid = &hex_of("esp-volume-id")[..8];
+    disk::make_fat(
+        &esp_img,
+        d.esp_size,
+        "ESP",
+        volid,
+        &[
+            FatFile {
+                source: sd_copy,
+                dest: format!("EFI/BOOT/{}", info.boot_file),
+            },
+            FatFile {
+                source: uki,
+                dest: format!("EFI/Linux/{}-{kver}.efi", job.recipe.image.name),
+            },
+            FatFile {
+                source: loader_conf,
+                dest: "loader/loader.conf".into(),
+            },
+        ],
+        job.epoch,
+    )?;
+
+    // The root partition: the tree without /usr in the immutable layout.
+    if immutable {
+        std::fs::rename(root.join("usr"), &usr_tree)?;
+        std::fs::create_dir(root.join("usr"))?;
+    }
+    let root_result = (|| -> Result<(PathBuf, u64)> {
+        let data = disk::tree_size(root)?;
+        let root_img = job.work.join("root.img");
+        if d.filesystem == "erofs" {
+            disk::make_erofs(root, &root_img, &uuid("root-fs"), job.epoch)?;
+            let len = std::fs::metadata(&root_img)?.len();
+            if let Some(fixed) = d.root_size {
+                if len > fixed {
+                    return Err(DiskError::TooSmall {
+                        what: "the root filesystem content".into(),
+                        need: len,
+                        have: fixed,
+                    }
+                    .into());
+                }
+            }
+            return Ok((root_img, d.root_size.unwrap_or(len)));
+        }
+        let need = ext4_need(data);
+        let size = match d.root_size {
+            Some(fixed) if fixed < need => {
+                return Err(DiskError::TooSmall {
+                    what: format!(
+                        "the root filesystem ({} of files in {})",
+                        human_size(data),
+                        job.recipe.image.name
+                    ),
+                    need,
+                    have: fixed,
+                }
+                .into())
+            }
+            Some(fixed) => fixed,
+            None => with_headroom(need, data, d.headroom),
+        };
+        let usr = if immutable {
+            usr_tree.clone()
+        } else {
+            root.join("usr")
+        };
+        let mke2fs = Mke2fs::find(&usr, &root.join("etc/mke2fs.conf"), info.multiarch)?;
+        if !mke2fs.reproducible {
+            ui.warn(&format!(
+                "mke2fs {} cannot make byte-identical ext4 filesystems (1.47.1 or newer can; the image has none either): disk.raw will not be reproducible",
+                mke2fs.version
+            ));
+        }
+        ui.status(
+            "Writing",
+            &format!(
+                "root filesystem (ext4, {} for {} of files)",
+                human_size(size),
+                human_size(data)
+            ),
+        );
+        disk::make_ext4(
+            &mke2fs,
+            root,
+            &root_img,
+            size,
+            "root",
+            &uuid("root-fs"),
+            &uuid("root-hash-seed"),
+            job.epoch,
+        )
+        .map_err(|e| match e {
+            DiskError::Other(m) if m.contains("does not fit") => {
+                anyhow::Error::from(DiskError::TooSmall {
+                    what: "the root filesystem content".into(),
+                    need: need + need / 4,
+                    have: size,
+                })
+            }
+            e => e.into(),
+        })?;
+        Ok((root_img, size))
+    })();
+    if immutable {
+        let _ = std::fs::remove_dir(root.join("usr"));
+        std::fs::rename(&usr_tree, root.join("usr"))?;
+    }
+    let (root_img, root_size) = root_result?;
+
+    let mut parts = vec![Partition {
+        type_guid: gpt::types::ESP.into(),
+        guid: uuid("esp"),
+        label: "esp".into(),
+        image: Some(esp_img),
+        size: d.esp_size,
+        attributes: 0,
+    }];
+    parts.extend(usr_parts);
+    // Root last, so it can grow into a larger disk (bit 59: grow the filesystem).
+    parts.push(Partition {
+        type_guid: info.root.into(),
+        guid: root_part.clone(),
+        label: format!("root-{}", info.dps),
+        image: Some(root_img),
+        size: root_size,
+        attributes: 1 << 59,
+    });
+    let raw_name = format!("{}.raw", job.stem);
+    let raw = out_dir.join(&raw_name);
+    ui.status("Writing", &raw.display().to_string());
+    let placed = gpt::write_disk(&raw, &uuid("disk"), &parts)
+        .with_context(|| format!("writing {}", raw.display()))?;
+    facts["partitions"] = json!(parts
+        .iter()
+        .zip(&placed)
+        .map(|(p, at)| json!({
+            "label": p.label, "type": p.type_guid, "partuuid": p.guid,
+            "offset": at.first_lba * 512, "size": (at.last_lba + 1 - at.first_lba) * 512,
+        }))
+        .collect::<Vec<_>>());
+    let mut artifacts = vec![artifact(out_dir, &raw_name, "disk", job.arch)?];
+    if qcow2 {
+        let name = format!("{}.qcow2", job.stem);
+        let dest = out_dir.join(&name);
+        let tmp = out_dir.join(format!(".{name}.partial-{}", std::process::id()));
+        ui.status("Writing", &dest.display().to_string());
+        let r = disk::make_qcow2(&raw, &tmp)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| std::fs::rename(&tmp, &dest).map_err(anyhow::Error::from));
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
+        artifacts.push(artifact(out_dir, &name, "qcow2", job.arch)?);
+    }
+    Ok((artifacts, facts))
+}
+
+fn artifact(out_dir: &Path, name: &str, format: &str, arch: &str) -> Result<Artifact> {
+    let (size, sha256) = kiln_archive::debs::sha256_file(&out_dir.join(name))?;
+    Ok(Artifact {
+        path: name.into(),
+        format: format.into(),
+        architecture: Some(arch.into()),
+        size,
+        sha256,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_leave_room_for_metadata_and_headroom() {
+        let data = 500 * MIB;
+        let need = ext4_need(data);
+        assert!(need > data + 64 * MIB && need < data * 2);
+        assert_eq!(with_headroom(need, data, Headroom::Bytes(MIB)), need + MIB);
+        assert_eq!(
+            with_headroom(need, data, Headroom::Percent(20)),
+            need + 100 * MIB
+        );
+        assert_eq!(
+            uuid_from_hex("0123456789abcdef0123456789abcdef"),
+            "01234567-89ab-cdef-0123-456789abcdef"
+        );
+    }
+}

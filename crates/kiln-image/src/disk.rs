@@ -227,6 +227,7 @@ impl Mke2fs {
 }
 
 /// An ext4 filesystem of `size` bytes holding `src`.
+#[allow(clippy::too_many_arguments)]
 pub fn make_ext4(
     mke2fs: &Mke2fs,
     src: &Path,

@@ -602,14 +602,10 @@ fn make_seed(work: &Path, tests: &[TestEntry], pubkey: &str, with_runner: bool) 
             .iter()
             .map(|t| format!("{}\n", b64(&t.command)))
             .collect();
-        let unit = "[Unit]\nDescription=Kiln boot test runner\nAfter=multi-user.target\n\n[Service]\nType=simple\nExecStart=/usr/local/sbin/kiln-test-runner\n";
+        let unit = "[Unit]\nDescription=Kiln boot test runner\nAfter=multi-user.target\n\n[Service]\nType=simple\nExecStart=/bin/sh /etc/kiln-test/runner\n";
         ud.push_str("write_files:\n");
         for (path, perm, content) in [
-            (
-                "/usr/local/sbin/kiln-test-runner",
-                "0755",
-                RUNNER.to_string(),
-            ),
+            ("/etc/kiln-test/runner", "0755", RUNNER.to_string()),
             ("/etc/kiln-test/commands", "0644", commands),
             (
                 "/etc/systemd/system/kiln-test.service",
@@ -791,6 +787,10 @@ const FATAL: &[(&str, &str)] = &[
     (
         "dracut Warning: Could not boot",
         "the initrd could not boot",
+    ),
+    (
+        "Failed to start kiln-test.service",
+        "the test runner could not be installed by cloud-init",
     ),
 ];
 
@@ -1348,6 +1348,97 @@ pub fn cmd_boot(ui: &Ui, args: &BootArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tree_checks_find_what_a_cloud_image_must_not_ship() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        for dir in [
+            "etc/ssh",
+            "tmp",
+            "var/tmp",
+            "var/lib/apt/lists",
+            "usr/bin",
+            "boot",
+            "var/lib/dpkg",
+        ] {
+            std::fs::create_dir_all(tree.join(dir)).unwrap();
+        }
+        let t = Target {
+            image: d.path().join("disk.raw"),
+            dir: d.path().to_path_buf(),
+            tests: vec![],
+            users: vec!["app".into()],
+        };
+        let clean = |t: &Target| {
+            tree_checks(t, &tree)
+                .into_iter()
+                .filter(|o| o.failure.is_some())
+                .map(|o| o.name)
+                .collect::<Vec<_>>()
+        };
+        std::fs::write(
+            tree.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(tree.join("etc/shadow"), "root:*:1::::::\napp:!:1::::::\n").unwrap();
+        std::fs::write(tree.join("boot/vmlinuz-6.1"), "k").unwrap();
+        std::fs::write(tree.join("boot/initrd.img-6.1"), "i").unwrap();
+        std::fs::write(
+            tree.join("var/lib/dpkg/status"),
+            "Package: a\nStatus: install ok installed\nVersion: 1\n\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("sbom.spdx.json"),
+            r#"{"packages":[{"SPDXID":"SPDXRef-Package-a","name":"a","versionInfo":"1"}]}"#,
+        )
+        .unwrap();
+        assert!(clean(&t).is_empty(), "{:?}", clean(&t));
+        std::fs::write(tree.join("etc/ssh/ssh_host_ed25519_key"), "x").unwrap();
+        std::fs::write(
+            tree.join("etc/machine-id"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        std::fs::write(tree.join("tmp/leftover"), "x").unwrap();
+        std::fs::write(tree.join("var/lib/apt/lists/x_Packages"), "x").unwrap();
+        std::fs::write(tree.join("usr/bin/tool"), "x").unwrap();
+        std::fs::set_permissions(
+            tree.join("usr/bin/tool"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        std::fs::write(tree.join("etc/shadow"), "root:$6$salt$hash:1::::::\n").unwrap();
+        std::fs::write(
+            tree.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nintruder:x:1001:1001::/home/i:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::remove_file(tree.join("boot/initrd.img-6.1")).unwrap();
+        std::fs::write(
+            tree.join("var/lib/dpkg/status"),
+            "Package: a\nStatus: install ok installed\nVersion: 2\n\n",
+        )
+        .unwrap();
+        let failed = clean(&t);
+        for name in [
+            "no SSH host keys",
+            "machine-id is uninitialised",
+            "/tmp and /var/tmp are empty",
+            "no apt lists or package caches",
+            "kernel and initrd present",
+            "user accounts on the allow-list, no passwords",
+            "no world-writable files under /usr",
+            "SBOM matches the installed packages",
+        ] {
+            assert!(
+                failed.iter().any(|f| f == name),
+                "`{name}` should fail: {failed:?}"
+            );
+        }
+    }
 
     #[test]
     fn console_parsing_reads_results_and_fatal_lines() {

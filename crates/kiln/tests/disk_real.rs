@@ -1,0 +1,523 @@
+//! Boot tier: disk images built from the real archive (through the host's apt
+//! sources) by the example cloud recipes in recipes/, tested by `kiln test`
+//! (static checks + QEMU/OVMF boot with a NoCloud seed), booted without Kiln,
+//! and broken in the ways the disk-image issue lists.
+//!
+//! Needs root, the network, QEMU and OVMF; KILN_SKIP_NETWORK_TESTS=1 skips.
+//! The QEMU boots run one at a time (two TCG guests on two cores would only
+//! slow each other down).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn cache() -> PathBuf {
+    let d = workspace().join("target/kiln-test-cache/kiln");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn skip() -> bool {
+    std::env::var_os("KILN_SKIP_NETWORK_TESTS").is_some()
+}
+
+fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(args)
+        .env("KILN_CACHE_DIR", cache())
+        .env("NO_COLOR", "1");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    )
+}
+
+/// A copy of recipes/ (classes included) in a fresh directory, so locks and
+/// outputs stay out of the repository.
+fn recipes() -> tempfile::TempDir {
+    let d = tempfile::tempdir_in(workspace().join("target")).unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(workspace().join("recipes/classes"))
+        .arg(d.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for f in std::fs::read_dir(workspace().join("recipes")).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&p, d.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    d
+}
+
+fn build(recipe: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "build",
+        recipe.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    kiln(&args, &[])
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("kiln test --json printed no JSON ({e}): {}", text(o)))
+}
+
+fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check `{name}` in {v}"))
+}
+
+/// Boots an image with plain QEMU + OVMF (no Kiln, no seed) and waits for
+/// the serial login prompt; returns seconds from power-on.
+fn boot_to_login(image: &Path, format: &str, work: &Path) -> Result<f64, String> {
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", work.join("vars.fd")).unwrap();
+    let ov = work.join("plain.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(image)
+        .arg(&ov)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let log = work.join("plain-console.log");
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            "1536",
+            "-smp",
+            "2",
+        ])
+        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
+        .arg("-drive")
+        .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,file={}",
+            work.join("vars.fd").display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=qcow2,if=virtio", ov.display()))
+        .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let result = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let t = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).to_string();
+        if t.contains(" login: ") {
+            break Ok(start.elapsed().as_secs_f64());
+        }
+        if t.contains("Kernel panic") && !t.contains("Oops: int3") {
+            break Err(format!(
+                "kernel panic:\n{}",
+                &t[t.len().saturating_sub(3000)..]
+            ));
+        }
+        if t.contains("Oops: int3") {
+            // The known QEMU 7.2 TCG fault (see docs/commands.md): try again.
+            let _ = child.kill();
+            let _ = child.wait();
+            return boot_to_login(image, format, work);
+        }
+        if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(900) {
+            break Err(format!(
+                "no login prompt:\n{}",
+                &t[t.len().saturating_sub(3000)..]
+            ));
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0x20;
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&b).unwrap();
+}
+
+/// Offset of `needle` in the byte range [from, from+len) of a file.
+fn find_in(path: &Path, from: u64, len: u64, needle: &[u8]) -> Option<u64> {
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(from)).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut pos = from;
+    let mut carry: Vec<u8> = Vec::new();
+    while pos < from + len {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        let mut hay = std::mem::take(&mut carry);
+        let base = pos - hay.len() as u64;
+        hay.extend_from_slice(&buf[..n]);
+        if let Some(i) = hay.windows(needle.len()).position(|w| w == needle) {
+            return Some(base + i as u64);
+        }
+        carry = hay[hay.len().saturating_sub(needle.len())..].to_vec();
+        pos += n as u64;
+    }
+    None
+}
+
+fn partitions(disk: &Path) -> serde_json::Value {
+    let o = Command::new("sfdisk")
+        .arg("--json")
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "sfdisk cannot read {}", disk.display());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["partitiontable"].clone()
+}
+
+#[test]
+fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
+    if skip() {
+        return;
+    }
+    let r = recipes();
+    let out = r.path().join("out");
+    let recipe = r.path().join("debian-cloud.toml");
+    let o = build(&recipe, &out, &["--check-reproducible"]);
+    assert!(o.status.success(), "build failed: {}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("two builds gave identical") && t.contains("disk.raw"),
+        "{t}"
+    );
+    // A GPT that sfdisk accepts, ESP first, root last with the growfs bit.
+    let pt = partitions(&out.join("disk.raw"));
+    let parts = pt["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{pt}");
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    assert!(
+        parts[1]["attrs"].as_str().unwrap_or("").contains("59"),
+        "{pt}"
+    );
+    let v = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(out.join("disk.raw"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // The provenance covers the disk images.
+    let o = kiln(&["verify", out.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = kiln(&["test", recipe.to_str().unwrap(), "-o"], &[]);
+    assert!(!o.status.success(), "an unknown flag must be refused");
+    // `kiln test RECIPE` finds the image through [output] — here -o was
+    // used, so test the output directory's image (tests from manifest.json).
+    let o = kiln(
+        &["test", out.join("disk.raw").to_str().unwrap(), "--json"],
+        &[],
+    );
+    let v = json_of(&o);
+    assert!(
+        o.status.success() && v["passed"] == true,
+        "kiln test failed: {}",
+        text(&o)
+    );
+    for name in [
+        "no SSH host keys",
+        "machine-id is uninitialised",
+        "SBOM matches the installed packages",
+        "boots to multi-user.target",
+        "no failed units",
+        "login prompt on the serial console",
+        "test: cloud-init finished",
+        "test: ssh server is running",
+        "test: root grown to fill the disk",
+    ] {
+        assert_eq!(check(&v, name)["result"], "pass", "{name}: {v}");
+    }
+    let junit = std::fs::read_to_string(out.join("disk.test.xml")).unwrap();
+    assert!(
+        junit.contains("failures=\"0\"") && junit.contains("test: ssh server is running"),
+        "{junit}"
+    );
+    let console = std::fs::read_to_string(out.join("disk.console.log")).unwrap();
+    assert!(
+        console.contains("KILN-T end"),
+        "console log lacks the runner's results"
+    );
+
+    // The qcow2 boots to a login prompt with nothing from Kiln: plain QEMU,
+    // OVMF, no seed.
+    let work = tempfile::tempdir_in(r.path()).unwrap();
+    let secs = boot_to_login(&out.join("disk.qcow2"), "qcow2", work.path())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("disk.qcow2: power-on to login prompt {secs:.1}s (TCG)");
+
+    // A boot that cannot finish in time fails with a report and the console tail.
+    let o = kiln(
+        &[
+            "test",
+            out.join("disk.raw").to_str().unwrap(),
+            "--skip-static",
+            "--timeout",
+            "15",
+        ],
+        &[],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "a 15 s boot test cannot pass: {t}");
+    assert!(t.contains("timed out after 15 s"), "{t}");
+    assert!(t.contains("last console lines"), "no console tail: {t}");
+    let junit = std::fs::read_to_string(out.join("disk.test.xml")).unwrap();
+    assert!(
+        junit.contains("<failure message=\"timed out after 15 s"),
+        "{junit}"
+    );
+
+    // Corrupted images: a damaged partition table, then a damaged root filesystem.
+    let bad = work.path().join("bad.raw");
+    std::fs::copy(out.join("disk.raw"), &bad).unwrap();
+    flip_byte(&bad, 512 + 40);
+    let o = kiln(&["test", bad.to_str().unwrap(), "--json"], &[]);
+    let v = json_of(&o);
+    assert!(!o.status.success());
+    let c = check(&v, "GPT partition table is intact");
+    assert_eq!(c["result"], "fail");
+    assert!(c["message"].as_str().unwrap().contains("corrupted"), "{c}");
+    std::fs::copy(out.join("disk.raw"), &bad).unwrap();
+    let root_off = parts[1]["start"].as_u64().unwrap() * 512;
+    for i in 0..64 {
+        flip_byte(&bad, root_off + 1024 + i); // the ext4 superblock
+    }
+    let o = kiln(
+        &["test", bad.to_str().unwrap(), "--skip-boot", "--json"],
+        &[],
+    );
+    let v = json_of(&o);
+    assert!(!o.status.success());
+    assert_eq!(
+        check(&v, "filesystems can be read")["result"],
+        "fail",
+        "{v}"
+    );
+}
+
+#[test]
+fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
+    if skip() {
+        return;
+    }
+    let r = recipes();
+    let out = r.path().join("out");
+    let recipe = r.path().join("debian-cloud-immutable.toml");
+    let o = build(&recipe, &out, &[]);
+    assert!(o.status.success(), "build failed: {}", text(&o));
+    let disk = out.join("disk.raw");
+    let pt = partitions(&disk);
+    let parts = pt["partitions"].as_array().unwrap();
+    let names: Vec<&str> = parts
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "esp",
+            "usr-13",
+            "usr-13-verity",
+            "_empty",
+            "_empty",
+            "root-x86-64"
+        ],
+        "{pt}"
+    );
+    // DPS: the /usr and verity partition UUIDs are the halves of the root hash
+    // that the UKI's command line carries.
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let hash = m["disk"]["amd64"]["usr"]["roothash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        parts[1]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .replace('-', ""),
+        hash[..32]
+    );
+    assert_eq!(
+        parts[2]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .replace('-', ""),
+        hash[32..]
+    );
+    assert!(m["disk"]["amd64"]["cmdline"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("usrhash={hash}")));
+
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = kiln(&["test", disk.to_str().unwrap(), "--json"], &[]);
+    let v = json_of(&o);
+    assert!(
+        o.status.success() && v["passed"] == true,
+        "kiln test failed: {}",
+        text(&o)
+    );
+    for name in [
+        "/usr matches its dm-verity root hash",
+        "test: /usr is read-only and verity-backed",
+        "test: /usr refuses writes",
+        "test: verity canary reads back",
+        "no failed units",
+    ] {
+        assert_eq!(check(&v, name)["result"], "pass", "{name}: {v}");
+    }
+
+    // Flip one byte of a file inside the /usr partition.
+    let usr = &parts[1];
+    let (start, size) = (
+        usr["start"].as_u64().unwrap() * 512,
+        usr["size"].as_u64().unwrap() * 512,
+    );
+    let bad = r.path().join("flipped.raw");
+    let st = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&disk)
+        .arg(&bad)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let at = find_in(&bad, start, size, b"kiln-verity-canary:")
+        .expect("canary not found in the /usr partition");
+    flip_byte(&bad, at + 3);
+    // Statically: the data no longer matches the root hash.
+    let o = kiln(
+        &["test", bad.to_str().unwrap(), "--skip-boot", "--json"],
+        &[],
+    );
+    let v = json_of(&o);
+    assert!(!o.status.success());
+    assert_eq!(
+        check(&v, "/usr matches its dm-verity root hash")["result"],
+        "fail",
+        "{v}"
+    );
+    // Booted: the kernel refuses the block, the read fails, the test fails.
+    let o = kiln(
+        &["test", bad.to_str().unwrap(), "--skip-static", "--json"],
+        &[],
+    );
+    let v = json_of(&o);
+    assert!(
+        !o.status.success(),
+        "a flipped /usr byte must fail the boot test: {}",
+        text(&o)
+    );
+    assert_eq!(
+        check(&v, "test: verity canary reads back")["result"],
+        "fail",
+        "{v}"
+    );
+    let console = std::fs::read_to_string(r.path().join("flipped.console.log")).unwrap();
+    assert!(
+        console.contains("device-mapper: verity") && console.contains("is corrupted"),
+        "the kernel did not report the corruption:\n{}",
+        &console[console.len().saturating_sub(4000)..]
+    );
+}
+
+#[test]
+fn disk_recipes_without_a_kernel_or_with_too_small_a_root_are_refused() {
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir_in(workspace().join("target")).unwrap();
+    let p = d.path().join("nokernel.toml");
+    std::fs::write(
+        &p,
+        "[image]\nname = \"nokernel\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n\
+         [packages]\npriority = \"required\"\n[output]\nformats = [\"disk\"]\n",
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let o = build(&p, &out, &[]);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("needs a kernel") && t.contains("linux-image-cloud-amd64"),
+        "{t}"
+    );
+    assert!(!out.join("disk.raw").exists(), "no disk may be left behind");
+
+    let r = recipes();
+    let small = r.path().join("small.toml");
+    std::fs::write(
+        &small,
+        "include = [\"debian-cloud.toml\"]\n[disk]\nroot-size = \"100M\"\n[output]\nformats = [\"disk\"]\n",
+    )
+    .unwrap();
+    let out = r.path().join("out-small");
+    let o = build(&small, &out, &[]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("needs") && t.contains("fixed size is 104857600"),
+        "{t}"
+    );
+    assert!(
+        t.contains("at least") && t.contains("MiB"),
+        "the hint must say how much is needed: {t}"
+    );
+    assert!(!out.join("disk.raw").exists());
+}

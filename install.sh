@@ -9,6 +9,10 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # gpgv checks Release signatures (as apt does); the keyring holds Debian's keys.
 $SUDO apt-get install -y -qq --no-install-recommends gpgv debian-archive-keyring ca-certificates gcc libc6-dev >/dev/null
+# Disk images (mkfs without mounting, dm-verity, qcow2) and `kiln test` / `kiln boot`
+# (QEMU with UEFI firmware, an SSH key for the test user).
+$SUDO apt-get install -y -qq --no-install-recommends dosfstools mtools e2fsprogs erofs-utils \
+  cryptsetup-bin qemu-utils qemu-system-x86 ovmf openssh-client >/dev/null
 if ! command -v cargo >/dev/null; then
   $SUDO apt-get install -y -qq --no-install-recommends cargo >/dev/null || true
 fi

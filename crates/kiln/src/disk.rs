@@ -206,23 +206,25 @@ fn factory_defaults(root: &Path) -> Result<()> {
     for top in ["etc", "var"] {
         let dest = factory.join(top);
         std::fs::create_dir_all(&dest)?;
-        let status = std::process::Command::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(root.join(top).join("."))
-            .arg(&dest)
-            .status()
-            .context("running cp")?;
-        if !status.success() {
-            anyhow::bail!("copying /{top} to /usr/share/factory/{top} failed");
-        }
         let mut names: Vec<String> = std::fs::read_dir(root.join(top))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().to_string())
             .collect();
         names.sort();
         for n in names {
-            if n.chars().any(char::is_whitespace) {
+            // /var/tmp is world-writable and made by systemd's own tmpfiles
+            // rules; nothing under /usr may be world-writable.
+            if n.chars().any(char::is_whitespace) || (top == "var" && n == "tmp") {
                 continue;
+            }
+            let status = std::process::Command::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(root.join(top).join(&n))
+                .arg(&dest)
+                .status()
+                .context("running cp")?;
+            if !status.success() {
+                anyhow::bail!("copying /{top}/{n} to /usr/share/factory/{top} failed");
             }
             rules.push_str(&format!("C /{top}/{n} - - - - -\n"));
         }

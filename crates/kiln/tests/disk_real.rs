@@ -521,3 +521,55 @@ fn disk_recipes_without_a_kernel_or_with_too_small_a_root_are_refused() {
     );
     assert!(!out.join("disk.raw").exists());
 }
+
+#[test]
+fn every_example_recipe_resolves() {
+    if skip() {
+        return;
+    }
+    let r = recipes();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(r.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8, "{names:?}");
+    for p in &names {
+        let o = kiln(&["lock", p.to_str().unwrap(), "--json"], &[]);
+        assert!(
+            o.status.success(),
+            "{} does not resolve: {}",
+            p.display(),
+            text(&o)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let pkgs = v["packages"].as_array().unwrap();
+        let name = p.file_stem().unwrap().to_str().unwrap();
+        let want: &[&str] = match name {
+            "debian-cloud-aws" => &["amazon-ec2-utils", "cloud-init"],
+            "debian-cloud-azure" => &["waagent", "azure-vm-utils"],
+            "debian-cloud-gce" => &["google-guest-agent"],
+            "debian-cloud-openstack" => &["qemu-guest-agent"],
+            "debian-cloud-immutable" => &["dracut", "systemd-cryptsetup"],
+            "debian-cloud" => &[
+                "linux-image-cloud-amd64",
+                "openssh-server",
+                "cloud-guest-utils",
+            ],
+            _ => &[],
+        };
+        for w in want {
+            assert!(pkgs.iter().any(|x| x["name"] == *w), "{name} lacks {w}");
+        }
+        if name == "debian-cloud-immutable" {
+            assert!(
+                !pkgs.iter().any(|x| x["name"] == "apt"),
+                "no package manager in the immutable image"
+            );
+        }
+        if name.starts_with("debian-cloud") {
+            assert!(!pkgs.iter().any(|x| x["name"] == "ifupdown"), "{name}");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+#!/bin/bash
+# Benchmark the generic cloud disk image (recipes/debian-cloud.toml), warm
+# caches, in one run:
+#   - kiln: root filesystem tarball alone vs the bootable disk (raw + qcow2):
+#     what the image step adds;
+#   - mmdebstrap making a tarball of the same package set (the peer has no
+#     disk output; its tarball is the comparable part);
+#   - power-on to login prompt under QEMU TCG (kiln test), and image sizes.
+#
+#   sudo bench/disk.sh [RUNS]          (default 3; medians)
+set -euo pipefail
+runs=${1:-3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
+kiln=$root/target/release/kiln
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export KILN_CACHE_DIR=${KILN_CACHE_DIR:-$root/target/bench-cache}
+mmcache=${MM_CACHE:-$root/target/bench-mmdebstrap-debs}
+mkdir -p "$mmcache"
+
+# Two recipes over the same classes: tarball only, and the disk.
+cp -r "$root/recipes/classes" "$work/"
+for kind in tar disk; do
+  formats='"tar"'; [ "$kind" = disk ] && formats='"disk", "qcow2"'
+  cat > "$work/$kind.toml" <<EOF
+include = ["classes/base.toml", "classes/cloud.toml", "classes/initramfs-tools.toml"]
+[image]
+name = "bench-cloud"
+[output]
+formats = [$formats]
+EOF
+done
+"$kiln" lock -q "$work/tar.toml"
+cp "$work/tar.lock" "$work/disk.lock"
+
+# mmdebstrap: the same package set (every package of the lock), as a tarball.
+pkgs=$(python3 - "$work/tar.lock" <<'PY'
+import sys, tomllib
+l = tomllib.load(open(sys.argv[1], 'rb'))
+print(",".join(sorted(p['name'] for p in l['package'])))
+PY
+)
+mm() {
+  /usr/bin/time -f "%e %M" -o "$work/t" mmdebstrap --quiet --variant=essential --include="$pkgs" \
+    --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
+    --setup-hook="sync-in $mmcache /var/cache/apt/archives/" \
+    --customize-hook="sync-out /var/cache/apt/archives $mmcache" \
+    trixie "$work/mm.tar"
+}
+kb() { /usr/bin/time -f "%e %M" -o "$work/t" "$kiln" build -q --locked "$work/$1.toml" --output "$work/out-$1"; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+measure() { "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }; cat "$work/t"; }
+
+echo "warming caches…"
+kb tar; kb disk; mm
+t=(); d=(); m=()
+for _ in $(seq "$runs"); do
+  read -r s _ < <(measure kb tar); t+=("$s")
+  read -r s _ < <(measure kb disk); d+=("$s")
+  read -r s _ < <(measure mm); m+=("$s")
+done
+mt=$(printf '%s\n' "${t[@]}" | median)
+md=$(printf '%s\n' "${d[@]}" | median)
+mm_=$(printf '%s\n' "${m[@]}" | median)
+npk=$(echo "$pkgs" | tr ',' '\n' | wc -l)
+echo
+echo "generic cloud image, $npk packages, warm caches, median of $runs (wall s):"
+printf '  kiln rootfs tarball      %6.2f\n' "$mt"
+printf '  kiln disk.raw + qcow2    %6.2f   (image step adds %.2f s, %.0f%%)\n' "$md" \
+  "$(echo "$md - $mt" | bc -l)" "$(echo "($md - $mt) * 100 / $mt" | bc -l)"
+printf '  mmdebstrap tarball       %6.2f   (kiln tarball / mmdebstrap = %.2f)\n' "$mm_" "$(echo "$mt / $mm_" | bc -l)"
+
+raw=$work/out-disk/disk.raw
+echo
+echo "sizes:"
+printf '  disk.raw    %5d MiB apparent, %5d MiB allocated\n' $(( $(stat -c %s "$raw") >> 20 )) $(( $(du -k "$raw" | cut -f1) >> 10 ))
+printf '  disk.qcow2  %5d MiB\n' $(( $(stat -c %s "$work/out-disk/disk.qcow2") >> 20 ))
+printf '  zstd -3     %5d MiB (raw, for comparison)\n' $(( $(zstd -q -3 -T0 -c "$raw" | wc -c) >> 20 ))
+printf '  mmdebstrap tarball %5d MiB, kiln tarball %5d MiB\n' $(( $(stat -c %s "$work/mm.tar") >> 20 )) $(( $(stat -c %s "$work/out-tar/rootfs.tar") >> 20 ))
+
+echo
+echo "boot under QEMU TCG (kiln test, $runs boots):"
+for _ in $(seq "$runs"); do
+  "$kiln" test "$raw" --skip-static 2>&1 | grep -E 'Timing|FAIL' || true
+done

@@ -1127,6 +1127,9 @@ pub fn cmd_test(ui: &Ui, args: &TestArgs) -> Result<()> {
         } else if !has_cloud_init {
             outcomes.push(Outcome::fail("boot", "boots to multi-user.target", "the image has no cloud-init, so the boot test cannot run commands in it (add cloud-init, or use kiln test --skip-boot)".into()));
         } else {
+            if t.tests.is_empty() {
+                ui.warn("no [[test]] commands (none in the recipe, or no manifest.json beside the image): only the boot itself is checked");
+            }
             let pubkey = ssh_key(work.path())?;
             let seed = make_seed(work.path(), &t.tests, &pubkey, true)?;
             let mut tries = 0;

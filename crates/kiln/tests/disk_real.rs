@@ -430,7 +430,11 @@ fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
         usr["start"].as_u64().unwrap() * 512,
         usr["size"].as_u64().unwrap() * 512,
     );
-    let bad = r.path().join("flipped.raw");
+    // A copy beside the build's manifest.json, which carries the [[test]]s.
+    let flipped = r.path().join("flipped");
+    std::fs::create_dir(&flipped).unwrap();
+    std::fs::copy(out.join("manifest.json"), flipped.join("manifest.json")).unwrap();
+    let bad = flipped.join("disk.raw");
     let st = Command::new("cp")
         .args(["--sparse=always"])
         .arg(&disk)
@@ -469,7 +473,7 @@ fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
         "fail",
         "{v}"
     );
-    let console = std::fs::read_to_string(r.path().join("flipped.console.log")).unwrap();
+    let console = std::fs::read_to_string(flipped.join("disk.console.log")).unwrap();
     assert!(
         console.contains("device-mapper: verity") && console.contains("is corrupted"),
         "the kernel did not report the corruption:\n{}",

@@ -1,13 +1,14 @@
 #!/bin/bash
 # Benchmark the generic cloud disk image (recipes/debian-cloud.toml), warm
 # caches, in one run:
-#   - kiln: root filesystem tarball alone vs the bootable disk (raw + qcow2):
-#     what the image step adds;
+#   - kiln: root filesystem tarball alone vs the bootable disk.raw vs disk.raw
+#     + disk.qcow2: what the image step adds (qcow2 = qemu-img's zlib
+#     compression, single-threaded);
 #   - mmdebstrap making a tarball of the same package set (the peer has no
 #     disk output; its tarball is the comparable part);
 #   - power-on to login prompt under QEMU TCG (kiln test), and image sizes.
 #
-#   sudo bench/disk.sh [RUNS]          (default 3; medians)
+#   sudo bench/disk.sh [RUNS]          (default 3; medians; SKIP_MM=1 skips mmdebstrap)
 set -euo pipefail
 runs=${1:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,8 +22,8 @@ mkdir -p "$mmcache"
 
 # Two recipes over the same classes: tarball only, and the disk.
 cp -r "$root/recipes/classes" "$work/"
-for kind in tar disk; do
-  formats='"tar"'; [ "$kind" = disk ] && formats='"disk", "qcow2"'
+for kind in tar raw disk; do
+  case $kind in tar) formats='"tar"' ;; raw) formats='"disk"' ;; disk) formats='"disk", "qcow2"' ;; esac
   cat > "$work/$kind.toml" <<EOF
 include = ["classes/base.toml", "classes/cloud.toml", "classes/initramfs-tools.toml"]
 [image]
@@ -32,7 +33,7 @@ formats = [$formats]
 EOF
 done
 "$kiln" lock -q "$work/tar.toml"
-cp "$work/tar.lock" "$work/disk.lock"
+cp "$work/tar.lock" "$work/disk.lock"; cp "$work/tar.lock" "$work/raw.lock"
 
 # mmdebstrap: the same package set (every package of the lock), as a tarball.
 pkgs=$(python3 - "$work/tar.lock" <<'PY'
@@ -53,23 +54,29 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 measure() { "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }; cat "$work/t"; }
 
 echo "warming caches…"
-kb tar; kb disk; mm
-t=(); d=(); m=()
+kb tar; kb raw; kb disk; [ -n "${SKIP_MM:-}" ] || mm
+t=(); r=(); d=(); m=(0)
 for _ in $(seq "$runs"); do
   read -r s _ < <(measure kb tar); t+=("$s")
+  read -r s _ < <(measure kb raw); r+=("$s")
   read -r s _ < <(measure kb disk); d+=("$s")
-  read -r s _ < <(measure mm); m+=("$s")
+  [ -n "${SKIP_MM:-}" ] || { read -r s _ < <(measure mm); m+=("$s"); }
 done
+[ "${#m[@]}" -gt 1 ] && m=("${m[@]:1}")
 mt=$(printf '%s\n' "${t[@]}" | median)
+mr=$(printf '%s\n' "${r[@]}" | median)
 md=$(printf '%s\n' "${d[@]}" | median)
 mm_=$(printf '%s\n' "${m[@]}" | median)
 npk=$(echo "$pkgs" | tr ',' '\n' | wc -l)
 echo
 echo "generic cloud image, $npk packages, warm caches, median of $runs (wall s):"
 printf '  kiln rootfs tarball      %6.2f\n' "$mt"
-printf '  kiln disk.raw + qcow2    %6.2f   (image step adds %.2f s, %.0f%%)\n' "$md" \
+printf '  kiln disk.raw            %6.2f   (image step adds %.2f s, %.0f%%)\n' "$mr" \
+  "$(echo "$mr - $mt" | bc -l)" "$(echo "($mr - $mt) * 100 / $mt" | bc -l)"
+printf '  kiln disk.raw + qcow2    %6.2f   (image step + qcow2 add %.2f s, %.0f%%)\n' "$md" \
   "$(echo "$md - $mt" | bc -l)" "$(echo "($md - $mt) * 100 / $mt" | bc -l)"
-printf '  mmdebstrap tarball       %6.2f   (kiln tarball / mmdebstrap = %.2f)\n' "$mm_" "$(echo "$mt / $mm_" | bc -l)"
+[ -n "${SKIP_MM:-}" ] || printf '  mmdebstrap tarball       %6.2f   (kiln tarball / mmdebstrap = %.2f, kiln disk.raw / mmdebstrap tarball = %.2f)\n' \
+  "$mm_" "$(echo "$mt / $mm_" | bc -l)" "$(echo "$mr / $mm_" | bc -l)"
 
 raw=$work/out-disk/disk.raw
 echo
@@ -77,7 +84,8 @@ echo "sizes:"
 printf '  disk.raw    %5d MiB apparent, %5d MiB allocated\n' $(( $(stat -c %s "$raw") >> 20 )) $(( $(du -k "$raw" | cut -f1) >> 10 ))
 printf '  disk.qcow2  %5d MiB\n' $(( $(stat -c %s "$work/out-disk/disk.qcow2") >> 20 ))
 printf '  zstd -3     %5d MiB (raw, for comparison)\n' $(( $(zstd -q -3 -T0 -c "$raw" | wc -c) >> 20 ))
-printf '  mmdebstrap tarball %5d MiB, kiln tarball %5d MiB\n' $(( $(stat -c %s "$work/mm.tar") >> 20 )) $(( $(stat -c %s "$work/out-tar/rootfs.tar") >> 20 ))
+[ -n "${SKIP_MM:-}" ] || printf '  mmdebstrap tarball %5d MiB, ' $(( $(stat -c %s "$work/mm.tar") >> 20 ))
+printf '  kiln tarball %5d MiB\n' $(( $(stat -c %s "$work/out-tar/rootfs.tar") >> 20 ))
 
 echo
 echo "boot under QEMU TCG (kiln test, $runs boots):"

@@ -169,6 +169,75 @@ fn boot_to_login(image: &Path, format: &str, work: &Path) -> Result<f64, String>
     result
 }
 
+/// Runs `kiln boot` with piped stdio, waits for the kernel to print on the
+/// serial console, then quits with Ctrl-a x.
+fn boot_interactively(image: &Path, work: &Path) {
+    let home = work.join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(
+        home.join(".ssh/id_ed25519.pub"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEm9bmr1Yo9R8Qw3m2e9LwVxw6Ok0Jd8q3R2x7Z2k0aa t\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["boot", image.to_str().unwrap(), "--ssh-port", "22022"])
+        .env("HOME", &home)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < Duration::from_secs(300) {
+        if let Ok(b) = rx.recv_timeout(Duration::from_secs(1)) {
+            seen.extend(b);
+        }
+        if String::from_utf8_lossy(&seen).contains("Linux version") {
+            break;
+        }
+    }
+    let console = String::from_utf8_lossy(&seen).to_string();
+    child.stdin.as_mut().unwrap().write_all(b"\x01x").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        console.contains("Linux version"),
+        "no kernel output on kiln boot's console: {err}\n{}",
+        &console[console.len().saturating_sub(2000)..]
+    );
+    assert!(status.is_some(), "Ctrl-a x did not stop kiln boot");
+    assert!(err.contains("ssh -p 22022 kiln@127.0.0.1"), "{err}");
+    assert!(err.contains("changes are discarded"), "{err}");
+}
+
 fn flip_byte(path: &Path, at: u64) {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -298,6 +367,9 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     let secs = boot_to_login(&out.join("disk.qcow2"), "qcow2", work.path())
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("disk.qcow2: power-on to login prompt {secs:.1}s (TCG)");
+
+    // `kiln boot`: the serial console on stdio; Ctrl-a x quits QEMU.
+    boot_interactively(&out.join("disk.raw"), work.path());
 
     // A boot that cannot finish in time fails with a report and the console tail.
     let o = kiln(

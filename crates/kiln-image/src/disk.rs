@@ -22,8 +22,14 @@ pub enum DiskError {
         status: String,
         output: String,
     },
-    #[error("{what} needs {need} but the fixed size is {have}")]
-    TooSmall { what: String, need: u64, have: u64 },
+    #[error("{what} needs {} MiB but {setting} is {} MiB", need.div_ceil(1 << 20), have >> 20)]
+    TooSmall {
+        what: String,
+        /// The recipe setting to raise, e.g. `[disk] root-size`.
+        setting: String,
+        need: u64,
+        have: u64,
+    },
     #[error("{0}")]
     Other(String),
     #[error("{0}")]
@@ -36,9 +42,14 @@ impl DiskError {
             DiskError::MissingTool { package, .. } => {
                 Some(format!("install it with: apt-get install {package}"))
             }
-            DiskError::TooSmall { need, .. } => Some(format!(
-                "raise the size to at least {} MiB (or \"auto\")",
-                need.div_ceil(1 << 20)
+            DiskError::TooSmall { need, setting, .. } => Some(format!(
+                "raise {setting} to at least {} MiB{}",
+                need.div_ceil(1 << 20),
+                if setting.contains("root-size") {
+                    " (or \"auto\")"
+                } else {
+                    ""
+                }
             )),
             _ => None,
         }
@@ -138,6 +149,19 @@ pub fn tree_size(dir: &Path) -> std::io::Result<u64> {
     Ok(acc)
 }
 
+/// Number of entries (files, directories, links, …) in a tree.
+pub fn count_entries(dir: &Path) -> std::io::Result<u64> {
+    let mut n = 1;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        n += 1;
+        if e.file_type()?.is_dir() {
+            n += count_entries(&e.path())? - 1;
+        }
+    }
+    Ok(n)
+}
+
 /// How to run mke2fs: the host's when it is new enough to be reproducible
 /// (e2fsprogs ≥ 1.47.1 clamps every inode and superblock time to
 /// `SOURCE_DATE_EPOCH`), else one from the image itself, run through the
@@ -180,7 +204,7 @@ impl Mke2fs {
                 if version_at_least(&v, &[1, 47, 1]) {
                     return Ok(Mke2fs {
                         argv0,
-                        config: None,
+                        config: Some(config.to_path_buf()).filter(|c| c.is_file()),
                         version: v,
                         reproducible: true,
                     });
@@ -219,7 +243,7 @@ impl Mke2fs {
         let version = mke2fs_version(&argv0).unwrap_or_else(|| "unknown".into());
         Ok(Mke2fs {
             argv0,
-            config: None,
+            config: Some(config.to_path_buf()).filter(|c| c.is_file()),
             version,
             reproducible: false,
         })
@@ -248,9 +272,15 @@ pub fn make_ext4(
     if let Some(conf) = &mke2fs.config {
         c.env("MKE2FS_CONFIG", conf);
     }
+    // Inodes for every entry plus room to grow (the default bytes-per-inode
+    // ratio runs out on trees of many small files).
+    // Never fewer than mke2fs's default ratio (16 KiB per inode), which a grown
+    // root keeps per block group.
+    let inodes = (count_entries(src)? * 5 / 4 + 1024).max(size / 16384);
     c.args([
-        "-q", "-F", "-t", "ext4", "-b", "4096", "-L", label, "-U", uuid, "-E",
+        "-q", "-F", "-t", "ext4", "-b", "4096", "-L", label, "-U", uuid,
     ])
+    .args(["-N", &inodes.to_string(), "-E"])
     .arg(format!("hash_seed={hash_seed},root_owner=0:0"))
     .arg("-d")
     .arg(src)
@@ -258,13 +288,18 @@ pub fn make_ext4(
     .arg(format!("{}k", size / 1024));
     run(&mut c).map_err(|e| match e {
         DiskError::Tool { output, .. }
-            if output.contains("Could not allocate block") || output.contains("No space left") =>
+            if output.contains("Could not allocate") || output.contains("No space left") =>
         {
             DiskError::Other(format!(
-                "the root filesystem content does not fit in {} MiB",
+                "the {label} filesystem content does not fit in {} MiB",
                 size >> 20
             ))
         }
+        DiskError::Tool { status, output, .. } => DiskError::Tool {
+            tool: format!("mke2fs {}", mke2fs.version),
+            status,
+            output,
+        },
         e => e,
     })?;
     Ok(())

@@ -322,8 +322,20 @@ pub fn read_table(disk: &Path) -> Result<(String, Vec<Entry>), GptError> {
     if n > 1024 || !(128..=1024).contains(&esize) {
         return Err(bad(format!("GPT entry array {n}×{esize} is invalid")));
     }
+    let entries_at = entries_lba
+        .checked_mul(SECTOR)
+        .filter(|at| {
+            at.checked_add((n * esize) as u64)
+                .is_some_and(|end| end <= len)
+        })
+        .ok_or_else(|| {
+            bad(
+                "the GPT entry array lies beyond the end of the disk image (truncated image?)"
+                    .into(),
+            )
+        })?;
     let mut entries = vec![0u8; n * esize];
-    f.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+    f.seek(SeekFrom::Start(entries_at))?;
     f.read_exact(&mut entries)?;
     if crc32fast::hash(&entries) != ecrc {
         return Err(bad(
@@ -348,7 +360,11 @@ pub fn read_table(disk: &Path) -> Result<(String, Vec<Entry>), GptError> {
             last_lba: u64::from_le_bytes(e[40..48].try_into().unwrap()),
             attributes: u64::from_le_bytes(e[48..56].try_into().unwrap()),
         };
-        if entry.last_lba < entry.first_lba || (entry.last_lba + 1) * SECTOR > len {
+        let end = entry
+            .last_lba
+            .checked_add(1)
+            .and_then(|l| l.checked_mul(SECTOR));
+        if entry.last_lba < entry.first_lba || end.is_none_or(|e| e > len) {
             return Err(bad(format!(
                 "partition {} ends beyond the end of the disk image (truncated image?)",
                 entry.label

@@ -1176,7 +1176,7 @@ fn finish_disk(d: &DiskAt) -> Result<Disk, RecipeError> {
         None => 128 << 20,
         Some(a) => {
             let n = size_of(a, "[disk] esp-size")?;
-            if n < 33 << 20 {
+            if n < 64 << 20 {
                 return Err(a.err(
                     format!("esp-size `{}` is too small for FAT32", a.value),
                     Some("use at least \"64M\"; the default is \"128M\"".into()),

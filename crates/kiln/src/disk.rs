@@ -390,10 +390,11 @@ pub fn build(
                 human_size(uki_len),
                 human_size(sd_len)
             ),
+            setting: "[disk] esp-size".into(),
             need: uki_len + sd_len + 4 * MIB,
             have: d.esp_size,
-        })
-        .context("[disk] esp-size is too small");
+        }
+        .into());
     }
     let loader_conf = job.work.join("loader.conf");
     std::fs::write(&loader_conf, "timeout 0\neditor no\n")?;
@@ -430,9 +431,11 @@ pub fn build(
     // The root partition: the tree without /usr in the immutable layout.
     if immutable {
         std::fs::rename(root.join("usr"), &usr_tree)?;
-        std::fs::create_dir(root.join("usr"))?;
     }
     let root_result = (|| -> Result<(PathBuf, u64)> {
+        if immutable {
+            std::fs::create_dir(root.join("usr"))?;
+        }
         let data = disk::tree_size(root)?;
         let root_img = job.work.join("root.img");
         if d.filesystem == "erofs" {
@@ -442,6 +445,7 @@ pub fn build(
                 if len > fixed {
                     return Err(DiskError::TooSmall {
                         what: "the root filesystem content".into(),
+                        setting: "[disk] root-size".into(),
                         need: len,
                         have: fixed,
                     }
@@ -459,6 +463,7 @@ pub fn build(
                         human_size(data),
                         job.recipe.image.name
                     ),
+                    setting: "[disk] root-size".into(),
                     need,
                     have: fixed,
                 }
@@ -501,6 +506,11 @@ pub fn build(
             DiskError::Other(m) if m.contains("does not fit") => {
                 anyhow::Error::from(DiskError::TooSmall {
                     what: "the root filesystem content".into(),
+                    setting: if d.root_size.is_some() {
+                        "[disk] root-size".into()
+                    } else {
+                        "the computed root size ([disk] headroom)".into()
+                    },
                     need: need + need / 4,
                     have: size,
                 })
@@ -511,7 +521,13 @@ pub fn build(
     })();
     if immutable {
         let _ = std::fs::remove_dir(root.join("usr"));
-        std::fs::rename(&usr_tree, root.join("usr"))?;
+        if let Err(e) = std::fs::rename(&usr_tree, root.join("usr")) {
+            // The root's error first; a failed restore only adds to it.
+            return Err(match root_result {
+                Err(r) => r.context(format!("(moving /usr back into the root also failed: {e})")),
+                Ok(_) => anyhow::Error::from(e).context("moving /usr back into the root"),
+            });
+        }
     }
     let (root_img, root_size) = root_result?;
 

@@ -588,11 +588,11 @@ fn disk_recipes_without_a_kernel_or_with_too_small_a_root_are_refused() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(
-        t.contains("needs") && t.contains("fixed size is 104857600"),
+        t.contains("needs") && t.contains("[disk] root-size is 100 MiB"),
         "{t}"
     );
     assert!(
-        t.contains("at least") && t.contains("MiB"),
+        t.contains("raise [disk] root-size to at least"),
         "the hint must say how much is needed: {t}"
     );
     assert!(!out.join("disk.raw").exists());

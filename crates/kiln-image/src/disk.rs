@@ -198,18 +198,11 @@ impl Mke2fs {
     /// image's /usr tree, wherever it is now; `config` its mke2fs.conf).
     pub fn find(usr: &Path, config: &Path, multiarch: &str) -> Result<Mke2fs, DiskError> {
         let host = find_tool("mke2fs");
+        // Candidates in order of preference: the host's, then the image's
+        // own through the image's dynamic loader.
+        let mut candidates: Vec<Vec<OsString>> = Vec::new();
         if let Ok(h) = &host {
-            let argv0 = vec![h.clone().into_os_string()];
-            if let Some(v) = mke2fs_version(&argv0) {
-                if version_at_least(&v, &[1, 47, 1]) {
-                    return Ok(Mke2fs {
-                        argv0,
-                        config: Some(config.to_path_buf()).filter(|c| c.is_file()),
-                        version: v,
-                        reproducible: true,
-                    });
-                }
-            }
+            candidates.push(vec![h.clone().into_os_string()]);
         }
         let lib = usr.join("lib").join(multiarch);
         let loader = std::fs::read_dir(&lib).ok().and_then(|rd| {
@@ -221,29 +214,32 @@ impl Mke2fs {
         });
         let own = usr.join("sbin/mke2fs");
         if let (Some(loader), true) = (loader, own.is_file()) {
-            let argv0 = vec![
+            candidates.push(vec![
                 loader.into_os_string(),
                 "--library-path".into(),
                 lib.into_os_string(),
                 own.into_os_string(),
-            ];
+            ]);
+        }
+        let config = Some(config.to_path_buf()).filter(|c| c.is_file());
+        for argv0 in candidates {
             if let Some(v) = mke2fs_version(&argv0) {
                 if version_at_least(&v, &[1, 47, 1]) {
                     return Ok(Mke2fs {
                         argv0,
-                        config: Some(config.to_path_buf()).filter(|c| c.is_file()),
+                        config,
                         version: v,
                         reproducible: true,
                     });
                 }
             }
         }
-        let h = host?;
-        let argv0 = vec![h.into_os_string()];
+        // None is new enough: the host's, with a warning from the caller.
+        let argv0 = vec![host?.into_os_string()];
         let version = mke2fs_version(&argv0).unwrap_or_else(|| "unknown".into());
         Ok(Mke2fs {
             argv0,
-            config: Some(config.to_path_buf()).filter(|c| c.is_file()),
+            config,
             version,
             reproducible: false,
         })

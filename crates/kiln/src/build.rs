@@ -674,7 +674,7 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
     let (artifacts, licences, disk_facts) =
         produce(ui, &recipe, &lock, &per_arch, epoch, &out_dir)?;
 
-    let manifest = json!({
+    let mut manifest = json!({
         "image": recipe.image.name,
         "version": recipe.image.version,
         "suite": recipe.image.suite,
@@ -694,7 +694,7 @@ pub fn cmd_build(ui: &Ui, recipe_path: &Path, args: &BuildArgs) -> Result<()> {
         })).collect::<Vec<_>>(),
         "generator": format!("kiln {}", env!("CARGO_PKG_VERSION")),
     });
-    let mut manifest = manifest;
+
     if disk_facts.as_object().is_some_and(|m| !m.is_empty()) {
         manifest["disk"] = disk_facts;
         manifest["tests"] = serde_json::to_value(&recipe.tests)?;

@@ -719,14 +719,19 @@ fn virtual_size(image: &Path) -> Result<u64> {
         .context("qemu-img info gave no virtual-size")
 }
 
-fn qemu_command(
-    m: &Machine,
-    work: &Path,
-    disk_path: &Path,
-    seed: Option<&Path>,
+/// What a QEMU guest is made of.
+struct Guest<'a> {
+    disk: &'a Path,
+    /// `raw` or `qcow2`.
+    format: &'a str,
+    seed: Option<&'a Path>,
     memory: u32,
     cpus: u32,
-) -> Result<Command> {
+    /// User-mode network options after `model=…` (e.g. port forwards).
+    net_extra: String,
+}
+
+fn qemu_command(m: &Machine, work: &Path, g: &Guest) -> Result<Command> {
     let vars = work.join("OVMF_VARS.fd");
     std::fs::copy(&m.vars, &vars)?;
     let mut c = Command::new(&m.qemu);
@@ -740,9 +745,9 @@ fn qemu_command(
         "-cpu",
         "max",
         "-m",
-        &memory.to_string(),
+        &g.memory.to_string(),
         "-smp",
-        &cpus.to_string(),
+        &g.cpus.to_string(),
     ])
     .arg("-drive")
     .arg(format!(
@@ -753,11 +758,13 @@ fn qemu_command(
     .arg(format!("if=pflash,format=raw,file={}", vars.display()))
     .arg("-drive")
     .arg(format!(
-        "file={},format=qcow2,if=virtio",
-        disk_path.display()
+        "file={},format={},if=virtio",
+        g.disk.display(),
+        g.format
     ))
-    .args(["-nic", "user,model=virtio-net-pci"]);
-    if let Some(s) = seed {
+    .arg("-nic")
+    .arg(format!("user,model=virtio-net-pci{}", g.net_extra));
+    if let Some(s) = g.seed {
         c.arg("-drive").arg(format!(
             "file={},format=raw,if=virtio,readonly=on",
             s.display()
@@ -872,7 +879,18 @@ fn boot_once(
     ntests: usize,
 ) -> Result<BootResult> {
     let ov = overlay(work, image, virtual_size(image)?)?;
-    let mut c = qemu_command(m, work, &ov, Some(seed), args.memory, args.cpus)?;
+    let mut c = qemu_command(
+        m,
+        work,
+        &Guest {
+            disk: &ov,
+            format: "qcow2",
+            seed: Some(seed),
+            memory: args.memory,
+            cpus: args.cpus,
+            net_extra: String::new(),
+        },
+    )?;
     let _ = std::fs::remove_file(log);
     c.args(["-display", "none", "-no-reboot", "-monitor", "none"])
         .arg("-serial")
@@ -1276,7 +1294,7 @@ pub struct BootArgs {
 /// `kiln boot`: the image in QEMU with the serial console on this terminal.
 pub fn cmd_boot(ui: &Ui, args: &BootArgs) -> Result<()> {
     let image = if args.image.is_dir() {
-        args.image.join("disk.raw")
+        find_image(&args.image)
     } else {
         args.image.clone()
     };
@@ -1307,44 +1325,25 @@ pub fn cmd_boot(ui: &Ui, args: &BootArgs) -> Result<()> {
         Some(k) => Some(make_seed(work.path(), &[], k, false)?),
         None => None,
     };
+    // --persist boots the image itself (in its own format), else the overlay.
+    let format = if args.persist {
+        image_format(&image)
+    } else {
+        "qcow2"
+    };
     let mut c = qemu_command(
         &m,
         work.path(),
-        &disk_path,
-        seed.as_deref(),
-        args.memory,
-        args.cpus,
+        &Guest {
+            disk: &disk_path,
+            format,
+            seed: seed.as_deref(),
+            memory: args.memory,
+            cpus: args.cpus,
+            net_extra: format!(",hostfwd=tcp:127.0.0.1:{}-:22", args.ssh_port),
+        },
     )?;
-    if args.persist {
-        // The image itself is the disk: raw format.
-        let a: Vec<std::ffi::OsString> = c.get_args().map(|a| a.to_os_string()).collect();
-        let mut c2 = Command::new(c.get_program());
-        for x in a {
-            let s = x.to_string_lossy().replace(
-                &format!("file={},format=qcow2", image.display()),
-                &format!("file={},format={}", image.display(), image_format(&image)),
-            );
-            c2.arg(s);
-        }
-        c = c2;
-    }
     c.args(["-nographic", "-serial", "mon:stdio"]);
-    let fwd = format!(
-        "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{}-:22",
-        args.ssh_port
-    );
-    let a: Vec<String> = c
-        .get_args()
-        .map(|a| a.to_string_lossy().to_string())
-        .collect();
-    let mut c2 = Command::new(c.get_program());
-    for x in a {
-        c2.arg(if x == "user,model=virtio-net-pci" {
-            fwd.clone()
-        } else {
-            x
-        });
-    }
     ui.status(
         "Booting",
         &format!(
@@ -1362,7 +1361,7 @@ pub fn cmd_boot(ui: &Ui, args: &BootArgs) -> Result<()> {
             }
         ),
     );
-    let status = c2
+    let status = c
         .status()
         .with_context(|| format!("running {}", m.qemu.display()))?;
     if !status.success() {

@@ -1,20 +1,34 @@
 #!/bin/bash
-# Sets Kiln up on a Debian machine: the apt packages it uses at run time and
-# the `kiln` binary (built from this checkout into /usr/local/bin).
+# Sets Kiln up on a Debian machine (bookworm or newer), as root or as a user
+# with sudo: the apt packages Kiln uses at run time, then the `kiln` binary,
+# built from this checkout and installed as /usr/local/bin/kiln.
+#
+#   ./install.sh              packages + binary
+#   ./install.sh --deps-only  packages only
 set -euo pipefail
 cd "$(dirname "$0")"
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+. scripts/apt-lib.sh
+
+deps_only=0
+case "${1:-}" in
+  "") ;;
+  --deps-only) deps_only=1 ;;
+  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "error: unknown option '$1'" >&2; echo >&2; echo "hint: ./install.sh [--deps-only]" >&2; exit 64 ;;
+esac
+
+apt_update
 # gpgv checks Release signatures (as apt does); the keyring holds Debian's keys.
-$SUDO apt-get install -y -qq --no-install-recommends gpgv debian-archive-keyring ca-certificates gcc libc6-dev >/dev/null
+apt_install gpgv debian-archive-keyring ca-certificates gcc libc6-dev
 # Disk images (mkfs without mounting, dm-verity, qcow2) and `kiln test` / `kiln boot`
-# (QEMU with UEFI firmware, an SSH key for the test user).
-$SUDO apt-get install -y -qq --no-install-recommends dosfstools mtools e2fsprogs erofs-utils \
-  cryptsetup-bin qemu-utils qemu-system-x86 ovmf openssh-client >/dev/null
+# (UEFI firmware, an SSH key for the test user).
+apt_install dosfstools mtools e2fsprogs erofs-utils cryptsetup-bin qemu-utils ovmf openssh-client
+# QEMU must match the qemu-utils already there (some machines ship it from backports).
+apt_install_beside qemu-system-x86
+[ "$deps_only" = 1 ] && exit 0
+
 if ! command -v cargo >/dev/null; then
-  $SUDO apt-get install -y -qq --no-install-recommends cargo >/dev/null || true
+  apt_install cargo || true
 fi
 need=1.85
 have=$(cargo --version 2>/dev/null | awk '{print $2}' || true)
@@ -24,5 +38,7 @@ if [ -z "$have" ] || [ "$(printf '%s\n' "$need" "$have" | sort -V | head -1)" !=
   echo "hint: install a current toolchain with rustup, or use Debian trixie's cargo" >&2
   exit 1
 fi
-cargo install --quiet --locked --path crates/kiln --root /usr/local ${CARGO_INSTALL_ARGS:-}
-echo "installed: $(command -v kiln) ($(kiln --version))"
+# Built as the calling user (whose toolchain it is); only the copy needs root.
+cargo build --quiet --locked --release -p kiln ${CARGO_BUILD_ARGS:-}
+$SUDO install -m 0755 target/release/kiln /usr/local/bin/kiln
+echo "installed: /usr/local/bin/kiln ($(/usr/local/bin/kiln --version))"

@@ -5,6 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::extract::{member_components, resolve_in_root};
+use kiln_model::Cancel;
+
 use crate::sandbox::{run_in_root, script_env};
 use crate::RootfsError;
 
@@ -68,9 +70,16 @@ fn place(root: &Path, path: &str) -> Result<PathBuf, RootfsError> {
     Ok(parent.join(&comps[comps.len() - 1]))
 }
 
-fn run(root: &Path, argv: &[&str], epoch: i64, log: &Path, what: &str) -> Result<(), RootfsError> {
+fn run(
+    root: &Path,
+    argv: &[&str],
+    epoch: i64,
+    log: &Path,
+    cancel: &Cancel,
+    what: &str,
+) -> Result<(), RootfsError> {
     let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-    let status = run_in_root(root, argv, &script_env(epoch), log)?;
+    let status = run_in_root(root, argv, &script_env(epoch), log, cancel)?;
     if status.success() {
         return Ok(());
     }
@@ -113,7 +122,13 @@ fn copy_tree(src: &Path, root: &Path, rel: &Path) -> Result<(), RootfsError> {
 }
 
 /// Applies `c` to the installed root.
-pub fn apply(root: &Path, c: &Customization, epoch: i64, log: &Path) -> Result<(), RootfsError> {
+pub fn apply(
+    root: &Path,
+    c: &Customization,
+    epoch: i64,
+    log: &Path,
+    cancel: &Cancel,
+) -> Result<(), RootfsError> {
     for o in &c.overlays {
         copy_tree(o, root, Path::new(""))?;
     }
@@ -144,6 +159,7 @@ pub fn apply(root: &Path, c: &Customization, epoch: i64, log: &Path) -> Result<(
             &argv,
             epoch,
             log,
+            cancel,
             &format!("creating group {}", g.name),
         )?;
     }
@@ -172,6 +188,7 @@ pub fn apply(root: &Path, c: &Customization, epoch: i64, log: &Path) -> Result<(
             &argv,
             epoch,
             log,
+            cancel,
             &format!("creating user {}", u.name),
         )?;
     }
@@ -227,7 +244,7 @@ pub fn apply(root: &Path, c: &Customization, epoch: i64, log: &Path) -> Result<(
             }
             std::fs::write(&gen, new.join("\n") + "\n")
                 .map_err(|e| RootfsError::io("etc/locale.gen", e))?;
-            run(root, &["locale-gen"], epoch, log, "locale-gen")?;
+            run(root, &["locale-gen"], epoch, log, cancel, "locale-gen")?;
         }
         std::fs::create_dir_all(root.join("etc/default"))
             .map_err(|e| RootfsError::io("etc/default", e))?;
@@ -245,6 +262,7 @@ pub fn apply(root: &Path, c: &Customization, epoch: i64, log: &Path) -> Result<(
             &["systemctl", "enable", s],
             epoch,
             log,
+            cancel,
             &format!("systemctl enable {s}"),
         )?;
     }
@@ -254,6 +272,7 @@ pub fn apply(root: &Path, c: &Customization, epoch: i64, log: &Path) -> Result<(
             &["systemctl", "disable", s],
             epoch,
             log,
+            cancel,
             &format!("systemctl disable {s}"),
         )?;
     }
@@ -263,6 +282,7 @@ pub fn apply(root: &Path, c: &Customization, epoch: i64, log: &Path) -> Result<(
             &["/bin/sh", "-ec", cmd],
             epoch,
             log,
+            cancel,
             &format!("command `{cmd}`"),
         )?;
     }

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use kiln_model::event::Stage;
+use kiln_model::{Cancel, Reporter};
+
 use crate::sandbox::{run_in_root, script_env};
 use crate::RootfsError;
 
@@ -30,7 +33,8 @@ pub struct InstallOptions<'a> {
     pub arch: &'a str,
     /// dpkg and maintainer script output goes here.
     pub log: &'a Path,
-    pub progress: &'a (dyn Fn(&str) + Sync),
+    pub reporter: &'a dyn Reporter,
+    pub cancel: &'a Cancel,
     pub jobs: usize,
 }
 
@@ -194,7 +198,10 @@ pub fn install(
 ) -> Result<(), RootfsError> {
     let essential: Vec<&PackageFile> = pkgs.iter().filter(|p| p.essential_phase).collect();
     let rest: Vec<&PackageFile> = pkgs.iter().filter(|p| !p.essential_phase).collect();
-    (opts.progress)(&format!("unpacking {} Essential packages", essential.len()));
+    opts.reporter.step(
+        Stage::Unpack,
+        &format!("{} Essential packages", essential.len()),
+    );
     extract_natively(root, &essential, opts.jobs)?;
     prepare_dpkg(root)?;
     std::fs::write(root.join("var/lib/dpkg/arch"), format!("{}\n", opts.arch))
@@ -223,10 +230,10 @@ pub fn install(
             continue;
         }
         let order = pre_depends_order(&set)?;
-        (opts.progress)(&format!(
-            "installing {} {label} packages with dpkg",
-            set.len()
-        ));
+        opts.reporter.step(
+            Stage::Install,
+            &format!("{} {label} packages with dpkg", set.len()),
+        );
         let mut argv: Vec<&str> = vec![
             "dpkg",
             "--install",
@@ -241,7 +248,7 @@ pub fn install(
                 argv.push(inside[set[i].name.as_str()].as_str());
             }
         }
-        let status = run_in_root(root, &argv, &env, opts.log)?;
+        let status = run_in_root(root, &argv, &env, opts.log, opts.cancel)?;
         if !status.success() {
             return Err(script_failure(opts.log, status.code()));
         }
@@ -252,6 +259,7 @@ pub fn install(
         &["dpkg", "--configure", "--pending", "--force-unsafe-io"],
         &env,
         opts.log,
+        opts.cancel,
     )?;
     if !status.success() {
         return Err(script_failure(opts.log, status.code()));

@@ -8,22 +8,8 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The sandbox process running now (0: none), so an interrupt can stop it:
-/// killing it ends its PID namespace and every process in it.
-static CURRENT: AtomicU32 = AtomicU32::new(0);
-
-/// Kills the running sandbox, if any (for Ctrl-C handlers).
-pub fn kill_current() {
-    let pid = CURRENT.swap(0, Ordering::SeqCst);
-    if pid != 0 {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
+use kiln_model::Cancel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -35,6 +21,8 @@ pub enum SandboxError {
     },
     #[error("building a root filesystem needs root privileges (chroot, ownership of files)")]
     NotRoot,
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// The environment maintainer scripts see: clean, non-interactive, reproducible.
@@ -68,12 +56,18 @@ pub fn is_root() -> bool {
 }
 
 /// A command to run in the root: `argv` with `env`, output appended to `log`.
+/// The sandbox process is registered with `cancel`: cancelling the build
+/// kills it, which ends its PID namespace and every process in it.
 pub fn run_in_root(
     root: &Path,
     argv: &[&str],
     env: &[(String, String)],
     log: &Path,
+    cancel: &Cancel,
 ) -> Result<std::process::ExitStatus, SandboxError> {
+    if cancel.is_cancelled() {
+        return Err(SandboxError::Cancelled);
+    }
     if !is_root() {
         return Err(SandboxError::NotRoot);
     }
@@ -123,8 +117,11 @@ exec chroot "$r" /usr/bin/env -i "$@""#;
         source: e,
     };
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    CURRENT.store(child.id(), Ordering::SeqCst);
+    cancel.child_started(child.id());
     let status = child.wait();
-    CURRENT.store(0, Ordering::SeqCst);
+    cancel.child_finished(child.id());
+    if cancel.is_cancelled() {
+        return Err(SandboxError::Cancelled);
+    }
     status.map_err(spawn_err)
 }

@@ -14,8 +14,8 @@ use kiln_image::gpt;
 use kiln_recipe::{Recipe, TestEntry};
 use serde_json::json;
 
-use crate::lock::Hinted;
 use crate::ui::Ui;
+use kiln_model::Hinted;
 
 pub struct TestArgs {
     pub target: PathBuf,
@@ -115,21 +115,29 @@ fn target(arg: &Path) -> Result<Target> {
         .into());
     }
     let dir = image.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let manifest: Option<serde_json::Value> = std::fs::read(dir.join("manifest.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    // A manifest beside the image is read strictly: a damaged one is an
+    // error, not a boot without its test commands.
+    let manifest = if dir.join(kiln_model::MANIFEST_FILE).exists() {
+        Some(kiln_model::Manifest::read_dir(&dir)?)
+    } else {
+        None
+    };
     let tests = recipe_tests.unwrap_or_else(|| {
         manifest
             .as_ref()
-            .and_then(|m| serde_json::from_value(m["tests"].clone()).ok())
+            .map(|m| {
+                m.tests
+                    .iter()
+                    .map(|t| TestEntry {
+                        name: t.name.clone(),
+                        command: t.command.clone(),
+                        expect: t.expect.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     });
-    let users = recipe_users.unwrap_or_else(|| {
-        manifest
-            .as_ref()
-            .and_then(|m| serde_json::from_value(m["users"].clone()).ok())
-            .unwrap_or_default()
-    });
+    let users = recipe_users.unwrap_or_else(|| manifest.map(|m| m.users).unwrap_or_default());
     Ok(Target {
         image,
         dir,
@@ -1091,7 +1099,7 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-pub fn cmd_test(ui: &Ui, args: &TestArgs) -> Result<()> {
+pub fn cmd_test(ui: &Ui, cancel: &kiln_model::Cancel, args: &TestArgs) -> Result<()> {
     let mut t = target(&args.target)?;
     t.users.extend(args.allow_users.iter().cloned());
     let stem = t
@@ -1111,12 +1119,11 @@ pub fn cmd_test(ui: &Ui, args: &TestArgs) -> Result<()> {
     };
     let work = tempfile::Builder::new()
         .prefix("kiln-test-")
-        .tempdir_in(crate::build::scratch_base(virtual_size(&t.image)? * 2))
+        .tempdir_in(kiln_build::assemble::scratch_base(
+            virtual_size(&t.image)? * 2,
+        ))
         .context("creating a scratch directory")?;
-    crate::build::CLEANUP
-        .lock()
-        .unwrap()
-        .push(work.path().to_path_buf());
+    cancel.track_dir(work.path());
     let mut outcomes = Vec::new();
     let raw = if image_format(&t.image) == "qcow2" {
         let p = work.path().join("disk.raw");
@@ -1227,7 +1234,7 @@ pub fn cmd_test(ui: &Ui, args: &TestArgs) -> Result<()> {
         }
     }
     let xml = junit(&t.image, &outcomes, &console_tail);
-    crate::build::write_atomic(&report, xml.as_bytes())?;
+    kiln_model::fsutil::write_atomic(&report, xml.as_bytes())?;
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
     if args.json {
         let v = json!({

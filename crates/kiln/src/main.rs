@@ -1,12 +1,8 @@
 //! `kiln`: the command line. Parsing arguments, progress and exit codes only;
 //! the work happens in the library crates.
 
-mod attest;
-mod build;
-mod disk;
-mod fetch;
+mod cmd;
 mod imgtest;
-mod lock;
 mod ui;
 
 use std::path::PathBuf;
@@ -24,6 +20,9 @@ struct Cli {
     /// Print only errors on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Progress on stderr: `auto` (lines, a bar on a terminal) or `json` (one event per line).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "auto")]
+    progress: ProgressFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +43,26 @@ pub struct SourceArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressFormat {
+    Auto,
+    Json,
+}
+
+impl SourceArgs {
+    fn options(&self) -> kiln_build::SourceOptions {
+        kiln_build::SourceOptions {
+            offline: self.offline,
+            mirror: self.mirror.clone(),
+            security_mirror: self.security_mirror.clone(),
+            cache_dir: self.cache_dir.clone(),
+        }
+    }
+}
+
+/// EX_USAGE from sysexits.h: the command line was wrong.
+const EX_USAGE: u8 = 64;
 
 #[derive(Subcommand)]
 enum Command {
@@ -178,16 +197,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EX_USAGE),
+            };
+        }
+    };
     let ui = ui::Ui::new(cli.quiet);
-    // Ctrl-C: remove temporary build areas, then stop.
-    let _ = ctrlc::set_handler(|| {
-        build::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-        kiln_rootfs::sandbox::kill_current();
-        build::cleanup_all();
+    let reporter = ui::reporter(&ui, cli.progress == ProgressFormat::Json);
+    let reporter = reporter.as_ref();
+    // Ctrl-C cancels this command's work: sandboxes killed, scratch removed.
+    let cancel = kiln_model::Cancel::new();
+    let on_interrupt = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        on_interrupt.cancel();
         // Unpacking threads may still have been writing: sweep once more.
         std::thread::sleep(std::time::Duration::from_millis(50));
-        build::cleanup_all();
+        on_interrupt.cancel();
         eprintln!("\ninterrupted");
         std::process::exit(130);
     });
@@ -197,7 +231,7 @@ fn main() -> ExitCode {
             check,
             json,
             sources,
-        } => lock::cmd_lock(&ui, &recipe, check, json, &sources),
+        } => cmd::cmd_lock(&ui, reporter, &recipe, check, json, &sources.options()),
         Command::Build {
             recipe,
             output,
@@ -206,16 +240,17 @@ fn main() -> ExitCode {
             source_date_epoch,
             sign_key,
             sources,
-        } => build::cmd_build(
-            &ui,
-            &recipe,
-            &build::BuildArgs {
+        } => cmd::cmd_build(
+            reporter,
+            &cancel,
+            &kiln_build::BuildRequest {
+                recipe,
                 output,
                 locked,
                 check_reproducible,
                 source_date_epoch,
                 sign_key,
-                sources,
+                sources: sources.options(),
             },
         ),
         Command::Verify {
@@ -223,13 +258,13 @@ fn main() -> ExitCode {
             key,
             lock,
             json,
-        } => attest::cmd_verify(&ui, &dir, key, lock, json),
+        } => cmd::cmd_verify(&ui, reporter, &dir, key, lock, json),
         Command::Push {
             layout,
             reference,
             insecure,
             username,
-        } => attest::cmd_push(&ui, &layout, &reference, insecure, username),
+        } => cmd::cmd_push(&ui, reporter, &layout, &reference, insecure, username),
         Command::Test {
             target,
             timeout,
@@ -241,6 +276,7 @@ fn main() -> ExitCode {
             json,
         } => imgtest::cmd_test(
             &ui,
+            &cancel,
             &imgtest::TestArgs {
                 target,
                 timeout,
@@ -272,23 +308,24 @@ fn main() -> ExitCode {
             recipe,
             locked,
             sources,
-        } => fetch::cmd_fetch(&ui, &recipe, locked, &sources),
+        } => cmd::cmd_fetch(reporter, &cancel, &recipe, locked, &sources.options()),
         Command::Why {
             package,
             recipe,
             lock,
             arch,
             json,
-        } => lock::cmd_why(&ui, &package, recipe, lock, arch, json),
+        } => cmd::cmd_why(&package, recipe, lock, arch, json),
     };
-    if build::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
-        // The interrupt handler is cleaning up and will exit with 130.
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
-    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cancel.is_cancelled() => {
+            // The interrupt handler is finishing its clean-up and exits 130.
+            drop(e);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
         Err(e) => {
             ui::report_error(&e);
             ExitCode::FAILURE

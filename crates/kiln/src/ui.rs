@@ -3,6 +3,9 @@
 
 use std::io::IsTerminal;
 
+use kiln_build::fetch::human_size;
+use kiln_model::{Event, JsonReporter, Reporter};
+
 pub struct Ui {
     pub quiet: bool,
     pub color: bool,
@@ -33,6 +36,96 @@ impl Ui {
         } else {
             eprintln!("warning: {msg}");
         }
+    }
+}
+
+/// Renders a build's events on stderr: status lines, a redrawn download
+/// bar on a terminal, warnings. `KILN_TIMING` prefixes seconds since start.
+pub struct Terminal<'a> {
+    pub ui: &'a Ui,
+    pub start: std::time::Instant,
+    pub timing: bool,
+    line: std::sync::Mutex<()>,
+}
+
+impl<'a> Terminal<'a> {
+    pub fn new(ui: &'a Ui) -> Terminal<'a> {
+        Terminal {
+            ui,
+            start: std::time::Instant::now(),
+            timing: std::env::var_os("KILN_TIMING").is_some(),
+            line: std::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl Reporter for Terminal<'_> {
+    fn report(&self, event: Event) {
+        let _g = self.line.lock().unwrap();
+        if self.timing {
+            if let Event::Step { stage, message } = &event {
+                eprintln!(
+                    "timing: {:.2}s {} {message}",
+                    self.start.elapsed().as_secs_f64(),
+                    stage.verb()
+                );
+            }
+        }
+        let ui = self.ui;
+        match event {
+            Event::Step { stage, message } => {
+                ui.clear_progress();
+                ui.status(stage.verb(), &message)
+            }
+            Event::Warning { message } => {
+                ui.clear_progress();
+                ui.warn(&message)
+            }
+            Event::Download {
+                done,
+                total,
+                bytes,
+                total_bytes,
+                package,
+                cached,
+            } => {
+                if ui.progress_bars() {
+                    ui.progress(
+                        "Fetching",
+                        done,
+                        total,
+                        &format!("{} / {}", human_size(bytes), human_size(total_bytes)),
+                    );
+                    if done == total {
+                        ui.clear_progress();
+                    }
+                } else if !cached {
+                    ui.status("Fetched", &package);
+                }
+            }
+            Event::Artifact {
+                path, size, sha256, ..
+            } => ui.status(
+                "Built",
+                &format!(
+                    "{path} ({}, sha256 {})",
+                    human_size(size),
+                    &sha256[..16.min(sha256.len())]
+                ),
+            ),
+            Event::Finished { packages, seconds } => {
+                ui.status("Finished", &format!("{packages} packages in {seconds:.1}s"))
+            }
+        }
+    }
+}
+
+/// The reporter `--progress` asks for.
+pub fn reporter<'a>(ui: &'a Ui, json: bool) -> Box<dyn Reporter + 'a> {
+    if json {
+        Box::new(JsonReporter::new(std::io::stderr()))
+    } else {
+        Box::new(Terminal::new(ui))
     }
 }
 
@@ -94,26 +187,14 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_image::disk::DiskError>() {
             return x.hint();
         }
-        if let Some(x) = c.downcast_ref::<crate::lock::Hinted>() {
+        if let Some(x) = c.downcast_ref::<kiln_model::Hinted>() {
             return Some(x.hint.clone());
+        }
+        if let Some(x) = c.downcast_ref::<kiln_model::ManifestError>() {
+            return x.hint();
         }
     }
     None
-}
-
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
 }
 
 impl Ui {

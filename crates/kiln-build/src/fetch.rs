@@ -1,6 +1,6 @@
-//! `kiln fetch`: the lock's `.deb`s into the cache, with progress.
+//! The lock's `.deb`s into the cache (verified by sha256), with progress.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -8,11 +8,11 @@ use std::time::Instant;
 use anyhow::Result;
 use kiln_archive::debs::{fetch_debs, DebEvent, DebRef};
 use kiln_archive::Fetcher;
+use kiln_model::event::Stage;
+use kiln_model::{Cancel, Cancelled, Event, Hinted, Reporter};
 use kiln_recipe::{Lock, LockedPackage};
 
-use crate::lock::{cache_for, Hinted};
-use crate::ui::{human_size, Ui};
-use crate::SourceArgs;
+use crate::sources::SourceOptions;
 
 /// The download URL of a locked package.
 pub fn deb_ref(lock: &Lock, p: &LockedPackage) -> Result<DebRef> {
@@ -20,12 +20,14 @@ pub fn deb_ref(lock: &Lock, p: &LockedPackage) -> Result<DebRef> {
         .releases
         .iter()
         .find(|r| r.suite == p.release)
-        .ok_or_else(|| Hinted {
-            message: format!(
-                "the lock names release `{}` for {} but has no such [[release]]",
-                p.release, p.name
-            ),
-            hint: "the lock is damaged; run `kiln lock RECIPE` again".into(),
+        .ok_or_else(|| {
+            Hinted::new(
+                format!(
+                    "the lock names release `{}` for {} but has no such [[release]]",
+                    p.release, p.name
+                ),
+                "the lock is damaged; run `kiln lock RECIPE` again",
+            )
         })?;
     Ok(DebRef {
         label: format!("{} {} {}", p.name, p.version, p.architecture),
@@ -37,11 +39,13 @@ pub fn deb_ref(lock: &Lock, p: &LockedPackage) -> Result<DebRef> {
 
 /// Fetches the `.deb`s of `packages`; returns their cache paths in order.
 pub fn fetch_packages(
-    ui: &Ui,
     lock: &Lock,
     packages: &[&LockedPackage],
-    args: &SourceArgs,
+    args: &SourceOptions,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
 ) -> Result<Vec<PathBuf>> {
+    cancel.check()?;
     let refs: Vec<DebRef> = packages
         .iter()
         .map(|p| deb_ref(lock, p))
@@ -51,49 +55,47 @@ pub fn fetch_packages(
     let done_bytes = AtomicU64::new(0);
     let downloaded = AtomicU64::new(0);
     let start = Instant::now();
-    let line = Mutex::new(());
+    let order = Mutex::new(());
     let report = |d: &DebRef, ev: DebEvent| {
+        let _g = order.lock().unwrap();
         let n = done.fetch_add(1, Ordering::SeqCst) + 1;
         let b = done_bytes.fetch_add(d.size, Ordering::SeqCst) + d.size;
         if ev != DebEvent::Cached {
             downloaded.fetch_add(d.size, Ordering::SeqCst);
         }
-        let _g = line.lock().unwrap();
         if ev == DebEvent::Repaired {
-            ui.clear_progress();
-            ui.warn(&format!(
+            reporter.warn(&format!(
                 "cached {} was corrupt; downloaded it again",
                 d.label
             ));
         }
-        if ui.progress_bars() {
-            ui.progress(
-                "Fetching",
-                n,
-                refs.len(),
-                &format!("{} / {}", human_size(b), human_size(total_bytes)),
-            );
-        } else if ev != DebEvent::Cached {
-            ui.status("Fetched", &format!("{} ({})", d.label, human_size(d.size)));
-        }
+        reporter.report(Event::Download {
+            done: n,
+            total: refs.len(),
+            bytes: b,
+            total_bytes,
+            package: d.label.clone(),
+            cached: ev == DebEvent::Cached,
+        });
     };
     let jobs = std::env::var("KILN_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
-    let result = fetch_debs(
+    let paths = fetch_debs(
         &refs,
-        &cache_for(args),
+        &args.cache(),
         &Fetcher::new(),
         jobs,
         args.offline,
         &report,
-    );
-    ui.clear_progress();
-    let paths = result?;
+    )?;
+    if cancel.is_cancelled() {
+        return Err(Cancelled.into());
+    }
     let dl = downloaded.load(Ordering::SeqCst);
-    ui.status(
-        "Fetched",
+    reporter.step(
+        Stage::Fetch,
         &format!(
             "{} packages ({}, {} downloaded) in {:.2}s",
             refs.len(),
@@ -105,9 +107,18 @@ pub fn fetch_packages(
     Ok(paths)
 }
 
-pub fn cmd_fetch(ui: &Ui, recipe_path: &Path, locked: bool, args: &SourceArgs) -> Result<()> {
-    let (_, lock) = crate::lock::ensure_lock(ui, recipe_path, locked, args)?;
-    let pkgs: Vec<&LockedPackage> = lock.packages.iter().collect();
-    fetch_packages(ui, &lock, &pkgs, args)?;
-    Ok(())
+/// `1.5 MiB`: sizes as the messages show them.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }

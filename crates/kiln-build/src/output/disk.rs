@@ -5,15 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use kiln_image::disk::{self, DiskError, FatFile, Mke2fs};
 use kiln_image::gpt::{self, Partition};
+use kiln_model::event::Stage;
+use kiln_model::{DiskFacts, Format, Hinted, PartitionFact, UsrFacts};
 use kiln_recipe::{Disk, Headroom, Recipe};
-use serde_json::{json, Value};
 
-use crate::build::Artifact;
-use crate::lock::Hinted;
-use crate::ui::{human_size, Ui};
+use super::{file_artifact, BuiltRoot, Context, Output, Produced};
+use crate::fetch::human_size;
 
 const MIB: u64 = 1 << 20;
 
@@ -115,20 +115,75 @@ fn uuid_from_hex(h: &str) -> String {
     )
 }
 
+/// The `disk` output (and `qcow2`, a compressed copy of the same disk).
+pub struct DiskOutput {
+    pub qcow2: bool,
+}
+
+impl Output for DiskOutput {
+    fn add(&mut self, cx: &Context, root: &BuiltRoot) -> Result<Produced> {
+        // The disk step changes its tree (factory copy, /usr split off, the
+        // UKI built inside it), so it works on a private copy.
+        let work = root.scratch.join("disk");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        let result = (|| {
+            let tree = work.join("root");
+            copy_tree(root.path, &tree)?;
+            let job = DiskJob {
+                recipe: cx.recipe,
+                root: &tree,
+                work: &work,
+                arch: root.arch,
+                epoch: cx.epoch,
+                identity: root.identity.clone(),
+                log: &root.scratch.join("build.log"),
+                stem: if cx.multi_arch {
+                    format!("disk-{}", root.arch)
+                } else {
+                    "disk".to_string()
+                },
+            };
+            let (artifacts, facts) = build(cx, &job, self.qcow2)?;
+            Ok(Produced {
+                artifacts,
+                disk: Some(facts),
+            })
+        })();
+        let _ = std::fs::remove_dir_all(&work);
+        result
+    }
+}
+
+/// `cp -a` (reflinks where the filesystem has them): ownership, modes,
+/// links, xattrs and times kept.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let status = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--no-target-directory"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        anyhow::bail!("copying the root to {} failed ({status})", to.display());
+    }
+    Ok(())
+}
+
 /// What the disk step needs from the build.
-pub struct DiskJob<'a> {
-    pub recipe: &'a Recipe,
-    /// The finished root tree (its /usr is moved away and back while the disk is made).
-    pub root: &'a Path,
+struct DiskJob<'a> {
+    recipe: &'a Recipe,
+    /// The disk step's own copy of the root (changed while the disk is made).
+    root: &'a Path,
     /// Scratch space on the same filesystem as `root`.
-    pub work: &'a Path,
-    pub arch: &'a str,
-    pub epoch: i64,
+    work: &'a Path,
+    arch: &'a str,
+    epoch: i64,
     /// Seed for every UUID: the same image identity gives the same disk.
-    pub identity: String,
-    pub log: &'a Path,
+    identity: String,
+    log: &'a Path,
     /// Output file names: `disk.raw` or `disk-ARCH.raw`.
-    pub stem: String,
+    stem: String,
 }
 
 /// Bytes an ext4 filesystem needs to hold `data` bytes of tree: inode
@@ -147,7 +202,12 @@ fn with_headroom(need: u64, data: u64, h: Headroom) -> u64 {
 }
 
 /// Runs the image's own `ukify` in the root and returns the UKI's path.
-fn build_uki(job: &DiskJob, kver: &str, cmdline: &str) -> Result<PathBuf> {
+fn build_uki(
+    job: &DiskJob,
+    kver: &str,
+    cmdline: &str,
+    cancel: &kiln_model::Cancel,
+) -> Result<PathBuf> {
     let root = job.root;
     need_file(
         root,
@@ -173,7 +233,7 @@ fn build_uki(job: &DiskJob, kver: &str, cmdline: &str) -> Result<PathBuf> {
         "--os-release=@/etc/os-release",
         output.as_str(),
     ];
-    let status = kiln_rootfs::sandbox::run_in_root(root, &argv, &env, job.log)?;
+    let status = kiln_rootfs::sandbox::run_in_root(root, &argv, &env, job.log, cancel)?;
     let made = root.join(out_in_root.trim_start_matches('/'));
     if !status.success() || !made.is_file() {
         let log = std::fs::read_to_string(job.log).unwrap_or_default();
@@ -236,12 +296,13 @@ fn factory_defaults(root: &Path) -> Result<()> {
 }
 
 /// Builds `DIR/<stem>.raw` (and `.qcow2` when asked) from the tree.
-pub fn build(
-    ui: &Ui,
+fn build(
+    cx: &Context,
     job: &DiskJob,
-    out_dir: &Path,
     qcow2: bool,
-) -> Result<(Vec<Artifact>, Value)> {
+) -> Result<(Vec<kiln_model::Artifact>, DiskFacts)> {
+    let out_dir = cx.out_dir;
+    let reporter = cx.reporter;
     let d: &Disk = &job.recipe.disk;
     let info = arch_info(job.arch)?;
     let root = job.root;
@@ -276,11 +337,7 @@ pub fn build(
         )))
     };
     let root_part = uuid("root");
-    let mut facts = json!({
-        "layout": d.layout,
-        "kernel": kver,
-        "root-filesystem": d.filesystem,
-    });
+    let mut usr_facts = None;
 
     // /usr first: its verity root hash goes on the kernel command line.
     let usr_tree = job.work.join("usr-tree");
@@ -292,8 +349,8 @@ pub fn build(
         cmdline.push("rw".into());
     }
     if immutable {
-        ui.status(
-            "Sealing",
+        reporter.step(
+            Stage::Seal,
             "/usr: factory defaults, read-only image, dm-verity hash tree",
         );
         factory_defaults(root)?;
@@ -366,21 +423,20 @@ pub fn build(
             }
         }
         cmdline.push(format!("usrhash={roothash}"));
-        facts["usr"] = json!({
-            "filesystem": d.usr_filesystem,
-            "roothash": roothash,
-            "partuuid": usr_guid,
-            "verity-partuuid": verity_guid,
-            "size": usr_len,
-            "ab-slots": d.ab_slots,
+        usr_facts = Some(UsrFacts {
+            filesystem: d.usr_filesystem.clone(),
+            roothash: roothash.clone(),
+            partuuid: usr_guid,
+            verity_partuuid: verity_guid,
+            size: usr_len,
+            ab_slots: d.ab_slots,
         });
     }
     cmdline.extend(d.cmdline.iter().cloned());
     let cmdline = cmdline.join(" ");
-    facts["cmdline"] = json!(cmdline);
-
-    ui.status("Building", &format!("Unified Kernel Image for {kver}"));
-    let uki = build_uki(job, &kver, &cmdline)?;
+    cx.cancel.check()?;
+    reporter.step(Stage::Boot, &format!("Unified Kernel Image for {kver}"));
+    let uki = build_uki(job, &kver, &cmdline, cx.cancel)?;
     let uki_len = std::fs::metadata(&uki)?.len();
     let sd_len = std::fs::metadata(&sd_boot)?.len();
     if uki_len + sd_len + 4 * MIB > d.esp_size {
@@ -401,8 +457,8 @@ pub fn build(
     let sd_copy = job.work.join("systemd-boot.efi");
     std::fs::copy(&sd_boot, &sd_copy)?;
     let esp_img = job.work.join("esp.img");
-    ui.status(
-        "Writing",
+    reporter.step(
+        Stage::Write,
         "EFI system partition (FAT32, systemd-boot + UKI)",
     );
     let volid = &hex_of("esp-volume-id")[..8];
@@ -479,13 +535,13 @@ pub fn build(
         };
         let mke2fs = Mke2fs::find(&usr, &root.join("etc/mke2fs.conf"), info.multiarch)?;
         if !mke2fs.reproducible {
-            ui.warn(&format!(
+            reporter.warn(&format!(
                 "mke2fs {} cannot make byte-identical ext4 filesystems (1.47.1 or newer can; the image has none either): disk.raw will not be reproducible",
                 mke2fs.version
             ));
         }
-        ui.status(
-            "Writing",
+        reporter.step(
+            Stage::Write,
             &format!(
                 "root filesystem (ext4, {} for {} of files)",
                 human_size(size),
@@ -551,23 +607,34 @@ pub fn build(
     });
     let raw_name = format!("{}.raw", job.stem);
     let raw = out_dir.join(&raw_name);
-    ui.status("Writing", &raw.display().to_string());
+    cx.cancel.check()?;
+    reporter.step(Stage::Write, &raw.display().to_string());
     let placed = gpt::write_disk(&raw, &uuid("disk"), &parts)
         .with_context(|| format!("writing {}", raw.display()))?;
-    facts["partitions"] = json!(parts
-        .iter()
-        .zip(&placed)
-        .map(|(p, at)| json!({
-            "label": p.label, "type": p.type_guid, "partuuid": p.guid,
-            "offset": at.first_lba * 512, "size": (at.last_lba + 1 - at.first_lba) * 512,
-        }))
-        .collect::<Vec<_>>());
-    let mut artifacts = vec![artifact(out_dir, &raw_name, "disk", job.arch)?];
+    let facts = DiskFacts {
+        layout: d.layout.clone(),
+        kernel: kver.clone(),
+        root_filesystem: d.filesystem.clone(),
+        cmdline: cmdline.clone(),
+        usr: usr_facts,
+        partitions: parts
+            .iter()
+            .zip(&placed)
+            .map(|(p, at)| PartitionFact {
+                label: p.label.clone(),
+                type_guid: p.type_guid.clone(),
+                partuuid: p.guid.clone(),
+                offset: at.first_lba * 512,
+                size: (at.last_lba + 1 - at.first_lba) * 512,
+            })
+            .collect(),
+    };
+    let mut artifacts = vec![file_artifact(out_dir, &raw_name, Format::Disk, job.arch)?];
     if qcow2 {
         let name = format!("{}.qcow2", job.stem);
         let dest = out_dir.join(&name);
         let tmp = out_dir.join(format!(".{name}.partial-{}", std::process::id()));
-        ui.status("Writing", &dest.display().to_string());
+        reporter.step(Stage::Write, &dest.display().to_string());
         let r = disk::make_qcow2(&raw, &tmp)
             .map_err(anyhow::Error::from)
             .and_then(|()| std::fs::rename(&tmp, &dest).map_err(anyhow::Error::from));
@@ -575,20 +642,9 @@ pub fn build(
             let _ = std::fs::remove_file(&tmp);
         }
         r?;
-        artifacts.push(artifact(out_dir, &name, "qcow2", job.arch)?);
+        artifacts.push(file_artifact(out_dir, &name, Format::Qcow2, job.arch)?);
     }
     Ok((artifacts, facts))
-}
-
-fn artifact(out_dir: &Path, name: &str, format: &str, arch: &str) -> Result<Artifact> {
-    let (size, sha256) = kiln_archive::debs::sha256_file(&out_dir.join(name))?;
-    Ok(Artifact {
-        path: name.into(),
-        format: format.into(),
-        architecture: Some(arch.into()),
-        size,
-        sha256,
-    })
 }
 
 #[cfg(test)]

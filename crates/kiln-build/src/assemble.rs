@@ -1,0 +1,341 @@
+//! Assembling a root: the target's dpkg for a full image, a payload-only
+//! unpack for distroless, then the recipe's customisation. Each build area
+//! belongs to one build and is removed on drop or when it is cancelled.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_model::event::Stage;
+use kiln_model::{Cancel, Hinted, Reporter};
+use kiln_recipe::{FileContent, Lock, LockedPackage, Reason, Recipe};
+use kiln_rootfs::customize::{Customization, FileSpec, GroupSpec, UserSpec};
+use kiln_rootfs::PackageFile;
+
+/// The Essential packages and everything they depend on, from the lock's
+/// `required-by` graph: what must be unpacked before dpkg can run.
+pub fn essential_closure(pkgs: &[&LockedPackage]) -> HashSet<String> {
+    let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in pkgs {
+        for r in &p.required_by {
+            deps.entry(r.as_str()).or_default().push(p.name.as_str());
+        }
+    }
+    let mut out: HashSet<String> = HashSet::new();
+    let mut q: VecDeque<&str> = pkgs
+        .iter()
+        .filter(|p| p.reason == Reason::Essential)
+        .map(|p| p.name.as_str())
+        .collect();
+    while let Some(n) = q.pop_front() {
+        if out.insert(n.to_string()) {
+            for d in deps.get(n).into_iter().flatten() {
+                q.push_back(d);
+            }
+        }
+    }
+    out
+}
+
+pub fn customization(recipe: &Recipe) -> Result<Customization> {
+    let c = &recipe.customize;
+    let mut files = Vec::new();
+    for f in &c.files {
+        let contents = match &f.content {
+            FileContent::Inline(s) => s.clone().into_bytes(),
+            FileContent::Source(p) => std::fs::read(p).map_err(|e| {
+                Hinted::new(
+                    format!(
+                        "[[customize.file]] {}: cannot read {}: {e}",
+                        f.path,
+                        p.display()
+                    ),
+                    "`source` is relative to the recipe file that names it",
+                )
+            })?,
+        };
+        files.push(FileSpec {
+            path: f.path.clone(),
+            contents,
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+        });
+    }
+    for o in &c.overlays {
+        if !o.is_dir() {
+            return Err(Hinted {
+                message: format!("overlay {} is not a directory", o.display()),
+                hint: "`overlays` are directories relative to the recipe file".into(),
+            }
+            .into());
+        }
+    }
+    Ok(Customization {
+        overlays: c.overlays.clone(),
+        files,
+        groups: c
+            .groups
+            .iter()
+            .map(|g| GroupSpec {
+                name: g.name.clone(),
+                gid: g.gid,
+                system: g.system,
+            })
+            .collect(),
+        users: c
+            .users
+            .iter()
+            .map(|u| UserSpec {
+                name: u.name.clone(),
+                uid: u.uid,
+                groups: u.groups.clone(),
+                shell: u.shell.clone(),
+                home: u.home.clone(),
+                system: u.system,
+            })
+            .collect(),
+        hostname: c.hostname.clone(),
+        timezone: c.timezone.clone(),
+        locale: c.locale.clone(),
+        enable: c.enable.clone(),
+        disable: c.disable.clone(),
+        commands: c.commands.clone(),
+    })
+}
+
+/// apt sources for the image itself, from the lock's releases, so that
+/// `apt-get update && apt-get install` works inside it.
+pub fn apt_sources(lock: &Lock, components: &[String], root: &Path) -> String {
+    let mut by_uri: Vec<(String, Vec<String>)> = Vec::new();
+    for r in &lock.releases {
+        match by_uri.iter_mut().find(|(u, _)| *u == r.uri) {
+            Some((_, s)) => s.push(r.suite.clone()),
+            None => by_uri.push((r.uri.clone(), vec![r.suite.clone()])),
+        }
+    }
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let mut out = String::new();
+    for (uri, mut suites) in by_uri {
+        suites.sort_by_key(|s| (s.contains('-'), s.clone()));
+        out.push_str(&format!(
+            "Types: deb\nURIs: {uri}\nSuites: {}\nComponents: {}\n",
+            suites.join(" "),
+            components.join(" ")
+        ));
+        if root.join(keyring.trim_start_matches('/')).exists() {
+            out.push_str(&format!("Signed-By: {keyring}\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The fetched `.deb`s of `pkgs`, in lock order, for the assemblers.
+pub fn package_files(
+    pkgs: &[&LockedPackage],
+    debs: &[PathBuf],
+    essential_phase: impl Fn(&str) -> bool,
+) -> Vec<PackageFile> {
+    pkgs.iter()
+        .zip(debs)
+        .map(|(p, d)| PackageFile {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            essential_phase: essential_phase(&p.name),
+            deb: d.clone(),
+        })
+        .collect()
+}
+
+/// What a distroless root of `arch` leaves out.
+pub fn distroless_trim(recipe: &Recipe, arch: &str) -> kiln_rootfs::distroless::Trim {
+    kiln_rootfs::distroless::Trim {
+        keep_locales: recipe.container.keep_locales.clone(),
+        host_arch: arch == kiln_recipe::host_architecture(),
+    }
+}
+
+/// A build's scratch directory (removed on drop, and by its build's
+/// [`Cancel`] if cancelled) with an empty `root` directory in it.
+pub struct BuildArea {
+    dir: Option<tempfile::TempDir>,
+    cancel: Cancel,
+}
+
+impl BuildArea {
+    pub fn new(pkgs: &[&LockedPackage], cancel: &Cancel) -> Result<BuildArea> {
+        let estimate: u64 = pkgs.iter().map(|p| p.installed_size * 1024).sum();
+        let base = scratch_base(estimate);
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-build-")
+            .tempdir_in(&base)
+            .with_context(|| format!("creating a build area in {}", base.display()))?;
+        cancel.track_dir(tmp.path());
+        std::fs::create_dir(tmp.path().join("root"))?;
+        Ok(BuildArea {
+            dir: Some(tmp),
+            cancel: cancel.clone(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("present until drop").path()
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.path().join("root")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.path().join("build.log")
+    }
+}
+
+impl Drop for BuildArea {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.take() {
+            let p = d.path().to_path_buf();
+            drop(d);
+            self.cancel.untrack_dir(&p);
+        }
+    }
+}
+
+/// Builds the root filesystem in a fresh temporary area.
+pub fn assemble(
+    recipe: &Recipe,
+    lock: &Lock,
+    pkgs: &[&LockedPackage],
+    debs: &[PathBuf],
+    epoch: i64,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<BuildArea> {
+    let area = BuildArea::new(pkgs, cancel)?;
+    let root = area.root();
+    let log = area.log();
+    let essential = essential_closure(pkgs);
+    let files = package_files(pkgs, debs, |n| essential.contains(n));
+    let arch = pkgs.first().map(|p| p.target.clone()).unwrap_or_default();
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    kiln_rootfs::install(
+        &root,
+        &files,
+        &kiln_rootfs::InstallOptions {
+            epoch,
+            arch: &arch,
+            log: &log,
+            reporter,
+            cancel,
+            jobs,
+        },
+    )?;
+    let sources_dir = root.join("etc/apt/sources.list.d");
+    if root.join("usr/bin/apt-get").exists() {
+        std::fs::create_dir_all(&sources_dir)?;
+        std::fs::write(
+            sources_dir.join("debian.sources"),
+            apt_sources(lock, &recipe.image.components, &root),
+        )?;
+    }
+    // apt should know which packages were only pulled in as dependencies.
+    if root.join("var/lib/apt").is_dir() {
+        let mut auto = String::new();
+        for p in pkgs
+            .iter()
+            .filter(|p| p.reason == Reason::Dependency && !essential.contains(&p.name))
+        {
+            auto.push_str(&format!(
+                "Package: {}\nArchitecture: {}\nAuto-Installed: 1\n\n",
+                p.name, p.target
+            ));
+        }
+        std::fs::write(root.join("var/lib/apt/extended_states"), auto)?;
+    }
+    cancel.check()?;
+    let custom = customization(recipe)?;
+    reporter.step(Stage::Customize, &recipe.path.display().to_string());
+    kiln_rootfs::customize::apply(&root, &custom, epoch, &log, cancel)?;
+    kiln_rootfs::hygiene::clean(&root)?;
+    Ok(area)
+}
+
+/// Free bytes on the filesystem holding `path`.
+fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a properly sized buffer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Where the temporary root is built: `$KILN_TMPDIR`; else `/dev/shm` when it
+/// has room for twice the installed size (dpkg syncs its database after
+/// every step, which costs nothing on tmpfs and a lot on many disks); else
+/// `$TMPDIR`.
+pub fn scratch_base(estimate: u64) -> PathBuf {
+    if let Some(d) = std::env::var_os("KILN_TMPDIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && free_space(shm).is_some_and(|f| f > estimate * 2 + (512 << 20)) {
+        return shm.to_path_buf();
+    }
+    std::env::temp_dir()
+}
+
+/// Assembles a distroless root (no maintainer scripts) in a fresh build area.
+pub fn assemble_distroless(
+    recipe: &Recipe,
+    arch: &str,
+    pkgs: &[&LockedPackage],
+    debs: &[PathBuf],
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<BuildArea> {
+    let area = BuildArea::new(pkgs, cancel)?;
+    let root = area.root();
+    let files = package_files(pkgs, debs, |_| false);
+    reporter.step(
+        Stage::Unpack,
+        &format!(
+            "{} packages (distroless: no maintainer scripts)",
+            files.len()
+        ),
+    );
+    let mut users = Vec::new();
+    for u in &recipe.customize.users {
+        let uid = u.uid.ok_or_else(|| {
+            Hinted::new(
+                format!("distroless user {} needs a fixed uid", u.name),
+                "set uid = NUMBER in its [[customize.user]] table",
+            )
+        })?;
+        users.push(kiln_rootfs::distroless::Account {
+            name: u.name.clone(),
+            uid,
+            gid: uid,
+            home: u
+                .home
+                .clone()
+                .unwrap_or_else(|| format!("/home/{}", u.name)),
+        });
+    }
+    kiln_rootfs::distroless::assemble(&root, &files, &distroless_trim(recipe, arch), &users)?;
+    // Files and overlays need no shell.
+    let custom = Customization {
+        overlays: recipe.customize.overlays.clone(),
+        files: customization(recipe)?.files,
+        ..Default::default()
+    };
+    cancel.check()?;
+    kiln_rootfs::customize::apply(&root, &custom, 0, &area.log(), cancel)?;
+    Ok(area)
+}

@@ -1,0 +1,105 @@
+//! Outputs: each turns a finished root into artifacts. A new format is one
+//! [`Output`] implementation. No output changes the root it is given
+//! (`BuiltRoot::path` is shared by every output of the build, so their
+//! order cannot change their bytes): an output that needs to change the
+//! tree works on a private copy under `BuiltRoot::scratch`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use kiln_model::{Artifact, Cancel, DiskFacts, Format, Hinted, Reporter};
+use kiln_recipe::{Lock, LockedPackage, Recipe};
+
+pub mod disk;
+pub mod oci;
+pub mod tar;
+
+/// What every output of one build shares.
+pub struct Context<'a> {
+    pub recipe: &'a Recipe,
+    pub lock: &'a Lock,
+    pub epoch: i64,
+    pub out_dir: &'a Path,
+    /// Several image architectures: file names carry the architecture.
+    pub multi_arch: bool,
+    pub reporter: &'a dyn Reporter,
+    pub cancel: &'a Cancel,
+}
+
+/// One architecture's finished root, read-only for outputs.
+pub struct BuiltRoot<'a> {
+    pub arch: &'a str,
+    pub path: &'a Path,
+    /// Scratch space of this build on the root's filesystem.
+    pub scratch: &'a Path,
+    pub pkgs: &'a [&'a LockedPackage],
+    pub debs: &'a [PathBuf],
+    /// Seed of every derived UUID: the same lock and epoch give the same bytes.
+    pub identity: String,
+}
+
+/// What an output adds to the manifest for one root.
+#[derive(Default)]
+pub struct Produced {
+    pub artifacts: Vec<Artifact>,
+    pub disk: Option<DiskFacts>,
+}
+
+pub trait Output {
+    /// Writes this output for one architecture's root.
+    fn add(&mut self, cx: &Context, root: &BuiltRoot) -> Result<Produced>;
+
+    /// After every architecture (e.g. the OCI index); moves results into place.
+    fn finish(&mut self, _cx: &Context) -> Result<Vec<Artifact>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes whatever a failed build left half-written.
+    fn abandon(&mut self, _cx: &Context) {}
+}
+
+/// The recipe's formats as outputs, in the recipe's order (`qcow2` is a
+/// variant of the disk output).
+pub fn outputs_for(recipe: &Recipe) -> Result<Vec<Box<dyn Output>>> {
+    let formats: Vec<Format> = recipe
+        .output
+        .formats
+        .iter()
+        .map(|f| {
+            Format::parse(f).ok_or_else(|| {
+                Hinted::new(
+                    format!("unknown output format `{f}`"),
+                    "use tar, oci, disk or qcow2",
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out: Vec<Box<dyn Output>> = Vec::new();
+    let mut disk_added = false;
+    for f in &formats {
+        match f {
+            Format::Tar => out.push(Box::new(tar::Tar)),
+            Format::Oci => out.push(Box::new(oci::Oci::new(recipe))),
+            Format::Disk | Format::Qcow2 if !disk_added => {
+                disk_added = true;
+                out.push(Box::new(disk::DiskOutput {
+                    qcow2: formats.contains(&Format::Qcow2),
+                }))
+            }
+            Format::Disk | Format::Qcow2 => {}
+        }
+    }
+    Ok(out)
+}
+
+/// An artifact record for a file in the output directory.
+pub fn file_artifact(out_dir: &Path, name: &str, format: Format, arch: &str) -> Result<Artifact> {
+    let (size, sha256) = kiln_archive::debs::sha256_file(&out_dir.join(name))?;
+    Ok(Artifact {
+        path: name.into(),
+        format,
+        architecture: Some(arch.into()),
+        size,
+        sha256,
+    })
+}

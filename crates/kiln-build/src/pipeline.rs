@@ -1,0 +1,368 @@
+//! The build as a function: request in, manifest out.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use kiln_model::event::Stage;
+use kiln_model::fsutil::write_atomic;
+use kiln_model::{
+    relative_path, Artifact, Cancel, Event, Hinted, LockRef, Manifest, PackageRecord, Reporter,
+    TestSpec, INCOMPLETE_MARKER, MANIFEST_FILE, SCHEMA_VERSION,
+};
+use kiln_recipe::{Lock, LockedPackage, Recipe};
+use serde::{Deserialize, Serialize};
+
+use crate::assemble::{assemble, assemble_distroless};
+use crate::output::{outputs_for, BuiltRoot, Context};
+use crate::records::{licences_from_root, Licences};
+use crate::sources::SourceOptions;
+
+/// Everything a build needs to know, serialisable so that a watcher or a CI
+/// system can hand builds around.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BuildRequest {
+    /// The recipe file.
+    pub recipe: PathBuf,
+    /// Output directory (default: [output] directory, else out/<name> beside the recipe).
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// The lock must exist and match the recipe.
+    #[serde(default)]
+    pub locked: bool,
+    /// Build twice and fail if the artifacts differ.
+    #[serde(default)]
+    pub check_reproducible: bool,
+    /// Default: $SOURCE_DATE_EPOCH, else the lock's newest Release date.
+    #[serde(default)]
+    pub source_date_epoch: Option<i64>,
+    /// Ed25519 private key (PKCS#8 PEM) to sign provenance.json with.
+    #[serde(default)]
+    pub sign_key: Option<PathBuf>,
+    #[serde(default)]
+    pub sources: SourceOptions,
+}
+
+/// SOURCE_DATE_EPOCH: the flag, else the environment, else the newest
+/// Release date of the lock (so the same lock always gives the same epoch).
+pub fn epoch_for(lock: &Lock, flag: Option<i64>) -> Result<i64> {
+    if let Some(e) = flag {
+        return Ok(e);
+    }
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v.trim().parse().map_err(|_| {
+            Hinted::new(
+                format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"),
+                "unset it or give seconds since 1970, e.g. SOURCE_DATE_EPOCH=1700000000",
+            )
+            .into()
+        });
+    }
+    lock.releases
+        .iter()
+        .filter_map(|r| {
+            r.date
+                .as_deref()
+                .and_then(kiln_archive::date::parse_rfc2822)
+        })
+        .max()
+        .ok_or_else(|| {
+            Hinted::new(
+                "the lock has no Release dates to derive SOURCE_DATE_EPOCH from",
+                "pass --source-date-epoch SECONDS",
+            )
+            .into()
+        })
+}
+
+/// Checks that `dir` can take the outputs before any work is done.
+fn prepare_output(dir: &Path) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        Hinted::new(
+            format!(
+                "cannot write to the output directory {}: {e}",
+                dir.display()
+            ),
+            "choose another directory with --output DIR",
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".kiln-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)?;
+    Ok(())
+}
+
+/// What identifies an image for its derived UUIDs: name, architecture,
+/// epoch and every package version (same lock and epoch, same disk).
+fn image_identity(recipe: &Recipe, arch: &str, pkgs: &[&LockedPackage], epoch: i64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{}\0{arch}\0{epoch}\0", recipe.image.name));
+    for p in pkgs {
+        h.update(format!("{}={}:{}\n", p.name, p.version, p.sha256));
+    }
+    hex::encode(h.finalize())
+}
+
+type PerArch<'a> = [(String, Vec<&'a LockedPackage>, Vec<PathBuf>)];
+
+struct Produced {
+    artifacts: Vec<Artifact>,
+    licences: Licences,
+    disk: BTreeMap<String, kiln_model::DiskFacts>,
+}
+
+/// Assembles each architecture's root and hands it to every output.
+fn produce(
+    recipe: &Recipe,
+    lock: &Lock,
+    per_arch: &PerArch,
+    epoch: i64,
+    out_dir: &Path,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<Produced> {
+    let cx = Context {
+        recipe,
+        lock,
+        epoch,
+        out_dir,
+        multi_arch: per_arch.len() > 1,
+        reporter,
+        cancel,
+    };
+    let mut outputs = outputs_for(recipe)?;
+    let mut done = Produced {
+        artifacts: Vec::new(),
+        licences: Licences::new(),
+        disk: BTreeMap::new(),
+    };
+    let result = (|| -> Result<()> {
+        for (arch, pkgs, debs) in per_arch {
+            cancel.check()?;
+            let area = if recipe.container.distroless {
+                assemble_distroless(recipe, arch, pkgs, debs, reporter, cancel)?
+            } else {
+                assemble(recipe, lock, pkgs, debs, epoch, reporter, cancel)?
+            };
+            let root_path = area.root();
+            let root = BuiltRoot {
+                arch,
+                path: &root_path,
+                scratch: area.path(),
+                pkgs,
+                debs,
+                identity: image_identity(recipe, arch, pkgs, epoch),
+            };
+            for o in outputs.iter_mut() {
+                cancel.check()?;
+                let p = o.add(&cx, &root)?;
+                done.artifacts.extend(p.artifacts);
+                if let Some(d) = p.disk {
+                    done.disk.insert(arch.clone(), d);
+                }
+            }
+            licences_from_root(&root_path, pkgs, &mut done.licences);
+        }
+        for o in outputs.iter_mut() {
+            done.artifacts.extend(o.finish(&cx)?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for o in outputs.iter_mut() {
+            o.abandon(&cx);
+        }
+        return Err(e);
+    }
+    Ok(done)
+}
+
+/// Runs one build: lock (if needed), fetch, assemble, outputs, records.
+/// Returns the manifest it wrote to `OUT/manifest.json`.
+pub fn build(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> Result<Manifest> {
+    let start = Instant::now();
+    // The output directory must be usable before any work is done.
+    let out_dir = match &req.output {
+        Some(o) => o.clone(),
+        None => Recipe::load(&req.recipe)?.output_dir(),
+    };
+    prepare_output(&out_dir)?;
+    let key = crate::records::load_signing_key(req.sign_key.as_deref())?;
+    let (recipe, lock) = crate::lock::ensure_lock(&req.recipe, req.locked, &req.sources, reporter)?;
+    let host = kiln_recipe::host_architecture();
+    if !recipe.container.distroless {
+        if let Some(a) = recipe.image.architectures.iter().find(|a| *a != host) {
+            return Err(Hinted::new(
+                format!("a full {a} image cannot be built on a {host} host yet (maintainer scripts would need emulation)"),
+                format!("build it on {a}, set architectures = [\"{host}\"], or build distroless (no scripts run)"),
+            )
+            .into());
+        }
+        if !kiln_rootfs::sandbox::is_root() {
+            return Err(kiln_rootfs::RootfsError::Sandbox(
+                kiln_rootfs::sandbox::SandboxError::NotRoot,
+            )
+            .into());
+        }
+    }
+    let epoch = epoch_for(&lock, req.source_date_epoch)?;
+    let started = kiln_archive::now();
+    let mut per_arch = Vec::new();
+    for arch in &recipe.image.architectures {
+        let pkgs: Vec<&LockedPackage> =
+            lock.packages.iter().filter(|p| &p.target == arch).collect();
+        let debs = crate::fetch::fetch_packages(&lock, &pkgs, &req.sources, reporter, cancel)?;
+        per_arch.push((arch.clone(), pkgs, debs));
+    }
+    // From here on the directory holds a partial build until the records are written.
+    let marker = out_dir.join(INCOMPLETE_MARKER);
+    std::fs::write(&marker, b"a kiln build is writing here\n")?;
+    let produced = produce(&recipe, &lock, &per_arch, epoch, &out_dir, reporter, cancel)?;
+    let all_pkgs: Vec<&LockedPackage> = per_arch.iter().flat_map(|a| a.1.iter().copied()).collect();
+    let has_disk = !produced.disk.is_empty();
+    let manifest = Manifest {
+        schema_version: SCHEMA_VERSION,
+        image: recipe.image.name.clone(),
+        version: recipe.image.version.clone(),
+        suite: recipe.image.suite.clone(),
+        architectures: recipe.image.architectures.clone(),
+        distroless: recipe.container.distroless,
+        source_date_epoch: epoch,
+        lock: LockRef {
+            path: relative_path(&recipe.lock_path(), &out_dir)
+                .display()
+                .to_string(),
+            recipe_sha256: lock.recipe.clone(),
+        },
+        packages: all_pkgs
+            .iter()
+            .map(|p| PackageRecord {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                architecture: p.architecture.clone(),
+                target: p.target.clone(),
+                source: p.source.clone(),
+                source_version: p.source_version.clone(),
+                sha256: p.sha256.clone(),
+            })
+            .collect(),
+        outputs: produced.artifacts.clone(),
+        disk: produced.disk,
+        tests: if has_disk {
+            recipe
+                .tests
+                .iter()
+                .map(|t| TestSpec {
+                    name: t.name.clone(),
+                    command: t.command.clone(),
+                    expect: t.expect.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        users: if has_disk {
+            recipe
+                .customize
+                .users
+                .iter()
+                .map(|u| u.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        generator: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+    };
+    write_atomic(&out_dir.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
+    crate::records::write_records(
+        reporter,
+        &recipe,
+        &lock,
+        &all_pkgs,
+        &produced.licences,
+        &produced.artifacts,
+        epoch,
+        started,
+        key.as_ref(),
+        &out_dir,
+    )?;
+    std::fs::remove_file(&marker)?;
+    for a in &produced.artifacts {
+        reporter.report(Event::Artifact {
+            path: out_dir.join(&a.path).display().to_string(),
+            format: a.format.to_string(),
+            size: a.size,
+            sha256: a.sha256.clone(),
+        });
+    }
+    reporter.report(Event::Finished {
+        packages: all_pkgs.len(),
+        seconds: start.elapsed().as_secs_f64(),
+    });
+
+    if req.check_reproducible {
+        check_reproducible(
+            &recipe, &lock, &per_arch, epoch, &out_dir, &manifest, reporter, cancel,
+        )?;
+    }
+    Ok(manifest)
+}
+
+/// Builds everything again into `OUT/rebuild` and compares every artifact.
+#[allow(clippy::too_many_arguments)]
+fn check_reproducible(
+    recipe: &Recipe,
+    lock: &Lock,
+    per_arch: &PerArch,
+    epoch: i64,
+    out_dir: &Path,
+    manifest: &Manifest,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<()> {
+    reporter.step(Stage::Reproduce, "to check reproducibility");
+    let again_dir = out_dir.join("rebuild");
+    let _ = std::fs::remove_dir_all(&again_dir);
+    std::fs::create_dir_all(&again_dir)?;
+    let again = produce(recipe, lock, per_arch, epoch, &again_dir, reporter, cancel)?;
+    let artifacts = &manifest.outputs;
+    let differ: Vec<String> = artifacts
+        .iter()
+        .zip(&again.artifacts)
+        .filter(|(a, b)| a.sha256 != b.sha256)
+        .map(|(a, _)| a.path.clone())
+        .collect();
+    if !differ.is_empty() {
+        let first = &differ[0];
+        return Err(Hinted::new(
+            format!(
+                "not reproducible: {} differ between two builds (the second is in {})",
+                differ.join(", "),
+                again_dir.display()
+            ),
+            format!(
+                "see what differs with: diffoscope {} {}",
+                out_dir.join(first).display(),
+                again_dir.join(first).display()
+            ),
+        )
+        .into());
+    }
+    std::fs::remove_dir_all(&again_dir)?;
+    reporter.report(Event::Step {
+        stage: Stage::Reproduce,
+        message: format!(
+            "two builds gave identical {}",
+            artifacts
+                .iter()
+                .map(|a| format!("{} ({})", a.path, &a.sha256[..16]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    });
+    Ok(())
+}

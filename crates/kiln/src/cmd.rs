@@ -1,0 +1,261 @@
+//! The commands: each turns parsed arguments into a library call and
+//! renders its result. No pipeline logic lives here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use kiln_build::fetch::human_size;
+use kiln_build::{BuildRequest, SourceOptions};
+use kiln_model::event::Stage;
+use kiln_model::{Cancel, Hinted, Reporter};
+use kiln_recipe::{Lock, LockedPackage, Reason, Recipe};
+use serde_json::json;
+
+use crate::ui::Ui;
+
+fn summary_json(lock: &Lock, path: &Path) -> serde_json::Value {
+    json!({
+        "lock": path.display().to_string(),
+        "recipe-sha256": lock.recipe,
+        "packages": lock.packages.iter().map(|p| json!({
+            "name": p.name,
+            "version": p.version,
+            "architecture": p.architecture,
+            "target": p.target,
+            "source": p.source,
+            "source-version": p.source_version,
+            "sha256": p.sha256,
+            "size": p.size,
+            "installed-size-kib": p.installed_size,
+            "reason": p.reason,
+        })).collect::<Vec<_>>(),
+        "download-size": lock.packages.iter().map(|p| p.size).sum::<u64>(),
+        "installed-size": lock.packages.iter().map(|p| p.installed_size * 1024).sum::<u64>(),
+        "releases": lock.releases.iter().map(|r| json!({
+            "suite": r.suite, "date": r.date, "sha256": r.sha256,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn cmd_lock(
+    ui: &Ui,
+    reporter: &dyn Reporter,
+    recipe_path: &Path,
+    check: bool,
+    json: bool,
+    args: &SourceOptions,
+) -> Result<()> {
+    let start = Instant::now();
+    let recipe = Recipe::load(recipe_path)?;
+    let lock_path = recipe.lock_path();
+    if check {
+        if !lock_path.exists() {
+            return Err(Hinted {
+                message: format!("{} does not exist", lock_path.display()),
+                hint: format!("run `kiln lock {}` first", recipe_path.display()),
+            }
+            .into());
+        }
+        let lock = Lock::read(&lock_path)?;
+        lock.check(&recipe.resolution_hash(), &lock_path)?;
+        ui.status(
+            "Checked",
+            &format!("{} matches {}", lock_path.display(), recipe_path.display()),
+        );
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?
+            );
+        }
+        return Ok(());
+    }
+    let lock = kiln_build::lock::resolve_recipe(&recipe, args, reporter)?;
+    let old = Lock::read(&lock_path).ok();
+    if old.as_ref() != Some(&lock) {
+        lock.write(&lock_path)?;
+    }
+    let download: u64 = lock.packages.iter().map(|p| p.size).sum();
+    let installed: u64 = lock.packages.iter().map(|p| p.installed_size * 1024).sum();
+    let changed = match &old {
+        None => "written".to_string(),
+        Some(o) if *o == lock => "unchanged".to_string(),
+        Some(o) => {
+            let before: HashMap<(&str, &str), &str> = o
+                .packages
+                .iter()
+                .map(|p| ((p.target.as_str(), p.name.as_str()), p.version.as_str()))
+                .collect();
+            let n = lock
+                .packages
+                .iter()
+                .filter(|p| {
+                    before.get(&(p.target.as_str(), p.name.as_str())) != Some(&p.version.as_str())
+                })
+                .count();
+            if n == 0 {
+                "updated: same packages, recipe or sources changed".to_string()
+            } else {
+                format!("updated, {n} packages changed")
+            }
+        }
+    };
+    ui.status(
+        "Locked",
+        &format!(
+            "{} packages for {} (download {}, installed {}) in {:.2}s -> {} ({changed})",
+            lock.packages.len(),
+            recipe.image.architectures.join(", "),
+            human_size(download),
+            human_size(installed),
+            start.elapsed().as_secs_f64(),
+            lock_path.display()
+        ),
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_why(
+    package: &str,
+    recipe: Option<PathBuf>,
+    lock: Option<PathBuf>,
+    arch: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let lock_path = match (recipe, lock) {
+        (Some(r), _) => kiln_recipe::lock_path_for(&r),
+        (None, Some(l)) => l,
+        (None, None) => PathBuf::from("kiln.lock"),
+    };
+    if !lock_path.exists() {
+        return Err(Hinted {
+            message: format!("{} does not exist", lock_path.display()),
+            hint: "name the recipe with --recipe RECIPE or the lock with --lock LOCK, or run `kiln lock RECIPE`".into(),
+        }
+        .into());
+    }
+    let lock = Lock::read(&lock_path)?;
+    let why = kiln_build::lock::why(&lock, &lock_path, package, arch.as_deref())?;
+    let reason = |r: Reason| match r {
+        Reason::Include => "listed in [packages] include",
+        Reason::Essential => "Essential: yes",
+        Reason::Priority => "in the [packages] priority set",
+        Reason::Dependency => "a dependency",
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "package": package,
+                "target": why.target,
+                "root-reason": why.root_reason,
+                "path": why.chain.iter().map(|(n, v)| json!({"name": n, "version": v})).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(());
+    }
+    let (root, version) = &why.chain[0];
+    println!("{root} {version} ({})", reason(why.root_reason));
+    for (i, (n, v)) in why.chain.iter().enumerate().skip(1) {
+        println!("{}└─ {n} {v}", "   ".repeat(i - 1));
+    }
+    Ok(())
+}
+
+pub fn cmd_fetch(
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+    recipe_path: &Path,
+    locked: bool,
+    args: &SourceOptions,
+) -> Result<()> {
+    let (_, lock) = kiln_build::lock::ensure_lock(recipe_path, locked, args, reporter)?;
+    let pkgs: Vec<&LockedPackage> = lock.packages.iter().collect();
+    kiln_build::fetch::fetch_packages(&lock, &pkgs, args, reporter, cancel)?;
+    Ok(())
+}
+
+pub fn cmd_build(reporter: &dyn Reporter, cancel: &Cancel, req: &BuildRequest) -> Result<()> {
+    kiln_build::build(req, reporter, cancel)?;
+    Ok(())
+}
+
+/// `kiln verify DIR`.
+pub fn cmd_verify(
+    ui: &Ui,
+    reporter: &dyn Reporter,
+    dir: &Path,
+    key: Option<PathBuf>,
+    lock: Option<PathBuf>,
+    json_out: bool,
+) -> Result<()> {
+    let r = kiln_build::verify::verify(dir, key.as_deref(), lock.as_deref(), reporter)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    ui.status(
+        "Verified",
+        &format!(
+            "{} subjects, {} packages in both SBOMs, {}",
+            r.subjects.len(),
+            r.packages,
+            match &r.signed_by {
+                Some(k) => format!("signature by key {}", &k[..16]),
+                None => "UNSIGNED".into(),
+            }
+        ),
+    );
+    Ok(())
+}
+
+/// `kiln push LAYOUT REFERENCE`.
+pub fn cmd_push(
+    ui: &Ui,
+    reporter: &dyn Reporter,
+    layout: &Path,
+    reference: &str,
+    insecure: bool,
+    username: Option<String>,
+) -> Result<()> {
+    let reference = kiln_registry::Reference::parse(reference)?;
+    let user = username.or_else(|| std::env::var("KILN_REGISTRY_USER").ok());
+    let credentials = match user {
+        Some(u) => Some(kiln_registry::Credentials {
+            username: u,
+            password: std::env::var("KILN_REGISTRY_PASSWORD").map_err(|_| {
+                Hinted::new(
+                    "a registry user was given but no password",
+                    "set KILN_REGISTRY_PASSWORD (passwords are not taken on the command line)",
+                )
+            })?,
+        }),
+        None => None,
+    };
+    let progress = |m: &str| reporter.step(Stage::Push, m);
+    let report = kiln_registry::push(
+        layout,
+        &reference,
+        &kiln_registry::PushOptions {
+            insecure,
+            credentials,
+            progress: &progress,
+        },
+    )?;
+    ui.status(
+        "Pushed",
+        &format!(
+            "{reference} ({} blobs uploaded, {} already there)",
+            report.blobs_uploaded, report.blobs_skipped
+        ),
+    );
+    println!("{}", report.digest);
+    Ok(())
+}

@@ -182,8 +182,17 @@ fn produce(
 }
 
 /// Runs one build: lock (if needed), fetch, assemble, outputs, records.
-/// Returns the manifest it wrote to `OUT/manifest.json`.
+/// Returns the manifest it wrote to `OUT/manifest.json`. A cancelled build
+/// fails with [`Cancelled`](kiln_model::Cancelled), whatever step it was in.
 pub fn build(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> Result<Manifest> {
+    let result = build_inner(req, reporter, cancel);
+    match result {
+        Err(_) if cancel.is_cancelled() => Err(kiln_model::Cancelled.into()),
+        r => r,
+    }
+}
+
+fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> Result<Manifest> {
     let start = Instant::now();
     // The output directory must be usable before any work is done.
     let out_dir = match &req.output {

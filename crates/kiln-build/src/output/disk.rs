@@ -12,50 +12,13 @@ use kiln_model::event::Stage;
 use kiln_model::{DiskFacts, Format, Hinted, PartitionFact, UsrFacts};
 use kiln_recipe::{Disk, Headroom, Recipe};
 
+use super::plan::{
+    arch_info, derived_guid, kernel_cmdline, plan, uuid_from_hex, Content, UsrImages,
+};
 use super::{file_artifact, BuiltRoot, Context, Output, Produced};
 use crate::fetch::human_size;
 
 const MIB: u64 = 1 << 20;
-
-/// Per-architecture names: (DPS root type, /usr type, /usr verity type,
-/// EFI removable-media boot file, systemd-boot binary, multiarch triplet).
-struct ArchInfo {
-    root: &'static str,
-    usr: &'static str,
-    usr_verity: &'static str,
-    boot_file: &'static str,
-    sd_boot: &'static str,
-    multiarch: &'static str,
-    dps: &'static str,
-}
-
-fn arch_info(arch: &str) -> Result<ArchInfo> {
-    match arch {
-        "amd64" => Ok(ArchInfo {
-            root: gpt::types::ROOT_X86_64,
-            usr: gpt::types::USR_X86_64,
-            usr_verity: gpt::types::USR_VERITY_X86_64,
-            boot_file: "BOOTX64.EFI",
-            sd_boot: "systemd-bootx64.efi",
-            multiarch: "x86_64-linux-gnu",
-            dps: "x86-64",
-        }),
-        "arm64" => Ok(ArchInfo {
-            root: gpt::types::ROOT_ARM64,
-            usr: gpt::types::USR_ARM64,
-            usr_verity: gpt::types::USR_VERITY_ARM64,
-            boot_file: "BOOTAA64.EFI",
-            sd_boot: "systemd-bootaa64.efi",
-            multiarch: "aarch64-linux-gnu",
-            dps: "arm64",
-        }),
-        other => Err(Hinted {
-            message: format!("disk images for {other} are not supported yet"),
-            hint: "build disk images for amd64 or arm64".into(),
-        }
-        .into()),
-    }
-}
 
 fn need_file(root: &Path, path: &str, package: &str, why: &str) -> Result<PathBuf> {
     let p = root.join(path.trim_start_matches('/'));
@@ -101,18 +64,6 @@ pub fn find_kernel(root: &Path) -> Result<String> {
         .into());
     }
     Ok(k)
-}
-
-/// UUID-shaped text from 32 hex digits (DPS: partition UUIDs from a root hash).
-fn uuid_from_hex(h: &str) -> String {
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// The `disk` output (and `qcow2`, a compressed copy of the same disk).
@@ -328,7 +279,7 @@ fn build(
             "opens the dm-verity /usr in the initrd",
         )?;
     }
-    let uuid = |role: &str| gpt::guid_from(format!("kiln-disk:{}:{role}", job.identity).as_bytes());
+    let uuid = |role: &str| derived_guid(&job.identity, role);
     let hex_of = |role: &str| {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(format!(
@@ -336,18 +287,12 @@ fn build(
             job.identity
         )))
     };
-    let root_part = uuid("root");
     let mut usr_facts = None;
+    let mut usr_images = None;
+    let mut usr_files = None;
 
     // /usr first: its verity root hash goes on the kernel command line.
     let usr_tree = job.work.join("usr-tree");
-    let mut usr_parts: Vec<Partition> = Vec::new();
-    let mut cmdline = vec![format!("root=PARTUUID={root_part}")];
-    if d.filesystem == "erofs" {
-        cmdline.push("ro".into());
-    } else {
-        cmdline.push("rw".into());
-    }
     if immutable {
         reporter.step(
             Stage::Seal,
@@ -382,58 +327,28 @@ fn build(
             &hex_of("usr-salt"),
             &uuid("usr-verity-sb"),
         )?;
-        let (usr_guid, verity_guid) = (
-            uuid_from_hex(&roothash[..32]),
-            uuid_from_hex(&roothash[32..]),
-        );
         let usr_len = std::fs::metadata(&usr_img)?.len();
         let hash_len = std::fs::metadata(&hash_img)?.len();
-        let label = format!("usr-{}", job.recipe.image.version.as_deref().unwrap_or("0"));
-        usr_parts.push(Partition {
-            type_guid: info.usr.into(),
-            guid: usr_guid.clone(),
-            label: label.clone(),
-            image: Some(usr_img),
-            size: usr_len,
-            attributes: 1 << 60,
-        });
-        usr_parts.push(Partition {
-            type_guid: info.usr_verity.into(),
-            guid: verity_guid.clone(),
-            label: format!("{label}-verity"),
-            image: Some(hash_img),
-            size: hash_len,
-            attributes: 1 << 60,
-        });
-        if d.ab_slots {
-            // The B slot: same sizes, empty, ignored by discovery (bit 63)
-            // until an update writes it (systemd-sysupdate's "_empty").
-            for (i, (t, size)) in [(info.usr, usr_len), (info.usr_verity, hash_len)]
-                .into_iter()
-                .enumerate()
-            {
-                usr_parts.push(Partition {
-                    type_guid: t.into(),
-                    guid: uuid(&format!("usr-b-{i}")),
-                    label: "_empty".into(),
-                    image: None,
-                    size: size + size / 4,
-                    attributes: 1 << 63,
-                });
-            }
-        }
-        cmdline.push(format!("usrhash={roothash}"));
         usr_facts = Some(UsrFacts {
             filesystem: d.usr_filesystem.clone(),
             roothash: roothash.clone(),
-            partuuid: usr_guid,
-            verity_partuuid: verity_guid,
+            partuuid: uuid_from_hex(&roothash[..32]),
+            verity_partuuid: uuid_from_hex(&roothash[32..]),
             size: usr_len,
             ab_slots: d.ab_slots,
         });
+        usr_images = Some(UsrImages {
+            usr_len,
+            hash_len,
+            roothash,
+        });
+        usr_files = Some((usr_img, hash_img));
     }
-    cmdline.extend(d.cmdline.iter().cloned());
-    let cmdline = cmdline.join(" ");
+    let cmdline = kernel_cmdline(
+        d,
+        &job.identity,
+        usr_images.as_ref().map(|u| u.roothash.as_str()),
+    );
     cx.cancel.check()?;
     reporter.step(Stage::Boot, &format!("Unified Kernel Image for {kver}"));
     let uki = build_uki(job, &kver, &cmdline, cx.cancel)?;
@@ -587,29 +502,38 @@ fn build(
     }
     let (root_img, root_size) = root_result?;
 
-    let mut parts = vec![Partition {
-        type_guid: gpt::types::ESP.into(),
-        guid: uuid("esp"),
-        label: "esp".into(),
-        image: Some(esp_img),
-        size: d.esp_size,
-        attributes: 0,
-    }];
-    parts.extend(usr_parts);
-    // Root last, so it can grow into a larger disk (bit 59: grow the filesystem).
-    parts.push(Partition {
-        type_guid: info.root.into(),
-        guid: root_part.clone(),
-        label: format!("root-{}", info.dps),
-        image: Some(root_img),
-        size: root_size,
-        attributes: 1 << 59,
-    });
+    let plan = plan(
+        d,
+        &info,
+        &job.identity,
+        job.recipe.image.version.as_deref(),
+        usr_images.as_ref(),
+        root_size,
+    );
+    debug_assert_eq!(plan.cmdline, cmdline);
+    let parts: Vec<Partition> = plan
+        .partitions
+        .iter()
+        .map(|p| Partition {
+            type_guid: p.type_guid.clone(),
+            guid: p.guid.clone(),
+            label: p.label.clone(),
+            image: match p.content {
+                Content::Esp => Some(esp_img.clone()),
+                Content::Usr => usr_files.as_ref().map(|f| f.0.clone()),
+                Content::UsrVerity => usr_files.as_ref().map(|f| f.1.clone()),
+                Content::Empty => None,
+                Content::Root => Some(root_img.clone()),
+            },
+            size: p.size,
+            attributes: p.attributes,
+        })
+        .collect();
     let raw_name = format!("{}.raw", job.stem);
     let raw = out_dir.join(&raw_name);
     cx.cancel.check()?;
     reporter.step(Stage::Write, &raw.display().to_string());
-    let placed = gpt::write_disk(&raw, &uuid("disk"), &parts)
+    let placed = gpt::write_disk(&raw, &plan.disk_guid, &parts)
         .with_context(|| format!("writing {}", raw.display()))?;
     let facts = DiskFacts {
         layout: d.layout.clone(),

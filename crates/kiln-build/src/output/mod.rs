@@ -12,6 +12,7 @@ use kiln_recipe::{Lock, LockedPackage, Recipe};
 
 pub mod disk;
 pub mod oci;
+pub mod plan;
 pub mod tar;
 
 /// What every output of one build shares.

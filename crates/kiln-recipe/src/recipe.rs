@@ -1213,59 +1213,66 @@ fn finish_disk(d: &DiskAt) -> Result<Disk, RecipeError> {
     })
 }
 
-/// Keys of every table, for documentation checks.
-pub fn documented_keys() -> BTreeMap<&'static str, &'static [&'static str]> {
+/// The keys the parser accepts in one table, as serde knows them (from the
+/// "expected one of" list of an unknown-field error), so that the list can
+/// never fall behind the parser.
+fn accepted_keys<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let err = match toml::from_str::<T>("kiln-no-such-key = 0") {
+        Ok(_) => return Vec::new(),
+        Err(e) => e.to_string(),
+    };
+    let Some(list) = err.split("expected ").nth(1) else {
+        return Vec::new();
+    };
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every key of every recipe table (the root table is ""), straight from
+/// the parser's own definitions; `docs/recipe.md` must document each one.
+pub fn recipe_keys() -> BTreeMap<&'static str, Vec<String>> {
+    let tables = |keys: Vec<String>, nested: &[&str]| -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| !nested.contains(&k.as_str()))
+            .collect()
+    };
     BTreeMap::from([
-        ("", &["include"][..]),
         (
-            "image",
-            &[
-                "name",
-                "version",
-                "suite",
-                "architectures",
-                "components",
-                "default-sources",
-            ][..],
+            "",
+            tables(
+                accepted_keys::<Layer>(),
+                &[
+                    "image",
+                    "packages",
+                    "source",
+                    "output",
+                    "customize",
+                    "container",
+                    "disk",
+                    "test",
+                ],
+            ),
         ),
-        (
-            "packages",
-            &["priority", "include", "exclude", "recommends"][..],
-        ),
-        (
-            "source",
-            &["uri", "suites", "components", "signed-by", "allow-unsigned"][..],
-        ),
-        ("output", &["formats", "directory"][..]),
+        ("image", accepted_keys::<ImageLayer>()),
+        ("packages", accepted_keys::<PackagesLayer>()),
+        ("source", accepted_keys::<SourceLayer>()),
+        ("output", accepted_keys::<OutputLayer>()),
         (
             "customize",
-            &[
-                "hostname", "timezone", "locale", "enable", "disable", "commands", "overlays",
-            ][..],
+            tables(
+                accepted_keys::<CustomizeLayer>(),
+                &["file", "user", "group"],
+            ),
         ),
-        (
-            "customize.file",
-            &["path", "content", "source", "mode", "uid", "gid"][..],
-        ),
-        (
-            "customize.user",
-            &["name", "uid", "groups", "shell", "home", "system"][..],
-        ),
-        ("customize.group", &["name", "gid", "system"][..]),
-        (
-            "disk",
-            &[
-                "layout",
-                "filesystem",
-                "usr-filesystem",
-                "esp-size",
-                "root-size",
-                "headroom",
-                "cmdline",
-                "ab-slots",
-            ][..],
-        ),
-        ("test", &["name", "command", "expect"][..]),
+        ("customize.file", accepted_keys::<FileLayer>()),
+        ("customize.user", accepted_keys::<User>()),
+        ("customize.group", accepted_keys::<Group>()),
+        ("container", accepted_keys::<ContainerLayer>()),
+        ("disk", accepted_keys::<DiskLayer>()),
+        ("test", accepted_keys::<TestEntry>()),
     ])
 }
 
@@ -1424,7 +1431,10 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipe.md"),
         )
         .unwrap();
-        for (table, keys) in documented_keys() {
+        let keys = recipe_keys();
+        assert!(keys["container"].contains(&"keep-locales".to_string()));
+        assert!(keys[""].contains(&"include".to_string()));
+        for (table, keys) in keys {
             if !table.is_empty() {
                 let heading = if table == "source" || table == "test" || table.contains('.') {
                     format!("## `[[{table}]]`")

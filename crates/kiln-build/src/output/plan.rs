@@ -114,7 +114,14 @@ const NO_AUTO: u64 = 1 << 63;
 /// the recipe's own arguments.
 pub fn kernel_cmdline(disk: &Disk, identity: &str, roothash: Option<&str>) -> String {
     let mut c = vec![format!("root=PARTUUID={}", derived_guid(identity, "root"))];
-    c.push(if disk.filesystem == "erofs" { "ro" } else { "rw" }.into());
+    c.push(
+        if disk.filesystem == "erofs" {
+            "ro"
+        } else {
+            "rw"
+        }
+        .into(),
+    );
     if let Some(h) = roothash {
         c.push(format!("usrhash={h}"));
     }
@@ -225,10 +232,31 @@ mod tests {
     #[test]
     fn ab_slots_are_empty_no_auto_and_a_quarter_larger() {
         let info = arch_info("amd64").unwrap();
-        let p = plan(&settings("immutable", true), &info, "id", Some("13"), Some(&usr()), 300 * MIB);
+        let p = plan(
+            &settings("immutable", true),
+            &info,
+            "id",
+            Some("13"),
+            Some(&usr()),
+            300 * MIB,
+        );
         let labels: Vec<&str> = p.partitions.iter().map(|x| x.label.as_str()).collect();
-        assert_eq!(labels, ["esp", "usr-13", "usr-13-verity", "_empty", "_empty", "root-x86-64"]);
-        let b: Vec<&Planned> = p.partitions.iter().filter(|x| x.content == Content::Empty).collect();
+        assert_eq!(
+            labels,
+            [
+                "esp",
+                "usr-13",
+                "usr-13-verity",
+                "_empty",
+                "_empty",
+                "root-x86-64"
+            ]
+        );
+        let b: Vec<&Planned> = p
+            .partitions
+            .iter()
+            .filter(|x| x.content == Content::Empty)
+            .collect();
         assert_eq!(b[0].size, 500 * MIB);
         assert_eq!(b[1].size, 5 * MIB);
         assert_eq!(b[0].type_guid, info.usr);
@@ -244,21 +272,37 @@ mod tests {
     #[test]
     fn usr_uuids_are_the_root_hash_halves_and_the_hash_is_on_the_cmdline() {
         let info = arch_info("amd64").unwrap();
-        let p = plan(&settings("immutable", false), &info, "id", None, Some(&usr()), 300 * MIB);
+        let p = plan(
+            &settings("immutable", false),
+            &info,
+            "id",
+            None,
+            Some(&usr()),
+            300 * MIB,
+        );
         assert_eq!(p.partitions.len(), 4);
         assert_eq!(p.partitions[1].guid, "01234567-89ab-cdef-0123-456789abcdef");
         assert_eq!(p.partitions[2].guid, "fedcba98-7654-3210-fedc-ba9876543210");
         assert_eq!(p.partitions[1].label, "usr-0");
         assert!(p.partitions[1].attributes & READ_ONLY != 0);
         let root = p.partitions.last().unwrap();
-        assert!(p.cmdline.starts_with(&format!("root=PARTUUID={} rw usrhash=0123", root.guid)));
+        assert!(p
+            .cmdline
+            .starts_with(&format!("root=PARTUUID={} rw usrhash=0123", root.guid)));
         assert!(p.cmdline.ends_with(" console=ttyS0"));
     }
 
     #[test]
     fn standard_layout_is_esp_and_a_growable_root_last() {
         let info = arch_info("arm64").unwrap();
-        let p = plan(&settings("standard", true), &info, "id", None, None, 300 * MIB);
+        let p = plan(
+            &settings("standard", true),
+            &info,
+            "id",
+            None,
+            None,
+            300 * MIB,
+        );
         assert_eq!(p.partitions.len(), 2);
         assert_eq!(p.partitions[0].type_guid, gpt::types::ESP);
         assert_eq!(p.partitions[1].type_guid, gpt::types::ROOT_ARM64);

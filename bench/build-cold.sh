@@ -6,15 +6,10 @@
 #
 #   bench/build-cold.sh [RECIPE]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 recipe=${1:-$root/recipes/minbase.toml}
-cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
-kiln=$root/target/release/kiln
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 "$kiln" lock -q "$recipe"
 lock="${recipe%.toml}.lock"
-secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
 python3 - "$lock" > "$work/urls" <<'PY'
 import sys, tomllib
 l = tomllib.load(open(sys.argv[1], 'rb'))

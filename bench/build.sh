@@ -7,15 +7,10 @@
 # Prints median wall times, the ratio, and peak memory (max RSS) of each.
 set -euo pipefail
 runs=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 recipe=${2:-$root/recipes/minbase.toml}
-cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
-kiln=$root/target/release/kiln
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export KILN_CACHE_DIR=${KILN_CACHE_DIR:-$root/target/bench-cache}
-mmcache=${MM_CACHE:-$root/target/bench-mmdebstrap-debs}
-mkdir -p "$mmcache"
+use_bench_cache
+use_mm_cache
 
 # The same request for mmdebstrap, from the lock Kiln made.
 "$kiln" lock -q "$recipe"
@@ -38,20 +33,8 @@ for l in layers(sys.argv[1]):
 print(suite, ",".join(inc))
 PY
 )
-mm() {
-  /usr/bin/time -f "%e %M" -o "$work/t" mmdebstrap --quiet --variant=minbase --include="$includes" --skip=essential/unlink \
-    --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
-    --setup-hook="sync-in $mmcache /var/cache/apt/archives/" \
-    --customize-hook="sync-out /var/cache/apt/archives $mmcache" \
-    "$suite" "$work/mm.tar"
-}
+mm() { mm_cached --variant=minbase --include="$includes" --skip=essential/unlink "$suite" "$work/mm.tar"; }
 kb() { /usr/bin/time -f "%e %M" -o "$work/t" "$kiln" build -q --locked "$recipe" --output "$work/kiln"; }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-measure() { # runs a timed function, prints "seconds maxrss_kb"
-  "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-  cat "$work/t"
-}
 echo "warming caches…"
 kb; mm
 k=(); m=(); s=(); kr=0; mr=0

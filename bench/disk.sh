@@ -11,14 +11,9 @@
 #   sudo bench/disk.sh [RUNS]          (default 3; medians; SKIP_MM=1 skips mmdebstrap)
 set -euo pipefail
 runs=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
-kiln=$root/target/release/kiln
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export KILN_CACHE_DIR=${KILN_CACHE_DIR:-$root/target/bench-cache}
-mmcache=${MM_CACHE:-$root/target/bench-mmdebstrap-debs}
-mkdir -p "$mmcache"
+. "$(dirname "$0")/lib.sh"
+use_bench_cache
+use_mm_cache
 
 # Two recipes over the same classes: tarball only, and the disk.
 cp -r "$root/recipes/classes" "$work/"
@@ -42,16 +37,8 @@ l = tomllib.load(open(sys.argv[1], 'rb'))
 print(",".join(sorted(p['name'] for p in l['package'])))
 PY
 )
-mm() {
-  /usr/bin/time -f "%e %M" -o "$work/t" mmdebstrap --quiet --variant=essential --include="$pkgs" \
-    --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
-    --setup-hook="sync-in $mmcache /var/cache/apt/archives/" \
-    --customize-hook="sync-out /var/cache/apt/archives $mmcache" \
-    trixie "$work/mm.tar"
-}
+mm() { mm_cached --variant=essential --include="$pkgs" trixie "$work/mm.tar"; }
 kb() { /usr/bin/time -f "%e %M" -o "$work/t" "$kiln" build -q --locked "$work/$1.toml" --output "$work/out-$1"; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-measure() { "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }; cat "$work/t"; }
 
 echo "warming caches…"
 kb tar; kb raw; kb disk; [ -n "${SKIP_MM:-}" ] || mm

@@ -9,17 +9,9 @@
 # and ratios. Also times parsing trixie main amd64 Packages.
 set -euo pipefail
 runs=${1:-5}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
+. "$(dirname "$0")/lib.sh"
 cargo build --release -q -p kiln-deb --example parse_index --manifest-path "$root/Cargo.toml"
-kiln=$root/target/release/kiln
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export KILN_CACHE_DIR=${KILN_CACHE_DIR:-$root/target/bench-cache}
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-clock() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
-times() { local n=$1; shift; for _ in $(seq "$n"); do clock "$@"; done | median; }
+use_bench_cache
 
 declare -A requests=(
   [minbase]="apt"

@@ -8,15 +8,8 @@
 #   bench/oci.sh [RUNS]
 set -euo pipefail
 runs=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q -p kiln --manifest-path "$root/Cargo.toml"
-kiln=$root/target/release/kiln
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export KILN_CACHE_DIR=${KILN_CACHE_DIR:-$root/target/bench-cache}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
-times() { local n=$1; shift; for _ in $(seq "$n"); do secs "$@"; done | median; }
+. "$(dirname "$0")/lib.sh"
+use_bench_cache
 
 cat > "$work/python.toml" <<'R'
 [image]

@@ -2,9 +2,11 @@
 //! (built with `dpkg-deb`), signed with a throwaway OpenPGP key (`gpg`), and
 //! served from a directory or a loopback HTTP server with fault injection.
 //!
-//! Offline and deterministic apart from the key material.
+//! Offline and deterministic apart from the key material: the same `Pkg`
+//! gives the same `.deb` bytes whatever the umask or the clock (modes are set
+//! explicitly, `dpkg-deb` runs with a fixed `SOURCE_DATE_EPOCH`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -123,6 +125,8 @@ pub struct Pkg {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Maintainer scripts (postinst, preinst, …) → contents.
     pub scripts: BTreeMap<String, String>,
+    /// Paths of `files` that are executable (mode 0755; others are 0644).
+    pub executables: BTreeSet<String>,
 }
 
 impl Pkg {
@@ -148,6 +152,13 @@ impl Pkg {
     pub fn file(mut self, path: &str, contents: &[u8]) -> Pkg {
         self.files
             .insert(path.trim_start_matches('/').into(), contents.to_vec());
+        self
+    }
+    /// A file with mode 0755.
+    pub fn executable(mut self, path: &str, contents: &[u8]) -> Pkg {
+        let path = path.trim_start_matches('/').to_string();
+        self.executables.insert(path.clone());
+        self.files.insert(path, contents.to_vec());
         self
     }
     pub fn script(mut self, name: &str, body: &str) -> Pkg {
@@ -190,11 +201,33 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-/// Builds a `.deb` with dpkg-deb and returns its path.
+/// Sets `path`'s permission bits.
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Creates `dir` and its missing parents below `root` with mode 0755, so the
+/// `.deb` does not depend on the umask.
+fn mkdirs(root: &Path, dir: &Path) {
+    let mut d = root.to_path_buf();
+    for c in dir.strip_prefix(root).unwrap().components() {
+        d.push(c);
+        if !d.is_dir() {
+            std::fs::create_dir(&d).unwrap();
+            chmod(&d, 0o755);
+        }
+    }
+}
+
+/// Builds a `.deb` with dpkg-deb and returns its path. Directories are 0755,
+/// files 0644 (0755 for executables and maintainer scripts), all owned by
+/// root, every timestamp `SOURCE_DATE_EPOCH`: the bytes depend on the `Pkg` only.
 pub fn build_deb(p: &Pkg, out_dir: &Path) -> PathBuf {
     let tree = tempfile::tempdir().unwrap();
     let root = tree.path();
-    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    chmod(root, 0o755);
+    mkdirs(root, &root.join("DEBIAN"));
     let mut control = format!(
         "Package: {}\nVersion: {}\nArchitecture: {}\nMaintainer: Kiln Tests <tests@kiln.invalid>\n",
         p.name, p.version, p.arch
@@ -204,16 +237,24 @@ pub fn build_deb(p: &Pkg, out_dir: &Path) -> PathBuf {
     }
     control.push_str(&format!("Description: test package {}\n", p.name));
     std::fs::write(root.join("DEBIAN/control"), control).unwrap();
+    chmod(&root.join("DEBIAN/control"), 0o644);
     for (name, body) in &p.scripts {
         let path = root.join("DEBIAN").join(name);
         std::fs::write(&path, body).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chmod(&path, 0o755);
     }
     for (path, contents) in &p.files {
         let f = root.join(path);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, contents).unwrap();
+        mkdirs(root, f.parent().unwrap());
+        std::fs::write(&f, contents).unwrap();
+        chmod(
+            &f,
+            if p.executables.contains(path) {
+                0o755
+            } else {
+                0o644
+            },
+        );
     }
     std::fs::create_dir_all(out_dir).unwrap();
     let deb = out_dir.join(format!(

@@ -5,31 +5,14 @@
 //!
 //! Needs root, the network and mmdebstrap; KILN_SKIP_NETWORK_TESTS=1 skips.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 
+use common::*;
 use kiln_testkit::{Pkg, ReleaseOpts, Repo};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn cache() -> PathBuf {
-    let d = workspace().join("target/kiln-test-cache/kiln");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn skip() -> bool {
-    std::env::var_os("KILN_SKIP_NETWORK_TESTS").is_some()
-}
 
 fn minbase(dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join("minbase.toml");
@@ -42,21 +25,6 @@ fn minbase(dir: &Path, extra: &str) -> PathBuf {
     )
     .unwrap();
     p
-}
-
-fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args)
-        .env("KILN_CACHE_DIR", cache())
-        .env("NO_COLOR", "1");
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn extract(tar: &Path) -> tempfile::TempDir {
@@ -125,7 +93,7 @@ fn minbase_is_a_working_reproducible_system() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let recipe = minbase(work.path(), "");
     let out = work.path().join("out");
@@ -139,11 +107,10 @@ fn minbase_is_a_working_reproducible_system() {
         ],
         &[],
     );
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("Reproducible"), "{}", text(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Reproducible"), "{}", stderr(&o));
     assert!(!out.join("rootfs.rebuild.tar").exists());
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let manifest = json_file(&out.join("manifest.json"));
     let tar = std::fs::read(out.join("rootfs.tar")).unwrap();
     assert_eq!(
         manifest["outputs"][0]["sha256"].as_str().unwrap(),
@@ -248,7 +215,7 @@ fn minbase_matches_mmdebstrap() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let recipe = minbase(work.path(), "");
     let out = work.path().join("out");
@@ -261,9 +228,8 @@ fn minbase_matches_mmdebstrap() {
         ],
         &[],
     );
-    assert!(o.status.success(), "{}", text(&o));
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest = json_file(&out.join("manifest.json"));
     let epoch = manifest["source-date-epoch"].as_i64().unwrap().to_string();
     let mm_tar = work.path().join("mm.tar");
     let mm = Command::new("mmdebstrap")
@@ -331,7 +297,7 @@ fn server_set_builds_and_checks_clean() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let recipe = work.path().join("web.toml");
     std::fs::write(
@@ -352,7 +318,7 @@ fn server_set_builds_and_checks_clean() {
         ],
         &[],
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
     let root = extract(&out.join("rootfs.tar"));
     assert_healthy(root.path());
     let r = root.path();
@@ -393,7 +359,7 @@ fn failing_maintainer_script_names_the_package_and_writes_nothing() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let opts = ReleaseOpts::default();
     let repo = Repo::build(
         &[Pkg::new("kiln-broken", "1.0").script(
@@ -426,7 +392,7 @@ fn failing_maintainer_script_names_the_package_and_writes_nothing() {
         ],
         &[("KILN_TMPDIR", tmp.path().to_str().unwrap())],
     );
-    let err = text(&o);
+    let err = stderr(&o);
     assert!(!o.status.success());
     assert!(
         err.contains("the postinst maintainer script of kiln-broken failed"),
@@ -446,7 +412,7 @@ fn corrupt_cached_deb_is_detected_and_fetched_again() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let recipe = minbase(work.path(), "");
     assert!(kiln(&["fetch", recipe.to_str().unwrap()], &[])
@@ -474,11 +440,11 @@ fn corrupt_cached_deb_is_detected_and_fetched_again() {
         ],
         &[],
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        text(&o).contains("was corrupt; downloaded it again"),
+        stderr(&o).contains("was corrupt; downloaded it again"),
         "{}",
-        text(&o)
+        stderr(&o)
     );
     assert_eq!(
         kiln_testkit::sha256_hex(&std::fs::read(&cached).unwrap()),
@@ -491,7 +457,7 @@ fn full_disk_fails_cleanly() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let small = tempfile::tempdir().unwrap();
     let st = Command::new("mount")
@@ -524,7 +490,7 @@ fn full_disk_fails_cleanly() {
         ],
         &[("KILN_TMPDIR", small.path().to_str().unwrap())],
     );
-    let err = text(&o);
+    let err = stderr(&o);
     assert!(!o.status.success());
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains("hint: the disk is full"), "{err}");
@@ -541,23 +507,24 @@ fn interrupted_build_leaves_nothing_and_the_next_run_succeeds() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let recipe = minbase(work.path(), "");
     let out = work.path().join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
+    let mut child = kiln_command(
+        &cache(),
+        &[
             "build",
             recipe.to_str().unwrap(),
             "--output",
             out.to_str().unwrap(),
-        ])
-        .env("KILN_CACHE_DIR", cache())
-        .env("KILN_TMPDIR", tmp.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &[("KILN_TMPDIR", tmp.path().to_str().unwrap())],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for l in lines.by_ref() {
         if l.unwrap().contains("with dpkg") {
@@ -587,7 +554,7 @@ fn interrupted_build_leaves_nothing_and_the_next_run_succeeds() {
         ],
         &[("KILN_TMPDIR", tmp.path().to_str().unwrap())],
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("rootfs.tar").exists());
 }
 
@@ -607,7 +574,7 @@ fn unwritable_output_directory_fails_before_building() {
         ],
         &[],
     );
-    let err = text(&o);
+    let err = stderr(&o);
     assert!(!o.status.success());
     assert!(
         err.contains("cannot write to the output directory"),

@@ -2,28 +2,13 @@
 //! filesystems (mkfs.vfat + mtools, mke2fs -d) and Kiln's GPT writer, checked
 //! statically, and the errors for a missing QEMU or firmware.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::*;
 use kiln_image::disk::{self, FatFile};
 use kiln_image::gpt::{self, Partition};
-
-fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args).env("NO_COLOR", "1");
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    )
-}
 
 /// A two-partition disk: an ESP with a (fake) boot loader and UKI, and an
 /// ext4 root made from `tree`.
@@ -105,10 +90,6 @@ fn tree(dir: &Path) -> PathBuf {
     )
     .unwrap();
     t
-}
-
-fn json_of(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(o)))
 }
 
 fn result<'a>(v: &'a serde_json::Value, name: &str) -> &'a str {

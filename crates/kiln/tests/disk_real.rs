@@ -7,49 +7,14 @@
 //! The QEMU boots run one at a time (two TCG guests on two cores would only
 //! slow each other down).
 
+mod common;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn cache() -> PathBuf {
-    let d = workspace().join("target/kiln-test-cache/kiln");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn skip() -> bool {
-    std::env::var_os("KILN_SKIP_NETWORK_TESTS").is_some()
-}
-
-fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args)
-        .env("KILN_CACHE_DIR", cache())
-        .env("NO_COLOR", "1");
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    )
-}
+use common::*;
 
 /// A copy of recipes/ (classes included) in a fresh directory, so locks and
 /// outputs stay out of the repository.
@@ -80,11 +45,6 @@ fn build(recipe: &Path, out: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     kiln(&args, &[])
-}
-
-fn json_of(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("kiln test --json printed no JSON ({e}): {}", text(o)))
 }
 
 fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -179,15 +139,16 @@ fn boot_interactively(image: &Path, work: &Path) {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEm9bmr1Yo9R8Qw3m2e9LwVxw6Ok0Jd8q3R2x7Z2k0aa t\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["boot", image.to_str().unwrap(), "--ssh-port", "22022"])
-        .env("HOME", &home)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = kiln_command(
+        &cache(),
+        &["boot", image.to_str().unwrap(), "--ssh-port", "22022"],
+        &[("HOME", home.to_str().unwrap())],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
@@ -322,7 +283,7 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     let o = kiln(&["verify", out.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", text(&o));
 
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let o = kiln(&["test", recipe.to_str().unwrap(), "-o"], &[]);
     assert!(!o.status.success(), "an unknown flag must be refused");
     // `kiln test RECIPE` finds the image through [output] — here -o was
@@ -451,8 +412,7 @@ fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
     );
     // DPS: the /usr and verity partition UUIDs are the halves of the root hash
     // that the UKI's command line carries.
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let m = json_file(&out.join("manifest.json"));
     let hash = m["disk"]["amd64"]["usr"]["roothash"]
         .as_str()
         .unwrap()
@@ -478,7 +438,7 @@ fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
         .unwrap()
         .contains(&format!("usrhash={hash}")));
 
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let o = kiln(&["test", disk.to_str().unwrap(), "--json"], &[]);
     let v = json_of(&o);
     assert!(

@@ -1,9 +1,12 @@
 //! `kiln lock` against a signed fixture repository the tests build
 //! themselves: the happy path and every kind of bad input, offline.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
 use kiln_testkit::{HttpServer, Pkg, ReleaseOpts, Repo};
 
 fn packages() -> Vec<Pkg> {
@@ -63,11 +66,7 @@ impl Fixture {
     }
 
     fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(args)
-            .env("KILN_CACHE_DIR", self.cache.path())
-            .env("KILN_FETCH_ATTEMPTS", "2")
-            .env("NO_COLOR", "1")
+        kiln_command(self.cache.path(), args, &[("KILN_FETCH_ATTEMPTS", "2")])
             .current_dir(self.work.path())
             .output()
             .unwrap()
@@ -78,10 +77,6 @@ impl Fixture {
         args.extend_from_slice(extra);
         self.kiln(&args)
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[track_caller]

@@ -3,42 +3,27 @@
 //!
 //! Needs root, the network, umoci; KILN_SKIP_NETWORK_TESTS=1 skips.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Mutex;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn cache() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kiln-test-cache/kiln");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn skip() -> bool {
-    std::env::var_os("KILN_SKIP_NETWORK_TESTS").is_some()
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("KILN_CACHE_DIR", cache())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
+use common::*;
 
 fn build(dir: &Path, name: &str, body: &str) -> PathBuf {
     let recipe = dir.join(format!("{name}.toml"));
     std::fs::write(&recipe, body).unwrap();
     let out = dir.join("out");
-    let o = kiln(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
     out
 }
 
@@ -49,11 +34,7 @@ fn unpack(layout: &Path, tag: &str, dest: &Path) -> PathBuf {
         .arg(dest)
         .output()
         .expect("umoci is installed");
-    assert!(
-        o.status.success(),
-        "umoci unpack: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "umoci unpack: {}", stderr(&o));
     dest.join("rootfs")
 }
 
@@ -65,12 +46,8 @@ fn run(root: &Path, argv: &[&str]) -> Output {
         .unwrap()
 }
 
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
 fn blob(layout: &Path, digest: &str) -> serde_json::Value {
-    json(
+    json_file(
         &layout
             .join("blobs/sha256")
             .join(digest.trim_start_matches("sha256:")),
@@ -82,7 +59,7 @@ fn distroless_python_runs_without_a_shell_and_is_reproducible() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let recipe = "[image]\nname = \"python\"\nversion = \"3.13\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n\
         [packages]\ninclude = [\"python3\", \"ca-certificates\"]\n\
@@ -91,7 +68,7 @@ fn distroless_python_runs_without_a_shell_and_is_reproducible() {
         [output]\nformats = [\"oci\"]\n";
     let out = build(work.path(), "python", recipe);
     let layout = out.join("oci");
-    let index = json(&layout.join("index.json"));
+    let index = json_file(&layout.join("index.json"));
     let tags: Vec<&str> = index["manifests"]
         .as_array()
         .unwrap()
@@ -113,7 +90,7 @@ fn distroless_python_runs_without_a_shell_and_is_reproducible() {
         .unwrap()
         .iter()
         .any(|e| e == "PYTHONUNBUFFERED=1"));
-    let epoch = json(&out.join("manifest.json"))["source-date-epoch"]
+    let epoch = json_file(&out.join("manifest.json"))["source-date-epoch"]
         .as_i64()
         .unwrap();
     assert_eq!(
@@ -128,12 +105,7 @@ fn distroless_python_runs_without_a_shell_and_is_reproducible() {
     let b = tempfile::tempdir().unwrap();
     let root = unpack(&layout, "latest", &b.path().join("bundle"));
     let o = run(&root, &["/usr/bin/python3", "-c", "print(6*7)"]);
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "42\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "42\n", "{}", stderr(&o));
     for absent in [
         "bin/sh",
         "usr/bin/sh",
@@ -165,18 +137,21 @@ fn distroless_python_runs_without_a_shell_and_is_reproducible() {
     assert!(!root.join("usr/share/man").exists());
     assert!(root.join("usr/share/doc/python3/copyright").exists());
     let o = run(&root, &["/usr/bin/python3", "-c", "import ssl, zoneinfo; ssl.create_default_context(); print(zoneinfo.ZoneInfo('Europe/Berlin'))"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
 
     // Same lock, same digest.
-    let o = kiln(&[
-        "build",
-        work.path().join("python.toml").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--check-reproducible",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(json(&layout.join("index.json")), index);
+    let o = kiln(
+        &[
+            "build",
+            work.path().join("python.toml").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--check-reproducible",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_file(&layout.join("index.json")), index);
 }
 
 #[test]
@@ -184,7 +159,7 @@ fn nginx_full_and_distroless_images_run_their_binary() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     for distroless in [false, true] {
         let work = tempfile::tempdir().unwrap();
         let recipe = format!(
@@ -196,14 +171,14 @@ fn nginx_full_and_distroless_images_run_their_binary() {
         let b = tempfile::tempdir().unwrap();
         let root = unpack(&out.join("oci"), "latest", &b.path().join("bundle"));
         let o = run(&root, &["/usr/sbin/nginx", "-v"]);
-        let text = String::from_utf8_lossy(&o.stderr);
+        let text = stderr(&o);
         assert!(
             o.status.success() && text.contains("nginx version: nginx/"),
             "distroless={distroless}: {text}"
         );
         assert_eq!(root.join("bin/sh").exists(), !distroless);
         let layout = out.join("oci");
-        let index = json(&layout.join("index.json"));
+        let index = json_file(&layout.join("index.json"));
         let manifest = blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
         let config = blob(&layout, manifest["config"]["digest"].as_str().unwrap());
         assert!(config["config"]["ExposedPorts"]["80/tcp"].is_object());
@@ -225,7 +200,7 @@ fn multi_arch_distroless_index_needs_no_emulation() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let out = build(
         work.path(),
@@ -234,7 +209,7 @@ fn multi_arch_distroless_index_needs_no_emulation() {
          [container]\ndistroless = true\n[output]\nformats = [\"oci\"]\n",
     );
     let layout = out.join("oci");
-    let index = json(&layout.join("index.json"));
+    let index = json_file(&layout.join("index.json"));
     assert_eq!(
         index["manifests"][0]["mediaType"],
         "application/vnd.oci.image.index.v1+json"
@@ -307,7 +282,7 @@ fn distroless_python(dir: &Path, extra_args: &[&str]) -> (PathBuf, Output) {
     let out_s = out.display().to_string();
     let mut args = vec!["build", recipe.to_str().unwrap(), "--output", &out_s];
     args.extend_from_slice(extra_args);
-    let o = kiln(&args);
+    let o = kiln(&args, &[]);
     (out, o)
 }
 
@@ -337,7 +312,7 @@ fn verify(out: &Path, key: Option<&Path>) -> Output {
         args.extend(["--key".to_string(), k.display().to_string()]);
     }
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    kiln(&a)
+    kiln(&a, &[])
 }
 
 #[test]
@@ -345,11 +320,11 @@ fn sboms_validate_and_signed_provenance_catches_tampering() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let (key, public) = keypair(work.path());
     let (out, o) = distroless_python(work.path(), &["--sign-key", key.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     // Independent validators.
     let spdx = Command::new("pyspdxtools")
         .arg("-i")
@@ -376,7 +351,7 @@ fn sboms_validate_and_signed_provenance_catches_tampering() {
         String::from_utf8_lossy(&cdx.stdout),
         String::from_utf8_lossy(&cdx.stderr)
     );
-    let sbom = json(&out.join("sbom.spdx.json"));
+    let sbom = json_file(&out.join("sbom.spdx.json"));
     let python3 = sbom["packages"]
         .as_array()
         .unwrap()
@@ -400,11 +375,7 @@ fn sboms_validate_and_signed_provenance_catches_tampering() {
     assert_ne!(python3["licenseDeclared"], serde_json::Value::Null);
 
     let ok = verify(&out, Some(&public));
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
     // Signed provenance needs the key; another key is refused.
     assert!(!verify(&out, None).status.success());
     let (_, other) = keypair(&work.path().join("other").tap_mkdir());
@@ -423,7 +394,7 @@ fn sboms_validate_and_signed_provenance_catches_tampering() {
         bad[i] ^= 0x01;
         std::fs::write(&p, &bad).unwrap();
         let o = verify(&out, Some(&public));
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = stderr(&o);
         assert!(!o.status.success(), "tampered {file} passed verification");
         assert!(err.contains(needle), "{file}: {err}");
         std::fs::write(&p, orig).unwrap();
@@ -470,7 +441,7 @@ fn bad_signing_keys_fail_before_building() {
         work.path(),
         &["--sign-key", rsa.to_str().unwrap(), "--offline"],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(!o.status.success());
     assert!(err.to_lowercase().contains("ed25519"), "{err}");
     assert!(err.contains("hint:"), "{err}");
@@ -531,21 +502,24 @@ fn pushed_digest_equals_the_local_one() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let work = tempfile::tempdir().unwrap();
     let (out, o) = distroless_python(work.path(), &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let reg = registry();
     let reference = format!("127.0.0.1:{}/kiln/py:1", reg.port);
-    let o = kiln(&[
-        "push",
-        out.join("oci").to_str().unwrap(),
-        &reference,
-        "--insecure",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = kiln(
+        &[
+            "push",
+            out.join("oci").to_str().unwrap(),
+            &reference,
+            "--insecure",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
     let pushed = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let local = json(&out.join("oci/index.json"))["manifests"][0]["digest"]
+    let local = json_file(&out.join("oci/index.json"))["manifests"][0]["digest"]
         .as_str()
         .unwrap()
         .to_string();
@@ -564,18 +538,21 @@ fn pushed_digest_equals_the_local_one() {
     assert_eq!(v["Digest"].as_str().unwrap(), local);
     // Unreachable registry: clear error, nothing pushed.
     drop(reg);
-    let o = kiln(&[
-        "push",
-        out.join("oci").to_str().unwrap(),
-        &reference,
-        "--insecure",
-    ]);
+    let o = kiln(
+        &[
+            "push",
+            out.join("oci").to_str().unwrap(),
+            &reference,
+            "--insecure",
+        ],
+        &[],
+    );
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("hint:"));
+    assert!(stderr(&o).contains("hint:"));
 }
 
 fn layer_digests(layout: &Path) -> Vec<String> {
-    let index = json(&layout.join("index.json"));
+    let index = json_file(&layout.join("index.json"));
     let m = blob(layout, index["manifests"][0]["digest"].as_str().unwrap());
     m["layers"]
         .as_array()
@@ -600,7 +577,7 @@ fn per_package_layers_are_shared_between_images_and_give_the_same_tree() {
     if skip() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let recipe = |include: &str, layers: &str| {
         format!(
             "[image]\nname = \"img\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n[packages]\ninclude = [{include}]\n\

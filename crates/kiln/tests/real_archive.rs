@@ -13,33 +13,12 @@
 //!
 //! Needs the network and mmdebstrap; set KILN_SKIP_NETWORK_TESTS=1 to skip.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn shared_dir(name: &str) -> PathBuf {
-    let d = workspace().join("target/kiln-test-cache").join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn skip() -> bool {
-    if std::env::var_os("KILN_SKIP_NETWORK_TESTS").is_some() {
-        eprintln!("KILN_SKIP_NETWORK_TESTS is set: real-archive test not run");
-        return true;
-    }
-    false
-}
+use common::*;
 
 fn set_of(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -52,7 +31,7 @@ fn compare(name: &str, include: &[&str]) {
     if skip() {
         return;
     }
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = serial();
     let work = tempfile::tempdir().unwrap();
     let recipe = work.path().join("recipe.toml");
     let list = include
@@ -68,11 +47,7 @@ fn compare(name: &str, include: &[&str]) {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["lock", "--json", recipe.to_str().unwrap()])
-        .env("KILN_CACHE_DIR", shared_dir("kiln"))
-        .output()
-        .unwrap();
+    let out = kiln(&["lock", "--json", recipe.to_str().unwrap()], &[]);
     assert!(
         out.status.success(),
         "kiln lock failed:\n{}",

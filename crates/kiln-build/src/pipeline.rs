@@ -363,7 +363,7 @@ fn check_reproducible(
     }
     std::fs::remove_dir_all(&again_dir)?;
     reporter.report(Event::Step {
-        stage: Stage::Reproduce,
+        stage: Stage::Reproduced,
         message: format!(
             "two builds gave identical {}",
             artifacts

@@ -21,6 +21,8 @@ pub enum Stage {
     /// The UKI and other boot pieces.
     Boot,
     Reproduce,
+    /// Two builds gave identical artifacts.
+    Reproduced,
     Verify,
     Test,
     Push,
@@ -40,6 +42,7 @@ impl Stage {
             Stage::Seal => "Sealing",
             Stage::Boot => "Building",
             Stage::Reproduce => "Rebuilding",
+            Stage::Reproduced => "Reproducible",
             Stage::Verify => "Verified",
             Stage::Test => "Testing",
             Stage::Push => "Pushing",

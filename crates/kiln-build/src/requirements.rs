@@ -37,7 +37,7 @@ fn needs(recipe: &Recipe, arch: &str) -> Vec<(Format, Need)> {
         Need {
             any_of: kernel,
             prefix: Some("linux-image-"),
-            why: "a kernel (or linux-image-ARCH for bare metal)",
+            why: "a disk image needs a kernel (linux-image-ARCH for bare metal)",
         },
     ));
     out.push((

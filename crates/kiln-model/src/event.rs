@@ -24,8 +24,11 @@ pub enum Stage {
     /// Two builds gave identical artifacts.
     Reproduced,
     Verify,
+    /// A lock was checked against its recipe.
+    Check,
     Test,
     Push,
+    Pushed,
 }
 
 impl Stage {
@@ -45,7 +48,9 @@ impl Stage {
             Stage::Reproduced => "Reproducible",
             Stage::Verify => "Verified",
             Stage::Test => "Testing",
+            Stage::Check => "Checked",
             Stage::Push => "Pushing",
+            Stage::Pushed => "Pushed",
         }
     }
 }

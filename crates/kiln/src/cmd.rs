@@ -13,8 +13,6 @@ use kiln_model::{Cancel, Hinted, Reporter};
 use kiln_recipe::{Lock, LockedPackage, Reason, Recipe};
 use serde_json::json;
 
-use crate::ui::Ui;
-
 fn summary_json(lock: &Lock, path: &Path) -> serde_json::Value {
     json!({
         "lock": path.display().to_string(),
@@ -40,7 +38,6 @@ fn summary_json(lock: &Lock, path: &Path) -> serde_json::Value {
 }
 
 pub fn cmd_lock(
-    ui: &Ui,
     reporter: &dyn Reporter,
     recipe_path: &Path,
     check: bool,
@@ -60,8 +57,8 @@ pub fn cmd_lock(
         }
         let lock = Lock::read(&lock_path)?;
         lock.check(&recipe.resolution_hash(), &lock_path)?;
-        ui.status(
-            "Checked",
+        reporter.step(
+            Stage::Check,
             &format!("{} matches {}", lock_path.display(), recipe_path.display()),
         );
         if json {
@@ -102,8 +99,8 @@ pub fn cmd_lock(
             }
         }
     };
-    ui.status(
-        "Locked",
+    reporter.step(
+        Stage::Lock,
         &format!(
             "{} packages for {} (download {}, installed {}) in {:.2}s -> {} ({changed})",
             lock.packages.len(),
@@ -190,7 +187,6 @@ pub fn cmd_build(reporter: &dyn Reporter, cancel: &Cancel, req: &BuildRequest) -
 
 /// `kiln verify DIR`.
 pub fn cmd_verify(
-    ui: &Ui,
     reporter: &dyn Reporter,
     dir: &Path,
     key: Option<PathBuf>,
@@ -201,8 +197,8 @@ pub fn cmd_verify(
     if json_out {
         println!("{}", serde_json::to_string_pretty(&r)?);
     }
-    ui.status(
-        "Verified",
+    reporter.step(
+        Stage::Verify,
         &format!(
             "{} subjects, {} packages in both SBOMs, {}",
             r.subjects.len(),
@@ -218,7 +214,6 @@ pub fn cmd_verify(
 
 /// `kiln push LAYOUT REFERENCE`.
 pub fn cmd_push(
-    ui: &Ui,
     reporter: &dyn Reporter,
     layout: &Path,
     reference: &str,
@@ -249,8 +244,8 @@ pub fn cmd_push(
             progress: &progress,
         },
     )?;
-    ui.status(
-        "Pushed",
+    reporter.step(
+        Stage::Pushed,
         &format!(
             "{reference} ({} blobs uploaded, {} already there)",
             report.blobs_uploaded, report.blobs_skipped

@@ -202,9 +202,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     ExitCode::SUCCESS
                 }
                 _ => ExitCode::from(EX_USAGE),
@@ -231,7 +229,7 @@ fn main() -> ExitCode {
             check,
             json,
             sources,
-        } => cmd::cmd_lock(&ui, reporter, &recipe, check, json, &sources.options()),
+        } => cmd::cmd_lock(reporter, &recipe, check, json, &sources.options()),
         Command::Build {
             recipe,
             output,
@@ -258,13 +256,13 @@ fn main() -> ExitCode {
             key,
             lock,
             json,
-        } => cmd::cmd_verify(&ui, reporter, &dir, key, lock, json),
+        } => cmd::cmd_verify(reporter, &dir, key, lock, json),
         Command::Push {
             layout,
             reference,
             insecure,
             username,
-        } => cmd::cmd_push(&ui, reporter, &layout, &reference, insecure, username),
+        } => cmd::cmd_push(reporter, &layout, &reference, insecure, username),
         Command::Test {
             target,
             timeout,

@@ -542,3 +542,35 @@ fn recipes_compose_from_classes() {
     std::fs::write(classes.join("base.toml"), "include = [\"../web.toml\"]\n").unwrap();
     assert_fails_with(&f.lock(&recipe, &[]), &["include cycle"]);
 }
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let f = Fixture::new();
+    for args in [
+        &["build", "--no-such-flag", "x.toml"][..],
+        &["lock"][..],
+        &["frobnicate"][..],
+        &[][..],
+    ] {
+        let o = f.kiln(args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(f.kiln(&["--help"]).status.code(), Some(0));
+    assert_eq!(f.kiln(&["--version"]).status.code(), Some(0));
+}
+
+#[test]
+fn progress_json_gives_one_event_per_line() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let o = f.kiln(&["--progress", "json", "lock", recipe.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "step" && e["stage"] == "index"));
+    assert!(events.iter().all(|e| e["event"].is_string()));
+}

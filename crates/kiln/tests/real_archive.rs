@@ -170,3 +170,56 @@ fn cloud_image_set_matches_apt() {
 fn database_server_matches_apt() {
     compare("db", &["apt", "postgresql"]);
 }
+
+/// A disk recipe that forgot the boot chain learns everything it lacks from
+/// the lock, in seconds, before anything is downloaded or unpacked.
+#[test]
+fn disk_recipe_without_boot_packages_fails_at_lock_time_naming_them_all() {
+    if skip() {
+        return;
+    }
+    let _guard = serial();
+    let work = tempfile::tempdir().unwrap();
+    let recipe = work.path().join("disk.toml");
+    std::fs::write(
+        &recipe,
+        "[image]\nname = \"disk\"\nsuite = \"trixie\"\narchitectures = [\"amd64\"]\n\n\
+         [packages]\ninclude = [\"linux-image-cloud-amd64\", \"systemd-sysv\"]\n\n\
+         [output]\nformats = [\"disk\"]\n",
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let start = std::time::Instant::now();
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let took = start.elapsed();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("systemd-boot-efi") && err.contains("systemd-ukify"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint:")
+            && err.contains("include = [\"systemd-boot-efi\", \"systemd-ukify\"]"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Unpacking") && !err.contains("Fetched"),
+        "{err}"
+    );
+    assert!(took.as_secs() < 10, "took {took:?}");
+    assert!(!out.join("disk.raw").exists());
+    // `kiln lock` says the same and writes no lock.
+    let o = kiln(&["lock", recipe.to_str().unwrap()], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("systemd-ukify"));
+    assert!(!work.path().join("disk.lock").exists());
+}

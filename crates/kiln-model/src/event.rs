@@ -23,6 +23,10 @@ pub enum Stage {
     Reproduce,
     Verify,
     Test,
+    /// Static checks of a built image.
+    Check,
+    /// A test guest boots in QEMU.
+    Guest,
     Push,
 }
 
@@ -42,6 +46,8 @@ impl Stage {
             Stage::Reproduce => "Rebuilding",
             Stage::Verify => "Verified",
             Stage::Test => "Testing",
+            Stage::Check => "Checking",
+            Stage::Guest => "Booting",
             Stage::Push => "Pushing",
         }
     }

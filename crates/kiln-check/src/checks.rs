@@ -501,4 +501,95 @@ mod tests {
             );
         }
     }
+
+    /// A small GPT disk written by Kiln's own writer: an ESP and a root.
+    fn small_gpt(dir: &Path) -> PathBuf {
+        let raw = dir.join("disk.raw");
+        gpt::write_disk(
+            &raw,
+            &gpt::guid_from(b"disk"),
+            &[
+                gpt::Partition {
+                    type_guid: gpt::types::ESP.into(),
+                    guid: gpt::guid_from(b"esp"),
+                    label: "esp".into(),
+                    image: None,
+                    size: 1 << 20,
+                    attributes: 0,
+                },
+                gpt::Partition {
+                    type_guid: gpt::types::ROOT_X86_64.into(),
+                    guid: gpt::guid_from(b"root"),
+                    label: "root-x86-64".into(),
+                    image: None,
+                    size: 1 << 20,
+                    attributes: 0,
+                },
+            ],
+        )
+        .unwrap();
+        raw
+    }
+
+    /// Rewrites the second entry's last LBA and fixes both checksums, as a
+    /// forger would: the table is then consistent, only wrong.
+    fn forge_last_lba(raw: &Path, last_lba: u64) {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(raw)
+            .unwrap();
+        let mut h = [0u8; 512];
+        f.seek(SeekFrom::Start(512)).unwrap();
+        f.read_exact(&mut h).unwrap();
+        let hsize = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+        let entries_at = u64::from_le_bytes(h[72..80].try_into().unwrap()) * 512;
+        let n = u32::from_le_bytes(h[80..84].try_into().unwrap()) as usize;
+        let esize = u32::from_le_bytes(h[84..88].try_into().unwrap()) as usize;
+        let mut entries = vec![0u8; n * esize];
+        f.seek(SeekFrom::Start(entries_at)).unwrap();
+        f.read_exact(&mut entries).unwrap();
+        entries[esize + 40..esize + 48].copy_from_slice(&last_lba.to_le_bytes());
+        h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[..hsize]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        f.seek(SeekFrom::Start(entries_at)).unwrap();
+        f.write_all(&entries).unwrap();
+        f.seek(SeekFrom::Start(512)).unwrap();
+        f.write_all(&h).unwrap();
+    }
+
+    #[test]
+    fn a_forged_gpt_pointing_past_the_end_of_the_image_fails_cleanly() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Target {
+            image: d.path().join("disk.raw"),
+            dir: d.path().to_path_buf(),
+            tests: vec![],
+            users: vec![],
+        };
+        let work = d.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let size = std::fs::metadata(small_gpt(d.path())).unwrap().len();
+        // Just past the end, far past it, and where the byte offset overflows.
+        for last in [size / 512, size / 512 + (1 << 30), u64::MAX / 2, u64::MAX] {
+            let raw = small_gpt(d.path());
+            forge_last_lba(&raw, last);
+            let (out, tree) = static_checks(&t, &work, &raw);
+            assert!(tree.is_none(), "last LBA {last}: nothing may be unpacked");
+            assert_eq!(out.len(), 1, "last LBA {last}: {out:?}");
+            assert_eq!(out[0].name, "GPT partition table is intact");
+            let why = out[0].failure.as_deref().unwrap_or_default();
+            assert!(why.contains("beyond the end"), "last LBA {last}: {why}");
+        }
+        // A partition that ends before it starts.
+        let raw = small_gpt(d.path());
+        forge_last_lba(&raw, 1);
+        let (out, _) = static_checks(&t, &work, &raw);
+        assert!(out[0].failed(), "{out:?}");
+        // Nothing was written into the scratch directory.
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
 }

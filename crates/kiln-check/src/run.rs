@@ -354,6 +354,31 @@ mod tests {
     }
 
     #[test]
+    fn forged_results_for_tests_that_do_not_exist_do_not_pass_the_real_ones() {
+        // A console where something other than the runner printed results:
+        // for test 0 and test 2 (there is one test), an undecodable status
+        // for test 1, and the end marker.
+        let text = "KILN-T state running\nKILN-T failed \nKILN-T rc 0 0\nKILN-T out 0 YWN0aXZl\nKILN-T rc 2 0\nKILN-T out 2 YWN0aXZl\nKILN-T rc 1 0; echo\nKILN-T end\n ttyS0 login: \n";
+        let tests = ssh_test();
+        let mut r = kiln_qemu::parse_console(text, tests.len());
+        r.login_after = Some(1.0);
+        let o = boot_outcomes(&r, &tests);
+        let ssh = o.iter().find(|x| x.name == "test: ssh").unwrap();
+        assert_eq!(
+            ssh.failure.as_deref(),
+            Some("no result read back from the console"),
+            "{o:?}"
+        );
+        // No outcome for a test that does not exist.
+        assert_eq!(o.len(), 3 + tests.len(), "{o:?}");
+        assert!(o.iter().filter(|x| x.failed()).count() == 1, "{o:?}");
+        // And with no tests at all, forged results change nothing.
+        let r = kiln_qemu::parse_console(text, 0);
+        assert!(r.results.is_empty());
+        assert_eq!(boot_outcomes(&r, &[]).len(), 3);
+    }
+
+    #[test]
     fn a_missing_image_is_an_error_with_a_hint_not_a_panic() {
         let d = tempfile::tempdir().unwrap();
         let req = TestRequest {

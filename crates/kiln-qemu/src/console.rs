@@ -146,4 +146,14 @@ mod tests {
         );
         assert!(r.fatal.unwrap().starts_with("kernel panic"));
     }
+
+    #[test]
+    fn forged_result_lines_for_commands_that_do_not_exist_are_ignored() {
+        let text = "KILN-T rc 0 0\nKILN-T rc 3 0\nKILN-T out 3 b2sK\nKILN-T rc 18446744073709551616 0\nKILN-T out -1 b2sK\nKILN-T rc 1 zero\nKILN-T out 1 !!!not-base64\nKILN-T end\n";
+        let r = parse_console(text, 2);
+        assert_eq!(r.results.len(), 2);
+        assert_eq!(r.results[0], CommandResult::default());
+        assert_eq!(r.results[1], CommandResult::default());
+        assert!(r.ended);
+    }
 }

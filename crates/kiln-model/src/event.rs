@@ -25,8 +25,12 @@ pub enum Stage {
     Reproduced,
     Verify,
     /// A lock was checked against its recipe.
-    Check,
+    LockChecked,
     Test,
+    /// Static checks of a built image.
+    Check,
+    /// A test guest boots in QEMU.
+    Guest,
     Push,
     Pushed,
 }
@@ -48,7 +52,9 @@ impl Stage {
             Stage::Reproduced => "Reproducible",
             Stage::Verify => "Verified",
             Stage::Test => "Testing",
-            Stage::Check => "Checked",
+            Stage::LockChecked => "Checked",
+            Stage::Check => "Checking",
+            Stage::Guest => "Booting",
             Stage::Push => "Pushing",
             Stage::Pushed => "Pushed",
         }

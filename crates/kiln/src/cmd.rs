@@ -58,7 +58,7 @@ pub fn cmd_lock(
         let lock = Lock::read(&lock_path)?;
         lock.check(&recipe.resolution_hash(), &lock_path)?;
         reporter.step(
-            Stage::Check,
+            Stage::LockChecked,
             &format!("{} matches {}", lock_path.display(), recipe_path.display()),
         );
         if json {

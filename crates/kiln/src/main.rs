@@ -2,7 +2,7 @@
 //! the work happens in the library crates.
 
 mod cmd;
-mod imgtest;
+mod test;
 mod ui;
 
 use std::path::PathBuf;
@@ -272,10 +272,11 @@ fn main() -> ExitCode {
             memory,
             cpus,
             json,
-        } => imgtest::cmd_test(
+        } => test::cmd_test(
             &ui,
+            reporter,
             &cancel,
-            &imgtest::TestArgs {
+            &test::TestArgs {
                 target,
                 timeout,
                 skip_static,
@@ -292,9 +293,9 @@ fn main() -> ExitCode {
             memory,
             cpus,
             ssh_port,
-        } => imgtest::cmd_boot(
+        } => test::cmd_boot(
             &ui,
-            &imgtest::BootArgs {
+            &test::BootArgs {
                 image,
                 persist,
                 memory,

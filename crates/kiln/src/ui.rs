@@ -187,6 +187,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_image::disk::DiskError>() {
             return x.hint();
         }
+        if let Some(x) = c.downcast_ref::<kiln_qemu::QemuError>() {
+            return x.hint();
+        }
         if let Some(x) = c.downcast_ref::<kiln_model::Hinted>() {
             return Some(x.hint.clone());
         }

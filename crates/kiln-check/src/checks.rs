@@ -145,6 +145,13 @@ pub fn static_checks(t: &Target, work: &Path, raw: &Path) -> (Vec<Outcome>, Opti
         "partitions follow the Discoverable Partitions Specification",
         parts,
     ));
+    if let Some(plan) = &t.planned {
+        out.push(Outcome::check(
+            G,
+            "partitions are the ones the build planned (manifest.json)",
+            plan_differences(plan, &entries),
+        ));
+    }
     if fatal {
         return (out, None);
     }
@@ -407,6 +414,50 @@ pub fn tree_checks(t: &Target, tree: &Path) -> Vec<Outcome> {
     out
 }
 
+/// How the partition table differs from the build's plan (empty: it matches).
+pub fn plan_differences(plan: &[kiln_model::PartitionFact], entries: &[gpt::Entry]) -> Vec<String> {
+    let mut out = Vec::new();
+    if plan.len() != entries.len() {
+        out.push(format!(
+            "the disk has {} partitions, the build planned {}",
+            entries.len(),
+            plan.len()
+        ));
+    }
+    for (i, (p, e)) in plan.iter().zip(entries).enumerate() {
+        let n = i + 1;
+        if p.label != e.label {
+            out.push(format!(
+                "partition {n} is labelled `{}`, planned `{}`",
+                e.label, p.label
+            ));
+        }
+        if !p.type_guid.eq_ignore_ascii_case(&e.type_guid) {
+            out.push(format!(
+                "partition {n} ({}) has type {}, planned {}",
+                p.label, e.type_guid, p.type_guid
+            ));
+        }
+        if !p.partuuid.eq_ignore_ascii_case(&e.guid) {
+            out.push(format!(
+                "partition {n} ({}) has UUID {}, planned {}",
+                p.label, e.guid, p.partuuid
+            ));
+        }
+        if p.offset != e.offset() || p.size != e.size() {
+            out.push(format!(
+                "partition {n} ({}) spans {}+{} bytes, planned {}+{}",
+                p.label,
+                e.offset(),
+                e.size(),
+                p.offset,
+                p.size
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +478,7 @@ mod tests {
             std::fs::create_dir_all(tree.join(dir)).unwrap();
         }
         let t = Target {
+            planned: None,
             image: d.path().join("disk.raw"),
             dir: d.path().to_path_buf(),
             tests: vec![],
@@ -565,6 +617,7 @@ mod tests {
     fn a_forged_gpt_pointing_past_the_end_of_the_image_fails_cleanly() {
         let d = tempfile::tempdir().unwrap();
         let t = Target {
+            planned: None,
             image: d.path().join("disk.raw"),
             dir: d.path().to_path_buf(),
             tests: vec![],
@@ -591,5 +644,32 @@ mod tests {
         assert!(out[0].failed(), "{out:?}");
         // Nothing was written into the scratch directory.
         assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_disk_whose_partitions_differ_from_the_plan_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = small_gpt(d.path());
+        let (_, entries) = gpt::read_table(&raw).unwrap();
+        let plan: Vec<kiln_model::PartitionFact> = entries
+            .iter()
+            .map(|e| kiln_model::PartitionFact {
+                label: e.label.clone(),
+                type_guid: e.type_guid.to_uppercase(),
+                partuuid: e.guid.clone(),
+                offset: e.offset(),
+                size: e.size(),
+            })
+            .collect();
+        assert!(plan_differences(&plan, &entries).is_empty());
+        let mut other = plan.clone();
+        other[0].size += 1 << 20;
+        other[0].partuuid = "00000000-0000-0000-0000-000000000001".into();
+        let diff = plan_differences(&other, &entries);
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert!(diff.iter().any(|m| m.contains("UUID")), "{diff:?}");
+        assert!(diff.iter().any(|m| m.contains("planned")), "{diff:?}");
+        other.push(plan[0].clone());
+        assert!(plan_differences(&other, &entries)[0].contains("the build planned"));
     }
 }

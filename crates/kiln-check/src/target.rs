@@ -17,6 +17,9 @@ pub struct Target {
     pub tests: Vec<TestEntry>,
     /// Regular accounts the image may contain.
     pub users: Vec<String>,
+    /// The partitions the build planned for this image (from the manifest
+    /// beside it), to compare with what the disk holds.
+    pub planned: Option<Vec<kiln_model::PartitionFact>>,
 }
 
 /// The disk image in an output directory: disk.raw, else disk.qcow2, else
@@ -81,12 +84,32 @@ impl Target {
                 })
                 .unwrap_or_default()
         });
+        let planned = manifest
+            .as_ref()
+            .and_then(|m| planned_partitions(m, &image));
         let users = recipe_users.unwrap_or_else(|| manifest.map(|m| m.users).unwrap_or_default());
         Ok(Target {
             image,
             dir,
             tests,
             users,
+            planned,
         })
     }
+}
+
+/// The manifest's partitions for `image`: the architecture of the output
+/// whose file it is.
+fn planned_partitions(
+    m: &kiln_model::Manifest,
+    image: &Path,
+) -> Option<Vec<kiln_model::PartitionFact>> {
+    let name = image.file_name()?.to_str()?;
+    let arch = m
+        .outputs
+        .iter()
+        .find(|a| a.path == name)?
+        .architecture
+        .as_ref()?;
+    Some(m.disk.get(arch)?.partitions.clone())
 }

@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use crate::verify::SigCause;
+
 /// Everything that can go wrong between an apt source and a verified index.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -26,6 +28,16 @@ pub enum ArchiveError {
         source_name: String,
         keyring: String,
         detail: String,
+    },
+    #[error(
+        "the Release file of {source_name} has no valid signature by a key of {keyring}: {detail}"
+    )]
+    WorthlessSignature {
+        source_name: String,
+        keyring: String,
+        detail: String,
+        /// What is wrong with the (first) genuine signature that did not count.
+        cause: SigCause,
     },
     #[error("the Release file of {source_name} expired on {valid_until} (Valid-Until)")]
     Expired {
@@ -87,6 +99,21 @@ impl ArchiveError {
             ArchiveError::BadSignature { .. } => "install the archive's keyring (e.g. debian-archive-keyring) or name it \
                  with signed-by; for an unsigned local repository set allow-unsigned = true on its [[source]]"
                 .into(),
+            ArchiveError::WorthlessSignature { cause, keyring, .. } => match cause {
+                SigCause::KeyExpired | SigCause::KeyRevoked => format!(
+                    "a signing key in {keyring} has expired or was revoked: update the keyring \
+                     (e.g. upgrade debian-archive-keyring, or point signed-by at the archive's current key); \
+                     if the keyring is current, this mirror serves metadata signed by a retired key \
+                     (stale or not genuine): use another mirror"
+                ),
+                SigCause::SignatureExpired => "the signature itself has expired: the mirror serves stale \
+                     metadata; try again later or use another mirror"
+                    .into(),
+                SigCause::WeakDigest => "the repository is signed with a digest apt refuses as insecure \
+                     (MD5, SHA1, RIPEMD160): it must be re-signed with SHA256 or stronger \
+                     (gpg --digest-algo SHA512)"
+                    .into(),
+            },
             ArchiveError::Expired { .. } => {
                 "the mirror is stale or replaying old metadata; use an up-to-date mirror".into()
             }

@@ -28,86 +28,184 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A throwaway OpenPGP signing key in its own GNUPGHOME.
+/// A throwaway OpenPGP home with one or more signing keys: every signature
+/// it makes carries one signature per key.
 pub struct Key {
     pub home: tempfile::TempDir,
-    /// The public key as a binary keyring file.
+    /// The public keys as a binary keyring file.
     pub keyring: PathBuf,
+    /// The digest algorithm of the signatures made from now on (`--digest-algo`).
+    pub digest_algo: String,
+    /// The e-mail addresses of the signing keys, in the order they were made.
+    signers: Vec<String>,
+    /// Whether the keys were made on a clock turned back to [`Key::BACKDATED`].
+    backdated: bool,
+}
+
+/// How a key of a [`Key`] home is made.
+#[derive(Clone, Debug, Default)]
+pub struct KeyOpts {
+    /// Made on 2024-01-01 and valid for one day, so it has long expired;
+    /// signatures are made on that day, while it was valid. Implies `backdated`.
+    pub expired: bool,
+    /// Made on 2024-01-01 (valid, never expiring), and signing on that day: a
+    /// home whose first key is backdated takes only backdated keys, so that an
+    /// expired key and a valid one can sign the same file.
+    pub backdated: bool,
+}
+
+impl KeyOpts {
+    fn is_backdated(&self) -> bool {
+        self.expired || self.backdated
+    }
 }
 
 impl Key {
+    /// When backdated keys are made (`--faked-system-time`).
+    pub const BACKDATED: &'static str = "20240101T000000";
+    /// When backdated keys sign: inside the day an expired key was valid.
+    const BACKDATED_SIGNING: &'static str = "20240101T120000";
+
+    /// A home with one valid key, made now.
     pub fn generate(name: &str) -> Key {
-        let home = tempfile::tempdir().unwrap();
-        let gpg = |args: &[&str]| {
-            run(Command::new("gpg")
-                .env("GNUPGHOME", home.path())
-                .args([
-                    "--batch",
-                    "--quiet",
-                    "--pinentry-mode",
-                    "loopback",
-                    "--passphrase",
-                    "",
-                ])
-                .args(args))
-        };
-        gpg(&[
-            "--quick-gen-key",
-            &format!(
-                "{name} <{}@kiln.invalid>",
-                name.to_lowercase().replace(' ', "-")
-            ),
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        let keyring = home.path().join("public.gpg");
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", home.path())
-            .args(["--batch", "--export"])
-            .output()
-            .unwrap();
-        std::fs::write(&keyring, out.stdout).unwrap();
-        Key { home, keyring }
+        Self::generate_with(name, &KeyOpts::default())
     }
 
-    /// The public key, ASCII-armored.
+    /// A home with one key made as `opts` says.
+    pub fn generate_with(name: &str, opts: &KeyOpts) -> Key {
+        let home = tempfile::tempdir().unwrap();
+        let keyring = home.path().join("public.gpg");
+        let mut key = Key {
+            home,
+            keyring,
+            digest_algo: "SHA256".into(),
+            signers: Vec::new(),
+            backdated: opts.is_backdated(),
+        };
+        key.add_signer(name, opts);
+        key
+    }
+
+    /// Adds a signing key to this home: signatures made from now on carry
+    /// one more signature.
+    pub fn add_signer(&mut self, name: &str, opts: &KeyOpts) {
+        assert_eq!(
+            opts.is_backdated(),
+            self.backdated,
+            "the keys of one home are all backdated or none is"
+        );
+        let email = format!("{}@kiln.invalid", name.to_lowercase().replace(' ', "-"));
+        let mut args = vec!["--quick-gen-key".to_string(), format!("{name} <{email}>")];
+        args.extend(["ed25519", "sign"].map(String::from));
+        args.push(if opts.expired { "1d" } else { "never" }.into());
+        let mut cmd = self.gpg();
+        if self.backdated {
+            cmd.args(["--faked-system-time", Self::BACKDATED]);
+        }
+        run(cmd.args(&args));
+        self.signers.push(email);
+        self.export();
+    }
+
+    /// Revokes every key of this home (with the revocation certificates gpg
+    /// made beside them) and exports the keyring again: what was signed
+    /// before is now signed by revoked keys. Nothing can be signed after.
+    pub fn revoke(&self) {
+        for fpr in self.fingerprints() {
+            let cert = self
+                .home
+                .path()
+                .join("openpgp-revocs.d")
+                .join(format!("{fpr}.rev"));
+            // gpg writes the certificate with its armor line defused by a ':'.
+            let text = std::fs::read_to_string(&cert).unwrap().replace(
+                ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+                "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            );
+            let armored = self.home.path().join(format!("{fpr}.rev.asc"));
+            std::fs::write(&armored, text).unwrap();
+            run(self.gpg().arg("--import").arg(&armored));
+        }
+        self.export();
+    }
+
+    /// The fingerprints of the keys, in the order they were made.
+    pub fn fingerprints(&self) -> Vec<String> {
+        let listing = run(self
+            .gpg()
+            .args(["--with-colons", "--fingerprint", "--list-keys"]));
+        let mut out = Vec::new();
+        let mut primary = false;
+        for l in listing.lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            match f[0] {
+                "pub" => primary = true,
+                "sub" => primary = false,
+                "fpr" if primary => {
+                    out.push(f[9].to_string());
+                    primary = false;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// `gpg` on this home, without prompts.
+    fn gpg(&self) -> Command {
+        let mut c = Command::new("gpg");
+        c.env("GNUPGHOME", self.home.path()).args([
+            "--batch",
+            "--quiet",
+            "--yes",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ]);
+        c
+    }
+
+    fn export(&self) {
+        let out = self.gpg().arg("--export").output().unwrap();
+        assert!(out.status.success());
+        std::fs::write(&self.keyring, out.stdout).unwrap();
+    }
+
+    /// The public keys, ASCII-armored.
     pub fn armored(&self) -> String {
-        run(Command::new("gpg")
-            .env("GNUPGHOME", self.home.path())
-            .args(["--batch", "--armor", "--export"]))
+        run(self.gpg().args(["--armor", "--export"]))
+    }
+
+    /// `gpg` ready to sign with every key of the home.
+    fn signing(&self) -> Command {
+        let mut c = self.gpg();
+        if self.backdated {
+            c.args(["--faked-system-time", Self::BACKDATED_SIGNING]);
+        }
+        for s in &self.signers {
+            c.args(["--local-user", s]);
+        }
+        c.args(["--digest-algo", &self.digest_algo]);
+        c
     }
 
     pub fn clearsign(&self, input: &Path, output: &Path) {
         let _ = std::fs::remove_file(output);
-        run(Command::new("gpg")
-            .env("GNUPGHOME", self.home.path())
-            .args([
-                "--batch",
-                "--yes",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-            ])
-            .args(["--digest-algo", "SHA256", "--clearsign", "--output"])
+        run(self
+            .signing()
+            .arg("--clearsign")
+            .arg("--output")
             .arg(output)
             .arg(input));
     }
 
     pub fn detach_sign(&self, input: &Path, output: &Path) {
         let _ = std::fs::remove_file(output);
-        run(Command::new("gpg")
-            .env("GNUPGHOME", self.home.path())
-            .args([
-                "--batch",
-                "--yes",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-            ])
-            .args(["--digest-algo", "SHA256", "--detach-sign", "--output"])
+        run(self
+            .signing()
+            .arg("--detach-sign")
+            .arg("--output")
             .arg(output)
             .arg(input));
     }
@@ -274,7 +372,11 @@ pub fn build_deb(p: &Pkg, out_dir: &Path) -> PathBuf {
 impl Repo {
     /// Builds, indexes and signs a repository with `pkgs` for `arch`.
     pub fn build(pkgs: &[Pkg], arch: &str, opts: &ReleaseOpts) -> Repo {
-        let key = Key::generate("Kiln Test Archive");
+        Self::build_signed_by(pkgs, arch, opts, Key::generate("Kiln Test Archive"))
+    }
+
+    /// [`Repo::build`], signed by the keys of `key`.
+    pub fn build_signed_by(pkgs: &[Pkg], arch: &str, opts: &ReleaseOpts, key: Key) -> Repo {
         let dir = tempfile::tempdir().unwrap();
         let mut repo = Repo {
             dir,

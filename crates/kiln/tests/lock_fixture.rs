@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
-use kiln_testkit::{HttpServer, Pkg, ReleaseOpts, Repo};
+use kiln_testkit::{HttpServer, Key, KeyOpts, Pkg, ReleaseOpts, Repo};
 
 fn packages() -> Vec<Pkg> {
     vec![
@@ -41,7 +41,12 @@ impl Fixture {
     }
 
     fn with(opts: ReleaseOpts) -> Fixture {
-        let repo = Repo::build(&packages(), "amd64", &opts);
+        Self::signed_by(opts, Key::generate("Kiln Test Archive"))
+    }
+
+    /// A repository signed by the keys of `key` (whose keyring the recipe trusts).
+    fn signed_by(opts: ReleaseOpts, key: Key) -> Fixture {
+        let repo = Repo::build_signed_by(&packages(), "amd64", &opts, key);
         Fixture {
             repo,
             opts,
@@ -573,4 +578,116 @@ fn progress_json_gives_one_event_per_line() {
         .iter()
         .any(|e| e["event"] == "step" && e["stage"] == "index"));
     assert!(events.iter().all(|e| e["event"].is_string()));
+}
+
+/// The lock's bytes, for "unchanged" checks.
+fn lock_bytes(recipe: &Path) -> Vec<u8> {
+    std::fs::read(kiln_recipe::lock_path_for(recipe)).unwrap()
+}
+
+#[test]
+fn release_signed_only_by_an_expired_key_is_refused() {
+    // gpgv says "Good signature" (EXPKEYSIG + VALIDSIG, exit 0) for this one.
+    let key = Key::generate_with(
+        "Old Archive",
+        &KeyOpts {
+            expired: true,
+            ..Default::default()
+        },
+    );
+    let fpr = key.fingerprints().remove(0);
+    let f = Fixture::signed_by(ReleaseOpts::default(), key);
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let needles = [
+        "has no valid signature by a key of",
+        &format!("signed by key {fpr} (Old Archive <old-archive@kiln.invalid>), which expired on 2024-01-02T00:00:00Z"),
+        "hint: a signing key in",
+        "has expired or was revoked",
+    ];
+    assert_fails_with(&f.lock(&recipe, &[]), &needles);
+    assert!(!kiln_recipe::lock_path_for(&recipe).exists());
+    // The same through a detached Release.gpg.
+    let dists = f.repo.dists(&f.opts);
+    std::fs::remove_file(dists.join("InRelease")).unwrap();
+    f.repo
+        .key
+        .detach_sign(&dists.join("Release"), &dists.join("Release.gpg"));
+    assert_fails_with(&f.lock(&recipe, &[]), &needles);
+}
+
+#[test]
+fn release_signed_by_a_revoked_key_is_refused() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert!(f.lock(&recipe, &[]).status.success());
+    let before = lock_bytes(&recipe);
+    // The archive revokes its key; the keyring the recipe trusts has the
+    // revocation, the mirror still serves the Release file it signed.
+    f.repo.key.revoke();
+    let fpr = f.repo.key.fingerprints().remove(0);
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &[
+            &format!("signed by key {fpr} (Kiln Test Archive <kiln-test-archive@kiln.invalid>), which is revoked"),
+            "hint: a signing key in",
+        ],
+    );
+    assert_eq!(lock_bytes(&recipe), before, "the lock is left alone");
+}
+
+#[test]
+fn release_signed_with_a_sha1_digest_is_refused() {
+    let mut f = Fixture::new();
+    // gpg 2.2 still makes SHA1 signatures when asked (and gpgv accepts them).
+    f.repo.key.digest_algo = "SHA1".into();
+    f.repo.write_release("amd64", &f.opts);
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &[
+            "uses the weak digest algorithm SHA1",
+            "hint: the repository is signed with a digest apt refuses",
+        ],
+    );
+    // The digest was the only problem.
+    f.repo.key.digest_algo = "SHA512".into();
+    f.repo.write_release("amd64", &f.opts);
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn one_valid_signature_beside_an_expired_one_is_enough() {
+    // An archive rotating keys: the old key (expired) and the new one both sign.
+    let mut key = Key::generate_with(
+        "Old Archive",
+        &KeyOpts {
+            expired: true,
+            ..Default::default()
+        },
+    );
+    key.add_signer(
+        "New Archive",
+        &KeyOpts {
+            backdated: true,
+            ..Default::default()
+        },
+    );
+    let f = Fixture::signed_by(ReleaseOpts::default(), key);
+    // The fixture is what it claims: one signature by an expired key, one good.
+    let gpgv = std::process::Command::new("gpgv")
+        .arg("--status-fd")
+        .arg("1")
+        .arg("--keyring")
+        .arg(&f.repo.key.keyring)
+        .arg(f.repo.dists(&f.opts).join("InRelease"))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&gpgv.stdout);
+    assert_eq!(status.matches("[GNUPG:] NEWSIG").count(), 2, "{status}");
+    assert!(status.contains("[GNUPG:] EXPKEYSIG "), "{status}");
+    assert!(status.contains("[GNUPG:] GOODSIG "), "{status}");
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

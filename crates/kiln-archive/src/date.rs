@@ -61,10 +61,8 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
-/// Formats epoch seconds as an RFC 3339 UTC timestamp (for JSON and locks).
-pub fn format_rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
+/// (year, month, day) of a day counted from 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719468;
     let era = if z >= 0 { z } else { z - 146096 } / 146097;
     let doe = z - era * 146097;
@@ -74,8 +72,35 @@ pub fn format_rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d)
+}
+
+/// Formats epoch seconds as an RFC 3339 UTC timestamp (for JSON and locks).
+pub fn format_rfc3339(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let rem = secs.rem_euclid(86400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Formats epoch seconds the way Release files write `Date`:
+/// `Sat, 01 Nov 2025 12:00:00 UTC`.
+pub fn format_rfc2822(secs: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs.div_euclid(86400);
+    let (y, m, d) = civil_from_days(days);
+    let rem = secs.rem_euclid(86400);
+    format!(
+        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} UTC",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(m - 1) as usize],
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -106,5 +131,15 @@ mod tests {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(1762593167), "2025-11-08T09:12:47Z");
         assert_eq!(format_rfc3339(951782400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn formats_rfc2822_as_release_files_do() {
+        assert_eq!(format_rfc2822(0), "Thu, 01 Jan 1970 00:00:00 UTC");
+        assert_eq!(format_rfc2822(1762593167), "Sat, 08 Nov 2025 09:12:47 UTC");
+        assert_eq!(format_rfc2822(951782400), "Tue, 29 Feb 2000 00:00:00 UTC");
+        for t in [0, 951782400, 1762593167, 1796169803, 4102444800] {
+            assert_eq!(parse_rfc2822(&format_rfc2822(t)), Some(t));
+        }
     }
 }

@@ -39,6 +39,27 @@ pub enum ArchiveError {
         /// What is wrong with the (first) genuine signature that did not count.
         cause: SigCause,
     },
+    #[error(
+        "the Release file of {source_name} is dated {date}, older than the Release file dated \
+         {previous} {seen_in}: the archive would go back in time"
+    )]
+    OlderRelease {
+        source_name: String,
+        date: String,
+        previous: String,
+        /// Where the newer one was seen: "already in the cache (PATH)" or "recorded in LOCK".
+        seen_in: String,
+    },
+    #[error(
+        "the Release file of {source_name} is dated {date}, in the future (the time here is {now}; \
+         at most {skew_minutes} minutes of clock skew are allowed)"
+    )]
+    FutureRelease {
+        source_name: String,
+        date: String,
+        now: String,
+        skew_minutes: i64,
+    },
     #[error("the Release file of {source_name} expired on {valid_until} (Valid-Until)")]
     Expired {
         source_name: String,
@@ -114,6 +135,13 @@ impl ArchiveError {
                      (gpg --digest-algo SHA512)"
                     .into(),
             },
+            ArchiveError::OlderRelease { .. } => "the mirror may be behind or replaying old metadata: \
+                 try again later or name another mirror (--mirror URI); if going back is intended, \
+                 pass --allow-older-release"
+                .into(),
+            ArchiveError::FutureRelease { .. } => "check this machine's clock (date -u); if it is right, \
+                 the mirror publishes Release files dated ahead: use another mirror"
+                .into(),
             ArchiveError::Expired { .. } => {
                 "the mirror is stale or replaying old metadata; use an up-to-date mirror".into()
             }

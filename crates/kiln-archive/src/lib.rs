@@ -4,7 +4,9 @@
 //! Nothing read from a mirror is trusted until it is tied to a Release file
 //! whose OpenPGP signature checks out against the source's keyring: indexes
 //! must match the Release file's sha256 and size, and Release files must not
-//! be past their `Valid-Until`.
+//! be past their `Valid-Until`, dated in the future, or older than the
+//! Release file of the same source and suite seen before (in the cache or in
+//! the existing lock) — a mirror must not take the archive back in time.
 
 pub mod cache;
 pub mod date;
@@ -24,14 +26,35 @@ pub use fetch::{sha256_hex, Fetcher};
 pub use release::Release;
 pub use sources::{Keyring, MirrorOverride, Source};
 
+/// How far in the future (seconds) a Release file's `Date` may be, for clock
+/// skew between the archive and this machine: 10 minutes.
+pub const MAX_FUTURE_SKEW: i64 = 600;
+
 /// Options for loading indexes.
 pub struct LoadOptions<'a> {
     /// Use only the cache; fail if something is missing.
     pub offline: bool,
-    /// The current time, for `Valid-Until` (seconds since the epoch).
+    /// The current time, for `Valid-Until` and `Date` (seconds since the epoch).
     pub now: i64,
     /// Progress messages for the user.
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// Release files seen before (e.g. the ones the existing lock records):
+    /// a Release file of the same source and suite must not be older.
+    pub seen: &'a [SeenRelease],
+    /// Accept a Release file older than the one in the cache or in `seen`
+    /// (an intended rollback).
+    pub allow_older: bool,
+}
+
+/// The `Date` of a Release file seen before for a source and suite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenRelease {
+    pub uri: String,
+    pub suite: String,
+    /// The `Date` field as written in the Release file.
+    pub date: String,
+    /// Where it was seen, for errors: e.g. "recorded in image.lock".
+    pub seen_in: String,
 }
 
 /// A Release file whose signature was checked.
@@ -243,6 +266,13 @@ fn load_release(
             });
         }
     }
+    // Offline, the cached Release file is the one being loaded.
+    let cached_date = if opts.offline {
+        None
+    } else {
+        cached_release_date(&cached, &cached_detached)
+    };
+    check_date(&release, &name, src, cached_date, opts)?;
     if !opts.offline {
         match &got {
             Got::Inline(raw) => {
@@ -263,6 +293,71 @@ fn load_release(
         release,
         sha256: sha256_hex(text.as_bytes()),
     })
+}
+
+/// The `Date` of the Release file of a source suite in the cache, if any.
+/// It was verified when it was stored; a cache entry that cannot be read
+/// gives no floor (it is replaced by the new one).
+fn cached_release_date(inrelease: &Path, release: &Path) -> Option<SeenRelease> {
+    let (path, text) = match std::fs::read(inrelease) {
+        Ok(b) => (
+            inrelease,
+            verify::strip_clearsign(&String::from_utf8_lossy(&b)),
+        ),
+        Err(_) => (
+            release,
+            String::from_utf8(std::fs::read(release).ok()?).ok()?,
+        ),
+    };
+    let para = kiln_deb::deb822::paragraphs(&text).next()?.ok()?;
+    Some(SeenRelease {
+        uri: String::new(),
+        suite: String::new(),
+        date: para.get("Date")?.trim().to_string(),
+        seen_in: format!("already in the cache ({})", path.display()),
+    })
+}
+
+/// Refuses a Release file dated in the future (beyond [`MAX_FUTURE_SKEW`]) or
+/// older than the one of the same source suite in the cache or in
+/// `opts.seen`, unless `opts.allow_older`.
+fn check_date(
+    release: &Release,
+    name: &str,
+    src: &Source,
+    cached: Option<SeenRelease>,
+    opts: &LoadOptions,
+) -> Result<(), ArchiveError> {
+    let (Some(date), Some(epoch)) = (&release.date, release.date_epoch) else {
+        return Ok(());
+    };
+    if epoch > opts.now + MAX_FUTURE_SKEW {
+        return Err(ArchiveError::FutureRelease {
+            source_name: name.to_string(),
+            date: date.clone(),
+            now: date::format_rfc2822(opts.now),
+            skew_minutes: MAX_FUTURE_SKEW / 60,
+        });
+    }
+    if opts.allow_older {
+        return Ok(());
+    }
+    let newest = opts
+        .seen
+        .iter()
+        .filter(|s| s.uri == src.uri && s.suite == src.suite)
+        .chain(cached.as_ref())
+        .filter_map(|s| Some((date::parse_rfc2822(&s.date)?, s)))
+        .max_by_key(|(t, _)| *t);
+    match newest {
+        Some((t, seen)) if epoch < t => Err(ArchiveError::OlderRelease {
+            source_name: name.to_string(),
+            date: date.clone(),
+            previous: seen.date.clone(),
+            seen_in: seen.seen_in.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

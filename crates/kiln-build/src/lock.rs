@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use kiln_archive::{Fetcher, LoadOptions};
+use kiln_archive::{Fetcher, LoadOptions, SeenRelease};
 use kiln_model::event::Stage;
 use kiln_model::{Hinted, Reporter};
 use kiln_recipe::{Lock, LockedPackage, LockedRelease, Reason, Recipe};
@@ -13,7 +13,29 @@ use kiln_resolve::{IndexInput, Request, Universe};
 
 use crate::sources::{recipe_sources, SourceOptions};
 
-/// Resolves `recipe` against its sources into a lock (not written).
+/// The Release dates the recipe's existing lock records: locking again must
+/// not go back to older Release files (unless `--allow-older-release`).
+fn locked_releases(recipe: &Recipe) -> Vec<SeenRelease> {
+    let path = recipe.lock_path();
+    let Ok(lock) = Lock::read(&path) else {
+        return Vec::new();
+    };
+    lock.releases
+        .into_iter()
+        .filter_map(|r| {
+            Some(SeenRelease {
+                uri: r.uri,
+                suite: r.suite,
+                date: r.date?,
+                seen_in: format!("recorded in {}", path.display()),
+            })
+        })
+        .collect()
+}
+
+/// Resolves `recipe` against its sources into a lock (not written). Release
+/// files older than those the existing lock records are refused unless
+/// `args.allow_older_release`.
 pub fn resolve_recipe(
     recipe: &Recipe,
     args: &SourceOptions,
@@ -22,6 +44,7 @@ pub fn resolve_recipe(
     let sources = recipe_sources(recipe, args)?;
     let cache = args.cache();
     let fetcher = Fetcher::new();
+    let seen = locked_releases(recipe);
     // kiln-archive reports "Get URL" and "warning: …" lines.
     let progress = |m: &str| {
         if let Some(w) = m.strip_prefix("warning: ") {
@@ -55,6 +78,8 @@ pub fn resolve_recipe(
                 offline: args.offline,
                 now: kiln_archive::now(),
                 progress: &progress,
+                seen: &seen,
+                allow_older: args.allow_older_release,
             },
         )?;
         for r in &indexes.releases {

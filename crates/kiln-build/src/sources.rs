@@ -24,6 +24,10 @@ pub struct SourceOptions {
     /// Cache directory (default: $KILN_CACHE_DIR, $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Accept a Release file older than the cached one or the one the
+    /// existing lock records (an intended rollback).
+    #[serde(default)]
+    pub allow_older_release: bool,
 }
 
 impl SourceOptions {

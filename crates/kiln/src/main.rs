@@ -42,6 +42,9 @@ pub struct SourceArgs {
     /// Cache directory (default: $KILN_CACHE_DIR, $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Accept a Release file older than the cached one or the one in the existing lock (an intended rollback).
+    #[arg(long)]
+    pub allow_older_release: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +60,7 @@ impl SourceArgs {
             mirror: self.mirror.clone(),
             security_mirror: self.security_mirror.clone(),
             cache_dir: self.cache_dir.clone(),
+            allow_older_release: self.allow_older_release,
         }
     }
 }

@@ -691,3 +691,83 @@ fn one_valid_signature_beside_an_expired_one_is_enough() {
     let out = f.lock(&recipe, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn relocking_against_an_older_release_is_refused_unless_allowed() {
+    let mut f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert!(f.lock(&recipe, &[]).status.success());
+    let lock_path = kiln_recipe::lock_path_for(&recipe);
+    let before = lock_bytes(&recipe);
+    // The mirror replays an older (genuinely signed) Release file.
+    let newer = f.opts.date.clone();
+    f.opts.date = "Sat, 25 Oct 2025 12:00:00 UTC".into();
+    f.repo.write_release("amd64", &f.opts);
+    let both = [
+        "is dated Sat, 25 Oct 2025 12:00:00 UTC, older than the Release file dated Sat, 01 Nov 2025 12:00:00 UTC",
+        "hint: the mirror may be behind",
+        "--allow-older-release",
+    ];
+    assert_fails_with(&f.lock(&recipe, &[]), &both);
+    assert_eq!(lock_bytes(&recipe), before, "the lock is unchanged");
+    // The lock alone is a floor (a fresh cache)...
+    let fresh = tempfile::tempdir().unwrap();
+    let out = f.lock(&recipe, &["--cache-dir", fresh.path().to_str().unwrap()]);
+    assert_fails_with(&out, &both);
+    assert_fails_with(&out, &[&format!("recorded in {}", lock_path.display())]);
+    assert_eq!(lock_bytes(&recipe), before);
+    // ...and so is the cache alone (no lock yet).
+    std::fs::remove_file(&lock_path).unwrap();
+    assert_fails_with(&f.lock(&recipe, &[]), &[both[0], "already in the cache ("]);
+    assert!(!lock_path.exists());
+    std::fs::write(&lock_path, &before).unwrap();
+    // An intended rollback is accepted, and recorded.
+    let out = f.lock(&recipe, &["--allow-older-release"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = locked(&recipe);
+    let rel = &lock["release"].as_array().unwrap()[0];
+    assert_eq!(rel["date"].as_str(), Some(f.opts.date.as_str()));
+    assert_ne!(f.opts.date, newer);
+    // From then on the older Release file is the floor, and it is met.
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // build and fetch take the flag too.
+    for cmd in ["build", "fetch"] {
+        let help = f.kiln(&[cmd, "--help"]);
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("--allow-older-release"),
+            "kiln {cmd} --help"
+        );
+    }
+}
+
+#[test]
+fn release_dated_in_the_future_is_refused() {
+    let now = kiln_archive::now();
+    // Within the allowed clock skew (10 minutes): accepted.
+    let mut f = Fixture::with(ReleaseOpts {
+        date: kiln_archive::date::format_rfc2822(now + 5 * 60),
+        ..Default::default()
+    });
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let out = f.lock(&recipe, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = lock_bytes(&recipe);
+    // Two days ahead: refused, whatever the signature says.
+    f.opts.date = kiln_archive::date::format_rfc2822(now + 2 * 86400);
+    f.repo.write_release("amd64", &f.opts);
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &[
+            &format!("is dated {}, in the future (the time here is ", f.opts.date),
+            "at most 10 minutes of clock skew",
+            "hint: check this machine's clock",
+        ],
+    );
+    assert_eq!(lock_bytes(&recipe), before);
+    // --allow-older-release is no way around it.
+    assert_fails_with(
+        &f.lock(&recipe, &["--allow-older-release"]),
+        &["in the future"],
+    );
+}

@@ -57,9 +57,16 @@ pub fn cmd_lock(
         }
         let lock = Lock::read(&lock_path)?;
         lock.check(&recipe.resolution_hash(), &lock_path)?;
+        let proof = kiln_build::lock::check_against_indexes(&lock, &recipe, args, reporter)?;
         reporter.step(
             Stage::LockChecked,
-            &format!("{} matches {}", lock_path.display(), recipe_path.display()),
+            &format!(
+                "{} matches {}; its {} packages are in the signed indexes of its {} Release files",
+                lock_path.display(),
+                recipe_path.display(),
+                proof.packages,
+                proof.releases
+            ),
         );
         if json {
             println!(

@@ -1,4 +1,5 @@
-//! The on-disk cache: verified Release files and content-addressed indexes.
+//! The on-disk cache: verified Release files (the last one of each suite,
+//! and every one by sha256) and content-addressed indexes.
 //!
 //! Entries are only ever created by writing a temporary file in the same
 //! directory and renaming it into place, so a reader (or a second Kiln
@@ -54,6 +55,13 @@ impl Cache {
             })
             .collect();
         self.root.join("releases").join(key).join("InRelease")
+    }
+
+    /// Where a verified Release file whose signed text has this sha256 is
+    /// kept (as `InRelease`, or `Release` and `Release.gpg`), so that a lock
+    /// naming it can still be proven after the suite has moved on.
+    pub fn pinned_release_dir(&self, sha256: &str) -> PathBuf {
+        self.root.join("releases").join("by-sha256").join(sha256)
     }
 
     /// A `.deb` with this sha256.

@@ -13,6 +13,7 @@ pub mod date;
 pub mod debs;
 pub mod error;
 pub mod fetch;
+pub mod pinned;
 pub mod release;
 pub mod sources;
 pub mod verify;
@@ -145,6 +146,19 @@ fn load_source(
     opts: &LoadOptions,
 ) -> Result<(LoadedRelease, Vec<LoadedIndex>), ArchiveError> {
     let rel = load_release(src, cache, fetcher, opts)?;
+    let indexes = load_release_indexes(&rel, arch, cache, fetcher, opts)?;
+    Ok((rel, indexes))
+}
+
+/// The `Packages` indexes of a verified Release file for `arch`.
+pub(crate) fn load_release_indexes(
+    rel: &LoadedRelease,
+    arch: &str,
+    cache: &Cache,
+    fetcher: &Fetcher,
+    opts: &LoadOptions,
+) -> Result<Vec<LoadedIndex>, ArchiveError> {
+    let src = &rel.source;
     let name = rel.name();
     let mut indexes = Vec::new();
     for comp in &src.components {
@@ -176,10 +190,10 @@ fn load_source(
             });
         }
     }
-    Ok((rel, indexes))
+    Ok(indexes)
 }
 
-fn load_release(
+pub(crate) fn load_release(
     src: &Source,
     cache: &Cache,
     fetcher: &Fetcher,
@@ -273,25 +287,31 @@ fn load_release(
         cached_release_date(&cached, &cached_detached)
     };
     check_date(&release, &name, src, cached_date, opts)?;
+    let sha256 = sha256_hex(text.as_bytes());
     if !opts.offline {
+        // The suite's latest, and a copy by sha256 that locks can name later.
+        let pinned = cache.pinned_release_dir(&sha256);
         match &got {
             Got::Inline(raw) => {
                 Cache::write_atomic(&cached, raw)?;
                 let _ = std::fs::remove_file(&cached_detached);
+                Cache::write_atomic(&pinned.join("InRelease"), raw)?;
             }
             Got::Detached(r, s) => {
                 if let Some(s) = s {
                     Cache::write_atomic(&cached_sig, s)?;
+                    Cache::write_atomic(&pinned.join("Release.gpg"), s)?;
                 }
                 Cache::write_atomic(&cached_detached, r)?;
                 let _ = std::fs::remove_file(&cached);
+                Cache::write_atomic(&pinned.join("Release"), r)?;
             }
         }
     }
     Ok(LoadedRelease {
         source: src.clone(),
         release,
-        sha256: sha256_hex(text.as_bytes()),
+        sha256,
     })
 }
 

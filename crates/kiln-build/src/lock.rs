@@ -1,10 +1,11 @@
 //! Resolving a recipe into its lock, and reading locks back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use kiln_archive::pinned::{load_pinned_indexes, load_pinned_release, Pinned};
 use kiln_archive::{Fetcher, LoadOptions, SeenRelease};
 use kiln_model::event::Stage;
 use kiln_model::{Hinted, Reporter};
@@ -12,6 +13,17 @@ use kiln_recipe::{Lock, LockedPackage, LockedRelease, Reason, Recipe};
 use kiln_resolve::{IndexInput, Request, Universe};
 
 use crate::sources::{recipe_sources, SourceOptions};
+
+/// kiln-archive's "Get URL" and "warning: …" lines, reported.
+fn index_progress(reporter: &dyn Reporter) -> impl Fn(&str) + Sync + '_ {
+    move |m: &str| {
+        if let Some(w) = m.strip_prefix("warning: ") {
+            reporter.warn(w)
+        } else {
+            reporter.step(Stage::Index, m.strip_prefix("Get ").unwrap_or(m))
+        }
+    }
+}
 
 /// The Release dates the recipe's existing lock records: locking again must
 /// not go back to older Release files (unless `--allow-older-release`).
@@ -45,14 +57,7 @@ pub fn resolve_recipe(
     let cache = args.cache();
     let fetcher = Fetcher::new();
     let seen = locked_releases(recipe);
-    // kiln-archive reports "Get URL" and "warning: …" lines.
-    let progress = |m: &str| {
-        if let Some(w) = m.strip_prefix("warning: ") {
-            reporter.warn(w)
-        } else {
-            reporter.step(Stage::Index, m.strip_prefix("Get ").unwrap_or(m))
-        }
-    };
+    let progress = index_progress(reporter);
     let mut lock = Lock {
         version: kiln_recipe::lock::LOCK_VERSION,
         recipe: recipe.resolution_hash(),
@@ -176,6 +181,7 @@ pub fn ensure_lock(
     match existing {
         Some(lock) if lock.recipe == hash => {
             crate::requirements::check(&recipe, &lock)?;
+            check_against_indexes(&lock, &recipe, args, reporter)?;
             Ok((recipe, lock))
         }
         Some(lock) if locked => {
@@ -201,6 +207,299 @@ pub fn ensure_lock(
             Ok((recipe, lock))
         }
     }
+}
+
+/// What [`check_against_indexes`] proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockProof {
+    /// `[[release]]` entries whose Release file was found and verified.
+    pub releases: usize,
+    /// Packages found, field for field, in those Release files' indexes.
+    pub packages: usize,
+}
+
+/// One package version as a signed `Packages` index publishes it: the
+/// fields a lock copies from the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Published {
+    version: String,
+    filename: String,
+    size: u64,
+    sha256: String,
+    source: String,
+    source_version: String,
+    installed_size: u64,
+}
+
+impl Published {
+    fn of(p: &LockedPackage) -> Published {
+        Published {
+            version: p.version.clone(),
+            filename: p.filename.clone(),
+            size: p.size,
+            sha256: p.sha256.clone(),
+            source: p.source.clone(),
+            source_version: p.source_version.clone(),
+            installed_size: p.installed_size,
+        }
+    }
+
+    /// (field, value) pairs, in the order mismatches are named.
+    fn fields(&self) -> [(&'static str, String); 7] {
+        [
+            ("version", self.version.clone()),
+            ("filename", self.filename.clone()),
+            ("size", self.size.to_string()),
+            ("sha256", self.sha256.clone()),
+            ("source", self.source.clone()),
+            ("source-version", self.source_version.clone()),
+            ("installed-size", self.installed_size.to_string()),
+        ]
+    }
+}
+
+/// (name, architecture) → every version the indexes publish.
+type PublishedMap = HashMap<(String, String), Vec<Published>>;
+
+/// The stanzas of `text` for the packages named in `wanted`, as the
+/// resolver reads them (see `kiln_resolve::Universe`).
+fn published_in(text: &str, wanted: &BTreeSet<&str>, out: &mut PublishedMap) -> Result<()> {
+    for para in kiln_deb::deb822::paragraphs(text) {
+        let para = para.map_err(|e| anyhow::anyhow!("malformed Packages index: {e}"))?;
+        let Some(name) = para.get("Package").filter(|n| wanted.contains(n)) else {
+            continue;
+        };
+        let get = |k: &str| para.get(k).unwrap_or("");
+        let num = |k: &str| get(k).trim().parse().unwrap_or(0);
+        let version = get("Version");
+        let (source, source_version) = match para.get("Source") {
+            Some(s) => match s.split_once('(') {
+                Some((n, v)) => (n.trim(), v.trim_end_matches(')').trim()),
+                None => (s.trim(), version),
+            },
+            None => (name, version),
+        };
+        out.entry((name.to_string(), get("Architecture").to_string()))
+            .or_default()
+            .push(Published {
+                version: version.to_string(),
+                filename: get("Filename").to_string(),
+                size: num("Size"),
+                sha256: get("SHA256").to_string(),
+                source: source.to_string(),
+                source_version: source_version.to_string(),
+                installed_size: num("Installed-Size"),
+            });
+    }
+    Ok(())
+}
+
+/// Confirms that `lock` names only what signed indexes published: every
+/// `[[release]]` is a Release file of one of `recipe`'s sources whose
+/// signature checks out against that source's keyring and whose signed text
+/// has the sha256 the lock records, and every package (name, version,
+/// architecture, filename, size, sha256, source, installed size) is listed
+/// in a `Packages` index that Release file names by sha256.
+///
+/// Release files are read from the cache (by sha256, then the suite's last
+/// one) and verified again; indexes from the content-addressed cache,
+/// re-hashed. What the cache lacks is fetched, unless `args.offline`.
+/// Nothing is written to the cache unless something is fetched.
+pub fn check_against_indexes(
+    lock: &Lock,
+    recipe: &Recipe,
+    args: &SourceOptions,
+    reporter: &dyn Reporter,
+) -> Result<LockProof> {
+    let sources = recipe_sources(recipe, args)?;
+    let cache = args.cache();
+    let fetcher = Fetcher::new();
+    let progress = index_progress(reporter);
+    let opts = LoadOptions {
+        offline: args.offline,
+        now: kiln_archive::now(),
+        progress: &progress,
+        // Proving, not re-locking: a fetched Release must still not be older
+        // than the cached one, but the lock's own dates are what is checked.
+        seen: &[],
+        allow_older: false,
+    };
+    let again = format!("run `kiln lock {}` again", recipe.path.display());
+    let edited = format!("the lock was edited or damaged: {again}");
+    // Each package is checked against the release it is downloaded from
+    // (the first [[release]] of its suite, as `fetch::deb_ref` picks it).
+    let mut wanted: BTreeMap<(usize, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut release_of = Vec::with_capacity(lock.packages.len());
+    for p in &lock.packages {
+        let r = lock
+            .releases
+            .iter()
+            .position(|r| r.suite == p.release)
+            .ok_or_else(|| {
+                Hinted::new(
+                    format!(
+                        "the lock names release `{}` for {} but has no such [[release]]",
+                        p.release, p.name
+                    ),
+                    edited.clone(),
+                )
+            })?;
+        release_of.push(r);
+        wanted
+            .entry((r, p.target.as_str()))
+            .or_default()
+            .insert(p.name.as_str());
+    }
+    // Every [[release]] is proven (their dates give SOURCE_DATE_EPOCH), in
+    // parallel as `kiln lock` loads them.
+    let prove = |i: usize, lr: &LockedRelease| -> Result<BTreeMap<String, PublishedMap>> {
+        let what = format!("release `{}` ({})", lr.suite, lr.uri);
+        // The source at the lock's URI, else the first of its suite (the
+        // lock may have been made with --mirror).
+        let src = sources
+            .iter()
+            .find(|s| s.suite == lr.suite && s.uri == lr.uri)
+            .or_else(|| sources.iter().find(|s| s.suite == lr.suite))
+            .ok_or_else(|| {
+                Hinted::new(
+                    format!("the lock's {what} is not one of the recipe's sources"),
+                    edited.clone(),
+                )
+            })?;
+        // Fetched from where the lock says, with the keyring the recipe gives.
+        let src = kiln_archive::Source {
+            uri: lr.uri.clone(),
+            ..src.clone()
+        };
+        let rel = match load_pinned_release(&src, &lr.sha256, &cache, &fetcher, &opts)? {
+            Pinned::Found(r) => *r,
+            Pinned::NotCached { path } => {
+                return Err(Hinted::new(
+                    format!(
+                        "--offline: no cached Release file of the lock's {what} has the sha256 {} it records ({})",
+                        lr.sha256,
+                        path.display()
+                    ),
+                    format!("run without --offline to fetch it; if the lock was edited or damaged, or the suite has moved on since, {again}"),
+                )
+                .into())
+            }
+            Pinned::Gone { served } => {
+                return Err(Hinted::new(
+                    format!(
+                        "no signed Release file of the lock's {what} has the sha256 {} it records: none is cached, and the repository now serves {served}",
+                        lr.sha256
+                    ),
+                    format!("the lock was edited or damaged, or the suite has moved on since it was locked: {again}"),
+                )
+                .into())
+            }
+        };
+        for (field, locked, signed) in [
+            ("codename", &lr.codename, &rel.release.codename),
+            ("date", &lr.date, &rel.release.date),
+        ] {
+            if locked != signed {
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "nothing".into());
+                return Err(Hinted::new(
+                    format!(
+                        "the lock's {what} does not match its signed Release file: {field}: the lock says {}, the signed Release file says {}",
+                        show(locked),
+                        show(signed)
+                    ),
+                    edited.clone(),
+                )
+                .into());
+            }
+        }
+        let mut out = BTreeMap::new();
+        for ((_, target), names) in wanted.range((i, "")..(i + 1, "")) {
+            let mut published = PublishedMap::new();
+            for index in load_pinned_indexes(&rel, target, &cache, &fetcher, &opts)? {
+                published_in(&index.text, names, &mut published)
+                    .with_context(|| format!("reading {} of {}", index.path, rel.name()))?;
+            }
+            out.insert(target.to_string(), published);
+        }
+        Ok(out)
+    };
+    let proven: Vec<BTreeMap<String, PublishedMap>> = std::thread::scope(|s| {
+        let handles: Vec<_> = lock
+            .releases
+            .iter()
+            .enumerate()
+            .map(|(i, lr)| {
+                let prove = &prove;
+                s.spawn(move || prove(i, lr))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("lock check panicked"))
+            .collect::<Result<_>>()
+    })?;
+    let mut problems = Vec::new();
+    for (p, &r) in lock.packages.iter().zip(&release_of) {
+        let lr = &lock.releases[r];
+        let rel = format!("{} ({})", lr.suite, lr.uri);
+        let versions = proven[r]
+            .get(&p.target)
+            .and_then(|m| m.get(&(p.name.clone(), p.architecture.clone())))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let locked = Published::of(p);
+        if versions.contains(&locked) {
+            continue;
+        }
+        let Some(same) = versions.iter().find(|v| v.version == p.version) else {
+            problems.push(if versions.is_empty() {
+                format!(
+                    "no signed index of {rel} has the lock's package `{}` {} ({}), sha256 {}",
+                    p.name, p.version, p.architecture, p.sha256
+                )
+            } else {
+                format!(
+                    "the lock's package `{}` ({}) does not match the signed index of {rel}: version: the lock says {}, the signed index says {}",
+                    p.name,
+                    p.architecture,
+                    p.version,
+                    versions
+                        .iter()
+                        .map(|v| v.version.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+            continue;
+        };
+        let differ: Vec<String> = locked
+            .fields()
+            .into_iter()
+            .zip(same.fields())
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|((field, a), (_, b))| {
+                format!("{field}: the lock says {a}, the signed index says {b}")
+            })
+            .collect();
+        problems.push(format!(
+            "the lock's package `{}` {} ({}) does not match the signed index of {rel}: {}",
+            p.name,
+            p.version,
+            p.architecture,
+            differ.join("; ")
+        ));
+    }
+    if let Some(first) = problems.first() {
+        let more = match problems.len() {
+            1 => String::new(),
+            n => format!(" (and {} more packages)", n - 1),
+        };
+        return Err(Hinted::new(format!("{first}{more}"), edited).into());
+    }
+    Ok(LockProof {
+        releases: lock.releases.len(),
+        packages: lock.packages.len(),
+    })
 }
 
 /// The shortest path from a package the recipe asked for to `package`.

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use kiln_attest::VerifyingKey;
 use kiln_model::{Hinted, Manifest, Reporter};
-use kiln_recipe::Lock;
+use kiln_recipe::{Lock, Recipe};
 
 use crate::records::sha256_file;
+use crate::sources::SourceOptions;
 
 /// What a successful verification established.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,6 +23,9 @@ pub struct VerifyReport {
     pub packages: usize,
     /// The lock the packages were checked against, if it was found.
     pub lock: Option<PathBuf>,
+    /// The lock was proven against the signed indexes it names (which
+    /// needs the recipe beside it, for its sources' keyrings).
+    pub lock_proven: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -116,11 +120,15 @@ fn cdx_packages(path: &Path) -> Result<BTreeSet<(String, String)>> {
 }
 
 /// Verifies `dir`. `key` is required when the provenance is signed;
-/// `lock` overrides the lock named by the manifest.
+/// `lock` overrides the lock named by the manifest. When the lock is found
+/// and its recipe is beside it, the lock is proven against the signed
+/// indexes it names (see [`crate::lock::check_against_indexes`]; `sources`
+/// says where the cache is and whether the network may be used).
 pub fn verify(
     dir: &Path,
     key: Option<&Path>,
     lock: Option<&Path>,
+    sources: &SourceOptions,
     reporter: &dyn Reporter,
 ) -> Result<VerifyReport> {
     // An interrupted build is incomplete, not tampered with.
@@ -188,9 +196,28 @@ pub fn verify(
         Some(l) => Some(l.to_path_buf()),
         None => Some(manifest.lock_path(dir)).filter(|p| p.exists()),
     };
+    let mut lock_proven = false;
     match &lock_path {
         Some(l) => {
             let lock = Lock::read(l)?;
+            // The recipe of NAME.lock is NAME.toml beside it.
+            let recipe_path = l.with_extension("toml");
+            if recipe_path.exists() {
+                let recipe = Recipe::load(&recipe_path)?;
+                crate::lock::check_against_indexes(&lock, &recipe, sources, reporter)
+                    .with_context(|| {
+                        format!(
+                            "{} is not what the signed indexes it names publish",
+                            l.display()
+                        )
+                    })?;
+                lock_proven = true;
+            } else {
+                reporter.warn(&format!(
+                    "{} is not beside the lock: the lock is not proven against the signed indexes it names",
+                    recipe_path.display()
+                ));
+            }
             expected = lock
                 .packages
                 .iter()
@@ -201,6 +228,42 @@ pub fn verify(
                     "manifest.json does not list the packages of {}",
                     l.display()
                 )));
+            }
+            // Same names and versions: the rest of each record must agree too.
+            let locked: BTreeSet<[&str; 7]> = lock
+                .packages
+                .iter()
+                .map(|p| {
+                    [
+                        &p.name,
+                        &p.version,
+                        &p.architecture,
+                        &p.target,
+                        &p.source,
+                        &p.source_version,
+                        &p.sha256,
+                    ]
+                    .map(String::as_str)
+                })
+                .collect();
+            for p in &manifest.packages {
+                let r = [
+                    &p.name,
+                    &p.version,
+                    &p.architecture,
+                    &p.target,
+                    &p.source,
+                    &p.source_version,
+                    &p.sha256,
+                ]
+                .map(String::as_str);
+                if !locked.contains(&r) {
+                    let [name, version, arch, target, source, source_version, sha256] = r;
+                    return Err(tampered(format!(
+                        "manifest.json records {name} {version} ({arch}, for {target}, source {source} {source_version}, sha256 {sha256}), which is not in {}",
+                        l.display()
+                    )));
+                }
             }
         }
         None => reporter.warn(&format!(
@@ -245,5 +308,6 @@ pub fn verify(
             .collect(),
         packages: expected.len(),
         lock: lock_path,
+        lock_proven,
     })
 }

@@ -82,9 +82,18 @@ impl Fixture {
             output: Some(self.work.path().join(out)),
             source_date_epoch: Some(1_700_000_000),
             sources: SourceOptions {
-                cache_dir: Some(self.cache.path().to_path_buf()),
-                ..Default::default()
+                offline: false,
+                ..self.sources()
             },
+            ..Default::default()
+        }
+    }
+
+    /// This fixture's cache, offline: what `verify` proves a lock with.
+    fn sources(&self) -> SourceOptions {
+        SourceOptions {
+            cache_dir: Some(self.cache.path().to_path_buf()),
+            offline: true,
             ..Default::default()
         }
     }
@@ -176,7 +185,8 @@ fn two_builds_in_one_process_cancelling_one_leaves_the_other_correct() {
     assert!(!out_a.join("oci").exists(), "no half-written OCI layout");
     assert!(!out_a.join("rootfs.tar").exists());
     assert!(Manifest::is_incomplete(&out_a));
-    let e = kiln_build::verify::verify(&out_a, None, None, &NullReporter).unwrap_err();
+    let e =
+        kiln_build::verify::verify(&out_a, None, None, &f.sources(), &NullReporter).unwrap_err();
     assert!(e.to_string().contains("incomplete"), "{e:#}");
 
     let mb = rb.expect("the other build finishes");
@@ -184,7 +194,7 @@ fn two_builds_in_one_process_cancelling_one_leaves_the_other_correct() {
     assert_eq!(digest(&mb, "oci"), digest(&solo, "oci"));
     assert_eq!(digest(&mb, "rootfs.tar"), digest(&solo, "rootfs.tar"));
     assert_eq!(Manifest::read_dir(&out_b).unwrap(), mb);
-    kiln_build::verify::verify(&out_b, None, None, &NullReporter).unwrap();
+    kiln_build::verify::verify(&out_b, None, None, &f.sources(), &NullReporter).unwrap();
 }
 
 #[test]
@@ -237,13 +247,33 @@ fn verify_works_from_any_directory_and_refuses_a_mistyped_manifest() {
         elsewhere.path().join("v.lock"),
     )
     .unwrap();
-    let report =
-        kiln_build::verify::verify(&elsewhere.path().join("out"), None, None, &NullReporter)
-            .unwrap();
+    let verify_copy = || {
+        kiln_build::verify::verify(
+            &elsewhere.path().join("out"),
+            None,
+            None,
+            &f.sources(),
+            &NullReporter,
+        )
+        .unwrap()
+    };
+    let report = verify_copy();
     assert!(
         report.lock.is_some(),
         "the lock beside the copy was checked"
     );
+    assert!(
+        !report.lock_proven,
+        "without its recipe the lock is not proven"
+    );
+    // With the recipe beside it, the lock is proven against the signed
+    // indexes in the cache, offline.
+    std::fs::copy(
+        f.work.path().join("v.toml"),
+        elsewhere.path().join("v.toml"),
+    )
+    .unwrap();
+    assert!(verify_copy().lock_proven);
 
     // A mistyped field is refused, naming the field and the file.
     let path = out.join("manifest.json");
@@ -253,7 +283,7 @@ fn verify_works_from_any_directory_and_refuses_a_mistyped_manifest() {
         text.replace("\"source-date-epoch\"", "\"source-date-epok\""),
     )
     .unwrap();
-    let e = kiln_build::verify::verify(&out, None, None, &NullReporter).unwrap_err();
+    let e = kiln_build::verify::verify(&out, None, None, &f.sources(), &NullReporter).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("source-date-epok") && msg.contains("manifest.json"),

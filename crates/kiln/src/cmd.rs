@@ -57,9 +57,16 @@ pub fn cmd_lock(
         }
         let lock = Lock::read(&lock_path)?;
         lock.check(&recipe.resolution_hash(), &lock_path)?;
+        let proof = kiln_build::lock::check_against_indexes(&lock, &recipe, args, reporter)?;
         reporter.step(
             Stage::LockChecked,
-            &format!("{} matches {}", lock_path.display(), recipe_path.display()),
+            &format!(
+                "{} matches {}; its {} packages are in the signed indexes of its {} Release files",
+                lock_path.display(),
+                recipe_path.display(),
+                proof.packages,
+                proof.releases
+            ),
         );
         if json {
             println!(
@@ -192,17 +199,23 @@ pub fn cmd_verify(
     key: Option<PathBuf>,
     lock: Option<PathBuf>,
     json_out: bool,
+    args: &SourceOptions,
 ) -> Result<()> {
-    let r = kiln_build::verify::verify(dir, key.as_deref(), lock.as_deref(), reporter)?;
+    let r = kiln_build::verify::verify(dir, key.as_deref(), lock.as_deref(), args, reporter)?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&r)?);
     }
     reporter.step(
         Stage::Verify,
         &format!(
-            "{} subjects, {} packages in both SBOMs, {}",
+            "{} subjects, {} packages in both SBOMs{}, {}",
             r.subjects.len(),
             r.packages,
+            if r.lock_proven {
+                " and in the signed indexes of the lock"
+            } else {
+                ""
+            },
             match &r.signed_by {
                 Some(k) => format!("signature by key {}", &k[..16]),
                 None => "UNSIGNED".into(),

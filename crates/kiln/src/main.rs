@@ -116,6 +116,9 @@ enum Command {
         lock: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Where the lock's Release files and indexes are read from, to prove it.
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// Push an OCI image layout to a registry.
     Push {
@@ -260,7 +263,8 @@ fn main() -> ExitCode {
             key,
             lock,
             json,
-        } => cmd::cmd_verify(reporter, &dir, key, lock, json),
+            sources,
+        } => cmd::cmd_verify(reporter, &dir, key, lock, json, &sources.options()),
         Command::Push {
             layout,
             reference,

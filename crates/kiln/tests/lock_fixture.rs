@@ -70,6 +70,18 @@ impl Fixture {
         path
     }
 
+    /// A distroless recipe for nginx (its build needs no root), as image.toml.
+    fn distroless_recipe(&self) -> PathBuf {
+        let path = self.recipe(&self.repo.uri(), "include = [\"nginx\"]", "");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            format!("{text}\n[container]\ndistroless = true\n\n[output]\nformats = [\"tar\"]\n"),
+        )
+        .unwrap();
+        path
+    }
+
     fn kiln(&self, args: &[&str]) -> Output {
         kiln_command(self.cache.path(), args, &[("KILN_FETCH_ATTEMPTS", "2")])
             .current_dir(self.work.path())
@@ -769,5 +781,258 @@ fn release_dated_in_the_future_is_refused() {
     assert_fails_with(
         &f.lock(&recipe, &["--allow-older-release"]),
         &["in the future"],
+    );
+}
+
+// A hand-edited lock is not trusted: `kiln lock --check`, `kiln build
+// --locked` and `kiln verify` prove every locked package against the signed
+// indexes of the Release files the lock records.
+
+/// Rewrites the lock of `recipe` with `edit` applied to its TOML.
+fn edit_lock(recipe: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let path = kiln_recipe::lock_path_for(recipe);
+    let mut lock: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut lock);
+    std::fs::write(&path, toml::to_string(&lock).unwrap()).unwrap();
+}
+
+/// The `[[package]]` table named `name`.
+fn package<'a>(lock: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    lock["package"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .map(|p| p.as_table_mut().unwrap())
+        .find(|p| p["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in the lock"))
+}
+
+impl Fixture {
+    /// Locks the distroless recipe and builds it into `out`: the earlier,
+    /// honest build that `verify` is later run on.
+    fn locked_build(&self) -> (PathBuf, PathBuf) {
+        let recipe = self.distroless_recipe();
+        let o = self.lock(&recipe, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = self.work.path().join("out");
+        let o = self.build(&recipe, &out, &["--locked"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (recipe, out)
+    }
+
+    fn build(&self, recipe: &Path, out: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.kiln(&args)
+    }
+
+    fn verify(&self, out: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["verify", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.kiln(&args)
+    }
+
+    /// `lock --check`, `build --locked` (into a new directory) and `verify`
+    /// of the earlier build all fail, each with every one of `needles`.
+    #[track_caller]
+    fn assert_every_check_fails(&self, recipe: &Path, out: &Path, needles: &[&str]) {
+        assert_fails_with(&self.lock(recipe, &["--check"]), needles);
+        let again = self.work.path().join("again");
+        assert_fails_with(&self.build(recipe, &again, &["--locked"]), needles);
+        assert!(
+            !again.join("rootfs.tar").exists() && !again.join("manifest.json").exists(),
+            "nothing is built from an unproven lock"
+        );
+        assert_fails_with(&self.verify(out, &[]), needles);
+    }
+}
+
+#[test]
+fn an_untouched_lock_passes_every_check_offline() {
+    let f = Fixture::new();
+    let (recipe, out) = f.locked_build();
+    let o = f.lock(&recipe, &["--check", "--offline"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("its 3 packages are in the signed indexes of its 1 Release files"),
+        "{}",
+        stderr(&o)
+    );
+    let o = f.build(
+        &recipe,
+        &f.work.path().join("again"),
+        &["--locked", "--offline"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = f.verify(&out, &["--offline", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_of(&o)["lock-proven"], true);
+    // A cache filled before Release files were kept by sha256 still proves
+    // the lock with the suite's last Release file.
+    std::fs::remove_dir_all(f.cache.path().join("releases/by-sha256")).unwrap();
+    let o = f.lock(&recipe, &["--check", "--offline"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_lock_stays_provable_after_the_suite_moves_on() {
+    let mut f = Fixture::new();
+    let (recipe, _) = f.locked_build();
+    // The archive publishes a new Release (a new package, a new date) and
+    // locking another recipe replaces the suite's last Release in the cache.
+    let mut pkgs = packages();
+    pkgs.push(Pkg::new("newcomer", "1"));
+    let opts = ReleaseOpts {
+        date: "Sun, 02 Nov 2025 12:00:00 UTC".into(),
+        ..f.opts.clone()
+    };
+    f.repo.write(&pkgs, "amd64", &opts);
+    let other = f.work.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("name = \"test\"", "name = \"other\""),
+    )
+    .unwrap();
+    let o = f.lock(&other, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(locked(&other)["release"][0]["date"]
+        .as_str()
+        .unwrap()
+        .starts_with("Sun, 02 Nov"));
+    // The first lock names the old Release file, kept in the cache by sha256.
+    let o = f.lock(&recipe, &["--check", "--offline"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without that copy it cannot be proven any more: the repository serves
+    // another Release file now.
+    std::fs::remove_dir_all(f.cache.path().join("releases/by-sha256")).unwrap();
+    assert_fails_with(
+        &f.lock(&recipe, &["--check"]),
+        &[
+            "no signed Release file of the lock's release `kiln-test`",
+            "the repository now serves",
+            "hint: the lock was edited or damaged, or the suite has moved on",
+        ],
+    );
+}
+
+#[test]
+fn a_lock_pointing_at_a_deb_in_no_signed_index_fails_every_check() {
+    let f = Fixture::new();
+    let (recipe, out) = f.locked_build();
+    // Another nginx, of the same name and version, put in the repository's
+    // pool but in no index.
+    let evil = kiln_testkit::build_deb(
+        &Pkg::new("nginx", "1.26.0-1")
+            .arch("amd64")
+            .executable("/usr/sbin/nginx", b"#!/bin/sh\necho owned\n"),
+        &f.repo.root().join("pool/main/n/nginx-evil"),
+    );
+    let bytes = std::fs::read(&evil).unwrap();
+    let sha = kiln_testkit::sha256_hex(&bytes);
+    edit_lock(&recipe, |l| {
+        let p = package(l, "nginx");
+        p["filename"] = "pool/main/n/nginx-evil/nginx_1.26.0-1_amd64.deb".into();
+        p["size"] = (bytes.len() as i64).into();
+        p["sha256"] = sha.clone().into();
+    });
+    // The recipe hash covers the recipe, not the packages: the edited lock
+    // still "matches its recipe".
+    f.assert_every_check_fails(
+        &recipe,
+        &out,
+        &[
+            "the lock's package `nginx` 1.26.0-1 (amd64) does not match the signed index of kiln-test",
+            "filename: the lock says pool/main/n/nginx-evil/nginx_1.26.0-1_amd64.deb, the signed index says pool/main/n/nginx/nginx_1.26.0-1_amd64.deb",
+            &format!("sha256: the lock says {sha}, the signed index says"),
+            "size: the lock says",
+            "hint: the lock was edited or damaged: run `kiln lock",
+        ],
+    );
+    let cached = f.cache.path().join("debs").join(&sha[..2]).join(&sha);
+    assert!(!cached.exists(), "the unlisted .deb was never downloaded");
+}
+
+#[test]
+fn a_lock_with_a_changed_version_fails_every_check() {
+    let f = Fixture::new();
+    let (recipe, out) = f.locked_build();
+    edit_lock(&recipe, |l| {
+        package(l, "libfoo1")["version"] = "1.3-1".into();
+    });
+    f.assert_every_check_fails(
+        &recipe,
+        &out,
+        &[
+            "the lock's package `libfoo1` (amd64) does not match the signed index of kiln-test",
+            "version: the lock says 1.3-1, the signed index says 1.2-1",
+            "hint: the lock was edited or damaged",
+        ],
+    );
+    // A package no index has at all is named as such.
+    edit_lock(&recipe, |l| {
+        let p = package(l, "libfoo1");
+        p["version"] = "1.2-1".into();
+        p["name"] = "libevil1".into();
+    });
+    assert_fails_with(
+        &f.lock(&recipe, &["--check", "--offline"]),
+        &[
+            "no signed index of kiln-test",
+            "has the lock's package `libevil1` 1.2-1 (amd64)",
+        ],
+    );
+}
+
+#[test]
+fn a_lock_with_a_changed_release_fails_every_check() {
+    let f = Fixture::new();
+    let (recipe, out) = f.locked_build();
+    let good = std::fs::read_to_string(kiln_recipe::lock_path_for(&recipe)).unwrap();
+    let forged = "0".repeat(64);
+    edit_lock(&recipe, |l| {
+        l["release"][0].as_table_mut().unwrap()["sha256"] = forged.clone().into();
+    });
+    f.assert_every_check_fails(
+        &recipe,
+        &out,
+        &[
+            "the lock's release `kiln-test` (file://",
+            &format!("has the sha256 {forged} it records"),
+        ],
+    );
+    assert_fails_with(
+        &f.lock(&recipe, &["--check", "--offline"]),
+        &[
+            "--offline: no cached Release file of the lock's release `kiln-test`",
+            "hint: run without --offline to fetch it",
+        ],
+    );
+    // Nothing outside the cache is read for a sha256 that is not one.
+    edit_lock(&recipe, |l| {
+        l["release"][0].as_table_mut().unwrap()["sha256"] = "../../../etc".into();
+    });
+    assert_fails_with(
+        &f.lock(&recipe, &["--check", "--offline"]),
+        &["no cached Release file of the lock's release `kiln-test`"],
+    );
+    // The release date (it gives SOURCE_DATE_EPOCH) is the signed one.
+    std::fs::write(kiln_recipe::lock_path_for(&recipe), &good).unwrap();
+    edit_lock(&recipe, |l| {
+        l["release"][0].as_table_mut().unwrap()["date"] = "Mon, 01 Jan 2024 00:00:00 UTC".into();
+    });
+    f.assert_every_check_fails(
+        &recipe,
+        &out,
+        &[
+            "the lock's release `kiln-test`",
+            "date: the lock says Mon, 01 Jan 2024 00:00:00 UTC, the signed Release file says Sat, 01 Nov 2025 12:00:00 UTC",
+        ],
     );
 }

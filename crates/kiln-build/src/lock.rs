@@ -69,7 +69,12 @@ pub fn resolve_recipe(
     let mut t = Instant::now();
     let mut lap = |what: &str| {
         if timing {
-            eprintln!("timing: {what}: {:.3}s", t.elapsed().as_secs_f64());
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "timing: {what}: {:.3}s",
+                t.elapsed().as_secs_f64()
+            );
         }
         t = Instant::now();
     };

@@ -312,6 +312,14 @@ impl<'a> Client<'a> {
         if let Some(scope) = ch.param("scope").filter(|s| *s != push_scope) {
             url = with_query(&url, "scope", scope);
         }
+        if self.credentials.is_some() {
+            credentials_may_go_to(realm, &self.base).map_err(|why| RegistryError::AuthFailed {
+                registry: self.registry.into(),
+                message: format!(
+                    "refusing to send the registry password to the token server {realm}: {why}"
+                ),
+            })?;
+        }
         let fetch = || {
             let mut req = self.agent.get(&url);
             if let Some(c) = self.credentials {
@@ -520,6 +528,36 @@ fn describe(url: &str, e: &ureq::Error) -> String {
     }
 }
 
+/// Whether a registry at `base` (`scheme://host[:port]`) may have our
+/// credentials sent to the token `realm` it names: over HTTPS anywhere (the
+/// registry could read them anyway), over plain HTTP only to the registry's
+/// own host when the registry itself is plain HTTP (`--insecure`, loopback).
+fn credentials_may_go_to(realm: &str, base: &str) -> Result<(), String> {
+    fn host_of(url: &str) -> Option<&str> {
+        let rest = url.split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if host_port.starts_with('[') {
+            return host_port.split_inclusive(']').next();
+        }
+        host_port.split(':').next()
+    }
+    let lower = realm.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Ok(());
+    }
+    if !lower.starts_with("http://") {
+        return Err("it is not an http(s) URL".into());
+    }
+    if !base.starts_with("http://") {
+        return Err("it is plain http while the registry is https".into());
+    }
+    match (host_of(realm), host_of(base)) {
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => Ok(()),
+        _ => Err("it is plain http on another host than the registry".into()),
+    }
+}
+
 fn basic_header(c: &Credentials) -> String {
     let raw = format!("{}:{}", c.username, c.password);
     format!(
@@ -719,5 +757,27 @@ mod tests {
         );
         assert_eq!(registry_message(b"  plain text\n").unwrap(), "plain text");
         assert_eq!(registry_message(b""), None);
+    }
+
+    #[test]
+    fn credentials_never_go_to_a_plain_http_token_server_elsewhere() {
+        let ok = |realm: &str, base: &str| credentials_may_go_to(realm, base).is_ok();
+        assert!(ok(
+            "https://auth.example.org/token",
+            "https://registry.example.org"
+        ));
+        assert!(ok("http://127.0.0.1:5001/token", "http://127.0.0.1:5000"));
+        assert!(!ok(
+            "http://auth.example.org/token",
+            "https://registry.example.org"
+        ));
+        assert!(!ok("http://evil.example/token", "http://127.0.0.1:5000"));
+        assert!(!ok(
+            "http://127.0.0.1.evil.example/t",
+            "http://127.0.0.1:5000"
+        ));
+        assert!(!ok("http://user@evil.example/t", "http://127.0.0.1:5000"));
+        assert!(!ok("ftp://127.0.0.1/t", "http://127.0.0.1:5000"));
+        assert!(!ok("/token", "http://127.0.0.1:5000"));
     }
 }

@@ -69,7 +69,7 @@ pub fn cmd_lock(
             ),
         );
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?
             );
@@ -119,7 +119,7 @@ pub fn cmd_lock(
         ),
     );
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&summary_json(&lock, &lock_path))?
         );
@@ -155,7 +155,7 @@ pub fn cmd_why(
         Reason::Dependency => "a dependency",
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "package": package,
@@ -167,9 +167,9 @@ pub fn cmd_why(
         return Ok(());
     }
     let (root, version) = &why.chain[0];
-    println!("{root} {version} ({})", reason(why.root_reason));
+    outln!("{root} {version} ({})", reason(why.root_reason));
     for (i, (n, v)) in why.chain.iter().enumerate().skip(1) {
-        println!("{}└─ {n} {v}", "   ".repeat(i - 1));
+        outln!("{}└─ {n} {v}", "   ".repeat(i - 1));
     }
     Ok(())
 }
@@ -203,7 +203,7 @@ pub fn cmd_verify(
 ) -> Result<()> {
     let r = kiln_build::verify::verify(dir, key.as_deref(), lock.as_deref(), args, reporter)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     }
     reporter.step(
         Stage::Verify,
@@ -264,6 +264,6 @@ pub fn cmd_push(
             report.blobs_uploaded, report.blobs_skipped
         ),
     );
-    println!("{}", report.digest);
+    outln!("{}", report.digest);
     Ok(())
 }

@@ -1,6 +1,27 @@
 //! `kiln`: the command line. Parsing arguments, progress and exit codes only;
 //! the work happens in the library crates.
 
+/// `println!` / `eprintln!` / `eprint!` that never panic: a closed pipe
+/// (`kiln lock --json … | head -1`, a CI log collector gone away) is not a crash.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+macro_rules! errw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod cmd;
 mod test;
 mod ui;
@@ -227,7 +248,7 @@ fn main() -> ExitCode {
         // Unpacking threads may still have been writing: sweep once more.
         std::thread::sleep(std::time::Duration::from_millis(50));
         on_interrupt.cancel();
-        eprintln!("\ninterrupted");
+        errln!("\ninterrupted");
         std::process::exit(130);
     });
     let result = match cli.command {

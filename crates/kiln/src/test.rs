@@ -69,7 +69,7 @@ pub fn cmd_test(ui: &Ui, reporter: &dyn Reporter, cancel: &Cancel, args: &TestAr
                 "message": o.message(),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     ui.status("Report", &r.report.display().to_string());
     if r.passed {
@@ -80,7 +80,7 @@ pub fn cmd_test(ui: &Ui, reporter: &dyn Reporter, cancel: &Cancel, args: &TestAr
         return Ok(());
     }
     if !r.console_tail.is_empty() {
-        eprintln!(
+        errln!(
             "--- last console lines ({}) ---\n{}\n---",
             r.console.display(),
             kiln_check::tail(&r.console_tail, 25)

@@ -24,17 +24,17 @@ impl Ui {
             return;
         }
         if self.color {
-            eprintln!("\x1b[1;32m{verb:>10}\x1b[0m {msg}");
+            errln!("\x1b[1;32m{verb:>10}\x1b[0m {msg}");
         } else {
-            eprintln!("{verb:>10} {msg}");
+            errln!("{verb:>10} {msg}");
         }
     }
 
     pub fn warn(&self, msg: &str) {
         if self.color {
-            eprintln!("\x1b[1;33mwarning\x1b[0m: {msg}");
+            errln!("\x1b[1;33mwarning\x1b[0m: {msg}");
         } else {
-            eprintln!("warning: {msg}");
+            errln!("warning: {msg}");
         }
     }
 }
@@ -64,7 +64,7 @@ impl Reporter for Terminal<'_> {
         let _g = self.line.lock().unwrap();
         if self.timing {
             if let Event::Step { stage, message } = &event {
-                eprintln!(
+                errln!(
                     "timing: {:.2}s {} {message}",
                     self.start.elapsed().as_secs_f64(),
                     stage.verb()
@@ -139,17 +139,17 @@ pub fn report_error(e: &anyhow::Error) {
         "error"
     };
     let top = e.to_string();
-    eprintln!("{prefix}: {top}");
+    errln!("{prefix}: {top}");
     let mut shown = top;
     for cause in e.chain().skip(1) {
         let c = cause.to_string();
         if !shown.contains(&c) {
-            eprintln!("  caused by: {c}");
+            errln!("  caused by: {c}");
             shown.push_str(&c);
         }
     }
     if let Some(h) = hint(e) {
-        eprintln!("\nhint: {h}");
+        errln!("\nhint: {h}");
     }
 }
 
@@ -224,12 +224,12 @@ impl Ui {
                 }
             })
             .collect();
-        eprint!("\r\x1b[2K{verb:>10} [{bar}] {n}/{total} {detail}");
+        errw!("\r\x1b[2K{verb:>10} [{bar}] {n}/{total} {detail}");
     }
 
     pub fn clear_progress(&self) {
         if self.progress_bars() {
-            eprint!("\r\x1b[2K");
+            errw!("\r\x1b[2K");
         }
     }
 }

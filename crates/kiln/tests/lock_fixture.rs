@@ -1036,3 +1036,32 @@ fn a_lock_with_a_changed_release_fails_every_check() {
         ],
     );
 }
+
+#[test]
+fn closed_pipes_are_not_a_crash() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    // Both pipes closed before kiln writes anything: no panic (exit 101).
+    let mut child = kiln_command(
+        f.cache.path(),
+        &["lock", "--json", recipe.to_str().unwrap()],
+        &[],
+    )
+    .current_dir(f.work.path())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    // And the error path: a missing recipe with stderr closed still exits 1.
+    let mut child = kiln_command(f.cache.path(), &["lock", "missing.toml"], &[])
+        .current_dir(f.work.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}

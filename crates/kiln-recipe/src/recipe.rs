@@ -552,7 +552,19 @@ fn load_layer(
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut merged = Merged::default();
     for inc in layer.include.iter().flatten() {
-        let p = dir.join(inc.get_ref());
+        // Only recipe files, named relative to the including file: an
+        // include cannot pull /etc/shadow in (and echo its lines in errors).
+        let name = inc.get_ref();
+        if Path::new(name).is_absolute() || !name.ends_with(".toml") {
+            return Err(syntax(
+                path,
+                &text,
+                inc.span().start,
+                format!("include `{name}` is not a relative path to a .toml recipe file"),
+                Some("include classes by a path relative to the including file, e.g. \"classes/cloud.toml\"".into()),
+            ));
+        }
+        let p = dir.join(name);
         if !p.exists() {
             return Err(syntax(
                 path,
@@ -1449,6 +1461,22 @@ mod tests {
                     "docs/recipe.md does not document `{k}` of [{table}]"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn include_takes_only_relative_toml_files() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = write(d.path(), "secret", "root:$6$hash:19000:0:99999:7:::\n");
+        for inc in [secret.display().to_string(), "secret".to_string()] {
+            let p = write(
+                d.path(),
+                "a.toml",
+                &format!("include = [\"{inc}\"]\n[image]\nname = \"x\"\nsuite = \"trixie\"\n"),
+            );
+            let e = Recipe::load(&p).unwrap_err().to_string();
+            assert!(e.contains("not a relative path to a .toml recipe file"), "{e}");
+            assert!(!e.contains("$6$hash"), "the included file's text leaked: {e}");
         }
     }
 }

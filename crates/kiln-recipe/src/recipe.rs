@@ -1475,8 +1475,14 @@ mod tests {
                 &format!("include = [\"{inc}\"]\n[image]\nname = \"x\"\nsuite = \"trixie\"\n"),
             );
             let e = Recipe::load(&p).unwrap_err().to_string();
-            assert!(e.contains("not a relative path to a .toml recipe file"), "{e}");
-            assert!(!e.contains("$6$hash"), "the included file's text leaked: {e}");
+            assert!(
+                e.contains("not a relative path to a .toml recipe file"),
+                "{e}"
+            );
+            assert!(
+                !e.contains("$6$hash"),
+                "the included file's text leaked: {e}"
+            );
         }
     }
 }

@@ -72,6 +72,9 @@ impl RootfsError {
             RootfsError::Sandbox(sandbox::SandboxError::NotRoot) => {
                 Some("run kiln build as root (e.g. with sudo)".into())
             }
+            RootfsError::Sandbox(sandbox::SandboxError::NoEnv { .. }) => Some(
+                "keep coreutils in the image: check [packages] exclude and the sources' Essential set".into(),
+            ),
             RootfsError::BadDeb { .. } => Some("delete the cache entry and fetch again".into()),
             _ => None,
         }

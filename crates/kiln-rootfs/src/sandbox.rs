@@ -23,6 +23,8 @@ pub enum SandboxError {
     NotRoot,
     #[error("cancelled")]
     Cancelled,
+    #[error("cannot run {what} in the image: it has no /usr/bin/env (coreutils), through which every command inside it is started")]
+    NoEnv { what: String },
 }
 
 /// The environment maintainer scripts see: clean, non-interactive, reproducible.
@@ -70,6 +72,12 @@ pub fn run_in_root(
     }
     if !is_root() {
         return Err(SandboxError::NotRoot);
+    }
+    // Looked at, never followed out: a link here is fine, its absence is not.
+    if std::fs::symlink_metadata(root.join("usr/bin/env")).is_err() {
+        return Err(SandboxError::NoEnv {
+            what: argv.join(" "),
+        });
     }
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -124,4 +132,31 @@ exec chroot "$r" /usr/bin/env -i "$@""#;
         return Err(SandboxError::Cancelled);
     }
     status.map_err(spawn_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_without_env_is_named_not_blamed_on_a_script() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let e = run_in_root(
+            &root,
+            &["dpkg", "--configure", "-a"],
+            &[],
+            &log,
+            &Cancel::new(),
+        )
+        .unwrap_err();
+        if is_root() {
+            assert!(matches!(e, SandboxError::NoEnv { .. }), "{e}");
+            assert!(e.to_string().contains("/usr/bin/env"), "{e}");
+        } else {
+            assert!(matches!(e, SandboxError::NotRoot), "{e}");
+        }
+    }
 }

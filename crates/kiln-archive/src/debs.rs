@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::fetch::Limit;
+
 use crate::cache::Cache;
 use crate::error::ArchiveError;
 use crate::fetch::Fetcher;
@@ -73,7 +75,11 @@ fn verify_cached(cache: &Cache, d: &DebRef) -> Result<Option<bool>, ArchiveError
 fn download(cache: &Cache, fetcher: &Fetcher, d: &DebRef) -> Result<(), ArchiveError> {
     let dest = cache.deb_path(&d.sha256);
     let tmp = Cache::temp_beside(&dest)?;
-    let (size, sha) = fetcher.download(&d.url, tmp.path())?;
+    let (size, sha) = fetcher.download(
+        &d.url,
+        tmp.path(),
+        Limit::stated(d.size, "this package (by the lock)"),
+    )?;
     if sha != d.sha256 {
         return Err(ArchiveError::HashMismatch {
             what: d.url.clone(),

@@ -21,6 +21,12 @@ pub enum ArchiveError {
     HttpStatus { url: String, status: u16 },
     #[error("{url}: not found")]
     NotFound { url: String },
+    #[error("{url} sent more than {limit} bytes, more than {what} may be: download stopped")]
+    TooLarge {
+        url: String,
+        limit: u64,
+        what: &'static str,
+    },
     #[error(
         "the Release file of {source_name} is not signed by a trusted key ({keyring}): {detail}"
     )]
@@ -106,6 +112,9 @@ impl ArchiveError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
+            ArchiveError::TooLarge { .. } => "the mirror sent far more than it should (a broken or hostile \
+                 mirror, or a proxy's error page): use another mirror with --mirror URI"
+                .into(),
             ArchiveError::NoHostSources => "configure the Debian archive for apt in /etc/apt/sources.list.d/*.sources, \
                  pass --mirror URI, or list [[source]] tables in the recipe"
                 .into(),

@@ -29,8 +29,10 @@ impl Fetcher {
     pub fn new() -> Fetcher {
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_body(Some(Duration::from_secs(120)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A stall timeout, not a whole-body deadline: a large .deb on a
+            // slow link finishes, a connection that stops sending does not hang.
+            .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .http_status_as_error(false)
             .build();
@@ -46,12 +48,18 @@ impl Fetcher {
     }
 
     /// Downloads `url` into `dest` (created or truncated), returning the
-    /// size and sha256 of what was written.
-    pub fn download(&self, url: &str, dest: &Path) -> Result<(u64, String), ArchiveError> {
+    /// size and sha256 of what was written. More than `limit` bytes stop the
+    /// download with [`ArchiveError::TooLarge`] (`what` names the limit).
+    pub fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        limit: Limit,
+    ) -> Result<(u64, String), ArchiveError> {
         let mut delay = self.backoff;
         let mut attempt = 1;
         loop {
-            match self.download_once(url, dest) {
+            match self.download_once(url, dest, limit) {
                 Err(e) if attempt < self.attempts && transient(&e) => {
                     std::thread::sleep(delay);
                     delay *= 2;
@@ -62,20 +70,25 @@ impl Fetcher {
         }
     }
 
-    /// Downloads `url` into memory.
-    pub fn get(&self, url: &str) -> Result<Vec<u8>, ArchiveError> {
+    /// Downloads `url` into memory (at most `limit` bytes).
+    pub fn get(&self, url: &str, limit: Limit) -> Result<Vec<u8>, ArchiveError> {
         let tmp = tempfile::NamedTempFile::new().map_err(|e| ArchiveError::Io {
             what: "creating a temporary file".into(),
             source: e,
         })?;
-        self.download(url, tmp.path())?;
+        self.download(url, tmp.path(), limit)?;
         std::fs::read(tmp.path()).map_err(|e| ArchiveError::Io {
             what: "reading a download".into(),
             source: e,
         })
     }
 
-    fn download_once(&self, url: &str, dest: &Path) -> Result<(u64, String), ArchiveError> {
+    fn download_once(
+        &self,
+        url: &str,
+        dest: &Path,
+        limit: Limit,
+    ) -> Result<(u64, String), ArchiveError> {
         let mut out = std::fs::File::create(dest).map_err(|e| ArchiveError::Io {
             what: format!("creating {}", dest.display()),
             source: e,
@@ -91,7 +104,7 @@ impl Fetcher {
                     }
                 }
             })?;
-            return copy_hashing(f, &mut out, url);
+            return copy_hashing(f, &mut out, url, limit);
         }
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ArchiveError::Unreachable {
@@ -118,7 +131,7 @@ impl Fetcher {
             });
         }
         let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
-        copy_hashing(reader, &mut out, url)
+        copy_hashing(reader, &mut out, url, limit)
     }
 }
 
@@ -130,10 +143,41 @@ fn transient(e: &ArchiveError) -> bool {
     }
 }
 
+/// The most bytes a download may bring, and what it is (for the error).
+#[derive(Clone, Copy, Debug)]
+pub struct Limit {
+    pub bytes: u64,
+    pub what: &'static str,
+}
+
+impl Limit {
+    /// Release, InRelease: apt's own cap is in this range.
+    pub const RELEASE: Limit = Limit {
+        bytes: 16 << 20,
+        what: "a Release file",
+    };
+    /// Release.gpg: a few signatures.
+    pub const SIGNATURE: Limit = Limit {
+        bytes: 1 << 20,
+        what: "a detached signature",
+    };
+
+    /// A file whose size a signed Release file or the lock states: a little
+    /// more is let through so that the hash check names the mismatch, a flood
+    /// is stopped.
+    pub fn stated(bytes: u64, what: &'static str) -> Limit {
+        Limit {
+            bytes: bytes.saturating_add(64 << 10),
+            what,
+        }
+    }
+}
+
 fn copy_hashing(
     mut r: impl Read,
     w: &mut std::fs::File,
     url: &str,
+    limit: Limit,
 ) -> Result<(u64, String), ArchiveError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -145,6 +189,13 @@ fn copy_hashing(
         })?;
         if k == 0 {
             break;
+        }
+        if n + k as u64 > limit.bytes {
+            return Err(ArchiveError::TooLarge {
+                url: url.into(),
+                limit: limit.bytes,
+                what: limit.what,
+            });
         }
         h.update(&buf[..k]);
         w.write_all(&buf[..k]).map_err(|e| ArchiveError::Io {

@@ -23,7 +23,7 @@ use std::path::Path;
 
 pub use cache::Cache;
 pub use error::ArchiveError;
-pub use fetch::{sha256_hex, Fetcher};
+pub use fetch::{sha256_hex, Fetcher, Limit};
 pub use release::Release;
 pub use sources::{Keyring, MirrorOverride, Source};
 
@@ -221,18 +221,18 @@ pub(crate) fn load_release(
         }
     } else {
         (opts.progress)(&format!("Get {}", dist_url(src, "InRelease")));
-        match fetcher.get(&dist_url(src, "InRelease")) {
+        match fetcher.get(&dist_url(src, "InRelease"), Limit::RELEASE) {
             Ok(b) => Got::Inline(b),
             Err(ArchiveError::NotFound { .. }) => {
                 let release = fetcher
-                    .get(&dist_url(src, "Release"))
+                    .get(&dist_url(src, "Release"), Limit::RELEASE)
                     .map_err(|e| match e {
                         ArchiveError::NotFound { .. } => ArchiveError::NotFound {
                             url: dist_url(src, "InRelease"),
                         },
                         e => e,
                     })?;
-                let sig = match fetcher.get(&dist_url(src, "Release.gpg")) {
+                let sig = match fetcher.get(&dist_url(src, "Release.gpg"), Limit::SIGNATURE) {
                     Ok(s) => Some(s),
                     Err(ArchiveError::NotFound { .. }) => None,
                     Err(e) => return Err(e),
@@ -442,18 +442,20 @@ fn load_index(
         let file = format!("{path}{ext}");
         let url = dist_url(src, &file);
         (opts.progress)(&format!("Get {url}"));
+        // No more than the signed Release file says the index has.
+        let limit = Limit::stated(entry.size, "this index (by its Release file)");
         let fetched = if release.acquire_by_hash {
             let dir = Path::new(&file)
                 .parent()
                 .and_then(|p| p.to_str())
                 .unwrap_or("");
             let by_hash = dist_url(src, &format!("{dir}/by-hash/SHA256/{}", entry.sha256));
-            match fetcher.download(&by_hash, tmp.path()) {
-                Err(ArchiveError::NotFound { .. }) => fetcher.download(&url, tmp.path()),
+            match fetcher.download(&by_hash, tmp.path(), limit) {
+                Err(ArchiveError::NotFound { .. }) => fetcher.download(&url, tmp.path(), limit),
                 r => r,
             }
         } else {
-            fetcher.download(&url, tmp.path())
+            fetcher.download(&url, tmp.path(), limit)
         };
         match fetched {
             Ok(r) => {

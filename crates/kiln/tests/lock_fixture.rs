@@ -1065,3 +1065,37 @@ fn closed_pipes_are_not_a_crash() {
     drop(child.stderr.take());
     assert_eq!(child.wait().unwrap().code(), Some(1));
 }
+
+#[test]
+fn an_index_longer_than_its_release_says_is_stopped_at_that_size() {
+    let f = Fixture::new();
+    let server = HttpServer::serve(f.repo.root());
+    let gz = f.repo.dists(&f.opts).join("main/binary-amd64/Packages.gz");
+    let mut bytes = std::fs::read(&gz).unwrap();
+    bytes.extend(std::iter::repeat_n(0u8, 4 << 20));
+    std::fs::write(&gz, bytes).unwrap();
+    let recipe = f.recipe(&server.url(), "include = [\"nginx\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &[
+            "sent more than",
+            "this index (by its Release file)",
+            "download stopped",
+            "hint:",
+        ],
+    );
+}
+
+#[test]
+fn an_endless_release_file_is_not_read_to_the_end() {
+    let f = Fixture::new();
+    let inrelease = f.repo.dists(&f.opts).join("InRelease");
+    let mut text = std::fs::read(&inrelease).unwrap();
+    text.extend(std::iter::repeat_n(b'#', 20 << 20));
+    std::fs::write(&inrelease, text).unwrap();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &["more than 16777216 bytes", "a Release file"],
+    );
+}

@@ -207,7 +207,7 @@ pub fn install(
     // The Essential packages are unpacked: from here on every path in the
     // root is opened inside it (their links resolve as in a chroot).
     let r = Root::open(root).map_err(|e| RootfsError::io(&root.display().to_string(), e))?;
-    prepare_dpkg(&r, &opts.arch)?;
+    prepare_dpkg(&r, opts.arch)?;
     // The .debs are handed to the root's dpkg from inside the root.
     let debdir = "var/cache/kiln-debs";
     // A fresh, real directory: whatever a package put there goes first.

@@ -15,12 +15,20 @@ use serde_json::json;
 /// Licences read from the image's copyright files, by package name.
 pub type Licences = HashMap<String, Option<String>>;
 
-/// Reads `/usr/share/doc/PKG/copyright` of every package from a built root.
+/// Reads `/usr/share/doc/PKG/copyright` of every package from a built root,
+/// inside the root: a copyright file that is a link out of it reads as
+/// absent, so no host file's text can reach the SBOM.
 pub fn licences_from_root(root: &Path, pkgs: &[&LockedPackage], into: &mut Licences) {
+    let root = kiln_rootfs::inroot::Root::open(root).ok();
     for p in pkgs {
-        let text =
-            std::fs::read_to_string(root.join("usr/share/doc").join(&p.name).join("copyright"))
-                .unwrap_or_default();
+        let text = root
+            .as_ref()
+            .filter(|_| !p.name.contains('/') && p.name != "..")
+            .and_then(|r| {
+                r.read_to_string(format!("usr/share/doc/{}/copyright", p.name))
+                    .ok()
+            })
+            .unwrap_or_default();
         into.entry(p.name.clone())
             .or_insert_with(|| kiln_attest::license_from_copyright(&text));
     }

@@ -4,7 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::extract::{member_components, resolve_in_root};
+use crate::extract::member_components;
+use crate::inroot::{Kind, Root};
 use kiln_model::Cancel;
 
 use crate::sandbox::{run_in_root, script_env};
@@ -59,15 +60,30 @@ fn fail(msg: String) -> RootfsError {
     RootfsError::Customize(msg)
 }
 
-fn place(root: &Path, path: &str) -> Result<PathBuf, RootfsError> {
+/// The image path `path` relative to the root (`..` refused), its parent
+/// directories made inside the root.
+fn place(root: &Root, path: &str) -> Result<PathBuf, RootfsError> {
     let comps = member_components(path).map_err(|e| fail(e.to_string()))?;
     if comps.is_empty() {
         return Err(fail(format!("`{path}` is not a file path")));
     }
-    let parent =
-        resolve_in_root(root, &comps[..comps.len() - 1], true).map_err(|e| fail(e.to_string()))?;
-    std::fs::create_dir_all(&parent).map_err(|e| RootfsError::io(path, e))?;
-    Ok(parent.join(&comps[comps.len() - 1]))
+    let parent = comps[..comps.len() - 1].join("/");
+    if !parent.is_empty() {
+        root.create_dir_all(&parent, 0o755)
+            .map_err(|e| RootfsError::io(path, e))?;
+    }
+    Ok(PathBuf::from(comps.join("/")))
+}
+
+/// Writes a file Kiln generates, keeping the mode of a regular file already
+/// there (else 0644); a link there is replaced, never written through.
+fn write_keeping_mode(root: &Root, rel: &str, bytes: &[u8]) -> Result<(), RootfsError> {
+    let mode = match root.metadata(rel) {
+        Ok(m) if m.is_file() => m.mode,
+        _ => 0o644,
+    };
+    root.write(rel, bytes, mode)
+        .map_err(|e| RootfsError::io(rel, e))
 }
 
 fn run(
@@ -88,7 +104,7 @@ fn run(
     Err(fail(format!("{what} failed ({status}):\n{out}")))
 }
 
-fn copy_tree(src: &Path, root: &Path, rel: &Path) -> Result<(), RootfsError> {
+fn copy_tree(src: &Path, root: &Root, rel: &Path) -> Result<(), RootfsError> {
     let dir = src.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map_err(|e| RootfsError::io(&dir.display().to_string(), e))?
@@ -101,21 +117,18 @@ fn copy_tree(src: &Path, root: &Path, rel: &Path) -> Result<(), RootfsError> {
             .file_type()
             .map_err(|e| RootfsError::io(&r.display().to_string(), e))?;
         let dest = place(root, &format!("/{}", r.display()))?;
+        let err = |e: std::io::Error| RootfsError::io(&r.display().to_string(), e);
         if ft.is_dir() {
-            std::fs::create_dir_all(&dest)
-                .map_err(|e| RootfsError::io(&r.display().to_string(), e))?;
+            root.create_dir_all(&dest, 0o755).map_err(err)?;
             copy_tree(src, root, &r)?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(e.path())
-                .map_err(|e| RootfsError::io(&r.display().to_string(), e))?;
-            let _ = std::fs::remove_file(&dest);
-            std::os::unix::fs::symlink(target, &dest)
-                .map_err(|e| RootfsError::io(&r.display().to_string(), e))?;
+            let target = std::fs::read_link(e.path()).map_err(err)?;
+            root.symlink(target, &dest).map_err(err)?;
         } else {
-            let _ = std::fs::remove_file(&dest);
-            std::fs::copy(e.path(), &dest)
-                .map_err(|e| RootfsError::io(&r.display().to_string(), e))?;
-            let _ = std::os::unix::fs::chown(&dest, Some(0), Some(0));
+            let mode = e.metadata().map_err(err)?.permissions().mode() & 0o7777;
+            let bytes = std::fs::read(e.path()).map_err(err)?;
+            root.write(&dest, &bytes, mode).map_err(err)?;
+            let _ = root.set_owner(&dest, 0, 0);
         }
     }
     Ok(())
@@ -129,19 +142,20 @@ pub fn apply(
     log: &Path,
     cancel: &Cancel,
 ) -> Result<(), RootfsError> {
+    // Kiln's own writes go through paths opened inside the root (links the
+    // packages planted are resolved as in a chroot, or replaced).
+    let r = Root::open(root).map_err(|e| RootfsError::io(&root.display().to_string(), e))?;
     for o in &c.overlays {
-        copy_tree(o, root, Path::new(""))?;
+        copy_tree(o, &r, Path::new(""))?;
     }
     for f in &c.files {
-        let dest = place(root, &f.path)?;
-        if dest.is_dir() {
+        let dest = place(&r, &f.path)?;
+        if r.metadata(&dest).is_ok_and(|m| m.kind == Kind::Dir) {
             return Err(fail(format!("{} is a directory in the image", f.path)));
         }
-        let _ = std::fs::remove_file(&dest);
-        std::fs::write(&dest, &f.contents).map_err(|e| RootfsError::io(&f.path, e))?;
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode))
+        r.write(&dest, &f.contents, f.mode)
             .map_err(|e| RootfsError::io(&f.path, e))?;
-        std::os::unix::fs::chown(&dest, Some(f.uid), Some(f.gid))
+        r.set_owner(&dest, f.uid, f.gid)
             .map_err(|e| RootfsError::io(&f.path, e))?;
     }
     for g in &c.groups {
@@ -193,37 +207,32 @@ pub fn apply(
         )?;
     }
     if let Some(h) = &c.hostname {
-        std::fs::write(root.join("etc/hostname"), format!("{h}\n"))
-            .map_err(|e| RootfsError::io("etc/hostname", e))?;
+        write_keeping_mode(&r, "etc/hostname", format!("{h}\n").as_bytes())?;
         let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{h}\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
-        std::fs::write(root.join("etc/hosts"), hosts)
-            .map_err(|e| RootfsError::io("etc/hosts", e))?;
+        write_keeping_mode(&r, "etc/hosts", hosts.as_bytes())?;
     }
     if let Some(tz) = &c.timezone {
-        let zone = root.join("usr/share/zoneinfo").join(tz);
-        if tz.contains("..") || !zone.is_file() {
+        if tz.contains("..") || !r.is_file(format!("usr/share/zoneinfo/{tz}")) {
             return Err(fail(format!(
                 "timezone `{tz}` is not in the image (/usr/share/zoneinfo/{tz}); include the tzdata package"
             )));
         }
-        let lt = root.join("etc/localtime");
-        let _ = std::fs::remove_file(&lt);
-        std::os::unix::fs::symlink(format!("/usr/share/zoneinfo/{tz}"), &lt)
+        r.symlink(format!("/usr/share/zoneinfo/{tz}"), "etc/localtime")
             .map_err(|e| RootfsError::io("etc/localtime", e))?;
-        std::fs::write(root.join("etc/timezone"), format!("{tz}\n"))
-            .map_err(|e| RootfsError::io("etc/timezone", e))?;
+        write_keeping_mode(&r, "etc/timezone", format!("{tz}\n").as_bytes())?;
     }
     if let Some(l) = &c.locale {
         if l != "C.UTF-8" && l != "C" && l != "POSIX" {
-            let gen = root.join("etc/locale.gen");
-            if !gen.exists() || !root.join("usr/sbin/locale-gen").exists() {
+            let gen = "etc/locale.gen";
+            if !r.exists(gen) || !r.exists("usr/sbin/locale-gen") {
                 return Err(fail(format!(
                     "locale `{l}` needs the locales package; include it in [packages]"
                 )));
             }
             let charset = l.split('.').nth(1).unwrap_or("UTF-8");
-            let text =
-                std::fs::read_to_string(&gen).map_err(|e| RootfsError::io("etc/locale.gen", e))?;
+            let text = r
+                .read_to_string(gen)
+                .map_err(|e| RootfsError::io("etc/locale.gen", e))?;
             let line = format!("{l} {charset}");
             let mut found = false;
             let new: Vec<String> = text
@@ -242,16 +251,14 @@ pub fn apply(
                     "locale `{l}` is not listed in /etc/locale.gen"
                 )));
             }
-            std::fs::write(&gen, new.join("\n") + "\n")
-                .map_err(|e| RootfsError::io("etc/locale.gen", e))?;
+            write_keeping_mode(&r, gen, (new.join("\n") + "\n").as_bytes())?;
             run(root, &["locale-gen"], epoch, log, cancel, "locale-gen")?;
         }
-        std::fs::create_dir_all(root.join("etc/default"))
+        r.create_dir_all("etc/default", 0o755)
             .map_err(|e| RootfsError::io("etc/default", e))?;
-        std::fs::write(root.join("etc/default/locale"), format!("LANG={l}\n"))
-            .map_err(|e| RootfsError::io("etc/default/locale", e))?;
+        write_keeping_mode(&r, "etc/default/locale", format!("LANG={l}\n").as_bytes())?;
     }
-    if (!c.enable.is_empty() || !c.disable.is_empty()) && !root.join("usr/bin/systemctl").exists() {
+    if (!c.enable.is_empty() || !c.disable.is_empty()) && !r.exists("usr/bin/systemctl") {
         return Err(fail(
             "enabling or disabling services needs systemd in the image (include systemd)".into(),
         ));
@@ -287,4 +294,63 @@ pub fn apply(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn hostname_and_files_never_write_through_planted_links() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let victim = d.path().join("victim");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        for f in ["hostname", "hosts", "motd"] {
+            std::fs::write(victim.join(f), format!("host {f}\n")).unwrap();
+            std::fs::set_permissions(victim.join(f), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        symlink(victim.join("hostname"), root.join("etc/hostname")).unwrap();
+        symlink("../../victim/hosts", root.join("etc/hosts")).unwrap();
+        symlink(victim.join("motd"), root.join("etc/motd")).unwrap();
+        symlink(&victim, root.join("opt")).unwrap();
+        let c = Customization {
+            hostname: Some("box".into()),
+            files: vec![
+                FileSpec {
+                    path: "/etc/motd".into(),
+                    contents: b"hello\n".to_vec(),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                },
+                FileSpec {
+                    path: "/opt/motd".into(),
+                    contents: b"in the image\n".to_vec(),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                },
+            ],
+            ..Default::default()
+        };
+        apply(&root, &c, 0, &d.path().join("log"), &Cancel::new()).unwrap();
+        for f in ["hostname", "hosts", "motd"] {
+            assert_eq!(
+                std::fs::read_to_string(victim.join(f)).unwrap(),
+                format!("host {f}\n")
+            );
+            let m = std::fs::metadata(victim.join(f)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+        }
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 3);
+        assert_eq!(std::fs::read(root.join("etc/hostname")).unwrap(), b"box\n");
+        assert_eq!(std::fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+        // /opt -> the victim resolves inside the root, as in a chroot.
+        let inside = root.join(victim.strip_prefix("/").unwrap()).join("motd");
+        assert_eq!(std::fs::read(inside).unwrap(), b"in the image\n");
+    }
 }

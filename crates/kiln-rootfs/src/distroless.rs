@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use crate::extract::{member_components, unpack_filtered};
+use crate::inroot::{Kind, Root};
 use crate::install::PackageFile;
 use crate::RootfsError;
 
@@ -75,20 +76,25 @@ pub fn assemble(
     users: &[Account],
 ) -> Result<(), RootfsError> {
     let io = |w: &str, e: std::io::Error| RootfsError::io(w, e);
+    // Every path below is opened inside the root: links the packages plant
+    // are resolved as in a chroot, or replaced (see crate::inroot).
+    let r = Root::open(root).map_err(|e| io(&root.display().to_string(), e))?;
     // The merged-/usr layout base-files would create, so paths such as the
     // dynamic loader's /lib64/ld-linux-x86-64.so.2 resolve.
-    std::fs::create_dir_all(root.join("usr/bin")).map_err(|e| io("usr/bin", e))?;
+    r.create_dir_all("usr/bin", 0o755)
+        .map_err(|e| io("usr/bin", e))?;
     for (link, target) in [
         ("bin", "usr/bin"),
         ("sbin", "usr/sbin"),
         ("lib", "usr/lib"),
         ("lib64", "usr/lib64"),
     ] {
-        std::fs::create_dir_all(root.join(target)).map_err(|e| io(target, e))?;
-        std::os::unix::fs::symlink(target, root.join(link)).map_err(|e| io(link, e))?;
+        r.create_dir_all(target, 0o755).map_err(|e| io(target, e))?;
+        r.symlink(target, link).map_err(|e| io(link, e))?;
     }
-    let status_d = root.join("var/lib/dpkg/status.d");
-    std::fs::create_dir_all(&status_d).map_err(|e| io("var/lib/dpkg/status.d", e))?;
+    let status_d = "var/lib/dpkg/status.d";
+    r.create_dir_all(status_d, 0o755)
+        .map_err(|e| io(status_d, e))?;
     // Decompress in parallel, unpack in order: later packages win on shared
     // paths, deterministically.
     let decoded = decode_all(pkgs)?;
@@ -103,8 +109,8 @@ pub fn assemble(
         // The control stanza (and md5sums) where scanners look for them.
         for (name, body, _) in control {
             let dest = match name.as_str() {
-                "control" => status_d.join(&p.name),
-                "md5sums" => status_d.join(format!("{}.md5sums", p.name)),
+                "control" => format!("{status_d}/{}", p.name),
+                "md5sums" => format!("{status_d}/{}.md5sums", p.name),
                 _ => continue,
             };
             let mut text = String::from_utf8_lossy(&body).into_owned();
@@ -112,32 +118,27 @@ pub fn assemble(
                 // Scanners read installed state from the Status field.
                 text = text.replacen('\n', "\nStatus: install ok installed\n", 1);
             }
-            std::fs::write(&dest, text).map_err(|e| io(&dest.display().to_string(), e))?;
+            // A link the package planted there is replaced.
+            r.write(&dest, text.as_bytes(), 0o644)
+                .map_err(|e| io(&dest, e))?;
         }
     }
-    accounts(root, users)?;
-    ca_bundle(root)?;
-    for d in ["tmp", "root", "home", "var/tmp"] {
-        std::fs::create_dir_all(root.join(d)).map_err(|e| io(d, e))?;
+    accounts(&r, users)?;
+    ca_bundle(&r)?;
+    // Real directories with these modes: a link a package put there is
+    // replaced, not followed.
+    for (d, mode) in [("tmp", 0o1777), ("root", 0o700), ("var/tmp", 0o1777)] {
+        r.ensure_dir(d, mode).map_err(|e| io(d, e))?;
     }
-    use std::os::unix::fs::PermissionsExt;
-    for t in ["tmp", "var/tmp"] {
-        std::fs::set_permissions(root.join(t), std::fs::Permissions::from_mode(0o1777))
-            .map_err(|e| io(t, e))?;
-    }
-    std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io("root", e))?;
+    r.create_dir_all("home", 0o755).map_err(|e| io("home", e))?;
     if trim.host_arch {
-        ld_so_cache(root)?;
+        ld_so_cache(&r)?;
     }
     // Drop the merged-/usr directories nothing was installed into.
     for (link, target) in [("lib64", "usr/lib64")] {
-        if std::fs::read_dir(root.join(target))
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false)
-        {
-            let _ = std::fs::remove_dir(root.join(target));
-            let _ = std::fs::remove_file(root.join(link));
+        if r.read_dir(target).is_ok_and(|d| d.is_empty()) {
+            let _ = r.remove_dir(target);
+            let _ = r.remove_file(link);
         }
     }
     Ok(())
@@ -155,25 +156,38 @@ pub fn layer_trees(
     trim: &Trim,
 ) -> Result<Vec<std::path::PathBuf>, RootfsError> {
     let io = |w: &str, e: std::io::Error| RootfsError::io(w, e);
-    let links: Vec<&str> = ["bin", "sbin", "lib", "lib64"]
-        .into_iter()
-        .filter(|l| {
-            std::fs::symlink_metadata(root.join(l)).is_ok_and(|m| m.file_type().is_symlink())
-        })
-        .collect();
+    // The assembled root is read inside it; the layer directories are Kiln's own.
+    let r = Root::open(root).map_err(|e| io(&root.display().to_string(), e))?;
+    let mut links: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    for l in ["bin", "sbin", "lib", "lib64"] {
+        if r.metadata(l).is_ok_and(|m| m.is_symlink()) {
+            let target = r.read_link(l).map_err(|e| io(l, e))?;
+            // Kiln made these links (usr/bin, …); anything else is refused.
+            if target.is_absolute()
+                || target
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(RootfsError::Customize(format!(
+                    "/{l} links to {} in the assembled root",
+                    target.display()
+                )));
+            }
+            links.push((l, target));
+        }
+    }
     let mut out = Vec::new();
     // Skeleton.
     let skel = area.join("layer-000-skeleton");
     std::fs::create_dir_all(&skel).map_err(|e| io("layer skeleton", e))?;
-    for l in &links {
-        let target = std::fs::read_link(root.join(l)).map_err(|e| io(l, e))?;
-        std::os::unix::fs::symlink(&target, skel.join(l)).map_err(|e| io(l, e))?;
-        if root.join(&target).is_dir() {
-            copy_dir_meta(&root.join(&target), &skel.join(&target))?;
+    for (l, target) in &links {
+        std::os::unix::fs::symlink(target, skel.join(l)).map_err(|e| io(l, e))?;
+        if r.is_dir(target) {
+            copy_dir_meta(&r, target, &skel.join(target))?;
         }
     }
     for d in ["usr", "tmp", "var/tmp", "root"] {
-        copy_dir_meta(&root.join(d), &skel.join(d))?;
+        copy_dir_meta(&r, Path::new(d), &skel.join(d))?;
     }
     out.push(skel);
     // One tree per package, unpacked through the merged-/usr links, which are then dropped.
@@ -181,10 +195,9 @@ pub fn layer_trees(
     for (i, (p, (data, _))) in pkgs.iter().zip(decoded).enumerate() {
         let dir = area.join(format!("layer-{:03}-{}", i + 1, p.name));
         std::fs::create_dir_all(&dir).map_err(|e| io(&p.name, e))?;
-        for l in &links {
-            let target = std::fs::read_link(root.join(l)).map_err(|e| io(l, e))?;
-            std::fs::create_dir_all(dir.join(&target)).map_err(|e| io(l, e))?;
-            std::os::unix::fs::symlink(&target, dir.join(l)).map_err(|e| io(l, e))?;
+        for (l, target) in &links {
+            std::fs::create_dir_all(dir.join(target)).map_err(|e| io(l, e))?;
+            std::os::unix::fs::symlink(target, dir.join(l)).map_err(|e| io(l, e))?;
         }
         unpack_filtered(&mut tar::Archive::new(&data[..]), &dir, &|path| {
             !dropped(path, trim)
@@ -193,12 +206,10 @@ pub fn layer_trees(
             package: p.name.clone(),
             source: e,
         })?;
-        for l in &links {
+        for (l, target) in &links {
             std::fs::remove_file(dir.join(l)).map_err(|e| io(l, e))?;
             // Drop the link targets again where the package put nothing.
-            let _ = std::fs::remove_dir(
-                dir.join(std::fs::read_link(root.join(l)).map_err(|e| io(l, e))?),
-            );
+            let _ = std::fs::remove_dir(dir.join(target));
         }
         out.push(dir);
     }
@@ -213,44 +224,54 @@ pub fn layer_trees(
         "etc/ld.so.conf",
         "home",
     ] {
-        let src = root.join(rel);
-        if std::fs::symlink_metadata(&src).is_ok() {
-            copy_tree_preserving(&src, &gen.join(rel))?;
+        if r.metadata(rel).is_ok() {
+            copy_tree_preserving(&r, Path::new(rel), &gen.join(rel))?;
         }
     }
     out.push(gen);
     Ok(out)
 }
 
-fn copy_dir_meta(src: &Path, dst: &Path) -> Result<(), RootfsError> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(src).map_err(|e| RootfsError::io(&src.display().to_string(), e))?;
+/// Makes the host directory `dst` with the mode and owner of `src` in the
+/// root (links followed inside the root).
+fn copy_dir_meta(root: &Root, src: &Path, dst: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = root
+        .stat(src)
+        .map_err(|e| RootfsError::io(&src.display().to_string(), e))?;
     std::fs::create_dir_all(dst).map_err(|e| RootfsError::io(&dst.display().to_string(), e))?;
-    std::fs::set_permissions(dst, m.permissions())
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode))
         .map_err(|e| RootfsError::io(&dst.display().to_string(), e))?;
-    let _ = std::os::unix::fs::chown(dst, Some(m.uid()), Some(m.gid()));
+    let _ = std::os::unix::fs::chown(dst, Some(m.uid), Some(m.gid));
     Ok(())
 }
 
-/// Copies a file or directory tree with modes and owners.
-fn copy_tree_preserving(src: &Path, dst: &Path) -> Result<(), RootfsError> {
-    use std::os::unix::fs::MetadataExt;
+/// Copies the file or directory tree `src` of the root to the host path
+/// `dst` with modes and owners; links are copied as links, never followed.
+fn copy_tree_preserving(root: &Root, src: &Path, dst: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
     let err = |e: std::io::Error| RootfsError::io(&src.display().to_string(), e);
-    let m = std::fs::symlink_metadata(src).map_err(err)?;
+    let m = root.metadata(src).map_err(err)?;
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
-    if m.is_dir() {
-        copy_dir_meta(src, dst)?;
-        for e in std::fs::read_dir(src).map_err(err)? {
-            let e = e.map_err(err)?;
-            copy_tree_preserving(&e.path(), &dst.join(e.file_name()))?;
+    match m.kind {
+        Kind::Dir => {
+            copy_dir_meta(root, src, dst)?;
+            for (name, _) in root.read_dir(src).map_err(err)? {
+                copy_tree_preserving(root, &src.join(&name), &dst.join(&name))?;
+            }
         }
-    } else if m.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(src).map_err(err)?, dst).map_err(err)?;
-    } else {
-        std::fs::copy(src, dst).map_err(err)?;
-        let _ = std::os::unix::fs::chown(dst, Some(m.uid()), Some(m.gid()));
+        Kind::Symlink => {
+            std::os::unix::fs::symlink(root.read_link(src).map_err(err)?, dst).map_err(err)?;
+        }
+        Kind::File => {
+            std::fs::write(dst, root.read(src).map_err(err)?).map_err(err)?;
+            std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode)).map_err(err)?;
+            let _ = std::os::unix::fs::chown(dst, Some(m.uid), Some(m.gid));
+        }
+        // Devices, fifos and sockets are not among the generated files.
+        Kind::Other => {}
     }
     Ok(())
 }
@@ -309,7 +330,7 @@ fn decode_all(pkgs: &[PackageFile]) -> Result<Vec<Decoded>, RootfsError> {
         .collect()
 }
 
-fn accounts(root: &Path, users: &[Account]) -> Result<(), RootfsError> {
+fn accounts(root: &Root, users: &[Account]) -> Result<(), RootfsError> {
     let io = |w: &str, e: std::io::Error| RootfsError::io(w, e);
     let mut all = vec![
         Account {
@@ -357,60 +378,85 @@ fn accounts(root: &Path, users: &[Account]) -> Result<(), RootfsError> {
             a.gid
         ));
     }
-    std::fs::create_dir_all(root.join("etc")).map_err(|e| io("etc", e))?;
-    std::fs::write(root.join("etc/passwd"), passwd).map_err(|e| io("etc/passwd", e))?;
-    std::fs::write(root.join("etc/group"), group).map_err(|e| io("etc/group", e))?;
+    root.create_dir_all("etc", 0o755)
+        .map_err(|e| io("etc", e))?;
+    root.write("etc/passwd", passwd.as_bytes(), 0o644)
+        .map_err(|e| io("etc/passwd", e))?;
+    root.write("etc/group", group.as_bytes(), 0o644)
+        .map_err(|e| io("etc/group", e))?;
     for a in all.iter().filter(|a| a.home.starts_with("/home/")) {
-        let h = root.join(a.home.trim_start_matches('/'));
-        std::fs::create_dir_all(&h).map_err(|e| io(&a.home, e))?;
-        let _ = std::os::unix::fs::chown(&h, Some(a.uid), Some(a.gid));
+        let h = a.home.trim_start_matches('/');
+        if h.split('/').any(|c| c == "..") {
+            return Err(RootfsError::Customize(format!(
+                "user {}: home {} leaves /home",
+                a.name, a.home
+            )));
+        }
+        root.create_dir_all(h, 0o755).map_err(|e| io(&a.home, e))?;
+        // The directory itself (a link there is changed, not its target).
+        let _ = root.set_owner(h, a.uid, a.gid);
     }
     Ok(())
 }
 
 /// The bundle `update-ca-certificates` would write: every certificate the
 /// ca-certificates package ships, in name order.
-fn ca_bundle(root: &Path) -> Result<(), RootfsError> {
-    let dir = root.join("usr/share/ca-certificates");
-    if !dir.is_dir() {
+/// Certificates and directories are read inside the root: a link that
+/// points out of it (or nowhere in it) is skipped, so no host file can end
+/// up in the bundle.
+fn ca_bundle(root: &Root) -> Result<(), RootfsError> {
+    let dir = std::path::PathBuf::from("usr/share/ca-certificates");
+    if !root.is_dir(&dir) {
         return Ok(());
     }
     let mut certs = Vec::new();
-    fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-        for e in std::fs::read_dir(d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p.extension().is_some_and(|x| x == "crt") {
-                out.push(p);
+    fn walk(
+        root: &Root,
+        d: &Path,
+        depth: usize,
+        out: &mut Vec<std::path::PathBuf>,
+    ) -> std::io::Result<()> {
+        for (name, _) in root.read_dir(d)? {
+            let p = d.join(name);
+            match root.stat(&p) {
+                // Links to directories may loop: bounded like find(1) would not be.
+                Ok(m) if m.is_dir() && depth < 16 => walk(root, &p, depth + 1, out)?,
+                Ok(m) if m.is_file() && p.extension().is_some_and(|x| x == "crt") => out.push(p),
+                _ => {}
             }
         }
         Ok(())
     }
-    walk(&dir, &mut certs).map_err(|e| RootfsError::io("usr/share/ca-certificates", e))?;
+    walk(root, &dir, 0, &mut certs).map_err(|e| RootfsError::io("usr/share/ca-certificates", e))?;
     certs.sort();
     let mut bundle = Vec::new();
     for c in certs {
-        let mut b = std::fs::read(&c).map_err(|e| RootfsError::io(&c.display().to_string(), e))?;
+        let mut b = root
+            .read(&c)
+            .map_err(|e| RootfsError::io(&c.display().to_string(), e))?;
         if !b.ends_with(b"\n") {
             b.push(b'\n');
         }
         bundle.extend(b);
     }
-    let out = root.join("etc/ssl/certs");
-    std::fs::create_dir_all(&out).map_err(|e| RootfsError::io("etc/ssl/certs", e))?;
-    std::fs::write(out.join("ca-certificates.crt"), bundle)
+    root.create_dir_all("etc/ssl/certs", 0o755)
+        .map_err(|e| RootfsError::io("etc/ssl/certs", e))?;
+    root.write("etc/ssl/certs/ca-certificates.crt", &bundle, 0o644)
         .map_err(|e| RootfsError::io("etc/ssl/certs/ca-certificates.crt", e))
 }
 
 /// `ld.so.cache` made by the host's ldconfig for the root (no chroot, no
 /// scripts). Skipped, with the loader's built-in paths still working, when
 /// the root holds no shared libraries of the host's architecture.
-fn ld_so_cache(root: &Path) -> Result<(), RootfsError> {
-    let conf = root.join("etc/ld.so.conf");
-    if !conf.exists() {
-        std::fs::write(&conf, "include /etc/ld.so.conf.d/*.conf\n")
-            .map_err(|e| RootfsError::io("etc/ld.so.conf", e))?;
+fn ld_so_cache(r: &Root) -> Result<(), RootfsError> {
+    let root = r.path();
+    if !r.exists("etc/ld.so.conf") {
+        r.write(
+            "etc/ld.so.conf",
+            b"include /etc/ld.so.conf.d/*.conf\n",
+            0o644,
+        )
+        .map_err(|e| RootfsError::io("etc/ld.so.conf", e))?;
     }
     let out = std::process::Command::new("ldconfig")
         .arg("-X")
@@ -424,7 +470,7 @@ fn ld_so_cache(root: &Path) -> Result<(), RootfsError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let _ = std::fs::remove_file(root.join("var/cache/ldconfig/aux-cache"));
+    let _ = r.remove_file("var/cache/ldconfig/aux-cache");
     Ok(())
 }
 

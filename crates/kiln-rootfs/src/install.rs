@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use kiln_model::event::Stage;
 use kiln_model::{Cancel, Reporter};
 
+use crate::inroot::Root;
 use crate::sandbox::{run_in_root, script_env};
 use crate::RootfsError;
 
@@ -203,12 +204,21 @@ pub fn install(
         &format!("{} Essential packages", essential.len()),
     );
     extract_natively(root, &essential, opts.jobs)?;
-    prepare_dpkg(root)?;
-    std::fs::write(root.join("var/lib/dpkg/arch"), format!("{}\n", opts.arch))
-        .map_err(|e| RootfsError::io("var/lib/dpkg/arch", e))?;
+    // The Essential packages are unpacked: from here on every path in the
+    // root is opened inside it (their links resolve as in a chroot).
+    let r = Root::open(root).map_err(|e| RootfsError::io(&root.display().to_string(), e))?;
+    prepare_dpkg(&r, opts.arch)?;
     // The .debs are handed to the root's dpkg from inside the root.
-    let debdir = root.join("var/cache/kiln-debs");
-    std::fs::create_dir_all(&debdir).map_err(|e| RootfsError::io("var/cache/kiln-debs", e))?;
+    let debdir = "var/cache/kiln-debs";
+    // A fresh, real directory: whatever a package put there goes first.
+    match r.remove_tree(debdir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(RootfsError::io(debdir, e))
+        }
+        _ => {}
+    }
+    r.create_dir_all(debdir, 0o755)
+        .map_err(|e| RootfsError::io(debdir, e))?;
     let mut inside: HashMap<&str, String> = HashMap::new();
     for p in pkgs {
         let file = format!(
@@ -217,11 +227,9 @@ pub fn install(
             p.version.replace(':', "%3a"),
             p.arch
         );
-        let dest = debdir.join(&file);
-        if std::fs::hard_link(&p.deb, &dest).is_err() {
-            std::fs::copy(&p.deb, &dest)
-                .map_err(|e| RootfsError::io(&dest.display().to_string(), e))?;
-        }
+        let dest = format!("{debdir}/{file}");
+        r.copy_in(&p.deb, &dest, 0o644)
+            .map_err(|e| RootfsError::io(&dest, e))?;
         inside.insert(p.name.as_str(), format!("/var/cache/kiln-debs/{file}"));
     }
     let env = script_env(opts.epoch);
@@ -264,8 +272,9 @@ pub fn install(
     if !status.success() {
         return Err(script_failure(opts.log, status.code()));
     }
-    std::fs::remove_dir_all(&debdir).map_err(|e| RootfsError::io("var/cache/kiln-debs", e))?;
-    let _ = std::fs::remove_file(root.join("usr/sbin/policy-rc.d"));
+    r.remove_tree(debdir)
+        .map_err(|e| RootfsError::io(debdir, e))?;
+    let _ = r.remove_file("usr/sbin/policy-rc.d");
     Ok(())
 }
 
@@ -316,8 +325,12 @@ fn script_failure(log: &Path, code: Option<i32>) -> RootfsError {
     }
 }
 
-/// The empty dpkg database and the guards a build needs.
-fn prepare_dpkg(root: &Path) -> Result<(), RootfsError> {
+/// The empty dpkg database, its architecture and the guards a build needs.
+/// Every path is opened inside the root: a link an Essential package
+/// planted at `var/lib/dpkg/status`, `usr/sbin/policy-rc.d` or `tmp` is
+/// replaced (files written by Kiln, /tmp made a real directory), never
+/// written or chmod-ed through.
+pub fn prepare_dpkg(r: &Root, arch: &str) -> Result<(), RootfsError> {
     for d in [
         "var/lib/dpkg/info",
         "var/lib/dpkg/updates",
@@ -325,22 +338,19 @@ fn prepare_dpkg(root: &Path) -> Result<(), RootfsError> {
         "var/lib/dpkg/alternatives",
         "etc/apt/apt.conf.d",
         "usr/sbin",
-        "tmp",
-        "var/tmp",
     ] {
-        std::fs::create_dir_all(root.join(d)).map_err(|e| RootfsError::io(d, e))?;
+        r.create_dir_all(d, 0o755)
+            .map_err(|e| RootfsError::io(d, e))?;
     }
-    use std::os::unix::fs::PermissionsExt;
     for t in ["tmp", "var/tmp"] {
-        let _ = std::fs::set_permissions(root.join(t), std::fs::Permissions::from_mode(0o1777));
+        r.ensure_dir(t, 0o1777).map_err(|e| RootfsError::io(t, e))?;
     }
-    std::fs::write(root.join("var/lib/dpkg/status"), "")
+    r.write("var/lib/dpkg/status", b"", 0o644)
         .map_err(|e| RootfsError::io("var/lib/dpkg/status", e))?;
+    r.write("var/lib/dpkg/arch", format!("{arch}\n").as_bytes(), 0o644)
+        .map_err(|e| RootfsError::io("var/lib/dpkg/arch", e))?;
     // No service may start inside a root that is being built.
-    let prc = root.join("usr/sbin/policy-rc.d");
-    std::fs::write(&prc, "#!/bin/sh\nexit 101\n")
-        .map_err(|e| RootfsError::io("usr/sbin/policy-rc.d", e))?;
-    std::fs::set_permissions(&prc, std::fs::Permissions::from_mode(0o755))
+    r.write("usr/sbin/policy-rc.d", b"#!/bin/sh\nexit 101\n", 0o755)
         .map_err(|e| RootfsError::io("usr/sbin/policy-rc.d", e))?;
     Ok(())
 }
@@ -348,6 +358,50 @@ fn prepare_dpkg(root: &Path) -> Result<(), RootfsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepare_dpkg_replaces_planted_links_and_leaves_the_host_alone() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let victim = d.path().join("victim");
+        std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        std::fs::create_dir_all(victim.join("dir")).unwrap();
+        std::fs::write(victim.join("status"), b"host status\n").unwrap();
+        std::fs::write(victim.join("tool"), b"host tool\n").unwrap();
+        std::fs::set_permissions(victim.join("tool"), PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(victim.join("dir"), PermissionsExt::from_mode(0o750)).unwrap();
+        symlink(victim.join("status"), root.join("var/lib/dpkg/status")).unwrap();
+        symlink(victim.join("status"), root.join("var/lib/dpkg/arch")).unwrap();
+        symlink(victim.join("tool"), root.join("usr/sbin/policy-rc.d")).unwrap();
+        symlink(victim.join("dir"), root.join("tmp")).unwrap();
+        symlink("../../victim/dir", root.join("var/tmp")).unwrap();
+        prepare_dpkg(&Root::open(&root).unwrap(), "amd64").unwrap();
+        assert_eq!(
+            std::fs::read(victim.join("status")).unwrap(),
+            b"host status\n"
+        );
+        assert_eq!(std::fs::read(victim.join("tool")).unwrap(), b"host tool\n");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&victim.join("tool")), 0o600);
+        assert_eq!(mode(&victim.join("dir")), 0o750);
+        assert_eq!(std::fs::read_dir(victim.join("dir")).unwrap().count(), 0);
+        // The root got its own files and directories instead.
+        assert_eq!(
+            std::fs::read(root.join("var/lib/dpkg/status")).unwrap(),
+            b""
+        );
+        assert_eq!(
+            std::fs::read(root.join("var/lib/dpkg/arch")).unwrap(),
+            b"amd64\n"
+        );
+        assert_eq!(mode(&root.join("usr/sbin/policy-rc.d")), 0o755);
+        for t in ["tmp", "var/tmp"] {
+            assert!(std::fs::symlink_metadata(root.join(t)).unwrap().is_dir());
+            assert_eq!(mode(&root.join(t)), 0o1777);
+        }
+    }
 
     #[test]
     fn finds_the_failing_package_and_script() {

@@ -6,6 +6,7 @@ pub mod customize;
 pub mod distroless;
 pub mod extract;
 pub mod hygiene;
+pub mod inroot;
 pub mod install;
 pub mod sandbox;
 

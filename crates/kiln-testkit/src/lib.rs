@@ -225,6 +225,8 @@ pub struct Pkg {
     pub scripts: BTreeMap<String, String>,
     /// Paths of `files` that are executable (mode 0755; others are 0644).
     pub executables: BTreeSet<String>,
+    /// Symbolic links in the package: path (relative to /) → target, as written.
+    pub symlinks: BTreeMap<String, String>,
 }
 
 impl Pkg {
@@ -257,6 +259,12 @@ impl Pkg {
         let path = path.trim_start_matches('/').to_string();
         self.executables.insert(path.clone());
         self.files.insert(path, contents.to_vec());
+        self
+    }
+    /// A symbolic link at `path` to `target` (absolute or relative, kept as given).
+    pub fn symlink(mut self, path: &str, target: &str) -> Pkg {
+        self.symlinks
+            .insert(path.trim_start_matches('/').into(), target.into());
         self
     }
     pub fn script(mut self, name: &str, body: &str) -> Pkg {
@@ -353,6 +361,11 @@ pub fn build_deb(p: &Pkg, out_dir: &Path) -> PathBuf {
                 0o644
             },
         );
+    }
+    for (path, target) in &p.symlinks {
+        let l = root.join(path);
+        mkdirs(root, l.parent().unwrap());
+        std::os::unix::fs::symlink(target, &l).unwrap();
     }
     std::fs::create_dir_all(out_dir).unwrap();
     let deb = out_dir.join(format!(

@@ -1,0 +1,188 @@
+//! A hostile package's links do not lead the build out of the root (no
+//! network, no root needed; CI runs these as root, where the attack would
+//! write to the host): a distroless build of a package whose payload is
+//! absolute symlinks at the paths Kiln writes or reads after unpacking
+//! (`/etc/passwd`, `/etc/group`, its dpkg status file, `/tmp`, `/root`, a CA
+//! certificate, its copyright file) pointing at files and directories of a
+//! scratch "host" directory. After the build those are unchanged, byte for
+//! byte and mode for mode, and none of their text is in the image or SBOM.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use kiln_build::{BuildRequest, SourceOptions};
+use kiln_model::{Cancel, NullReporter};
+use kiln_testkit::{Pkg, ReleaseOpts, Repo};
+
+const SECRET: &str = "VICTIM-SECRET-7d1f";
+
+/// The scratch "host": files and directories the package points at.
+fn victim(dir: &Path) {
+    std::fs::create_dir_all(dir.join("tmpdir")).unwrap();
+    std::fs::create_dir_all(dir.join("rootdir")).unwrap();
+    std::fs::write(dir.join("tmpdir/keep"), format!("{SECRET} tmp\n")).unwrap();
+    for (f, mode) in [
+        ("passwd", 0o640),
+        ("group", 0o600),
+        ("status", 0o644),
+        ("cert.crt", 0o600),
+    ] {
+        std::fs::write(dir.join(f), format!("{SECRET} {f}\n")).unwrap();
+        std::fs::set_permissions(dir.join(f), PermissionsExt::from_mode(mode)).unwrap();
+    }
+    std::fs::write(
+        dir.join("copyright"),
+        format!("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: {SECRET}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(dir.join("tmpdir"), PermissionsExt::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(dir.join("rootdir"), PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Every path below `dir` with its mode and bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let bytes = if m.is_file() {
+            std::fs::read(&p).unwrap()
+        } else {
+            Vec::new()
+        };
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                todo.push(e.unwrap().path());
+            }
+        }
+        out.push((p, m.permissions().mode(), bytes));
+    }
+    out.sort();
+    out
+}
+
+fn packages(v: &Path) -> Vec<Pkg> {
+    let at = |f: &str| v.join(f).display().to_string();
+    vec![
+        Pkg::new("base-files", "13")
+            .field("Essential", "yes")
+            .file("etc/debian_version", b"13\n")
+            .file("usr/share/doc/base-files/copyright", b"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: GPL-2+\n"),
+        Pkg::new("ca-certificates", "1")
+            .file("usr/share/ca-certificates/mozilla/Honest_CA.crt", b"HONEST CERT\n"),
+        Pkg::new("evil", "1")
+            .arch("amd64")
+            .depends("base-files, ca-certificates")
+            .symlink("etc/passwd", &at("passwd"))
+            .symlink("etc/group", &at("group"))
+            .symlink("var/lib/dpkg/status.d/evil", &at("status"))
+            .symlink("tmp", &at("tmpdir"))
+            .symlink("root", &at("rootdir"))
+            .symlink("usr/share/ca-certificates/mozilla/Evil.crt", &at("cert.crt"))
+            .symlink("usr/share/doc/evil/copyright", &at("copyright")),
+    ]
+}
+
+/// Builds the distroless image of `evil` and returns the output directory.
+fn build(repo: &Repo, work: &Path, cache: &Path) -> PathBuf {
+    let recipe = work.join("evil.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[image]\nname = \"evil\"\nsuite = \"kiln-test\"\narchitectures = [\"amd64\"]\ndefault-sources = false\n\n\
+             [packages]\ninclude = [\"evil\", \"base-files\"]\n\n[container]\ndistroless = true\n\n\
+             [output]\nformats = [\"tar\", \"oci\"]\n\n\
+             [[source]]\nuri = \"{}\"\nsuites = [\"kiln-test\"]\nsigned-by = \"{}\"\n",
+            repo.uri(),
+            repo.key.keyring.display()
+        ),
+    )
+    .unwrap();
+    let out = work.join("out");
+    let req = BuildRequest {
+        recipe,
+        output: Some(out.clone()),
+        source_date_epoch: Some(1_700_000_000),
+        sources: SourceOptions {
+            cache_dir: Some(cache.to_path_buf()),
+            offline: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    kiln_build::build(&req, &NullReporter, &Cancel::new()).expect("the build succeeds");
+    out
+}
+
+/// The contents of `name` in the rootfs tarball.
+fn member(tar_path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut a = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().display().to_string();
+        if p.trim_start_matches("./") == name {
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            return Some(b);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_distroless_build_leaves_the_files_a_package_links_to_alone() {
+    let scratch = tempfile::tempdir().unwrap();
+    let v = scratch.path().join("host");
+    victim(&v);
+    let before = snapshot(&v);
+    let repo = Repo::build(&packages(&v), "amd64", &ReleaseOpts::default());
+    let work = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = build(&repo, work.path(), cache.path());
+    assert_eq!(
+        before,
+        snapshot(&v),
+        "a file or directory outside the root changed"
+    );
+
+    let tarball = out.join("rootfs.tar");
+    // The image has its own passwd, group and status file, not the links.
+    let passwd = String::from_utf8(member(&tarball, "etc/passwd").expect("etc/passwd")).unwrap();
+    assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
+    let group = String::from_utf8(member(&tarball, "etc/group").expect("etc/group")).unwrap();
+    assert!(group.starts_with("root:x:0:"), "{group}");
+    let status = String::from_utf8(
+        member(&tarball, "var/lib/dpkg/status.d/evil").expect("evil's status file"),
+    )
+    .unwrap();
+    assert!(status.starts_with("Package: evil\n"), "{status}");
+    // The bundle has the honest certificate and nothing of the host's.
+    let bundle = String::from_utf8(
+        member(&tarball, "etc/ssl/certs/ca-certificates.crt").expect("the CA bundle"),
+    )
+    .unwrap();
+    assert_eq!(bundle, "HONEST CERT\n");
+    // The SBOMs carry base-files' licence and not the host file's text.
+    for sbom in ["sbom.spdx.json", "sbom.cdx.json"] {
+        let text = std::fs::read_to_string(out.join(sbom)).unwrap();
+        assert!(!text.contains(SECRET), "{sbom} holds the host file's text");
+        assert!(
+            text.contains("GPL-2.0-or-later") || text.contains("GPL-2+"),
+            "{sbom}"
+        );
+    }
+    // Nothing in any output holds the host's text.
+    let mut todo = vec![out.clone()];
+    while let Some(p) = todo.pop() {
+        if p.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(b) = std::fs::read(&p) {
+            assert!(
+                !b.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "{} holds the host's text",
+                p.display()
+            );
+        }
+    }
+}

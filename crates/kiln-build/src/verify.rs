@@ -74,49 +74,35 @@ fn verify_layout(layout: &Path, expected: &str) -> Result<()> {
     Ok(())
 }
 
-fn spdx_packages(path: &Path) -> Result<BTreeSet<(String, String)>> {
+/// (name, version) of every package an SBOM lists: SPDX `packages` that carry
+/// a purl, or CycloneDX `components`.
+fn sbom_packages(path: &Path, spdx: bool) -> Result<BTreeSet<(String, String)>> {
     let v: serde_json::Value = serde_json::from_slice(
         &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
     )
     .map_err(|e| tampered(format!("{} is not valid JSON: {e}", path.display())))?;
-    Ok(v["packages"]
+    let (list, version) = if spdx {
+        ("packages", "versionInfo")
+    } else {
+        ("components", "version")
+    };
+    Ok(v[list]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|p| {
-                    p["externalRefs"]
-                        .as_array()
-                        .is_some_and(|r| r.iter().any(|x| x["referenceType"] == "purl"))
-                })
-                .map(|p| {
-                    (
-                        p["name"].as_str().unwrap_or("").to_string(),
-                        p["versionInfo"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            !spdx
+                || p["externalRefs"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| x["referenceType"] == "purl"))
         })
-        .unwrap_or_default())
-}
-
-fn cdx_packages(path: &Path) -> Result<BTreeSet<(String, String)>> {
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .map_err(|e| tampered(format!("{} is not valid JSON: {e}", path.display())))?;
-    Ok(v["components"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["name"].as_str().unwrap_or("").to_string(),
-                        p["version"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_string(),
+                p[version].as_str().unwrap_or("").to_string(),
+            )
         })
-        .unwrap_or_default())
+        .collect())
 }
 
 /// Verifies `dir`. `key` is required when the provenance is signed;
@@ -274,9 +260,12 @@ pub fn verify(
     for (name, set) in [
         (
             "sbom.spdx.json",
-            spdx_packages(&dir.join("sbom.spdx.json"))?,
+            sbom_packages(&dir.join("sbom.spdx.json"), true)?,
         ),
-        ("sbom.cdx.json", cdx_packages(&dir.join("sbom.cdx.json"))?),
+        (
+            "sbom.cdx.json",
+            sbom_packages(&dir.join("sbom.cdx.json"), false)?,
+        ),
     ] {
         if set != expected {
             let missing: Vec<_> = expected.difference(&set).take(5).collect();

@@ -569,3 +569,54 @@ fn handle(stream: TcpStream, root: &Path, fail: &AtomicUsize, log: &Mutex<Vec<St
         }
     }
 }
+
+/// A minimal merged-/usr root at `root` holding the host's own `tools`
+/// (looked up in `/usr/bin`) and the shared libraries they load, for tests
+/// that run commands in a root without building one from packages.
+pub fn host_tools_root(root: &Path, tools: &[&str]) {
+    for d in ["usr/bin", "usr/lib", "usr/lib64", "usr/sbin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (link, to) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/sbin"),
+    ] {
+        std::os::unix::fs::symlink(to, root.join(link)).unwrap();
+    }
+    let mut files: Vec<PathBuf> = Vec::new();
+    for t in tools {
+        let bin = Path::new("/usr/bin").join(t);
+        assert!(bin.exists(), "the host has no {}", bin.display());
+        files.push(bin.clone());
+        let out = Command::new("ldd").arg(&bin).output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let lib = match line.split_once("=>") {
+                Some((_, r)) => r.trim().split(' ').next().unwrap_or(""),
+                None => line.trim().split(' ').next().unwrap_or(""),
+            };
+            if lib.starts_with('/') {
+                files.push(PathBuf::from(lib));
+            }
+        }
+    }
+    for f in files {
+        // Under merged /usr, /lib/… is /usr/lib/…: copy to the real path.
+        let real = std::fs::canonicalize(&f).unwrap();
+        let dest = root.join(real.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&real, &dest).unwrap();
+        // The path as named (/lib64/ld-linux…, say), a link to the copy.
+        let named = f.to_str().unwrap().trim_start_matches('/');
+        let named = ["bin/", "lib/", "lib64/", "sbin/"]
+            .iter()
+            .find_map(|p| named.strip_prefix(p).map(|rest| format!("usr/{p}{rest}")))
+            .unwrap_or_else(|| named.to_string());
+        let alias = root.join(&named);
+        if alias != dest && std::fs::symlink_metadata(&alias).is_err() {
+            std::fs::create_dir_all(alias.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(&real, alias).unwrap();
+        }
+    }
+}

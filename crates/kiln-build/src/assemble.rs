@@ -101,6 +101,7 @@ pub fn customization(recipe: &Recipe) -> Result<Customization> {
         enable: c.enable.clone(),
         disable: c.disable.clone(),
         commands: c.commands.clone(),
+        network: c.network,
     })
 }
 

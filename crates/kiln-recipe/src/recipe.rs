@@ -184,6 +184,7 @@ struct CustomizeLayer {
     enable: Option<Vec<String>>,
     disable: Option<Vec<String>>,
     commands: Option<Vec<String>>,
+    network: Option<bool>,
     overlays: Option<Vec<Spanned<String>>>,
     file: Option<Vec<FileLayer>>,
     user: Option<Vec<User>>,
@@ -257,6 +258,8 @@ pub struct Customize {
     pub enable: Vec<String>,
     pub disable: Vec<String>,
     pub commands: Vec<String>,
+    /// `commands` get the host's network (default: only loopback).
+    pub network: bool,
     pub overlays: Vec<PathBuf>,
     pub files: Vec<FileEntry>,
     pub users: Vec<User>,
@@ -764,6 +767,7 @@ impl Merged {
             enable: c.enable.unwrap_or_default(),
             disable: c.disable.unwrap_or_default(),
             commands: c.commands.unwrap_or_default(),
+            network: c.network.unwrap_or(false),
             overlays: c
                 .overlays
                 .unwrap_or_default()
@@ -893,6 +897,8 @@ impl Merged {
         append_plain(&mut a.enable, b.enable);
         append_plain(&mut a.disable, b.disable);
         a.commands.extend(b.commands);
+        // Any class whose commands need the network says so.
+        a.network |= b.network;
         append_plain(&mut a.overlays, b.overlays);
         a.files.extend(b.files);
         a.users.extend(b.users);

@@ -8,7 +8,7 @@ use crate::extract::member_components;
 use crate::inroot::{Kind, Root};
 use kiln_model::Cancel;
 
-use crate::sandbox::{run_in_root, script_env};
+use crate::sandbox::{run_in_root_with, script_env, Options};
 use crate::RootfsError;
 
 /// A file to place in the image.
@@ -54,6 +54,8 @@ pub struct Customization {
     pub disable: Vec<String>,
     /// Shell commands run inside the root, in order.
     pub commands: Vec<String>,
+    /// The commands share the host's network (else only loopback).
+    pub network: bool,
 }
 
 fn fail(msg: String) -> RootfsError {
@@ -93,9 +95,10 @@ fn run(
     log: &Path,
     cancel: &Cancel,
     what: &str,
+    opts: Options,
 ) -> Result<(), RootfsError> {
     let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-    let status = run_in_root(root, argv, &script_env(epoch), log, cancel)?;
+    let status = run_in_root_with(root, argv, &script_env(epoch), log, cancel, opts)?;
     if status.success() {
         return Ok(());
     }
@@ -175,6 +178,7 @@ pub fn apply(
             log,
             cancel,
             &format!("creating group {}", g.name),
+            Options::default(),
         )?;
     }
     for u in &c.users {
@@ -204,6 +208,7 @@ pub fn apply(
             log,
             cancel,
             &format!("creating user {}", u.name),
+            Options::default(),
         )?;
     }
     if let Some(h) = &c.hostname {
@@ -252,7 +257,15 @@ pub fn apply(
                 )));
             }
             write_keeping_mode(&r, gen, (new.join("\n") + "\n").as_bytes())?;
-            run(root, &["locale-gen"], epoch, log, cancel, "locale-gen")?;
+            run(
+                root,
+                &["locale-gen"],
+                epoch,
+                log,
+                cancel,
+                "locale-gen",
+                Options::default(),
+            )?;
         }
         r.create_dir_all("etc/default", 0o755)
             .map_err(|e| RootfsError::io("etc/default", e))?;
@@ -271,6 +284,7 @@ pub fn apply(
             log,
             cancel,
             &format!("systemctl enable {s}"),
+            Options::default(),
         )?;
     }
     for s in &c.disable {
@@ -281,6 +295,7 @@ pub fn apply(
             log,
             cancel,
             &format!("systemctl disable {s}"),
+            Options::default(),
         )?;
     }
     for cmd in &c.commands {
@@ -291,6 +306,7 @@ pub fn apply(
             log,
             cancel,
             &format!("command `{cmd}`"),
+            Options { network: c.network },
         )?;
     }
     Ok(())

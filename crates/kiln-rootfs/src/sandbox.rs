@@ -233,7 +233,9 @@ fn read_step(r: &OwnedFd) -> Option<&'static str> {
     let mut b = [0u8; 1];
     // SAFETY: reading one byte into a valid buffer.
     let n = unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-    (n == 1).then(|| STEPS.get(b[0] as usize).copied()).flatten()
+    (n == 1)
+        .then(|| STEPS.get(b[0] as usize).copied())
+        .flatten()
 }
 
 /// What the child reports (one byte, an index here) when a step fails.
@@ -424,7 +426,12 @@ fn detached_tree(root: &CString, userns: Option<&OwnedFd>) -> io::Result<OwnedFd
     // SAFETY: a new descriptor we own.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_NODEV | if userns.is_some() { MOUNT_ATTR_IDMAP } else { 0 },
+        attr_set: MOUNT_ATTR_NODEV
+            | if userns.is_some() {
+                MOUNT_ATTR_IDMAP
+            } else {
+                0
+            },
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.map(|u| u.as_raw_fd() as u64).unwrap_or(0),

@@ -176,7 +176,8 @@ ls /dev"#
         assert!(out.lines().any(|l| l == node), "no /dev/{node}:\n{out}");
     }
     assert!(
-        !out.lines().any(|l| l.starts_with("sd") || l.starts_with("vd")),
+        !out.lines()
+            .any(|l| l.starts_with("sd") || l.starts_with("vd")),
         "host block devices are visible:\n{out}"
     );
 }
@@ -192,7 +193,10 @@ fn device_nodes_cannot_be_made_and_proc_is_the_sandboxs_own() {
     assert!(!j.root.join("tmp/disk").exists());
     let lines: Vec<&str> = out.lines().filter(|l| !l.contains("mknod")).collect();
     let procs: u32 = lines[0].parse().unwrap();
-    assert!(procs < 10, "the host's processes are visible: {procs}\n{out}");
+    assert!(
+        procs < 10,
+        "the host's processes are visible: {procs}\n{out}"
+    );
     // The script's shell is the PID namespace's init.
     assert_eq!(lines.last(), Some(&"1"), "{out}");
 }

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kiln_model::event::Stage;
+use kiln_model::owner::OwnerLock;
 use kiln_model::{Cancel, Hinted, Reporter};
 use kiln_recipe::{FileContent, Lock, LockedPackage, Reason, Recipe};
 use kiln_rootfs::customize::{Customization, FileSpec, GroupSpec, UserSpec};
 use kiln_rootfs::extract::{ExtractError, Room};
+use kiln_rootfs::inroot::Root;
 use kiln_rootfs::PackageFile;
 
 /// The Essential packages and everything they depend on, from the lock's
@@ -162,9 +164,13 @@ pub fn distroless_trim(recipe: &Recipe, arch: &str) -> kiln_rootfs::distroless::
 }
 
 /// A build's scratch directory (removed on drop, and by its build's
-/// [`Cancel`] if cancelled) with an empty `root` directory in it.
+/// [`Cancel`] if cancelled) with an empty `root` directory in it. It holds
+/// the lock of its owner file (`.kiln-owner`) for its life, so that a Kiln
+/// that starts after this one died can tell it is stale (see
+/// [`crate::reclaim`]).
 pub struct BuildArea {
-    dir: Option<tempfile::TempDir>,
+    dir: Option<PathBuf>,
+    owner: Option<OwnerLock>,
     cancel: Cancel,
     room: Option<Arc<Room>>,
 }
@@ -181,20 +187,25 @@ impl BuildArea {
         };
         let base = &place.base;
         let tmp = tempfile::Builder::new()
-            .prefix("kiln-build-")
+            .prefix(crate::reclaim::AREA_PREFIX)
             .tempdir_in(base)
             .with_context(|| format!("creating a build area in {}", base.display()))?;
-        cancel.track_dir(tmp.path());
+        let owner = OwnerLock::create(tmp.path())
+            .with_context(|| format!("creating the owner file of {}", tmp.path().display()))?;
         std::fs::create_dir(tmp.path().join("root"))?;
+        // Removed by Drop below, without following links.
+        let dir = tmp.keep();
+        cancel.track_dir(&dir);
         Ok(BuildArea {
-            dir: Some(tmp),
+            dir: Some(dir),
+            owner: Some(owner),
             cancel: cancel.clone(),
             room: place.ram_room.map(|r| Arc::new(Room::new(r))),
         })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.as_ref().expect("present until drop").path()
+        self.dir.as_deref().expect("present until drop")
     }
 
     pub fn root(&self) -> PathBuf {
@@ -213,11 +224,20 @@ impl BuildArea {
 
 impl Drop for BuildArea {
     fn drop(&mut self) {
-        if let Some(d) = self.dir.take() {
-            let p = d.path().to_path_buf();
-            drop(d);
+        if let Some(p) = self.dir.take() {
+            // Through directory fds, links removed themselves; read-only
+            // directories a package made are made writable first.
+            let removed = match (p.parent(), p.file_name()) {
+                (Some(parent), Some(name)) => Root::open(parent).and_then(|r| r.remove_tree(name)),
+                _ => Err(std::io::ErrorKind::InvalidInput.into()),
+            };
+            if removed.is_err() {
+                let _ = std::fs::remove_dir_all(&p);
+            }
             self.cancel.untrack_dir(&p);
         }
+        // Only now: the area is gone before its lock is.
+        self.owner.take();
     }
 }
 

@@ -222,6 +222,8 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         None => Recipe::load(&req.recipe)?.output_dir(),
     };
     prepare_output(&out_dir)?;
+    // What builds that died left (build areas in RAM, downloads, outputs).
+    crate::reclaim::at_build_start(req.sources.cache().root(), &out_dir, reporter);
     if let Err(v) = kiln_rootfs::extract::limit_override() {
         return Err(Hinted::new(
             format!("{}={v} is not a size", kiln_rootfs::extract::LIMIT_ENV),

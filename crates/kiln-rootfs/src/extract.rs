@@ -237,6 +237,8 @@ struct Meter<'a> {
     /// Bytes written.
     written: u64,
     members: u64,
+    /// The copy buffer.
+    buf: Vec<u8>,
 }
 
 impl<'a> Meter<'a> {
@@ -246,6 +248,7 @@ impl<'a> Meter<'a> {
             counted: 0,
             written: 0,
             members: 0,
+            buf: Vec::new(),
         }
     }
 
@@ -293,9 +296,23 @@ fn copy_counted(
     meter: &mut Meter,
     shown: &str,
 ) -> Result<(), ExtractError> {
-    let mut buf = vec![0u8; 64 << 10];
+    // One buffer per package, not per file.
+    let mut buf = std::mem::take(&mut meter.buf);
+    buf.resize(64 << 10, 0);
+    let r = copy_with(from, out, meter, shown, &mut buf);
+    meter.buf = buf;
+    r
+}
+
+fn copy_with(
+    from: &mut dyn Read,
+    out: &mut dyn Write,
+    meter: &mut Meter,
+    shown: &str,
+    buf: &mut [u8],
+) -> Result<(), ExtractError> {
     loop {
-        let n = match from.read(&mut buf) {
+        let n = match from.read(buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

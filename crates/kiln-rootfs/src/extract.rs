@@ -53,7 +53,7 @@ pub enum ExtractError {
     #[error("cannot replace directory {0} with a non-directory")]
     DirectoryInTheWay(String),
     #[error(
-        "refused as a likely decompression bomb: it declares Installed-Size: {} ({}) but unpacks more than {}; stopped after writing {} (a package may unpack {})",
+        "refused as a likely decompression bomb: it declares Installed-Size: {} ({}) but unpacks more than {}; stopped after unpacking {} (a package may unpack {})",
         declared / 1024, human(*declared), human(*limit), human(*written), rule(*overridden)
     )]
     TooLarge {

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ArchiveError;
 
+/// How the cache's temporary files are named.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
@@ -70,19 +73,25 @@ impl Cache {
     }
 
     /// A temporary file beside `dest`, to be persisted with [`persist`].
+    /// It is locked (`flock`) while this process has it open, so that a
+    /// later Kiln can tell the file of a process that died (and reclaim it)
+    /// from one being written.
     pub fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, ArchiveError> {
         let dir = dest.parent().expect("cache paths have a parent");
         std::fs::create_dir_all(dir).map_err(|e| ArchiveError::Io {
             what: format!("creating cache directory {}", dir.display()),
             source: e,
         })?;
-        tempfile::Builder::new()
-            .prefix(".tmp-")
+        let err = |e| ArchiveError::Io {
+            what: format!("creating a temporary file in {}", dir.display()),
+            source: e,
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
             .tempfile_in(dir)
-            .map_err(|e| ArchiveError::Io {
-                what: format!("creating a temporary file in {}", dir.display()),
-                source: e,
-            })
+            .map_err(err)?;
+        kiln_model::owner::try_lock(tmp.as_file()).map_err(err)?;
+        Ok(tmp)
     }
 
     /// Moves a finished temporary file to `dest` atomically.

@@ -4,12 +4,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kiln_model::event::Stage;
+use kiln_model::owner::OwnerLock;
 use kiln_model::{Cancel, Hinted, Reporter};
 use kiln_recipe::{FileContent, Lock, LockedPackage, Reason, Recipe};
 use kiln_rootfs::customize::{Customization, FileSpec, GroupSpec, UserSpec};
+use kiln_rootfs::extract::{ExtractError, Room};
+use kiln_rootfs::inroot::Root;
 use kiln_rootfs::PackageFile;
 
 /// The Essential packages and everything they depend on, from the lock's
@@ -146,6 +150,8 @@ pub fn package_files(
             arch: p.architecture.clone(),
             essential_phase: essential_phase(&p.name),
             deb: d.clone(),
+            // Installed-Size is in KiB; a lying, huge one must not overflow.
+            installed_size: p.installed_size.saturating_mul(1024),
         })
         .collect()
 }
@@ -159,30 +165,48 @@ pub fn distroless_trim(recipe: &Recipe, arch: &str) -> kiln_rootfs::distroless::
 }
 
 /// A build's scratch directory (removed on drop, and by its build's
-/// [`Cancel`] if cancelled) with an empty `root` directory in it.
+/// [`Cancel`] if cancelled) with an empty `root` directory in it. It holds
+/// the lock of its owner file (`.kiln-owner`) for its life, so that a Kiln
+/// that starts after this one died can tell it is stale (see
+/// [`crate::reclaim`]).
 pub struct BuildArea {
-    dir: Option<tempfile::TempDir>,
+    dir: Option<PathBuf>,
+    owner: Option<OwnerLock>,
     cancel: Cancel,
+    room: Option<Arc<Room>>,
 }
 
 impl BuildArea {
-    pub fn new(pkgs: &[&LockedPackage], cancel: &Cancel) -> Result<BuildArea> {
-        let estimate: u64 = pkgs.iter().map(|p| p.installed_size * 1024).sum();
-        let base = scratch_base(estimate);
+    /// A fresh area for `pkgs`: in RAM (/dev/shm) when it has room for
+    /// them and `ram` allows it (see [`kiln_model::fsutil::shm_room`]),
+    /// else on disk.
+    pub fn new(pkgs: &[&LockedPackage], cancel: &Cancel, ram: bool) -> Result<BuildArea> {
+        let place = if ram {
+            scratch_place(declared_size(pkgs))
+        } else {
+            kiln_model::fsutil::disk_scratch()
+        };
+        let base = &place.base;
         let tmp = tempfile::Builder::new()
-            .prefix("kiln-build-")
-            .tempdir_in(&base)
+            .prefix(crate::reclaim::AREA_PREFIX)
+            .tempdir_in(base)
             .with_context(|| format!("creating a build area in {}", base.display()))?;
-        cancel.track_dir(tmp.path());
+        let owner = OwnerLock::create(tmp.path())
+            .with_context(|| format!("creating the owner file of {}", tmp.path().display()))?;
         std::fs::create_dir(tmp.path().join("root"))?;
+        // Removed by Drop below, without following links.
+        let dir = tmp.keep();
+        cancel.track_dir(&dir);
         Ok(BuildArea {
-            dir: Some(tmp),
+            dir: Some(dir),
+            owner: Some(owner),
             cancel: cancel.clone(),
+            room: place.ram_room.map(|r| Arc::new(Room::new(r))),
         })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.as_ref().expect("present until drop").path()
+        self.dir.as_deref().expect("present until drop")
     }
 
     pub fn root(&self) -> PathBuf {
@@ -192,19 +216,54 @@ impl BuildArea {
     pub fn log(&self) -> PathBuf {
         self.path().join("build.log")
     }
+
+    /// The payload room, when the area is in RAM.
+    pub fn room(&self) -> Option<Arc<Room>> {
+        self.room.clone()
+    }
 }
 
 impl Drop for BuildArea {
     fn drop(&mut self) {
-        if let Some(d) = self.dir.take() {
-            let p = d.path().to_path_buf();
-            drop(d);
+        if let Some(p) = self.dir.take() {
+            // Through directory fds, links removed themselves; read-only
+            // directories a package made are made writable first.
+            let removed = match (p.parent(), p.file_name()) {
+                (Some(parent), Some(name)) => Root::open(parent).and_then(|r| r.remove_tree(name)),
+                _ => Err(std::io::ErrorKind::InvalidInput.into()),
+            };
+            if removed.is_err() {
+                let _ = std::fs::remove_dir_all(&p);
+            }
             self.cancel.untrack_dir(&p);
         }
+        // Only now: the area is gone before its lock is.
+        self.owner.take();
     }
 }
 
+/// What `pkgs` declare they unpack (Installed-Size), in bytes.
+pub fn declared_size(pkgs: &[&LockedPackage]) -> u64 {
+    pkgs.iter().fold(0u64, |n, p| {
+        n.saturating_add(p.installed_size.saturating_mul(1024))
+    })
+}
+
+/// Whether `e` is a build area in RAM running out of the payload room its
+/// packages' Installed-Size gave it: the build is then done again on disk.
+pub fn outgrew_ram(e: &anyhow::Error) -> Option<(u64, u64)> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<kiln_rootfs::RootfsError>() {
+            Some(kiln_rootfs::RootfsError::Extract {
+                source: ExtractError::RoomExceeded { room, used },
+                ..
+            }) => Some((*room, *used)),
+            _ => None,
+        })
+}
+
 /// Builds the root filesystem in a fresh temporary area.
+#[allow(clippy::too_many_arguments)]
 pub fn assemble(
     recipe: &Recipe,
     lock: &Lock,
@@ -213,8 +272,9 @@ pub fn assemble(
     epoch: i64,
     reporter: &dyn Reporter,
     cancel: &Cancel,
+    ram: bool,
 ) -> Result<BuildArea> {
-    let area = BuildArea::new(pkgs, cancel)?;
+    let area = BuildArea::new(pkgs, cancel, ram)?;
     let root = area.root();
     let log = area.log();
     let essential = essential_closure(pkgs);
@@ -233,6 +293,7 @@ pub fn assemble(
             reporter,
             cancel,
             jobs,
+            room: area.room(),
         },
     )?;
     let sources_dir = root.join("etc/apt/sources.list.d");
@@ -265,8 +326,8 @@ pub fn assemble(
     Ok(area)
 }
 
-/// Where the temporary root is built (see [`kiln_model::fsutil::scratch_base`]).
-pub use kiln_model::fsutil::scratch_base;
+/// Where the temporary root is built (see [`kiln_model::fsutil::scratch_place`]).
+pub use kiln_model::fsutil::{scratch_base, scratch_place};
 
 /// Assembles a distroless root (no maintainer scripts) in a fresh build area.
 pub fn assemble_distroless(
@@ -276,8 +337,9 @@ pub fn assemble_distroless(
     debs: &[PathBuf],
     reporter: &dyn Reporter,
     cancel: &Cancel,
+    ram: bool,
 ) -> Result<BuildArea> {
-    let area = BuildArea::new(pkgs, cancel)?;
+    let area = BuildArea::new(pkgs, cancel, ram)?;
     let root = area.root();
     let files = package_files(pkgs, debs, |_| false);
     reporter.step(
@@ -305,7 +367,14 @@ pub fn assemble_distroless(
                 .unwrap_or_else(|| format!("/home/{}", u.name)),
         });
     }
-    kiln_rootfs::distroless::assemble(&root, &files, &distroless_trim(recipe, arch), &users)?;
+    kiln_rootfs::distroless::assemble(
+        &root,
+        &area.path().join("stage"),
+        &files,
+        &distroless_trim(recipe, arch),
+        &users,
+        area.room(),
+    )?;
     // Files and overlays need no shell.
     let custom = Customization {
         overlays: recipe.customize.overlays.clone(),

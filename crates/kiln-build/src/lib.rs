@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod lock;
 pub mod output;
 pub mod pipeline;
+pub mod reclaim;
 pub mod records;
 pub mod requirements;
 pub mod sources;

@@ -14,7 +14,8 @@ use kiln_model::{
 use kiln_recipe::{Lock, LockedPackage, Recipe};
 use serde::{Deserialize, Serialize};
 
-use crate::assemble::{assemble, assemble_distroless};
+use crate::assemble::{assemble, assemble_distroless, outgrew_ram};
+use crate::fetch::human_size;
 use crate::output::{outputs_for, BuiltRoot, Context};
 use crate::records::{licences_from_root, Licences};
 use crate::sources::SourceOptions;
@@ -143,10 +144,31 @@ fn produce(
     let result = (|| -> Result<()> {
         for (arch, pkgs, debs) in per_arch {
             cancel.check()?;
-            let area = if recipe.container.distroless {
-                assemble_distroless(recipe, arch, pkgs, debs, reporter, cancel)?
-            } else {
-                assemble(recipe, lock, pkgs, debs, epoch, reporter, cancel)?
+            let assemble_in = |ram: bool| {
+                if recipe.container.distroless {
+                    assemble_distroless(recipe, arch, pkgs, debs, reporter, cancel, ram)
+                } else {
+                    assemble(recipe, lock, pkgs, debs, epoch, reporter, cancel, ram)
+                }
+            };
+            let area = match assemble_in(true) {
+                // Packages that unpack more than they declare do not fill
+                // RAM: the build goes to disk (each package is still held
+                // to its own limit there).
+                Err(e) if outgrew_ram(&e).is_some() => {
+                    let (room, used) = outgrew_ram(&e).unwrap_or_default();
+                    reporter.warn(&format!(
+                        "the {arch} packages unpack more than their Installed-Size ({} in all) \
+                         made room for in RAM ({} of /dev/shm, {} needed so far); \
+                         assembling again on disk in {}",
+                        human_size(crate::assemble::declared_size(pkgs)),
+                        human_size(room),
+                        human_size(used),
+                        kiln_model::fsutil::disk_scratch().base.display()
+                    ));
+                    assemble_in(false)?
+                }
+                r => r?,
             };
             let root_path = area.root();
             let root = BuiltRoot {
@@ -200,6 +222,15 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         None => Recipe::load(&req.recipe)?.output_dir(),
     };
     prepare_output(&out_dir)?;
+    // What builds that died left (build areas in RAM, downloads, outputs).
+    crate::reclaim::at_build_start(req.sources.cache().root(), &out_dir, reporter);
+    if let Err(v) = kiln_rootfs::extract::limit_override() {
+        return Err(Hinted::new(
+            format!("{}={v} is not a size", kiln_rootfs::extract::LIMIT_ENV),
+            "give bytes or a size such as 512M or 2G, or unset it",
+        )
+        .into());
+    }
     let key = crate::records::load_signing_key(req.sign_key.as_deref())?;
     let (recipe, lock) = crate::lock::ensure_lock(&req.recipe, req.locked, &req.sources, reporter)?;
     let host = kiln_recipe::host_architecture();

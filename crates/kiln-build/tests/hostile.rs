@@ -84,25 +84,32 @@ fn packages(v: &Path) -> Vec<Pkg> {
     ]
 }
 
-/// Builds the distroless image of `evil` and returns the output directory.
-fn build(repo: &Repo, work: &Path, cache: &Path) -> PathBuf {
-    let recipe = work.join("evil.toml");
+/// A distroless build request for `include` from `repo`, writing `formats`.
+fn request(
+    repo: &Repo,
+    work: &Path,
+    cache: &Path,
+    include: &[&str],
+    formats: &str,
+) -> BuildRequest {
+    let recipe = work.join("image.toml");
+    let include: Vec<String> = include.iter().map(|p| format!("\"{p}\"")).collect();
     std::fs::write(
         &recipe,
         format!(
-            "[image]\nname = \"evil\"\nsuite = \"kiln-test\"\narchitectures = [\"amd64\"]\ndefault-sources = false\n\n\
-             [packages]\ninclude = [\"evil\", \"base-files\"]\n\n[container]\ndistroless = true\n\n\
-             [output]\nformats = [\"tar\", \"oci\"]\n\n\
+            "[image]\nname = \"hostile\"\nsuite = \"kiln-test\"\narchitectures = [\"amd64\"]\ndefault-sources = false\n\n\
+             [packages]\ninclude = [{}]\n\n[container]\ndistroless = true\n\n\
+             [output]\nformats = [{formats}]\n\n\
              [[source]]\nuri = \"{}\"\nsuites = [\"kiln-test\"]\nsigned-by = \"{}\"\n",
+            include.join(", "),
             repo.uri(),
             repo.key.keyring.display()
         ),
     )
     .unwrap();
-    let out = work.join("out");
-    let req = BuildRequest {
+    BuildRequest {
         recipe,
-        output: Some(out.clone()),
+        output: Some(work.join("out")),
         source_date_epoch: Some(1_700_000_000),
         sources: SourceOptions {
             cache_dir: Some(cache.to_path_buf()),
@@ -110,9 +117,20 @@ fn build(repo: &Repo, work: &Path, cache: &Path) -> PathBuf {
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
+
+/// Builds the distroless image of `evil` and returns the output directory.
+fn build(repo: &Repo, work: &Path, cache: &Path) -> PathBuf {
+    let req = request(
+        repo,
+        work,
+        cache,
+        &["evil", "base-files"],
+        "\"tar\", \"oci\"",
+    );
     kiln_build::build(&req, &NullReporter, &Cancel::new()).expect("the build succeeds");
-    out
+    req.output.unwrap()
 }
 
 /// The contents of `name` in the rootfs tarball.
@@ -184,5 +202,143 @@ fn a_distroless_build_leaves_the_files_a_package_links_to_alone() {
                 p.display()
             );
         }
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+fn base_files() -> Pkg {
+    Pkg::new("base-files", "13")
+        .field("Essential", "yes")
+        .file("etc/debian_version", b"13\n")
+}
+
+/// The size of `name` in the rootfs tarball, without reading it into memory.
+fn member_size(tar_path: &Path, name: &str) -> Option<u64> {
+    let mut a = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
+    let found = a
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| {
+            e.path()
+                .unwrap()
+                .display()
+                .to_string()
+                .trim_start_matches("./")
+                == name
+        })
+        .map(|e| e.size());
+    found
+}
+
+#[test]
+fn a_distroless_build_refuses_a_decompression_bomb() {
+    // 128 MiB of zeros in four files, a few hundred KiB compressed, declaring 1 KiB.
+    let mut bomb = Pkg::new("bomb", "1").arch("amd64").depends("base-files");
+    for i in 0..4 {
+        bomb = bomb.zeros(&format!("usr/share/bomb/{i}"), 32 * MIB);
+    }
+    let repo = Repo::build(&[base_files(), bomb], "amd64", &ReleaseOpts::default());
+    let work = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let req = request(&repo, work.path(), cache.path(), &["bomb"], "\"tar\"");
+    let e = kiln_build::build(&req, &NullReporter, &Cancel::new()).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("unpacking bomb: refused as a likely decompression bomb"),
+        "{text}"
+    );
+    assert!(text.contains("Installed-Size: 1 (1.0 KiB)"), "{text}");
+    assert!(text.contains("more than 64.0 MiB"), "{text}");
+    match e.downcast_ref::<kiln_rootfs::RootfsError>() {
+        Some(
+            r @ kiln_rootfs::RootfsError::Extract {
+                source: kiln_rootfs::extract::ExtractError::TooLarge { limit, written, .. },
+                ..
+            },
+        ) => {
+            assert_eq!(*limit, 64 * MIB + 4 * 1024);
+            assert!(*written <= *limit, "{written} written");
+            assert!(r.hint().unwrap().contains("KILN_UNPACK_LIMIT"));
+        }
+        _ => panic!("not refused as a bomb: {text}"),
+    }
+    assert!(!work.path().join("out/rootfs.tar").exists());
+}
+
+#[test]
+fn an_honest_package_that_understates_its_size_a_little_still_builds() {
+    // 70 MiB declared as 32 MiB: within 4 × 32 MiB + 64 MiB.
+    let honest = Pkg::new("honest", "1")
+        .arch("amd64")
+        .depends("base-files")
+        .installed_size(32 * 1024)
+        .zeros("usr/lib/honest/data", 70 * MIB);
+    let repo = Repo::build(&[base_files(), honest], "amd64", &ReleaseOpts::default());
+    let work = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let req = request(&repo, work.path(), cache.path(), &["honest"], "\"tar\"");
+    kiln_build::build(&req, &NullReporter, &Cancel::new()).expect("the build succeeds");
+    let tarball = work.path().join("out/rootfs.tar");
+    assert_eq!(member_size(&tarball, "usr/lib/honest/data"), Some(70 * MIB));
+}
+
+#[test]
+fn packages_that_outgrow_their_room_in_ram_are_built_again_on_disk() {
+    // Five packages declaring 1 KiB each and unpacking 60 MiB each: each
+    // within its own limit (64 MiB + 4 KiB), all together more than the
+    // 256 MiB (and twice what they declare) a build area in RAM lets them have.
+    let mut pkgs = vec![base_files()];
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let name = format!("big{i}");
+        pkgs.push(
+            Pkg::new(&name, "1")
+                .arch("amd64")
+                .depends("base-files")
+                .zeros(&format!("usr/share/{name}/data"), 60 * MIB),
+        );
+        names.push(name);
+    }
+    let repo = Repo::build(&pkgs, "amd64", &ReleaseOpts::default());
+    let work = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let include: Vec<&str> = names.iter().map(String::as_str).collect();
+    let req = request(&repo, work.path(), cache.path(), &include, "\"tar\"");
+    let events = kiln_model::Collect::default();
+    kiln_build::build(&req, &events, &Cancel::new()).expect("the build succeeds");
+    let tarball = work.path().join("out/rootfs.tar");
+    for n in &names {
+        assert_eq!(
+            member_size(&tarball, &format!("usr/share/{n}/data")),
+            Some(60 * MIB)
+        );
+    }
+    // Where /dev/shm was chosen, the build moved to disk, saying so.
+    let declared = 6 * 1024;
+    let in_ram = std::env::var_os("KILN_TMPDIR").is_none()
+        && kiln_model::fsutil::shm_room(
+            declared,
+            kiln_model::fsutil::free_space(Path::new("/dev/shm")),
+        )
+        .is_some();
+    let warnings: Vec<String> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            kiln_model::Event::Warning { message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    if in_ram {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("assembling again on disk")),
+            "{warnings:?}"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! Kiln reads archive indices and package metadata and must interpret them
 //! exactly as dpkg and apt do: the same version ordering, the same control
 //! file syntax, the same relationship grammar. Keeping these formats here,
-//! with no network or file access, lets the fetching and resolving crates
+//! with no network access and no file opened by path (a `.deb` is read from
+//! memory or from a file the caller opened), lets the fetching and resolving crates
 //! share one faithful implementation that is cheap to test exhaustively.
 //!
 //! - [`version`]: version parsing and dpkg's ordering.

@@ -33,6 +33,8 @@ pub enum Stage {
     Guest,
     Push,
     Pushed,
+    /// Space left by a Kiln that died (build areas, temporary files) was freed.
+    Reclaim,
 }
 
 impl Stage {
@@ -57,6 +59,7 @@ impl Stage {
             Stage::Guest => "Booting",
             Stage::Push => "Pushing",
             Stage::Pushed => "Pushed",
+            Stage::Reclaim => "Reclaimed",
         }
     }
 }

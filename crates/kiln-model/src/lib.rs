@@ -9,6 +9,7 @@ pub mod event;
 pub mod fsutil;
 pub mod hint;
 pub mod manifest;
+pub mod owner;
 
 pub use cancel::{Cancel, Cancelled};
 pub use event::{Collect, Event, JsonReporter, NullReporter, Reporter, Stage};

@@ -4,11 +4,12 @@
 //! `ld.so.cache`), plus per-package dpkg status files for scanners.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::extract::{member_components, unpack_filtered};
+use crate::extract::{member_components, stage as stage_package, unpack_filtered, Room};
 use crate::inroot::{Kind, Root};
 use crate::install::PackageFile;
-use crate::RootfsError;
+use crate::{in_parallel, jobs, RootfsError};
 
 /// What to leave out of the payload.
 #[derive(Clone, Debug)]
@@ -68,12 +69,16 @@ pub struct Account {
     pub home: String,
 }
 
-/// Builds a distroless root from `pkgs`.
+/// Builds a distroless root from `pkgs`. `stage` is a scratch directory on
+/// the root's file system, outside the root, where the packages' files are
+/// written before they are placed; `room` is the build area's payload room.
 pub fn assemble(
     root: &Path,
+    stage: &Path,
     pkgs: &[PackageFile],
     trim: &Trim,
     users: &[Account],
+    room: Option<Arc<Room>>,
 ) -> Result<(), RootfsError> {
     let io = |w: &str, e: std::io::Error| RootfsError::io(w, e);
     // Every path below is opened inside the root: links the packages plant
@@ -95,14 +100,25 @@ pub fn assemble(
     let status_d = "var/lib/dpkg/status.d";
     r.create_dir_all(status_d, 0o755)
         .map_err(|e| io(status_d, e))?;
-    // Decompress in parallel, unpack in order: later packages win on shared
-    // paths, deterministically.
-    let decoded = decode_all(pkgs)?;
-    for (p, (data, control)) in pkgs.iter().zip(decoded) {
-        unpack_filtered(&mut tar::Archive::new(&data[..]), root, &|path| {
-            !dropped(path, trim)
-        })
-        .map_err(|e| RootfsError::Extract {
+    // Decompress and write in parallel (streamed, counted against each
+    // package's limits), place in order: later packages win on shared
+    // paths, deterministically, and placing is only renames.
+    let keep = |path: &str| !dropped(path, trim);
+    let staged =
+        in_parallel(pkgs, jobs(), |i, p| {
+            let deb = p.open()?;
+            let control = deb.control_files().map_err(|e| p.bad(e.to_string()))?;
+            let data = deb.data().map_err(|e| p.bad(e.to_string()))?;
+            let limits = p.limits().in_room(room.clone());
+            let files = stage_package(data, &stage.join(format!("{i:04}")), &keep, &limits)
+                .map_err(|e| RootfsError::Extract {
+                    package: p.name.clone(),
+                    source: e,
+                })?;
+            Ok((files, control))
+        })?;
+    for (p, (files, control)) in pkgs.iter().zip(staged) {
+        files.apply(root).map_err(|e| RootfsError::Extract {
             package: p.name.clone(),
             source: e,
         })?;
@@ -123,6 +139,8 @@ pub fn assemble(
                 .map_err(|e| io(&dest, e))?;
         }
     }
+    // Kiln's own directory of numbered files, emptied by the renames.
+    let _ = std::fs::remove_dir_all(stage);
     accounts(&r, users)?;
     ca_bundle(&r)?;
     // Real directories with these modes: a link a package put there is
@@ -190,29 +208,31 @@ pub fn layer_trees(
         copy_dir_meta(&r, Path::new(d), &skel.join(d))?;
     }
     out.push(skel);
-    // One tree per package, unpacked through the merged-/usr links, which are then dropped.
-    let decoded = decode_all(pkgs)?;
-    for (i, (p, (data, _))) in pkgs.iter().zip(decoded).enumerate() {
+    // One tree per package, unpacked through the merged-/usr links, which
+    // are then dropped; the trees are independent, so unpacked in parallel.
+    let trees = in_parallel(pkgs, jobs(), |i, p| {
         let dir = area.join(format!("layer-{:03}-{}", i + 1, p.name));
         std::fs::create_dir_all(&dir).map_err(|e| io(&p.name, e))?;
         for (l, target) in &links {
             std::fs::create_dir_all(dir.join(target)).map_err(|e| io(l, e))?;
             std::os::unix::fs::symlink(target, dir.join(l)).map_err(|e| io(l, e))?;
         }
-        unpack_filtered(&mut tar::Archive::new(&data[..]), &dir, &|path| {
-            !dropped(path, trim)
-        })
-        .map_err(|e| RootfsError::Extract {
-            package: p.name.clone(),
-            source: e,
+        let deb = p.open()?;
+        let data = deb.data().map_err(|e| p.bad(e.to_string()))?;
+        unpack_filtered(data, &dir, &|path| !dropped(path, trim), &p.limits()).map_err(|e| {
+            RootfsError::Extract {
+                package: p.name.clone(),
+                source: e,
+            }
         })?;
         for (l, target) in &links {
             std::fs::remove_file(dir.join(l)).map_err(|e| io(l, e))?;
             // Drop the link targets again where the package put nothing.
             let _ = std::fs::remove_dir(dir.join(target));
         }
-        out.push(dir);
-    }
+        Ok(dir)
+    })?;
+    out.extend(trees);
     // What no package ships.
     let gen = area.join(format!("layer-{:03}-generated", pkgs.len() + 1));
     for rel in [
@@ -274,60 +294,6 @@ fn copy_tree_preserving(root: &Root, src: &Path, dst: &Path) -> Result<(), Rootf
         Kind::Other => {}
     }
     Ok(())
-}
-
-type Decoded = (Vec<u8>, Vec<(String, Vec<u8>, u32)>);
-
-/// Every package's uncompressed data tarball and control files, decoded on
-/// all cores.
-fn decode_all(pkgs: &[PackageFile]) -> Result<Vec<Decoded>, RootfsError> {
-    use std::io::Read;
-    let decode = |p: &PackageFile| -> Result<Decoded, RootfsError> {
-        let bytes =
-            std::fs::read(&p.deb).map_err(|e| RootfsError::io(&p.deb.display().to_string(), e))?;
-        let bad = |m: String| RootfsError::BadDeb {
-            package: p.name.clone(),
-            message: m,
-        };
-        let deb = kiln_deb::debfile::DebFile::parse(bytes).map_err(|e| bad(e.to_string()))?;
-        let mut data = Vec::new();
-        deb.data_tar()
-            .map_err(|e| bad(e.to_string()))?
-            .into_inner()
-            .read_to_end(&mut data)
-            .map_err(|e| bad(e.to_string()))?;
-        let control = deb.control_files().map_err(|e| bad(e.to_string()))?;
-        Ok((data, control))
-    };
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    // Largest first, so the big ones do not finish last on one core.
-    let mut order: Vec<usize> = (0..pkgs.len()).collect();
-    order.sort_by_key(|&i| {
-        std::cmp::Reverse(
-            std::fs::metadata(&pkgs[i].deb)
-                .map(|m| m.len())
-                .unwrap_or(0),
-        )
-    });
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<Decoded, RootfsError>>>> =
-        pkgs.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(&i) = order.get(k) else { return };
-                let p = &pkgs[i];
-                *slots[i].lock().unwrap() = Some(decode(p));
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|m| m.into_inner().unwrap().expect("every package decoded"))
-        .collect()
 }
 
 fn accounts(root: &Root, users: &[Account]) -> Result<(), RootfsError> {

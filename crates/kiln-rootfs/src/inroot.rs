@@ -189,11 +189,14 @@ fn list(fd: RawFd) -> io::Result<Vec<OsString>> {
 }
 
 /// Removes everything in the directory `fd`, never following a link.
+/// Without privileges, directories of our own that a package made
+/// read-only (`dr-xr-xr-x`) are made writable first, so they can be emptied.
 fn remove_contents(fd: RawFd) -> io::Result<()> {
     for name in list(fd)? {
         let c = cstring(name.as_bytes())?;
         let m = fstatat(fd, &c, libc::AT_SYMLINK_NOFOLLOW)?;
         if m.is_dir() {
+            make_emptiable(fd, &c, &m)?;
             let sub = openat(
                 fd,
                 &c,
@@ -205,6 +208,18 @@ fn remove_contents(fd: RawFd) -> io::Result<()> {
         } else {
             cvt(unsafe { libc::unlinkat(fd, c.as_ptr(), 0) })?;
         }
+    }
+    Ok(())
+}
+
+/// Gives the directory `name` in `dir` (described by `m`) owner rwx when
+/// this process is not root, owns it and lacks them, so it can be emptied.
+fn make_emptiable(dir: RawFd, name: &CStr, m: &Meta) -> io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 && m.uid == euid && m.mode & 0o700 != 0o700 {
+        // The entry was a directory an instant ago, in a tree of our own.
+        cvt(unsafe { libc::fchmodat(dir, name.as_ptr(), m.mode | 0o700, 0) })?;
     }
     Ok(())
 }
@@ -607,7 +622,9 @@ impl Root {
         if name.as_bytes() == b"." {
             return Err(os_err(libc::EINVAL));
         }
-        if fstatat(d, &name, libc::AT_SYMLINK_NOFOLLOW)?.is_dir() {
+        let m = fstatat(d, &name, libc::AT_SYMLINK_NOFOLLOW)?;
+        if m.is_dir() {
+            make_emptiable(d, &name, &m)?;
             let sub = openat(
                 d,
                 &name,

@@ -6,15 +6,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
+
+use kiln_deb::debfile::DebFile;
 
 use kiln_model::event::Stage;
 use kiln_model::{Cancel, Reporter};
 
+use crate::extract::{Limits, Room};
 use crate::inroot::Root;
 use crate::sandbox::{run_in_root, script_env};
-use crate::RootfsError;
+use crate::{in_parallel, RootfsError};
 
 /// One package to install.
 #[derive(Clone, Debug)]
@@ -26,6 +28,30 @@ pub struct PackageFile {
     pub essential_phase: bool,
     /// The verified `.deb`.
     pub deb: PathBuf,
+    /// Its declared `Installed-Size` (from the signed index), in bytes:
+    /// what bounds what it may unpack ([`Limits::for_package`]).
+    pub installed_size: u64,
+}
+
+impl PackageFile {
+    /// What the package may unpack.
+    pub fn limits(&self) -> Limits {
+        Limits::for_package(self.installed_size)
+    }
+
+    /// The `.deb`, read in place (never whole into memory).
+    pub fn open(&self) -> Result<DebFile, RootfsError> {
+        let f = std::fs::File::open(&self.deb)
+            .map_err(|e| RootfsError::io(&self.deb.display().to_string(), e))?;
+        DebFile::from_file(f).map_err(|e| self.bad(e.to_string()))
+    }
+
+    pub(crate) fn bad(&self, message: String) -> RootfsError {
+        RootfsError::BadDeb {
+            package: self.name.clone(),
+            message,
+        }
+    }
 }
 
 pub struct InstallOptions<'a> {
@@ -37,60 +63,59 @@ pub struct InstallOptions<'a> {
     pub reporter: &'a dyn Reporter,
     pub cancel: &'a Cancel,
     pub jobs: usize,
+    /// The build area's payload room (when it is in RAM).
+    pub room: Option<Arc<Room>>,
 }
 
-/// Unpacks the data of `pkgs` natively into `root` (no scripts).
+/// Unpacks the data of `pkgs` natively into `root` (no scripts), each
+/// package streamed from its `.deb` and counted against its limits (and
+/// `room`) as it is written.
 pub fn extract_natively(
     root: &Path,
     pkgs: &[&PackageFile],
     jobs: usize,
+    room: Option<Arc<Room>>,
 ) -> Result<(), RootfsError> {
-    let next = AtomicUsize::new(0);
-    let error: Mutex<Option<RootfsError>> = Mutex::new(None);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::SeqCst);
-        let Some(p) = pkgs.get(i) else { return };
-        if error.lock().unwrap().is_some() {
-            return;
-        }
-        let r = (|| -> Result<(), RootfsError> {
-            let bytes = std::fs::read(&p.deb)
-                .map_err(|e| RootfsError::io(&p.deb.display().to_string(), e))?;
-            let deb =
-                kiln_deb::debfile::DebFile::parse(bytes).map_err(|e| RootfsError::BadDeb {
-                    package: p.name.clone(),
-                    message: e.to_string(),
-                })?;
-            let mut data = deb.data_tar().map_err(|e| RootfsError::BadDeb {
-                package: p.name.clone(),
-                message: e.to_string(),
-            })?;
-            crate::extract::unpack(&mut data, root).map_err(|e| RootfsError::Extract {
+    in_parallel(pkgs, jobs, |_, p| {
+        let deb = p.open()?;
+        let data = deb.data().map_err(|e| p.bad(e.to_string()))?;
+        crate::extract::unpack(data, root, &p.limits().in_room(room.clone())).map_err(|e| {
+            RootfsError::Extract {
                 package: p.name.clone(),
                 source: e,
-            })?;
-            Ok(())
-        })();
-        if let Err(e) = r {
-            error.lock().unwrap().get_or_insert(e);
-            return;
-        }
-    };
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1) {
-            s.spawn(work);
-        }
-    });
-    match error.into_inner().unwrap() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+            }
+        })?;
+        Ok(())
+    })
+    .map(|_| ())
+}
+
+/// Reads the data of `pkgs` (decompressed as it streams, nothing written)
+/// and refuses a package that unpacks more than its limits allow, before
+/// the root's dpkg (which does not check) unpacks it. Their bytes are
+/// taken from `room`: dpkg writes them into the build area.
+pub fn measure(
+    pkgs: &[&PackageFile],
+    jobs: usize,
+    room: Option<Arc<Room>>,
+) -> Result<u64, RootfsError> {
+    let sizes = in_parallel(pkgs, jobs, |_, p| {
+        let deb = p.open()?;
+        let data = deb.data().map_err(|e| p.bad(e.to_string()))?;
+        crate::extract::measure(data, &p.limits().in_room(room.clone())).map_err(|e| {
+            RootfsError::Extract {
+                package: p.name.clone(),
+                source: e,
+            }
+        })
+    })?;
+    Ok(sizes.iter().sum())
 }
 
 /// Names a package's Pre-Depends refer to (any alternative), from its control file.
 fn pre_depends(deb: &Path) -> Result<Vec<String>, RootfsError> {
-    let bytes = std::fs::read(deb).map_err(|e| RootfsError::io(&deb.display().to_string(), e))?;
-    let d = kiln_deb::debfile::DebFile::parse(bytes).map_err(|e| RootfsError::BadDeb {
+    let f = std::fs::File::open(deb).map_err(|e| RootfsError::io(&deb.display().to_string(), e))?;
+    let d = DebFile::from_file(f).map_err(|e| RootfsError::BadDeb {
         package: deb.display().to_string(),
         message: e.to_string(),
     })?;
@@ -197,13 +222,35 @@ pub fn install(
     pkgs: &[PackageFile],
     opts: &InstallOptions,
 ) -> Result<(), RootfsError> {
+    let rest: Vec<&PackageFile> = pkgs.iter().filter(|p| !p.essential_phase).collect();
+    // The packages the root's dpkg unpacks (dpkg does not hold a package to
+    // its Installed-Size) are measured by Kiln first, on spare cores while
+    // the Essential set is unpacked and installed; none reaches dpkg before
+    // all of them passed.
+    std::thread::scope(|s| {
+        let mut measuring =
+            Some(s.spawn(|| measure(&rest, (opts.jobs / 2).max(1), opts.room.clone())));
+        let mut measured = || match measuring.take() {
+            Some(h) => h.join().expect("measuring does not panic").map(|_| ()),
+            None => Ok(()),
+        };
+        install_measured(root, pkgs, opts, &mut measured)
+    })
+}
+
+fn install_measured(
+    root: &Path,
+    pkgs: &[PackageFile],
+    opts: &InstallOptions,
+    measured: &mut dyn FnMut() -> Result<(), RootfsError>,
+) -> Result<(), RootfsError> {
     let essential: Vec<&PackageFile> = pkgs.iter().filter(|p| p.essential_phase).collect();
     let rest: Vec<&PackageFile> = pkgs.iter().filter(|p| !p.essential_phase).collect();
     opts.reporter.step(
         Stage::Unpack,
         &format!("{} Essential packages", essential.len()),
     );
-    extract_natively(root, &essential, opts.jobs)?;
+    extract_natively(root, &essential, opts.jobs, opts.room.clone())?;
     // The Essential packages are unpacked: from here on every path in the
     // root is opened inside it (their links resolve as in a chroot).
     let r = Root::open(root).map_err(|e| RootfsError::io(&root.display().to_string(), e))?;
@@ -234,6 +281,9 @@ pub fn install(
     }
     let env = script_env(opts.epoch);
     for (label, set) in [("Essential", essential), ("remaining", rest)] {
+        if label == "remaining" {
+            measured()?;
+        }
         if set.is_empty() {
             continue;
         }

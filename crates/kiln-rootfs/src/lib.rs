@@ -52,6 +52,74 @@ fn describe(package: &Option<String>, script: &Option<String>) -> String {
     }
 }
 
+/// The number of threads for work on every package: the machine's cores.
+pub(crate) fn jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// `f` for every package on `jobs` threads, largest `.deb` first (so the
+/// big ones do not finish last on one core); results in package order.
+/// After a failure no other package is started, and the error of the first
+/// failing package (in order) is returned.
+pub(crate) fn in_parallel<P, T>(
+    pkgs: &[P],
+    jobs: usize,
+    f: impl Fn(usize, &PackageFile) -> Result<T, RootfsError> + Sync,
+) -> Result<Vec<T>, RootfsError>
+where
+    P: std::borrow::Borrow<PackageFile> + Sync,
+    T: Send,
+{
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let mut order: Vec<usize> = (0..pkgs.len()).collect();
+    order.sort_by_key(|&i| {
+        std::cmp::Reverse(
+            std::fs::metadata(&pkgs[i].borrow().deb)
+                .map(|m| m.len())
+                .unwrap_or(0),
+        )
+    });
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Result<T, RootfsError>>>> =
+        pkgs.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, pkgs.len().max(1)) {
+            s.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&i) = order.get(k) else { return };
+                let r = f(i, pkgs[i].borrow());
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                *slots[i].lock().unwrap() = Some(r);
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(pkgs.len());
+    let mut first_error = None;
+    for slot in slots {
+        match slot.into_inner().unwrap() {
+            Some(Ok(t)) => out.push(t),
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            // Not started after another package failed.
+            None => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 impl RootfsError {
     pub fn io(what: &str, source: std::io::Error) -> RootfsError {
         RootfsError::Io {
@@ -77,6 +145,22 @@ impl RootfsError {
                 "keep coreutils in the image: check [packages] exclude and the sources' Essential set".into(),
             ),
             RootfsError::BadDeb { .. } => Some("delete the cache entry and fetch again".into()),
+            RootfsError::Extract {
+                source:
+                    extract::ExtractError::TooLarge { .. } | extract::ExtractError::TooManyMembers { .. },
+                ..
+            } => Some(format!(
+                "check where the package comes from (its [[source]]) and leave it out of the recipe \
+                 ([packages] exclude) or its source; if it is trusted and only its Installed-Size \
+                 is wrong, raise the limit for every package with {}=SIZE (e.g. 2G)",
+                extract::LIMIT_ENV
+            )),
+            RootfsError::Extract {
+                source: extract::ExtractError::RoomExceeded { .. },
+                ..
+            } => Some(
+                "build on disk: set KILN_TMPDIR to a directory on disk (e.g. /var/tmp)".into(),
+            ),
             _ => None,
         }
     }

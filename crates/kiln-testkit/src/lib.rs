@@ -227,6 +227,10 @@ pub struct Pkg {
     pub executables: BTreeSet<String>,
     /// Symbolic links in the package: path (relative to /) → target, as written.
     pub symlinks: BTreeMap<String, String>,
+    /// Files of zeros: path (relative to /) → length. Made sparse on the
+    /// build side (no memory, no disk), stored as zeros in the `.deb`: a
+    /// large file that compresses to almost nothing.
+    pub zeros: BTreeMap<String, u64>,
 }
 
 impl Pkg {
@@ -266,6 +270,16 @@ impl Pkg {
         self.symlinks
             .insert(path.trim_start_matches('/').into(), target.into());
         self
+    }
+    /// A file of `len` zero bytes (mode 0644).
+    pub fn zeros(mut self, path: &str, len: u64) -> Pkg {
+        self.zeros.insert(path.trim_start_matches('/').into(), len);
+        self
+    }
+    /// The `Installed-Size` (KiB) the index and control file declare
+    /// (default: 1, whatever the package holds).
+    pub fn installed_size(self, kib: u64) -> Pkg {
+        self.field("Installed-Size", &kib.to_string())
     }
     pub fn script(mut self, name: &str, body: &str) -> Pkg {
         self.scripts.insert(name.into(), body.into());
@@ -362,6 +376,12 @@ pub fn build_deb(p: &Pkg, out_dir: &Path) -> PathBuf {
             },
         );
     }
+    for (path, len) in &p.zeros {
+        let f = root.join(path);
+        mkdirs(root, f.parent().unwrap());
+        std::fs::File::create(&f).unwrap().set_len(*len).unwrap();
+        chmod(&f, 0o644);
+    }
     for (path, target) in &p.symlinks {
         let l = root.join(path);
         mkdirs(root, l.parent().unwrap());
@@ -428,8 +448,11 @@ impl Repo {
             for (k, v) in &p.fields {
                 index.push_str(&format!("{k}: {v}\n"));
             }
+            if !p.fields.iter().any(|(k, _)| k == "Installed-Size") {
+                index.push_str("Installed-Size: 1\n");
+            }
             index.push_str(&format!(
-                "Installed-Size: 1\nFilename: {filename}\nSize: {}\nSHA256: {}\nDescription: test package {}\n\n",
+                "Filename: {filename}\nSize: {}\nSHA256: {}\nDescription: test package {}\n\n",
                 bytes.len(),
                 sha256_hex(&bytes),
                 p.name

@@ -13,8 +13,10 @@
 
 use std::cell::Cell;
 use std::io::{Read, Write};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+
+use crate::inroot::{Dir, Root};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -347,8 +349,6 @@ impl<R: Read> Read for Guarded<'_, R> {
     }
 }
 
-static TEMP: AtomicU64 = AtomicU64::new(0);
-
 /// One archive member, checked, to be placed in a root.
 #[derive(Debug)]
 pub struct Member {
@@ -551,8 +551,9 @@ pub fn unpack_filtered<R: Read>(
     limits: &Limits,
 ) -> Result<Vec<String>, ExtractError> {
     let mut listed = Vec::new();
+    let mut at = Placer::open(root)?;
     for_each_member(data, limits, keep, &mut |m, content, meter| {
-        place(root, &m, Content::Stream(content, meter))?;
+        at.place(&m, Some(Content::Stream(content, meter)))?;
         listed.push(m.shown);
         Ok(())
     })?;
@@ -608,145 +609,179 @@ impl Staged {
     /// Places the staged package in `root`, as [`unpack`] would have.
     pub fn apply(&self, root: &Path) -> Result<Vec<String>, ExtractError> {
         let mut listed = Vec::new();
+        let mut at = Placer::open(root)?;
         for m in &self.members {
             let content = m.staged.as_deref().map(Content::Staged);
-            place_member(root, m, content)?;
+            at.place(m, content)?;
             listed.push(m.shown.clone());
         }
         Ok(listed)
     }
 }
 
-fn place(root: &Path, m: &Member, content: Content) -> Result<(), ExtractError> {
-    place_member(root, m, Some(content))
+/// Puts members in a root. Every entry is made through a directory fd
+/// resolved inside the root ([`crate::inroot`]) and acted on by name with
+/// `*at` calls that never follow a link in that name, so a component that
+/// another package (unpacked at the same time) swaps for a link after the
+/// walk cannot redirect a write: it lands in the directory that was walked.
+struct Placer {
+    root: Root,
+    /// The last parent directory, by its path in the root: consecutive
+    /// members mostly share one.
+    last: Option<(String, Dir)>,
 }
 
-/// Puts one member in `root`: paths resolved inside it, files written
-/// beside their destination and renamed over it.
-fn place_member(root: &Path, m: &Member, content: Option<Content>) -> Result<(), ExtractError> {
-    let comps = &m.comps;
-    let shown = &m.shown;
-    if comps.is_empty() {
-        return Ok(());
+impl Placer {
+    fn open(root: &Path) -> Result<Placer, ExtractError> {
+        let root = Root::open(root).map_err(|e| io(&root.display().to_string(), e))?;
+        Ok(Placer { root, last: None })
     }
-    let parent = resolve_in_root(root, &comps[..comps.len() - 1], true)?;
-    std::fs::create_dir_all(&parent).map_err(|e| io(shown, e))?;
-    let dest = parent.join(&comps[comps.len() - 1]);
-    let header = &m.header;
-    let mode = header.mode().unwrap_or(0o644) & 0o7777;
-    let existing = std::fs::symlink_metadata(&dest).ok();
-    match m.kind {
-        tar::EntryType::Directory => {
-            // An existing directory, or a symlink to one (merged /usr), stays.
-            let is_dir = std::fs::metadata(&dest)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
-            if !is_dir {
-                if existing.is_some() {
-                    std::fs::remove_file(&dest).map_err(|e| io(shown, e))?;
-                }
-                match std::fs::create_dir(&dest) {
-                    Ok(()) => {
-                        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
-                            .map_err(|e| io(shown, e))?
-                    }
-                    // Another package being unpacked at the same time made it.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
-                    Err(e) => return Err(io(shown, e)),
-                }
-            }
-        }
-        tar::EntryType::Regular | tar::EntryType::Continuous => {
-            if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                return Err(ExtractError::DirectoryInTheWay(shown.clone()));
-            }
-            let tmp = match content {
-                Some(Content::Staged(file)) => file.to_path_buf(),
-                Some(Content::Stream(from, meter)) => {
-                    // Written beside and renamed over, as dpkg does with .dpkg-new.
-                    // A name of its own whatever the length of the file's.
-                    let tmp = parent.join(format!(
-                        ".kiln-new-{}",
-                        TEMP.fetch_add(1, Ordering::Relaxed)
-                    ));
-                    let mut f = create_new(&tmp).map_err(|e| io(shown, e))?;
-                    let r = copy_counted(from, &mut f, meter, shown);
-                    drop(f);
-                    if r.is_err() {
-                        let _ = std::fs::remove_file(&tmp);
-                    }
-                    r?;
-                    tmp
-                }
-                None => return Err(io(shown, std::io::Error::other("content was not staged"))),
-            };
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| io(shown, e))?;
-            chown(&tmp, header, shown)?;
-            std::fs::rename(&tmp, &dest).map_err(|e| io(shown, e))?;
-        }
-        tar::EntryType::Symlink => {
-            let target = m
-                .link
-                .as_ref()
-                .ok_or_else(|| ExtractError::UnsafePath(shown.clone()))?;
-            if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                return Err(ExtractError::DirectoryInTheWay(shown.clone()));
-            }
-            // Replace whatever is there, also if a concurrent unpack races us.
-            let mut tries = 0;
-            loop {
-                let _ = std::fs::remove_file(&dest);
-                match symlink(target, &dest) {
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => {
-                        tries += 1
-                    }
-                    r => break r.map_err(|e| io(shown, e))?,
-                }
-            }
-            let _ = std::os::unix::fs::lchown(
-                &dest,
-                header.uid().ok().map(|u| u as u32),
-                header.gid().ok().map(|g| g as u32),
-            );
-        }
-        tar::EntryType::Link => {
-            let target = m
-                .link
-                .as_ref()
-                .ok_or_else(|| ExtractError::UnsafePath(shown.clone()))?;
-            let tcomps = member_components(&target.to_string_lossy())?;
-            let src = resolve_in_root(root, &tcomps, false)?;
-            if existing.is_some() {
-                std::fs::remove_file(&dest).map_err(|e| io(shown, e))?;
-            }
-            std::fs::hard_link(&src, &dest).map_err(|e| io(shown, e))?;
-        }
-        // Device nodes and FIFOs are not shipped in Debian packages.
-        other => {
-            return Err(io(
-                shown,
-                std::io::Error::other(format!("unsupported member type {other:?}")),
-            ))
-        }
+
+    fn parent(&mut self, rel: &str, shown: &str) -> Result<&Dir, ExtractError> {
+        parent_in(&self.root, &mut self.last, rel, shown)
     }
-    Ok(())
+
+    /// Puts one member in the root: files and links made under a temporary
+    /// name beside their destination and renamed over it, as dpkg does.
+    fn place(&mut self, m: &Member, content: Option<Content>) -> Result<(), ExtractError> {
+        let comps = &m.comps;
+        let shown = &m.shown;
+        let Some((last, parents)) = comps.split_last() else {
+            return Ok(());
+        };
+        let name = std::ffi::OsStr::new(last.as_str());
+        let header = &m.header;
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
+        let parent_rel = parents.join("/");
+        let err = |e: std::io::Error| io(shown, e);
+        let existing = self.parent(&parent_rel, shown)?.lstat(name).ok();
+        match m.kind {
+            tar::EntryType::Directory => {
+                // An existing directory, or a link to one inside the root
+                // (merged /usr: `bin` -> `usr/bin`), stays.
+                let is_dir = match existing {
+                    Some(e) if e.is_dir() => true,
+                    Some(e) if e.is_symlink() => {
+                        self.root.stat(comps.join("/")).is_ok_and(|m| m.is_dir())
+                    }
+                    _ => false,
+                };
+                if !is_dir {
+                    let dir = self.parent(&parent_rel, shown)?;
+                    if existing.is_some() {
+                        dir.remove(name).map_err(err)?;
+                    }
+                    match dir.mkdir(name, mode) {
+                        Ok(()) => {}
+                        // Another package being unpacked at the same time made it.
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists
+                                && dir.lstat(name).is_ok_and(|m| m.is_dir()) => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if existing.is_some_and(|m| m.is_dir()) {
+                    return Err(ExtractError::DirectoryInTheWay(shown.clone()));
+                }
+                let dir = self.parent(&parent_rel, shown)?;
+                let tmp = match content {
+                    Some(Content::Staged(file)) => {
+                        // Kiln's own staging area: owner, then mode (changing
+                        // the owner clears set-id bits).
+                        chown(file, header, shown)?;
+                        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
+                            .map_err(err)?;
+                        dir.adopt_temp(file).map_err(err)?
+                    }
+                    Some(Content::Stream(from, meter)) => {
+                        let (tmp, mut f) = dir.create_temp().map_err(err)?;
+                        let filled = copy_counted(from, &mut f, meter, shown).and_then(|_| {
+                            fchown(&f, uid, gid)
+                                .and_then(|_| {
+                                    f.set_permissions(std::fs::Permissions::from_mode(mode))
+                                })
+                                .map_err(err)
+                        });
+                        drop(f);
+                        if let Err(e) = filled {
+                            dir.discard(tmp);
+                            return Err(e);
+                        }
+                        tmp
+                    }
+                    None => return Err(err(std::io::Error::other("content was not staged"))),
+                };
+                dir.commit(tmp, name).map_err(err)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = m
+                    .link
+                    .as_ref()
+                    .ok_or_else(|| ExtractError::UnsafePath(shown.clone()))?;
+                if existing.is_some_and(|m| m.is_dir()) {
+                    return Err(ExtractError::DirectoryInTheWay(shown.clone()));
+                }
+                let dir = self.parent(&parent_rel, shown)?;
+                let tmp = dir.symlink_temp(target).map_err(err)?;
+                if let Err(e) = dir.lchown_temp(&tmp, uid, gid) {
+                    dir.discard(tmp);
+                    return Err(err(e));
+                }
+                dir.commit(tmp, name).map_err(err)?;
+            }
+            tar::EntryType::Link => {
+                let target = m
+                    .link
+                    .as_ref()
+                    .ok_or_else(|| ExtractError::UnsafePath(shown.clone()))?;
+                let tcomps = member_components(&target.to_string_lossy())?;
+                if existing.is_some_and(|m| m.is_dir()) {
+                    return Err(ExtractError::DirectoryInTheWay(shown.clone()));
+                }
+                let src = tcomps.join("/");
+                let dir = parent_in(&self.root, &mut self.last, &parent_rel, shown)?;
+                let tmp = dir
+                    .hard_link_temp(&self.root, Path::new(&src))
+                    .map_err(err)?;
+                dir.commit(tmp, name).map_err(err)?;
+            }
+            // Device nodes and FIFOs are not shipped in Debian packages.
+            other => {
+                return Err(io(
+                    shown,
+                    std::io::Error::other(format!("unsupported member type {other:?}")),
+                ))
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Creates `path`, never through a link: a package may have planted one
-/// at the temporary name, which is removed (the link itself) first.
-fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
-    let open = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-    };
-    match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(path)?;
-            open()
-        }
+/// The directory `rel` of `root`, through the one-entry cache `last`.
+fn parent_in<'a>(
+    root: &Root,
+    last: &'a mut Option<(String, Dir)>,
+    rel: &str,
+    shown: &str,
+) -> Result<&'a Dir, ExtractError> {
+    if last.as_ref().map(|(p, _)| p.as_str()) != Some(rel) {
+        let d = root.dir(rel, 0o755).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ExtractError::SymlinkLoop(shown.to_string()),
+            _ => io(shown, e),
+        })?;
+        *last = Some((rel.to_string(), d));
+    }
+    Ok(&last.as_ref().expect("just set").1)
+}
+
+fn fchown(f: &std::fs::File, uid: u32, gid: u32) -> std::io::Result<()> {
+    match std::os::unix::fs::fchown(f, Some(uid), Some(gid)) {
+        // Without privileges ownership cannot be kept; dpkg sets it again later.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
         r => r,
     }
 }
@@ -882,7 +917,7 @@ mod tests {
     fn merged_usr_directory_symlinks_are_followed_and_kept() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("usr/bin")).unwrap();
-        symlink("usr/bin", d.path().join("bin")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", d.path().join("bin")).unwrap();
         unpack_into(d.path(), &[("./bin/", D, ""), ("./bin/sh", F, "#!")]).unwrap();
         assert!(std::fs::symlink_metadata(d.path().join("bin"))
             .unwrap()
@@ -901,7 +936,7 @@ mod tests {
         std::fs::write(&outside, "keep").unwrap();
         let inner = d.path().join("root");
         std::fs::create_dir(&inner).unwrap();
-        symlink(&outside, inner.join("f")).unwrap();
+        std::os::unix::fs::symlink(&outside, inner.join("f")).unwrap();
         unpack_into(&inner, &[("./f", F, "new")]).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(inner.join("f")).unwrap(), "new");
@@ -1118,12 +1153,60 @@ mod tests {
         let inner = d.path().join("root");
         std::fs::create_dir(&inner).unwrap();
         // Whatever the temporary name will be, a link is already there.
-        let next = TEMP.load(Ordering::SeqCst);
+        let next = crate::inroot::TEMP.load(Ordering::SeqCst);
         for n in next..next + 64 {
-            symlink(&outside, inner.join(format!(".kiln-new-{n}"))).unwrap();
+            let name = format!(".kiln-new.{}.{n}", std::process::id());
+            std::os::unix::fs::symlink(&outside, inner.join(name)).unwrap();
         }
         unpack_into(&inner, &[("./f", F, "new")]).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(inner.join("f")).unwrap(), "new");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_during_the_unpack_does_not_redirect_writes() {
+        // Another package unpacked at the same time (or anything else) swaps
+        // `a` between the real directory and a link to a host directory,
+        // while members under `a/` are written.
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let inner = d.path().join("root");
+        std::fs::create_dir_all(inner.join("a")).unwrap();
+        let names: Vec<String> = (0..100).map(|i| format!("./a/f{i}")).collect();
+        let entries: Vec<(&str, tar::EntryType, &str)> =
+            names.iter().map(|n| (n.as_str(), F, "x")).collect();
+        let data = tarball(&entries);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (inner, victim, stop) = (inner.clone(), victim.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut swaps = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if std::fs::rename(inner.join("a"), inner.join("a-real")).is_ok() {
+                        let _ = std::os::unix::fs::symlink(&victim, inner.join("a"));
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        let _ = std::fs::remove_file(inner.join("a"));
+                        let _ = std::fs::rename(inner.join("a-real"), inner.join("a"));
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        swaps += 1;
+                    }
+                }
+                swaps
+            })
+        };
+        for _ in 0..100 {
+            // Failures are fine (a name vanished mid-way); escapes are not.
+            let _ = unpack(&data[..], &inner, &Limits::for_package(1 << 20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(swapper.join().unwrap() > 0, "the swap never happened");
+        let leaked: Vec<_> = std::fs::read_dir(&victim).unwrap().flatten().collect();
+        assert!(
+            leaked.is_empty(),
+            "{} writes went through the link: {:?}",
+            leaked.len(),
+            leaked.first().map(|e| e.path())
+        );
     }
 }

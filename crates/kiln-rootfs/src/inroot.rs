@@ -242,7 +242,7 @@ fn parts(rel: &Path) -> io::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-static TEMP: AtomicU64 = AtomicU64::new(0);
+pub(crate) static TEMP: AtomicU64 = AtomicU64::new(0);
 
 fn temp_name(name: &[u8]) -> io::Result<CString> {
     let mut t = b".kiln-".to_vec();
@@ -257,6 +257,163 @@ fn temp_name(name: &[u8]) -> io::Result<CString> {
     );
     cstring(&t)
 }
+
+/// A directory inside a root, held by an fd: operations on a name in it act
+/// on that directory entry and never follow a link in the name, whatever
+/// happens to the path that led here meanwhile. For writers that place many
+/// entries (the package unpacker): the walk to the directory is done once.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+impl Dir {
+    fn name(name: &std::ffi::OsStr) -> io::Result<CString> {
+        let b = name.as_bytes();
+        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a name in a directory: {}", name.to_string_lossy()),
+            ));
+        }
+        cstring(b)
+    }
+
+    /// `lstat` of `name`.
+    pub fn lstat(&self, name: &std::ffi::OsStr) -> io::Result<Meta> {
+        fstatat(
+            self.fd.as_raw_fd(),
+            &Dir::name(name)?,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    }
+
+    /// Makes the directory `name` with `mode` (exactly, no umask).
+    pub fn mkdir(&self, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
+        let c = Dir::name(name)?;
+        let d = self.fd.as_raw_fd();
+        cvt(unsafe { libc::mkdirat(d, c.as_ptr(), 0o700) })?;
+        let fd = openat(
+            d,
+            &c,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(|_| ())
+    }
+
+    /// Removes the non-directory `name` (a link itself).
+    pub fn remove(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = Dir::name(name)?;
+        cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+    }
+
+    /// A new file under a temporary name of its own (never through a link:
+    /// `O_EXCL|O_NOFOLLOW`), to fill and then [`Dir::commit`].
+    pub fn create_temp(&self) -> io::Result<(TempEntry, std::fs::File)> {
+        let (tmp, fd) = fresh(b"new", |tmp| {
+            openat(
+                self.fd.as_raw_fd(),
+                tmp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )
+        })?;
+        Ok((TempEntry(tmp), std::fs::File::from(fd)))
+    }
+
+    /// A symlink to `target` under a temporary name, to [`Dir::commit`].
+    pub fn symlink_temp(&self, target: &Path) -> io::Result<TempEntry> {
+        let t = cstring(target.as_os_str().as_bytes())?;
+        let (tmp, _) = fresh(b"link", |tmp| {
+            cvt(unsafe { libc::symlinkat(t.as_ptr(), self.fd.as_raw_fd(), tmp.as_ptr()) })
+        })?;
+        Ok(TempEntry(tmp))
+    }
+
+    /// A hard link to `src` (a path in `root`, its last component not
+    /// followed) under a temporary name, to [`Dir::commit`].
+    pub fn hard_link_temp(&self, root: &Root, src: &Path) -> io::Result<TempEntry> {
+        let (sdir, sname) = root.locate(src, false, None)?;
+        let (tmp, _) = fresh(b"hard", |tmp| {
+            cvt(unsafe {
+                libc::linkat(
+                    sdir.as_raw_fd(),
+                    sname.as_ptr(),
+                    self.fd.as_raw_fd(),
+                    tmp.as_ptr(),
+                    0,
+                )
+            })
+        })?;
+        Ok(TempEntry(tmp))
+    }
+
+    /// Moves Kiln's own host file `path` (a staged file) in as a temporary
+    /// entry, to [`Dir::commit`].
+    pub fn adopt_temp(&self, path: &Path) -> io::Result<TempEntry> {
+        let from = cstring(path.as_os_str().as_bytes())?;
+        let tmp = temp_name(b"staged")?;
+        cvt(unsafe {
+            libc::renameat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                self.fd.as_raw_fd(),
+                tmp.as_ptr(),
+            )
+        })?;
+        Ok(TempEntry(tmp))
+    }
+
+    /// `lchown` of a temporary entry (a link itself). Without privileges
+    /// ownership cannot be kept (a distroless build as a user): not an error.
+    pub fn lchown_temp(&self, t: &TempEntry, uid: u32, gid: u32) -> io::Result<()> {
+        let d = self.fd.as_raw_fd();
+        match cvt(unsafe { libc::fchownat(d, t.0.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Renames the temporary entry over `name` (atomically replacing a
+    /// non-directory there); on failure the temporary entry is removed.
+    pub fn commit(&self, t: TempEntry, name: &std::ffi::OsStr) -> io::Result<()> {
+        let d = self.fd.as_raw_fd();
+        let r = Dir::name(name).and_then(|c| {
+            cvt(unsafe { libc::renameat(d, t.0.as_ptr(), d, c.as_ptr()) }).map(|_| ())
+        });
+        if r.is_err() {
+            self.discard(t);
+        }
+        r
+    }
+
+    /// Removes a temporary entry that will not be committed.
+    pub fn discard(&self, t: TempEntry) {
+        unsafe { libc::unlinkat(self.fd.as_raw_fd(), t.0.as_ptr(), 0) };
+    }
+}
+
+/// Makes an entry under a fresh temporary name with `make`, trying the
+/// next name when one is taken (a package may have shipped a file or link
+/// under the name Kiln would pick; it is left alone, never written through).
+fn fresh<T>(
+    stem: &[u8],
+    mut make: impl FnMut(&CString) -> io::Result<T>,
+) -> io::Result<(CString, T)> {
+    let mut tries = 0;
+    loop {
+        let tmp = temp_name(stem)?;
+        match make(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 1000 => tries += 1,
+            r => return r.map(|v| (tmp, v)),
+        }
+    }
+}
+
+/// A temporary entry in a [`Dir`], not yet renamed to its name.
+#[derive(Debug)]
+pub struct TempEntry(CString);
 
 impl Root {
     /// Opens the root directory `path` (a path Kiln chose, trusted).
@@ -491,6 +648,27 @@ impl Root {
         }
         let mut input = std::fs::File::open(src)?;
         self.write_with(rel, mode, &mut |f| io::copy(&mut input, f).map(|_| ()))
+    }
+
+    /// The directory `rel` as a [`Dir`], made with its missing parents
+    /// (`mode`, less the umask) like [`Root::create_dir_all`]; links on the
+    /// way, the last one included, are followed inside the root.
+    pub fn dir(&self, rel: impl AsRef<Path>, mode: u32) -> io::Result<Dir> {
+        let rel = rel.as_ref();
+        if parts(rel)?.is_empty() {
+            return Ok(Dir {
+                fd: self.fd.try_clone()?,
+            });
+        }
+        self.create_dir_all(rel, mode)?;
+        let (dir, name) = self.locate(rel, true, None)?;
+        let fd = openat(
+            dir.as_raw_fd(),
+            &name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        Ok(Dir { fd })
     }
 
     /// Makes the directory `rel` and its missing parents with `mode` (less

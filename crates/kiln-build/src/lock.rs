@@ -121,10 +121,11 @@ pub fn resolve_recipe(
         let universe = Universe::build(&inputs, arch)?;
         lap("build the candidate universe");
         let prio = recipe.packages.priority;
+        let include = distroless_include(recipe, &universe);
         let resolution = kiln_resolve::resolve(
             &universe,
             &Request {
-                include: &recipe.packages.include,
+                include: &include,
                 exclude: &recipe.packages.exclude,
                 priority: &|p| prio.includes(p),
                 essential: !recipe.container.distroless,
@@ -588,4 +589,22 @@ pub fn why(lock: &Lock, lock_path: &Path, package: &str, arch: Option<&str>) -> 
             .map(|n| (n.to_string(), pkgs[n].version.clone()))
             .collect(),
     })
+}
+
+/// The packages a recipe asks for, plus, in a distroless image, `base-files`
+/// where the archive has it: its `/usr/lib/os-release`, `/etc/os-release`
+/// and `/etc/debian_version` are how scanners (Trivy, Grype) know the image
+/// is Debian and which release, to match its packages with advisories.
+/// `[packages] exclude = ["base-files"]` leaves it out.
+fn distroless_include(recipe: &Recipe, universe: &Universe) -> Vec<String> {
+    let mut include = recipe.packages.include.clone();
+    let name = "base-files";
+    if recipe.container.distroless
+        && !include.iter().any(|p| p == name)
+        && !recipe.packages.exclude.iter().any(|p| p == name)
+        && universe.get(name).is_some()
+    {
+        include.push(name.to_string());
+    }
+    include
 }

@@ -125,6 +125,18 @@ fn distroless_python_runs_without_a_shell_and_is_reproducible() {
         status.contains("Package: python3\n") && status.contains("Status: install ok installed")
     );
     assert!(!root.join("var/lib/dpkg/status.d/dpkg").exists());
+    // What scanners read to know the distribution and its release: the
+    // image's own base-files, through the /etc/os-release link.
+    let os = std::fs::read_to_string(root.join("usr/lib/os-release")).unwrap();
+    assert!(os.contains("ID=debian\n"), "{os}");
+    assert!(os.contains("VERSION_CODENAME=trixie\n"), "{os}");
+    assert_eq!(
+        std::fs::read_link(root.join("etc/os-release")).unwrap(),
+        Path::new("../usr/lib/os-release")
+    );
+    let dv = std::fs::read_to_string(root.join("etc/debian_version")).unwrap();
+    assert!(dv.starts_with("13."), "{dv}");
+    assert!(root.join("var/lib/dpkg/status.d/base-files").exists());
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
     assert!(passwd.contains("nonroot:x:65532:65532:"));
     assert!(root.join("etc/ld.so.cache").exists());

@@ -12,6 +12,22 @@ pub mod manifest;
 pub mod owner;
 
 pub use cancel::{Cancel, Cancelled};
+
+/// `1.5 MiB`: sizes as messages show them.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
 pub use event::{Collect, Event, JsonReporter, NullReporter, Reporter, Stage};
 pub use hint::Hinted;
 pub use manifest::{

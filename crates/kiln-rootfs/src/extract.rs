@@ -17,6 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::inroot::{Dir, Root};
+use kiln_model::human_size;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ pub enum ExtractError {
     DirectoryInTheWay(String),
     #[error(
         "refused as a likely decompression bomb: it declares Installed-Size: {} ({}) but unpacks more than {}; stopped after unpacking {} (a package may unpack {})",
-        declared / 1024, human(*declared), human(*limit), human(*written), rule(*overridden)
+        declared / 1024, human_size(*declared), human_size(*limit), human_size(*written), rule(*overridden)
     )]
     TooLarge {
         declared: u64,
@@ -66,18 +67,18 @@ pub enum ExtractError {
     },
     #[error(
         "refused as a likely decompression bomb: it declares Installed-Size: {} ({}) but has more than {limit} members (a package may have one per KiB of {})",
-        declared / 1024, human(*declared), rule(*overridden)
+        declared / 1024, human_size(*declared), rule(*overridden)
     )]
     TooManyMembers {
         declared: u64,
         limit: u64,
         overridden: bool,
     },
-    #[error("refused: a member's headers (long names, extended attributes) are larger than {} before {after}", human(MAX_HEADERS))]
+    #[error("refused: a member's headers (long names, extended attributes) are larger than {} before {after}", human_size(MAX_HEADERS))]
     HeadersTooLarge { after: String },
     #[error(
         "the packages unpack more than the {} of RAM (/dev/shm) set aside for them from their Installed-Size ({} so far)",
-        human(*room), human(*used)
+        human_size(*room), human_size(*used)
     )]
     RoomExceeded { room: u64, used: u64 },
 }
@@ -89,30 +90,14 @@ fn io(path: &str, source: std::io::Error) -> ExtractError {
     }
 }
 
-/// `1.5 MiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
 fn rule(overridden: bool) -> String {
     if overridden {
         format!("what {LIMIT_ENV} says")
     } else {
         format!(
             "{FACTOR} × its Installed-Size + {}, at most {}",
-            human(SLACK),
-            human(MAX_PACKAGE_BYTES)
+            human_size(SLACK),
+            human_size(MAX_PACKAGE_BYTES)
         )
     }
 }
@@ -485,55 +470,6 @@ pub fn member_components(name: &str) -> Result<Vec<String>, ExtractError> {
         }
     }
     Ok(out)
-}
-
-/// Resolves `components` (all of them, following symlinks in every one)
-/// to a host path inside `root`, as a chroot would.
-pub fn resolve_in_root(
-    root: &Path,
-    components: &[String],
-    follow_last: bool,
-) -> Result<PathBuf, ExtractError> {
-    let mut stack: Vec<String> = Vec::new();
-    // Work list of components still to walk, in reverse order.
-    let mut todo: Vec<String> = components.iter().rev().cloned().collect();
-    let mut links = 0;
-    let display = components.join("/");
-    while let Some(c) = todo.pop() {
-        match c.as_str() {
-            "" | "." => continue,
-            ".." => {
-                stack.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let is_last = todo.is_empty();
-        let mut host = root.to_path_buf();
-        host.extend(&stack);
-        host.push(&c);
-        let meta = std::fs::symlink_metadata(&host);
-        match meta {
-            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
-                links += 1;
-                if links > 40 {
-                    return Err(ExtractError::SymlinkLoop(display));
-                }
-                let target = std::fs::read_link(&host).map_err(|e| io(&display, e))?;
-                let target = target.to_string_lossy().into_owned();
-                if target.starts_with('/') {
-                    stack.clear();
-                }
-                for part in target.split('/').rev() {
-                    todo.push(part.to_string());
-                }
-            }
-            _ => stack.push(c),
-        }
-    }
-    let mut host = root.to_path_buf();
-    host.extend(&stack);
-    Ok(host)
 }
 
 /// Unpacks the data tarball `data` (the uncompressed stream) into `root`

@@ -660,8 +660,13 @@ impl Root {
                 fd: self.fd.try_clone()?,
             });
         }
-        self.create_dir_all(rel, mode)?;
-        let (dir, name) = self.locate(rel, true, None)?;
+        // One walk: the last component made if missing, then opened without
+        // following (a non-directory there fails ENOTDIR or ELOOP).
+        let (dir, name) = self.locate(rel, true, Some(mode))?;
+        match cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
         let fd = openat(
             dir.as_raw_fd(),
             &name,

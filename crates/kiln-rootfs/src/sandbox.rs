@@ -30,7 +30,7 @@
 //! Nothing is mounted in the host's namespace, so nothing is left mounted
 //! when a build is interrupted.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -39,6 +39,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use kiln_model::Cancel;
+
+use crate::inroot::Root;
 
 /// First host uid (and gid) of the range root inside the sandbox maps to.
 pub const UID_BASE: u32 = 0x6B00_0000;
@@ -135,18 +137,19 @@ pub fn run_in_root_with(
         return Err(SandboxError::NotRoot);
     }
     let what = argv.join(" ");
-    // Looked at, never followed out: a link here is fine, its absence is not.
-    if std::fs::symlink_metadata(root.join("usr/bin/env")).is_err() {
-        return Err(SandboxError::NoEnv { what });
-    }
     let setup = |step: &'static str| {
         let what = what.clone();
         move |source: io::Error| SandboxError::Setup { what, step, source }
     };
+    let r = Root::open(root).map_err(setup("opening the build root"))?;
+    // Looked at inside the root: a link here is fine, its absence is not.
+    if r.metadata("usr/bin/env").is_err() {
+        return Err(SandboxError::NoEnv { what });
+    }
     // The mount points, real directories of the root (a package may have
     // shipped a link there; nothing runs in the root now, so this holds).
     for dir in ["proc", "dev", "sys"] {
-        mount_point(&root.join(dir)).map_err(setup("preparing the mount points"))?;
+        mount_point(&r, dir).map_err(setup("preparing the mount points"))?;
     }
     let jail = std::sync::Arc::new(Jail::prepare(root, opts).map_err(|(step, e)| setup(step)(e))?);
 
@@ -208,15 +211,15 @@ pub fn run_in_root_with(
 
 /// `path` as a real directory: a link, file or anything else there is
 /// removed (never followed) and a directory made.
-fn mount_point(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
+fn mount_point(r: &Root, name: &str) -> io::Result<()> {
+    match r.metadata(name) {
         Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => std::fs::remove_file(path)?,
+        Ok(_) => r.remove_file(name)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir(path)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+    r.create_dir_all(name, 0o755)?;
+    r.set_mode(name, 0o755)
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -234,31 +237,80 @@ fn read_step(r: &OwnedFd) -> Option<&'static str> {
     // SAFETY: reading one byte into a valid buffer.
     let n = unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
     (n == 1)
-        .then(|| STEPS.get(b[0] as usize).copied())
+        .then(|| Step::ALL.get(b[0] as usize).map(|s| s.what()))
         .flatten()
 }
 
-/// What the child reports (one byte, an index here) when a step fails.
-const STEPS: &[&str] = &[
-    "entering the user namespace",
-    "becoming root in the user namespace",
-    "creating the namespaces",
-    "starting the sandbox's init",
-    "making the mounts private",
-    "attaching the build root",
-    "mounting /proc",
-    "mounting /dev",
-    "setting up /dev",
-    "mounting /dev/pts",
-    "mounting /dev/shm",
-    "pivot_root into the build root",
-    "detaching the host's tree",
-    "setting the hostname",
-    "bringing up loopback",
-    "dropping capabilities",
-    "setting no_new_privs",
-    "closing inherited descriptors",
-];
+/// The child's setup steps; the one that fails is reported to the parent
+/// as one byte (its discriminant) through a pipe.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Step {
+    UserNs,
+    BecomeRoot,
+    Namespaces,
+    Init,
+    Private,
+    Attach,
+    Proc,
+    Dev,
+    DevNodes,
+    DevPts,
+    DevShm,
+    Pivot,
+    Detach,
+    Hostname,
+    Loopback,
+    Caps,
+    NoNewPrivs,
+    Fds,
+}
+
+impl Step {
+    const ALL: [Step; 18] = [
+        Step::UserNs,
+        Step::BecomeRoot,
+        Step::Namespaces,
+        Step::Init,
+        Step::Private,
+        Step::Attach,
+        Step::Proc,
+        Step::Dev,
+        Step::DevNodes,
+        Step::DevPts,
+        Step::DevShm,
+        Step::Pivot,
+        Step::Detach,
+        Step::Hostname,
+        Step::Loopback,
+        Step::Caps,
+        Step::NoNewPrivs,
+        Step::Fds,
+    ];
+
+    fn what(self) -> &'static str {
+        match self {
+            Step::UserNs => "entering the user namespace",
+            Step::BecomeRoot => "becoming root in the user namespace",
+            Step::Namespaces => "creating the namespaces",
+            Step::Init => "starting the sandbox's init",
+            Step::Private => "making the mounts private",
+            Step::Attach => "attaching the build root",
+            Step::Proc => "mounting /proc",
+            Step::Dev => "mounting /dev",
+            Step::DevNodes => "setting up /dev",
+            Step::DevPts => "mounting /dev/pts",
+            Step::DevShm => "mounting /dev/shm",
+            Step::Pivot => "pivot_root into the build root",
+            Step::Detach => "detaching the host's tree",
+            Step::Hostname => "setting the hostname",
+            Step::Loopback => "bringing up loopback",
+            Step::Caps => "dropping capabilities",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Fds => "closing inherited descriptors",
+        }
+    }
+}
 
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
@@ -482,19 +534,41 @@ struct Child<'a> {
 
 impl Child<'_> {
     /// Fails with the step's index written to the report pipe.
-    fn fail(&self, step: u8) -> io::Error {
+    fn fail(&self, step: Step) -> io::Error {
         let e = io::Error::last_os_error();
+        let b = step as u8;
         // SAFETY: one byte from a valid buffer to a descriptor we hold.
-        unsafe { libc::write(self.report, (&step as *const u8).cast(), 1) };
+        unsafe { libc::write(self.report, (&b as *const u8).cast(), 1) };
         e
     }
 
-    fn check(&self, r: libc::c_long, step: u8) -> io::Result<()> {
+    fn check(&self, r: libc::c_long, step: Step) -> io::Result<()> {
         if r < 0 {
             Err(self.fail(step))
         } else {
             Ok(())
         }
+    }
+
+    /// `mount(2)`; `None` is a null pointer.
+    unsafe fn mount(
+        &self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+        step: Step,
+    ) -> io::Result<()> {
+        let ptr = |c: Option<&CStr>| c.map_or(std::ptr::null(), |c| c.as_ptr());
+        let r = libc::mount(
+            ptr(source),
+            target.as_ptr(),
+            ptr(fstype),
+            flags,
+            ptr(data).cast(),
+        );
+        self.check(r as _, step)
     }
 
     fn enter(&self) -> io::Result<()> {
@@ -504,11 +578,11 @@ impl Child<'_> {
         unsafe {
             self.check(
                 libc::setns(j.userns.as_raw_fd(), libc::CLONE_NEWUSER) as _,
-                0,
+                Step::UserNs,
             )?;
-            self.check(libc::setgroups(0, std::ptr::null()) as _, 1)?;
-            self.check(libc::setresgid(0, 0, 0) as _, 1)?;
-            self.check(libc::setresuid(0, 0, 0) as _, 1)?;
+            self.check(libc::setgroups(0, std::ptr::null()) as _, Step::BecomeRoot)?;
+            self.check(libc::setresgid(0, 0, 0) as _, Step::BecomeRoot)?;
+            self.check(libc::setresuid(0, 0, 0) as _, Step::BecomeRoot)?;
             // After the credentials change, which clears it; if Kiln died
             // before this, the parent is no longer Kiln.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -523,11 +597,11 @@ impl Child<'_> {
             if !j.opts.network {
                 flags |= libc::CLONE_NEWNET;
             }
-            self.check(libc::unshare(flags) as _, 2)?;
+            self.check(libc::unshare(flags) as _, Step::Namespaces)?;
             // The first child is the new PID namespace's init; this process
             // waits for it and passes its status on.
             let pid = libc::fork();
-            self.check(pid as _, 3)?;
+            self.check(pid as _, Step::Init)?;
             if pid > 0 {
                 // Only the init's copy of the exec-status pipe may stay
                 // open, so that the parent learns when it has exec'd.
@@ -552,43 +626,37 @@ impl Child<'_> {
     unsafe fn mounts(&self) -> io::Result<()> {
         let j = self.jail;
         let p = &j.paths;
-        let none = std::ptr::null::<libc::c_char>();
-        let slash = c"/";
-        let empty = c"";
-        self.check(
-            libc::mount(
-                none,
-                slash.as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) as _,
-            4,
+        let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        self.mount(
+            None,
+            c"/",
+            None,
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+            Step::Private,
         )?;
         self.check(
             libc::syscall(
                 libc::SYS_move_mount,
                 j.tree.as_raw_fd(),
-                empty.as_ptr(),
+                c"".as_ptr(),
                 libc::AT_FDCWD,
                 j.root.as_ptr(),
                 MOVE_MOUNT_F_EMPTY_PATH,
             ),
-            5,
+            Step::Attach,
         )?;
-        let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        self.check(
-            libc::mount(
-                c"proc".as_ptr(),
-                p.proc_.as_ptr(),
-                c"proc".as_ptr(),
-                nosuid,
-                std::ptr::null(),
-            ) as _,
-            6,
+        self.mount(
+            Some(c"proc"),
+            &p.proc_,
+            Some(c"proc"),
+            nosuid,
+            None,
+            Step::Proc,
         )?;
         // /sys read-only; without a network namespace of its own the kernel
-        // refuses it, and nothing in a build needs it.
+        // refuses it, and nothing in a build needs it: a failure is ignored
+        // (and not reported as a failed step).
         libc::mount(
             c"sysfs".as_ptr(),
             p.sys.as_ptr(),
@@ -596,15 +664,13 @@ impl Child<'_> {
             nosuid | libc::MS_RDONLY,
             std::ptr::null(),
         );
-        self.check(
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                p.dev.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"mode=0755,size=1m,nr_inodes=64".as_ptr().cast(),
-            ) as _,
-            7,
+        self.mount(
+            Some(c"tmpfs"),
+            &p.dev,
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some(c"mode=0755,size=1m,nr_inodes=64"),
+            Step::Dev,
         )?;
         for (host, inside) in &p.nodes {
             let fd = libc::open(
@@ -612,62 +678,64 @@ impl Child<'_> {
                 libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
                 0o644,
             );
-            self.check(fd as _, 8)?;
+            self.check(fd as _, Step::DevNodes)?;
             libc::close(fd);
-            self.check(
-                libc::mount(
-                    host.as_ptr(),
-                    inside.as_ptr(),
-                    none,
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) as _,
-                8,
+            self.mount(
+                Some(host),
+                inside,
+                None,
+                libc::MS_BIND,
+                None,
+                Step::DevNodes,
             )?;
         }
         for (to, name) in &p.links {
-            self.check(libc::symlink(to.as_ptr(), name.as_ptr()) as _, 8)?;
+            self.check(
+                libc::symlink(to.as_ptr(), name.as_ptr()) as _,
+                Step::DevNodes,
+            )?;
         }
-        self.check(libc::mkdir(p.devpts.as_ptr(), 0o755) as _, 9)?;
-        self.check(
-            libc::mount(
-                c"devpts".as_ptr(),
-                p.devpts.as_ptr(),
-                c"devpts".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"newinstance,ptmxmode=0666,mode=0620,gid=5".as_ptr().cast(),
-            ) as _,
-            9,
+        self.check(libc::mkdir(p.devpts.as_ptr(), 0o755) as _, Step::DevPts)?;
+        self.mount(
+            Some(c"devpts"),
+            &p.devpts,
+            Some(c"devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some(c"newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            Step::DevPts,
         )?;
-        self.check(libc::mkdir(p.devshm.as_ptr(), 0o1777) as _, 10)?;
-        self.check(
-            libc::mount(
-                c"shm".as_ptr(),
-                p.devshm.as_ptr(),
-                c"tmpfs".as_ptr(),
-                nosuid,
-                c"mode=1777,size=64m".as_ptr().cast(),
-            ) as _,
-            10,
+        self.check(libc::mkdir(p.devshm.as_ptr(), 0o1777) as _, Step::DevShm)?;
+        self.mount(
+            Some(c"shm"),
+            &p.devshm,
+            Some(c"tmpfs"),
+            nosuid,
+            Some(c"mode=1777,size=64m"),
+            Step::DevShm,
         )?;
         // Into the root; the host's tree, stacked on top by pivot_root(".", "."),
         // is detached.
-        self.check(libc::chdir(j.root.as_ptr()) as _, 11)?;
-        let dot = c".";
+        self.check(libc::chdir(j.root.as_ptr()) as _, Step::Pivot)?;
         self.check(
-            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()),
-            11,
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
+            Step::Pivot,
         )?;
-        self.check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as _, 12)?;
-        self.check(libc::chdir(slash.as_ptr()) as _, 12)?;
+        self.check(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as _,
+            Step::Detach,
+        )?;
+        self.check(libc::chdir(c"/".as_ptr()) as _, Step::Detach)?;
         Ok(())
     }
 
     unsafe fn finish(&self) -> io::Result<()> {
         let host = b"localhost";
-        self.check(libc::sethostname(host.as_ptr().cast(), host.len()) as _, 13)?;
+        self.check(
+            libc::sethostname(host.as_ptr().cast(), host.len()) as _,
+            Step::Hostname,
+        )?;
         if !self.jail.opts.network {
-            loopback_up().map_err(|_| self.fail(14))?;
+            loopback_up().map_err(|_| self.fail(Step::Loopback))?;
         }
         for cap in 0..=63 {
             if !KEEP_CAPS.contains(&cap) {
@@ -676,14 +744,17 @@ impl Child<'_> {
                     if *libc::__errno_location() == libc::EINVAL {
                         break;
                     }
-                    return Err(self.fail(15));
+                    return Err(self.fail(Step::Caps));
                 }
             }
         }
-        self.check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as _, 16)?;
+        self.check(
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as _,
+            Step::NoNewPrivs,
+        )?;
         self.check(
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC),
-            17,
+            Step::Fds,
         )?;
         Ok(())
     }

@@ -67,14 +67,16 @@ impl Jail {
     }
 }
 
-/// Without root, nothing runs: the sandbox refuses rather than run unjailed.
-fn needs_root(j: &Jail) -> bool {
+/// A jail where the sandbox can be built (as root). Without root, nothing
+/// runs: the sandbox must refuse rather than run unjailed, and the test ends.
+fn rooted_jail() -> Option<Jail> {
+    let j = jail();
     if is_root() {
-        return true;
+        return Some(j);
     }
     let e = j.sh("true", Options::default()).unwrap_err();
     assert!(matches!(e, SandboxError::NotRoot), "{e}");
-    false
+    None
 }
 
 fn host_secret_unchanged(j: &Jail) {
@@ -85,10 +87,9 @@ fn host_secret_unchanged(j: &Jail) {
 
 #[test]
 fn root_inside_is_an_unprivileged_uid_outside_yet_files_land_as_root() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     let out = j.run("id -u; cat /proc/self/uid_map; touch /made; grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status");
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("0"), "{out}");
@@ -122,10 +123,9 @@ fn root_inside_is_an_unprivileged_uid_outside_yet_files_land_as_root() {
 
 #[test]
 fn a_chroot_escape_lands_in_the_build_root() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     let secret = j.victims.join("secret");
     // perl's double chroot: chroot into a subdirectory, climb past it with
     // `..`, chroot to where that leads, then use host paths.
@@ -141,10 +141,9 @@ fn a_chroot_escape_lands_in_the_build_root() {
 
 #[test]
 fn no_host_network_and_a_private_dev_shm() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -184,10 +183,9 @@ ls /dev"#
 
 #[test]
 fn device_nodes_cannot_be_made_and_proc_is_the_sandboxs_own() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     let out = j.run("mknod /tmp/disk b 8 0 && echo MADE; ls /proc | grep -c '^[0-9]'; cat /proc/1/cmdline | grep -c sh; echo $$");
     assert!(!out.contains("MADE"), "{out}");
     assert!(!j.root.join("tmp/disk").exists());
@@ -203,10 +201,9 @@ fn device_nodes_cannot_be_made_and_proc_is_the_sandboxs_own() {
 
 #[test]
 fn planted_links_at_the_mount_points_are_replaced_not_followed() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     std::os::unix::fs::symlink(&j.victims, j.root.join("dev")).unwrap();
     std::os::unix::fs::symlink(&j.victims, j.root.join("proc")).unwrap();
     let out = j.run("ls /dev/null /proc/self >/dev/null && echo ok");
@@ -221,10 +218,9 @@ fn planted_links_at_the_mount_points_are_replaced_not_followed() {
 
 #[test]
 fn descriptors_kiln_holds_do_not_leak_in() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     let secret = std::ffi::CString::new(j.victims.join("secret").to_str().unwrap()).unwrap();
     // SAFETY: a plain open without O_CLOEXEC, closed below.
     let fd = unsafe { libc::open(secret.as_ptr(), libc::O_RDWR) };
@@ -240,10 +236,9 @@ fn descriptors_kiln_holds_do_not_leak_in() {
 
 #[test]
 fn the_network_is_the_hosts_only_when_asked() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let t = std::thread::spawn(move || {
@@ -293,10 +288,9 @@ fn sleepers(secs: &str) -> usize {
 
 #[test]
 fn the_sandbox_dies_with_kiln() {
-    let j = jail();
-    if !needs_root(&j) {
+    let Some(j) = rooted_jail() else {
         return;
-    }
+    };
     // Unique to this run, so no other sleep is mistaken for ours.
     let secs = format!("1000.{}", std::process::id());
     let mut kiln = std::process::Command::new(std::env::current_exe().unwrap())

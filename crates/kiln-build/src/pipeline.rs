@@ -152,11 +152,14 @@ fn produce(
                 }
             };
             let area = match assemble_in(true) {
+                Ok(area) => area,
                 // Packages that unpack more than they declare do not fill
                 // RAM: the build goes to disk (each package is still held
                 // to its own limit there).
-                Err(e) if outgrew_ram(&e).is_some() => {
-                    let (room, used) = outgrew_ram(&e).unwrap_or_default();
+                Err(e) => {
+                    let Some((room, used)) = outgrew_ram(&e) else {
+                        return Err(e);
+                    };
                     reporter.warn(&format!(
                         "the {arch} packages unpack more than their Installed-Size ({} in all) \
                          made room for in RAM ({} of /dev/shm, {} needed so far); \
@@ -168,7 +171,6 @@ fn produce(
                     ));
                     assemble_in(false)?
                 }
-                r => r?,
             };
             let root_path = area.root();
             let root = BuiltRoot {

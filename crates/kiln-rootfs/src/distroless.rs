@@ -424,6 +424,9 @@ fn ld_so_cache(r: &Root) -> Result<(), RootfsError> {
         )
         .map_err(|e| RootfsError::io("etc/ld.so.conf", e))?;
     }
+    // ldconfig makes /var/cache/ldconfig for its aux cache where /var/cache
+    // exists (base-files ships it): a build-time cache, not image content.
+    let had_cache_dir = r.exists("var/cache/ldconfig");
     let out = std::process::Command::new("ldconfig")
         .arg("-X")
         .arg("-r")
@@ -437,6 +440,9 @@ fn ld_so_cache(r: &Root) -> Result<(), RootfsError> {
         )));
     }
     let _ = r.remove_file("var/cache/ldconfig/aux-cache");
+    if !had_cache_dir {
+        let _ = r.remove_dir("var/cache/ldconfig");
+    }
     Ok(())
 }
 

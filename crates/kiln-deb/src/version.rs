@@ -111,9 +111,10 @@ impl FromStr for Version {
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // An upstream part containing ':' needs the epoch spelled out even
-        // when it is 0, or re-parsing would read a different epoch.
-        if self.epoch != 0 || self.upstream.contains(':') {
+        // A ':' anywhere after the epoch (dpkg allows it in the upstream
+        // part, and this parser in the revision) needs the epoch spelled out
+        // even when it is 0, or re-parsing would read a different epoch.
+        if self.epoch != 0 || self.upstream.contains(':') || self.revision.contains(':') {
             write!(f, "{}:", self.epoch)?;
         }
         f.write_str(&self.upstream)?;
@@ -558,6 +559,8 @@ mod tests {
             ("007:1", "7:1"),
             (" 1.0-1 ", "1.0-1"),
             ("1-2-3", "1-2-3"),
+            // Found by the version fuzz target: a ':' only in the revision.
+            ("0:0-0:0", "0:0-0:0"),
         ];
         for (input, shown) in cases {
             let v = Version::parse(input).unwrap();

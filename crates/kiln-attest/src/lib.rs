@@ -39,4 +39,7 @@ pub use provenance::{
     parse_statement, statement, ProvenanceInput, ResolvedDependency, Subject, SLSA_PROVENANCE_V1,
     STATEMENT_TYPE,
 };
-pub use sbom::{cyclonedx_json, deb_purl, spdx_json, SbomInput, SbomPackage, SPDX_NAMESPACE_BASE};
+pub use sbom::{
+    cyclonedx_json, deb_purl, spdx_json, ImageKind, OsRelease, SbomInput, SbomPackage,
+    SPDX_NAMESPACE_BASE,
+};

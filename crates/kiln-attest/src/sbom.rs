@@ -11,12 +11,21 @@
 //! - its declared licence as an SPDX expression (`NOASSERTION` in SPDX when
 //!   unknown; CycloneDX has no such value, so the component then has no
 //!   `licenses`);
+//! - its supplier, from the package's `Maintainer` field;
 //! - its source package and version. Security trackers (Debian's included)
 //!   file advisories against source packages, so scanners need it. SPDX
 //!   carries it in `sourceInfo` as `built package from: SOURCE VERSION`;
 //!   CycloneDX in the component properties `aquasecurity:trivy:SrcName` and
 //!   `aquasecurity:trivy:SrcVersion`. Both are the forms Trivy reads back
 //!   when it scans an SBOM (`trivy sbom FILE`).
+//!
+//! The image contains an operating-system element, `debian` with the
+//! version of its `/etc/debian_version` (see [`OsRelease`]), which contains
+//! the packages: scanners read the distribution and its version from that
+//! element (Trivy: the `operating-system` component, or the SPDX package
+//! whose purpose is `OPERATING-SYSTEM`), so the image itself is a
+//! `container` (or, for disk images, a `platform` / `OTHER`). One document
+//! describes one architecture's packages.
 //!
 //! The output depends on nothing but the input: packages are sorted, the
 //! timestamp is `created` (SOURCE_DATE_EPOCH), and the SPDX document namespace
@@ -46,6 +55,8 @@ pub struct SbomPackage {
     /// SPDX licence expression, e.g. from [`crate::license_from_copyright`];
     /// `None` when unknown.
     pub license: Option<String>,
+    /// The package's `Maintainer` field (`Name <email>`), when known.
+    pub maintainer: Option<String>,
     /// Packages of this SBOM that this one depends on: a name, or
     /// `name:arch` to pick one architecture of a multi-arch package. A bare
     /// name picks the package of the same architecture, else of `all`, else
@@ -54,12 +65,79 @@ pub struct SbomPackage {
     pub depends_on: Vec<String>,
 }
 
+/// The distribution an image is, as scanners identify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsRelease {
+    /// os-release `ID`: `debian`.
+    pub id: String,
+    /// The point release (`13.2`, from `/etc/debian_version`), else the
+    /// os-release `VERSION_ID`, else the suite; `trixie/sid` on testing.
+    pub version: String,
+    /// os-release `PRETTY_NAME`, when there is one.
+    pub pretty_name: Option<String>,
+}
+
+impl OsRelease {
+    /// The distribution of a root with these files: `os_release` the text
+    /// of `/usr/lib/os-release` (or `/etc/os-release`), `debian_version`
+    /// the text of `/etc/debian_version`; `suite` when both are missing
+    /// (a distroless image without base-files).
+    pub fn from_files(os_release: Option<&str>, debian_version: Option<&str>, suite: &str) -> Self {
+        let mut id = None;
+        let mut version_id = None;
+        let mut pretty_name = None;
+        for line in os_release.unwrap_or("").lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .to_string();
+            if value.is_empty() {
+                continue;
+            }
+            match key.trim() {
+                "ID" => id = Some(value),
+                "VERSION_ID" => version_id = Some(value),
+                "PRETTY_NAME" => pretty_name = Some(value),
+                _ => {}
+            }
+        }
+        let point = debian_version
+            .and_then(|t| t.lines().next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 64)
+            .map(str::to_string);
+        OsRelease {
+            id: id.unwrap_or_else(|| "debian".into()),
+            version: point.or(version_id).unwrap_or_else(|| suite.to_string()),
+            pretty_name,
+        }
+    }
+}
+
+/// What the image is, for the SBOM's root element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// Root filesystem tarballs and OCI images.
+    Container,
+    /// Bootable disk images.
+    Disk,
+}
+
 /// The image and what is in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SbomInput {
     /// The image's name.
     pub image: String,
     pub version: Option<String>,
+    pub kind: ImageKind,
+    /// The architecture these packages are installed for (one document per
+    /// architecture of a multi-architecture build).
+    pub architecture: String,
+    /// The distribution the image is.
+    pub os: OsRelease,
     /// The Debian suite, e.g. `trixie`; goes into the purls' `distro`.
     pub suite: String,
     /// Build time in seconds since the epoch (SOURCE_DATE_EPOCH).
@@ -202,8 +280,47 @@ fn split_tool(tool: &str) -> (String, Option<String>) {
 
 fn document_name(input: &SbomInput) -> String {
     match &input.version {
-        Some(v) => format!("{}-{v}", input.image),
-        None => input.image.clone(),
+        Some(v) => format!("{}-{v}-{}", input.image, input.architecture),
+        None => format!("{}-{}", input.image, input.architecture),
+    }
+}
+
+/// `Name <email>` as its two parts; the email is `None` when absent.
+fn maintainer_parts(m: &str) -> (String, Option<String>) {
+    let m = m.trim();
+    match (m.find('<'), m.rfind('>')) {
+        (Some(a), Some(b)) if a < b => {
+            let email = m[a + 1..b].trim();
+            (
+                m[..a].trim().to_string(),
+                (!email.is_empty()).then(|| email.to_string()),
+            )
+        }
+        _ => (m.to_string(), None),
+    }
+}
+
+/// The SPDX `supplier` of a maintainer: `Organization: NAME (EMAIL)`; a
+/// Debian maintainer may be a person or a team, and SPDX has no "either".
+fn spdx_supplier(maintainer: Option<&str>) -> String {
+    let Some((name, email)) = maintainer.map(maintainer_parts) else {
+        return NOASSERTION.into();
+    };
+    // Parentheses delimit the email in this field.
+    let name: String = name
+        .chars()
+        .filter(|c| !matches!(c, '(' | ')' | '\n'))
+        .collect();
+    if name.trim().is_empty() {
+        return NOASSERTION.into();
+    }
+    match email {
+        Some(e) => format!(
+            "Organization: {} ({})",
+            name.trim(),
+            e.replace(['(', ')'], "")
+        ),
+        None => format!("Organization: {}", name.trim()),
     }
 }
 
@@ -249,7 +366,7 @@ struct SpdxPackage {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     version_info: Option<String>,
-    supplier: &'static str,
+    supplier: String,
     download_location: String,
     files_analyzed: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -308,7 +425,8 @@ const NOASSERTION: &str = "NOASSERTION";
 pub fn spdx_json(input: &SbomInput) -> String {
     let graph = Graph::new(input);
     let image_id = "SPDXRef-Image".to_string();
-    let mut taken = HashSet::from([image_id.clone()]);
+    let os_id = "SPDXRef-OperatingSystem".to_string();
+    let mut taken = HashSet::from([image_id.clone(), os_id.clone()]);
     let ids: Vec<String> = graph
         .packages
         .iter()
@@ -326,7 +444,25 @@ pub fn spdx_json(input: &SbomInput) -> String {
         spdx_id: image_id.clone(),
         name: input.image.clone(),
         version_info: input.version.clone(),
-        supplier: NOASSERTION,
+        supplier: NOASSERTION.into(),
+        download_location: NOASSERTION.into(),
+        files_analyzed: false,
+        checksums: Vec::new(),
+        source_info: None,
+        license_concluded: NOASSERTION,
+        license_declared: NOASSERTION.into(),
+        copyright_text: NOASSERTION,
+        external_refs: Vec::new(),
+        primary_package_purpose: Some(match input.kind {
+            ImageKind::Container => "CONTAINER",
+            ImageKind::Disk => "OTHER",
+        }),
+    }];
+    packages.push(SpdxPackage {
+        spdx_id: os_id.clone(),
+        name: input.os.id.clone(),
+        version_info: Some(input.os.version.clone()),
+        supplier: NOASSERTION.into(),
         download_location: NOASSERTION.into(),
         files_analyzed: false,
         checksums: Vec::new(),
@@ -336,7 +472,7 @@ pub fn spdx_json(input: &SbomInput) -> String {
         copyright_text: NOASSERTION,
         external_refs: Vec::new(),
         primary_package_purpose: Some("OPERATING-SYSTEM"),
-    }];
+    });
     let mut license_refs = BTreeSet::new();
     for (p, id) in graph.packages.iter().zip(&ids) {
         let license = match p.license.as_deref().map(str::trim) {
@@ -354,7 +490,7 @@ pub fn spdx_json(input: &SbomInput) -> String {
             spdx_id: id.clone(),
             name: p.name.clone(),
             version_info: Some(p.version.clone()),
-            supplier: NOASSERTION,
+            supplier: spdx_supplier(p.maintainer.as_deref()),
             download_location: if p.download_url.is_empty() {
                 NOASSERTION.into()
             } else {
@@ -383,8 +519,13 @@ pub fn spdx_json(input: &SbomInput) -> String {
         relationship_type: "DESCRIBES",
         related_spdx_element: image_id.clone(),
     }];
-    relationships.extend(ids.iter().map(|id| SpdxRelationship {
+    relationships.push(SpdxRelationship {
         spdx_element_id: image_id.clone(),
+        relationship_type: "CONTAINS",
+        related_spdx_element: os_id.clone(),
+    });
+    relationships.extend(ids.iter().map(|id| SpdxRelationship {
+        spdx_element_id: os_id.clone(),
         relationship_type: "CONTAINS",
         related_spdx_element: id.clone(),
     }));
@@ -482,7 +623,11 @@ struct CdxComponent {
     bom_ref: Option<String>,
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    supplier: Option<CdxSupplier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     hashes: Vec<CdxHash>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -501,7 +646,9 @@ impl CdxComponent {
             kind,
             bom_ref: None,
             name,
+            supplier: None,
             version: None,
+            description: None,
             hashes: Vec::new(),
             licenses: Vec::new(),
             purl: None,
@@ -509,6 +656,18 @@ impl CdxComponent {
             properties: Vec::new(),
         }
     }
+}
+
+#[derive(Serialize)]
+struct CdxSupplier {
+    name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    contact: Vec<CdxContact>,
+}
+
+#[derive(Serialize)]
+struct CdxContact {
+    email: String,
 }
 
 #[derive(Serialize)]
@@ -545,16 +704,20 @@ struct CdxDependency {
 
 /// The SBOM as a CycloneDX 1.5 JSON document.
 ///
-/// `metadata.component` is the image (type `operating-system`); packages are
+/// `metadata.component` is the image (type `container`, or `platform` for
+/// disk images); the first component is the distribution (type
+/// `operating-system`, named `debian` with its point release); packages are
 /// `library` components whose `bom-ref` is their purl. `dependencies` lists
-/// the image as depending on every package, and each package with the
-/// packages it depends on (an empty list when it has none). The serial number
+/// the image as depending on the distribution, the distribution on every
+/// package, and each package with the packages it depends on (an empty list
+/// when it has none). The serial number
 /// is a UUID built from the sha256 of the rest of the document (shaped as a
 /// version 5 UUID, which the schema requires).
 pub fn cyclonedx_json(input: &SbomInput) -> String {
     let graph = Graph::new(input);
     let root_ref = format!("kiln-image:{}", document_name(input));
-    let mut taken = HashSet::from([root_ref.clone()]);
+    let os_ref = format!("kiln-os:{}-{}", input.os.id, input.os.version);
+    let mut taken = HashSet::from([root_ref.clone(), os_ref.clone()]);
     let refs: Vec<String> = graph
         .packages
         .iter()
@@ -564,50 +727,76 @@ pub fn cyclonedx_json(input: &SbomInput) -> String {
         })
         .collect();
 
-    let components = graph
-        .packages
-        .iter()
-        .zip(&refs)
-        .map(|(p, bom_ref)| {
-            let mut c = CdxComponent::new("library", p.name.clone());
-            c.bom_ref = Some(bom_ref.clone());
-            c.version = Some(p.version.clone());
-            c.hashes = vec![CdxHash {
-                alg: "SHA-256",
-                content: p.sha256.to_ascii_lowercase(),
-            }];
-            if let Some(l) = p.license.as_deref().map(str::trim) {
-                if !l.is_empty() && l != NOASSERTION {
-                    c.licenses = vec![CdxLicenseExpression {
-                        expression: l.to_string(),
-                    }];
-                }
+    let mut os = CdxComponent::new("operating-system", input.os.id.clone());
+    os.bom_ref = Some(os_ref.clone());
+    os.version = Some(input.os.version.clone());
+    os.description = input.os.pretty_name.clone();
+    os.properties = vec![
+        CdxProperty {
+            name: "aquasecurity:trivy:Class",
+            value: "os-pkgs".into(),
+        },
+        CdxProperty {
+            name: "aquasecurity:trivy:Type",
+            value: input.os.id.clone(),
+        },
+    ];
+    let mut components = vec![os];
+    components.extend(graph.packages.iter().zip(&refs).map(|(p, bom_ref)| {
+        let mut c = CdxComponent::new("library", p.name.clone());
+        c.bom_ref = Some(bom_ref.clone());
+        c.version = Some(p.version.clone());
+        c.supplier = p.maintainer.as_deref().map(|m| {
+            let (name, email) = maintainer_parts(m);
+            CdxSupplier {
+                name,
+                contact: email
+                    .map(|email| CdxContact { email })
+                    .into_iter()
+                    .collect(),
             }
-            c.purl = Some(deb_purl(&p.name, &p.version, &p.architecture, &input.suite));
-            if !p.download_url.is_empty() {
-                c.external_references = vec![CdxExternalReference {
-                    kind: "distribution",
-                    url: p.download_url.clone(),
+        });
+        c.hashes = vec![CdxHash {
+            alg: "SHA-256",
+            content: p.sha256.to_ascii_lowercase(),
+        }];
+        if let Some(l) = p.license.as_deref().map(str::trim) {
+            if !l.is_empty() && l != NOASSERTION {
+                c.licenses = vec![CdxLicenseExpression {
+                    expression: l.to_string(),
                 }];
             }
-            c.properties = vec![
-                CdxProperty {
-                    name: "aquasecurity:trivy:SrcName",
-                    value: p.source.clone(),
-                },
-                CdxProperty {
-                    name: "aquasecurity:trivy:SrcVersion",
-                    value: p.source_version.clone(),
-                },
-            ];
-            c
-        })
-        .collect();
+        }
+        c.purl = Some(deb_purl(&p.name, &p.version, &p.architecture, &input.suite));
+        if !p.download_url.is_empty() {
+            c.external_references = vec![CdxExternalReference {
+                kind: "distribution",
+                url: p.download_url.clone(),
+            }];
+        }
+        c.properties = vec![
+            CdxProperty {
+                name: "aquasecurity:trivy:SrcName",
+                value: p.source.clone(),
+            },
+            CdxProperty {
+                name: "aquasecurity:trivy:SrcVersion",
+                value: p.source_version.clone(),
+            },
+        ];
+        c
+    }));
 
-    let mut dependencies = vec![CdxDependency {
-        reference: root_ref.clone(),
-        depends_on: refs.clone(),
-    }];
+    let mut dependencies = vec![
+        CdxDependency {
+            reference: root_ref.clone(),
+            depends_on: vec![os_ref.clone()],
+        },
+        CdxDependency {
+            reference: os_ref,
+            depends_on: refs.clone(),
+        },
+    ];
     dependencies.extend(
         graph
             .deps
@@ -622,9 +811,17 @@ pub fn cyclonedx_json(input: &SbomInput) -> String {
     let (tool_name, tool_version) = split_tool(&input.tool);
     let mut tool = CdxComponent::new("application", tool_name);
     tool.version = tool_version;
-    let mut root = CdxComponent::new("operating-system", input.image.clone());
+    let kind = match input.kind {
+        ImageKind::Container => "container",
+        ImageKind::Disk => "platform",
+    };
+    let mut root = CdxComponent::new(kind, input.image.clone());
     root.bom_ref = Some(root_ref);
     root.version = input.version.clone();
+    root.properties = vec![CdxProperty {
+        name: "kiln:architecture",
+        value: input.architecture.clone(),
+    }];
 
     let mut bom = CdxBom {
         schema: "http://cyclonedx.org/schema/bom-1.5.schema.json",
@@ -698,6 +895,7 @@ mod tests {
             sha256: "0".repeat(64),
             download_url: String::new(),
             license: None,
+            maintainer: None,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
         }
     }
@@ -707,6 +905,9 @@ mod tests {
         let input = SbomInput {
             image: "x".into(),
             version: None,
+            kind: ImageKind::Container,
+            architecture: "amd64".into(),
+            os: OsRelease::from_files(None, None, "trixie"),
             suite: "trixie".into(),
             created: 0,
             tool: "kiln 0.1.0".into(),

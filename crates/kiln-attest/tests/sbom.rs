@@ -4,7 +4,10 @@
 mod common;
 
 use common::{provenance_input, sbom_input};
-use kiln_attest::{cyclonedx_json, sign_envelope, spdx_json, statement, SbomPackage, SigningKey};
+use kiln_attest::{
+    cyclonedx_json, sign_envelope, spdx_json, statement, ImageKind, OsRelease, SbomPackage,
+    SigningKey,
+};
 use serde_json::Value;
 
 /// A throwaway test key (openssl genpkey -algorithm ed25519).
@@ -87,10 +90,22 @@ fn spdx_content() {
     };
     assert!(has("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-Image"));
     assert_eq!(doc["packages"][0]["SPDXID"], "SPDXRef-Image");
-    assert_eq!(
-        doc["packages"][0]["primaryPackagePurpose"],
-        "OPERATING-SYSTEM"
-    );
+    // The image is a container; the distribution is its own element, which
+    // scanners read as the OS family and version (never the image's name).
+    assert_eq!(doc["packages"][0]["primaryPackagePurpose"], "CONTAINER");
+    let os = &doc["packages"][1];
+    assert_eq!(os["SPDXID"], "SPDXRef-OperatingSystem");
+    assert_eq!(os["primaryPackagePurpose"], "OPERATING-SYSTEM");
+    assert_eq!(os["name"], "debian");
+    assert_eq!(os["versionInfo"], "13.1");
+    assert!(has("SPDXRef-Image", "CONTAINS", "SPDXRef-OperatingSystem"));
+    let purposes: Vec<_> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["primaryPackagePurpose"] == "OPERATING-SYSTEM")
+        .collect();
+    assert_eq!(purposes.len(), 1, "exactly one operating system");
 
     let zlib = spdx_package(&doc, "zlib1g", "amd64");
     assert_eq!(zlib["versionInfo"], "1:1.3.dfsg+really1.3.1-1+b1");
@@ -109,6 +124,12 @@ fn spdx_content() {
         common::sha("zlib1g_1:1.3.dfsg+really1.3.1-1+b1_amd64.deb")
     );
     assert_eq!(zlib["licenseDeclared"], "Zlib");
+    // Suppliers come from Maintainer; unknown stays NOASSERTION.
+    assert_eq!(zlib["supplier"], "NOASSERTION");
+    assert_eq!(
+        spdx_package(&doc, "libc6", "amd64")["supplier"],
+        "Organization: Debian glibc Maintainers (glibc@lists.invalid)"
+    );
     assert!(zlib["downloadLocation"]
         .as_str()
         .unwrap()
@@ -117,7 +138,8 @@ fn spdx_content() {
     let libc = spdx_package(&doc, "libc6", "amd64");
     assert_eq!(libc["licenseDeclared"], "NOASSERTION");
     let id = |p: &Value| p["SPDXID"].as_str().unwrap().to_string();
-    assert!(has("SPDXRef-Image", "CONTAINS", &id(libc)));
+    assert!(has("SPDXRef-OperatingSystem", "CONTAINS", &id(libc)));
+    assert!(!has("SPDXRef-Image", "CONTAINS", &id(libc)));
     assert!(has(&id(zlib), "DEPENDS_ON", &id(libc)));
     // Multi-arch: each libc6 depends on the libgcc-s1 of its architecture.
     let gcc64 = spdx_package(&doc, "libgcc-s1", "amd64");
@@ -127,8 +149,8 @@ fn spdx_content() {
     assert!(!has(&id(libc), "DEPENDS_ON", &id(gcc32)));
     assert!(has(&id(libc32), "DEPENDS_ON", &id(gcc32)));
     assert!(has(&id(gcc32), "DEPENDS_ON", &id(libc32)));
-    // 14 packages + the image; the libstdc++6 id has no '+'.
-    assert_eq!(doc["packages"].as_array().unwrap().len(), 15);
+    // 14 packages + the image + the OS; the libstdc++6 id has no '+'.
+    assert_eq!(doc["packages"].as_array().unwrap().len(), 16);
     assert_eq!(
         id(spdx_package(&doc, "libstdc++6", "amd64")),
         "SPDXRef-Package-deb-libstdc--6-amd64"
@@ -151,7 +173,7 @@ fn cyclonedx_content() {
     let bom: Value = serde_json::from_str(&cyclonedx_json(&sbom_input())).unwrap();
     assert_eq!(bom["specVersion"], "1.5");
     assert_eq!(bom["metadata"]["timestamp"], "2025-06-15T15:06:40Z");
-    assert_eq!(bom["metadata"]["component"]["type"], "operating-system");
+    assert_eq!(bom["metadata"]["component"]["type"], "container");
     assert_eq!(
         bom["metadata"]["component"]["name"],
         "debian-trixie-minimal"
@@ -162,7 +184,15 @@ fn cyclonedx_content() {
         "0.1.0"
     );
     let components = bom["components"].as_array().unwrap();
-    assert_eq!(components.len(), 14);
+    assert_eq!(components.len(), 15);
+    let os: Vec<_> = components
+        .iter()
+        .filter(|c| c["type"] == "operating-system")
+        .collect();
+    assert_eq!(os.len(), 1, "exactly one operating system");
+    assert_eq!(os[0]["name"], "debian");
+    assert_eq!(os[0]["version"], "13.1");
+    assert_eq!(os[0]["description"], "Debian GNU/Linux 13 (trixie)");
     let zlib = components.iter().find(|c| c["name"] == "zlib1g").unwrap();
     let purl =
         "pkg:deb/debian/zlib1g@1%3A1.3.dfsg%2Breally1.3.1-1%2Bb1?arch=amd64&distro=debian-trixie";
@@ -185,15 +215,23 @@ fn cyclonedx_content() {
         "1:1.3.dfsg+really1.3.1-1"
     );
     let libc = components.iter().find(|c| c["name"] == "libc6").unwrap();
+    assert_eq!(libc["supplier"]["name"], "Debian glibc Maintainers");
+    assert_eq!(
+        libc["supplier"]["contact"][0]["email"],
+        "glibc@lists.invalid"
+    );
+    assert!(zlib.get("supplier").is_none());
     assert!(
         libc.get("licenses").is_none(),
         "unknown licence: no licenses"
     );
 
     let deps = bom["dependencies"].as_array().unwrap();
-    assert_eq!(deps.len(), 15);
+    assert_eq!(deps.len(), 16);
     assert_eq!(deps[0]["ref"], bom["metadata"]["component"]["bom-ref"]);
-    assert_eq!(deps[0]["dependsOn"].as_array().unwrap().len(), 14);
+    assert_eq!(deps[0]["dependsOn"], serde_json::json!([os[0]["bom-ref"]]));
+    assert_eq!(deps[1]["ref"], os[0]["bom-ref"]);
+    assert_eq!(deps[1]["dependsOn"].as_array().unwrap().len(), 14);
     let zlib_deps = deps.iter().find(|d| d["ref"] == purl).unwrap();
     assert_eq!(
         zlib_deps["dependsOn"],
@@ -276,8 +314,47 @@ fn no_packages_still_valid_shape() {
     input.packages = Vec::<SbomPackage>::new();
     input.version = None;
     let doc: Value = serde_json::from_str(&spdx_json(&input)).unwrap();
-    assert_eq!(doc["packages"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["packages"].as_array().unwrap().len(), 2);
     assert!(doc.get("hasExtractedLicensingInfos").is_none());
     let bom: Value = serde_json::from_str(&cyclonedx_json(&input)).unwrap();
     assert!(bom["metadata"]["component"].get("version").is_none());
+}
+
+#[test]
+fn the_distribution_comes_from_the_image_files() {
+    let os_release = "PRETTY_NAME=\"Debian GNU/Linux trixie/sid\"\nNAME=\"Debian GNU/Linux\"\nVERSION_CODENAME=trixie\nID=debian\n";
+    // Testing has no VERSION_ID; debian_version says trixie/sid.
+    let testing = OsRelease::from_files(Some(os_release), Some("trixie/sid\n"), "trixie");
+    assert_eq!(
+        (testing.id.as_str(), testing.version.as_str()),
+        ("debian", "trixie/sid")
+    );
+    // No debian_version: VERSION_ID.
+    let v = OsRelease::from_files(Some("ID=debian\nVERSION_ID=\"12\"\n"), None, "bookworm");
+    assert_eq!(v.version, "12");
+    // Neither (a distroless image without base-files): Debian and the suite.
+    let bare = OsRelease::from_files(None, None, "bookworm");
+    assert_eq!(
+        (bare.id.as_str(), bare.version.as_str()),
+        ("debian", "bookworm")
+    );
+    assert_eq!(bare.pretty_name, None);
+    // A hostile debian_version (a megabyte on one line) is not an OS version.
+    let long = "9".repeat(1 << 20);
+    let v = OsRelease::from_files(Some("ID=debian\nVERSION_ID=13\n"), Some(&long), "trixie");
+    assert_eq!(v.version, "13");
+}
+
+#[test]
+fn a_disk_image_is_a_platform_not_a_container() {
+    let mut input = sbom_input();
+    input.kind = ImageKind::Disk;
+    let bom: Value = serde_json::from_str(&cyclonedx_json(&input)).unwrap();
+    assert_eq!(bom["metadata"]["component"]["type"], "platform");
+    let doc: Value = serde_json::from_str(&spdx_json(&input)).unwrap();
+    assert_eq!(doc["packages"][0]["primaryPackagePurpose"], "OTHER");
+    assert_eq!(
+        doc["packages"][1]["primaryPackagePurpose"],
+        "OPERATING-SYSTEM"
+    );
 }

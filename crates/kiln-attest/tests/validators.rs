@@ -217,7 +217,7 @@ fn cyclonedx_passes_the_official_schema() {
 #[test]
 fn cyclonedx_schema_catches_a_broken_document() {
     let mut bom: Value = serde_json::from_str(&cyclonedx_json(&sbom_input())).unwrap();
-    bom["components"][0]["hashes"][0]["alg"] = "SHA256".into(); // not a schema enum value
+    bom["components"][1]["hashes"][0]["alg"] = "SHA256".into(); // not a schema enum value (0 is the OS)
     bom["serialNumber"] = "urn:uuid:not-a-uuid".into();
     let (ok, output) = python_validator("validate_cyclonedx.py", bom.to_string().as_bytes());
     assert!(!ok, "the schema accepted a broken BOM:\n{output}");

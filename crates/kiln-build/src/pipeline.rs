@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::assemble::{assemble, assemble_distroless, outgrew_ram};
 use crate::fetch::human_size;
 use crate::output::{outputs_for, BuiltRoot, Context};
-use crate::records::{licences_from_root, Licences};
+use crate::records::{facts_from_root, RootFacts};
 use crate::sources::SourceOptions;
 
 /// Everything a build needs to know, serialisable so that a watcher or a CI
@@ -112,7 +112,7 @@ type PerArch<'a> = [(String, Vec<&'a LockedPackage>, Vec<PathBuf>)];
 
 struct Produced {
     artifacts: Vec<Artifact>,
-    licences: Licences,
+    facts: RootFacts,
     disk: BTreeMap<String, kiln_model::DiskFacts>,
 }
 
@@ -138,7 +138,7 @@ fn produce(
     let mut outputs = outputs_for(recipe)?;
     let mut done = Produced {
         artifacts: Vec::new(),
-        licences: Licences::new(),
+        facts: RootFacts::default(),
         disk: BTreeMap::new(),
     };
     let result = (|| -> Result<()> {
@@ -189,7 +189,7 @@ fn produce(
                     done.disk.insert(arch.clone(), d);
                 }
             }
-            licences_from_root(&root_path, pkgs, &mut done.licences);
+            facts_from_root(&root_path, arch, &recipe.image.suite, pkgs, &mut done.facts);
         }
         for o in outputs.iter_mut() {
             done.artifacts.extend(o.finish(&cx)?);
@@ -325,7 +325,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         &recipe,
         &lock,
         &all_pkgs,
-        &produced.licences,
+        &produced.facts,
         &produced.artifacts,
         epoch,
         started,

@@ -5,45 +5,83 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_attest::{
-    ProvenanceInput, ResolvedDependency, SbomInput, SbomPackage, SigningKey, Subject,
+    ImageKind, OsRelease, ProvenanceInput, ResolvedDependency, SbomInput, SbomPackage, SigningKey,
+    Subject,
 };
 use kiln_model::fsutil::write_atomic;
 use kiln_model::{Artifact, Reporter};
 use kiln_recipe::{Lock, LockedPackage, Recipe};
 use serde_json::json;
 
-/// Licences read from the image's copyright files, by package name.
-pub type Licences = HashMap<String, Option<String>>;
+/// What the records say that only the built roots know.
+#[derive(Debug, Default)]
+pub struct RootFacts {
+    /// Licences from the copyright files, by package name.
+    pub licences: HashMap<String, Option<String>>,
+    /// `Maintainer` fields from the dpkg database, by package name.
+    pub maintainers: HashMap<String, String>,
+    /// The distribution (os-release, debian_version), by image architecture.
+    pub os: HashMap<String, OsRelease>,
+}
 
-/// Reads `/usr/share/doc/PKG/copyright` of every package from a built root,
-/// inside the root: a copyright file that is a link out of it reads as
-/// absent, so no host file's text can reach the SBOM.
-pub fn licences_from_root(root: &Path, pkgs: &[&LockedPackage], into: &mut Licences) {
+/// Reads, inside the built root of `arch` (a file that is a link out of it
+/// reads as absent, so no host file's text can reach the SBOM): every
+/// package's `/usr/share/doc/PKG/copyright`, the `Maintainer` of every
+/// package in the dpkg status (full images) or `status.d` (distroless), and
+/// `/usr/lib/os-release` (else `/etc/os-release`) with `/etc/debian_version`.
+pub fn facts_from_root(
+    root: &Path,
+    arch: &str,
+    suite: &str,
+    pkgs: &[&LockedPackage],
+    into: &mut RootFacts,
+) {
     let root = kiln_rootfs::inroot::Root::open(root).ok();
+    let read = |rel: &str| root.as_ref().and_then(|r| r.read_to_string(rel).ok());
+    let plain = |name: &str| !name.contains('/') && name != ".." && name != ".";
     for p in pkgs {
-        let text = root
-            .as_ref()
-            .filter(|_| !p.name.contains('/') && p.name != "..")
-            .and_then(|r| {
-                r.read_to_string(format!("usr/share/doc/{}/copyright", p.name))
-                    .ok()
-            })
+        let text = Some(&p.name)
+            .filter(|n| plain(n))
+            .and_then(|n| read(&format!("usr/share/doc/{n}/copyright")))
             .unwrap_or_default();
-        into.entry(p.name.clone())
+        into.licences
+            .entry(p.name.clone())
             .or_insert_with(|| kiln_attest::license_from_copyright(&text));
     }
+    let mut stanzas: Vec<String> = read("var/lib/dpkg/status").into_iter().collect();
+    stanzas.extend(
+        pkgs.iter()
+            .filter(|p| plain(&p.name))
+            .filter_map(|p| read(&format!("var/lib/dpkg/status.d/{}", p.name))),
+    );
+    for text in &stanzas {
+        for para in kiln_deb::paragraphs(text).flatten() {
+            if let (Some(name), Some(m)) = (para.get("Package"), para.get("Maintainer")) {
+                into.maintainers
+                    .entry(name.to_string())
+                    .or_insert_with(|| m.trim().to_string());
+            }
+        }
+    }
+    let os_release = read("usr/lib/os-release").or_else(|| read("etc/os-release"));
+    let debian_version = read("etc/debian_version");
+    into.os.insert(
+        arch.to_string(),
+        OsRelease::from_files(os_release.as_deref(), debian_version.as_deref(), suite),
+    );
 }
 
 fn sbom_input(
     recipe: &Recipe,
     lock: &Lock,
+    arch: &str,
     pkgs: &[&LockedPackage],
-    licences: &Licences,
+    facts: &RootFacts,
     epoch: i64,
 ) -> Result<SbomInput> {
     let mut packages = Vec::new();
     let mut seen = BTreeSet::new();
-    for p in pkgs {
+    for p in pkgs.iter().filter(|p| p.target == arch) {
         // Architecture-independent packages appear once per image architecture.
         if !seen.insert((p.name.clone(), p.version.clone(), p.architecture.clone())) {
             continue;
@@ -63,13 +101,31 @@ fn sbom_input(
             source_version: p.source_version.clone(),
             sha256: p.sha256.clone(),
             download_url: crate::fetch::deb_ref(lock, p)?.url,
-            license: licences.get(&p.name).cloned().flatten(),
+            license: facts.licences.get(&p.name).cloned().flatten(),
+            maintainer: facts.maintainers.get(&p.name).cloned(),
             depends_on,
         });
     }
+    let has_disk = recipe.output.formats.iter().any(|f| {
+        matches!(
+            kiln_model::Format::parse(f),
+            Some(kiln_model::Format::Disk | kiln_model::Format::Qcow2)
+        )
+    });
     Ok(SbomInput {
         image: recipe.image.name.clone(),
         version: recipe.image.version.clone(),
+        kind: if has_disk {
+            ImageKind::Disk
+        } else {
+            ImageKind::Container
+        },
+        architecture: arch.to_string(),
+        os: facts
+            .os
+            .get(arch)
+            .cloned()
+            .unwrap_or_else(|| OsRelease::from_files(None, None, &recipe.image.suite)),
         suite: recipe.image.suite.clone(),
         created: epoch,
         tool: format!("kiln {}", env!("CARGO_PKG_VERSION")),
@@ -91,29 +147,33 @@ pub fn load_signing_key(path: Option<&Path>) -> Result<Option<SigningKey>> {
     }
 }
 
-/// Writes `sbom.spdx.json`, `sbom.cdx.json` and `provenance.json` into `out`.
+/// Writes the SBOMs of every architecture (see [`kiln_model::sbom_files`])
+/// and `provenance.json` into `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn write_records(
     reporter: &dyn Reporter,
     recipe: &Recipe,
     lock: &Lock,
     pkgs: &[&LockedPackage],
-    licences: &Licences,
+    facts: &RootFacts,
     artifacts: &[Artifact],
     epoch: i64,
     started: i64,
     key: Option<&SigningKey>,
     out: &Path,
 ) -> Result<()> {
-    let input = sbom_input(recipe, lock, pkgs, licences, epoch)?;
-    write_atomic(
-        &out.join("sbom.spdx.json"),
-        kiln_attest::spdx_json(&input).as_bytes(),
-    )?;
-    write_atomic(
-        &out.join("sbom.cdx.json"),
-        kiln_attest::cyclonedx_json(&input).as_bytes(),
-    )?;
+    let sboms = kiln_model::sbom_files(&recipe.image.architectures);
+    for f in &sboms {
+        let input = sbom_input(recipe, lock, &f.architecture, pkgs, facts, epoch)?;
+        write_atomic(
+            &out.join(&f.spdx),
+            kiln_attest::spdx_json(&input).as_bytes(),
+        )?;
+        write_atomic(
+            &out.join(&f.cyclonedx),
+            kiln_attest::cyclonedx_json(&input).as_bytes(),
+        )?;
+    }
     let mut subjects: Vec<Subject> = artifacts
         .iter()
         .map(|a| Subject {
@@ -121,10 +181,14 @@ pub fn write_records(
             sha256: a.sha256.clone(),
         })
         .collect();
-    for f in ["sbom.spdx.json", "sbom.cdx.json", "manifest.json"] {
+    let records = sboms
+        .iter()
+        .flat_map(|f| [f.spdx.clone(), f.cyclonedx.clone()])
+        .chain(["manifest.json".to_string()]);
+    for f in records {
         subjects.push(Subject {
-            name: f.into(),
-            sha256: sha256_file(&out.join(f))?,
+            sha256: sha256_file(&out.join(&f))?,
+            name: f,
         });
     }
     let mut dependencies: Vec<ResolvedDependency> = Vec::new();

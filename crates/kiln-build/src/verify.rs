@@ -90,11 +90,18 @@ fn sbom_packages(path: &Path, spdx: bool) -> Result<BTreeSet<(String, String)>> 
         .as_array()
         .into_iter()
         .flatten()
+        // Debian packages: what has a purl (not the image, not the
+        // operating-system element).
         .filter(|p| {
-            !spdx
-                || p["externalRefs"]
+            if spdx {
+                p["externalRefs"]
                     .as_array()
                     .is_some_and(|r| r.iter().any(|x| x["referenceType"] == "purl"))
+            } else {
+                p["purl"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("pkg:deb/"))
+            }
         })
         .map(|p| {
             (
@@ -257,22 +264,23 @@ pub fn verify(
             manifest.lock_path(dir).display()
         )),
     }
-    for (name, set) in [
-        (
-            "sbom.spdx.json",
-            sbom_packages(&dir.join("sbom.spdx.json"), true)?,
-        ),
-        (
-            "sbom.cdx.json",
-            sbom_packages(&dir.join("sbom.cdx.json"), false)?,
-        ),
-    ] {
-        if set != expected {
-            let missing: Vec<_> = expected.difference(&set).take(5).collect();
-            let extra: Vec<_> = set.difference(&expected).take(5).collect();
-            return Err(tampered(format!(
-                "{name} does not match the lock (missing {missing:?}, extra {extra:?})"
-            )));
+    // Each architecture's SBOMs list exactly its packages.
+    for f in manifest.sbom_files() {
+        let expected: BTreeSet<(String, String)> = manifest
+            .packages
+            .iter()
+            .filter(|p| p.target == f.architecture)
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect();
+        for (name, spdx) in [(&f.spdx, true), (&f.cyclonedx, false)] {
+            let set = sbom_packages(&dir.join(name), spdx)?;
+            if set != expected {
+                let missing: Vec<_> = expected.difference(&set).take(5).collect();
+                let extra: Vec<_> = set.difference(&expected).take(5).collect();
+                return Err(tampered(format!(
+                    "{name} does not match the lock (missing {missing:?}, extra {extra:?})"
+                )));
+            }
         }
     }
     // Every package the build used is a resolved dependency of the provenance.

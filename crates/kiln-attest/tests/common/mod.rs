@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use kiln_attest::{ProvenanceInput, ResolvedDependency, SbomInput, SbomPackage, Subject};
+use kiln_attest::{
+    ImageKind, OsRelease, ProvenanceInput, ResolvedDependency, SbomInput, SbomPackage, Subject,
+};
 use sha2::{Digest, Sha256};
 
 pub fn sha(s: &str) -> String {
@@ -38,6 +40,10 @@ fn pkg(
             "http://mirror.invalid/debian/pool/main/{dir}/{source}/{name}_{file_version}_{arch}.deb"
         ),
         license: license.map(str::to_string),
+        // As Debian's Maintainer fields are: a team with a list address,
+        // or (for the one without) nothing known.
+        maintainer: (name != "zlib1g")
+            .then(|| format!("Debian {source} Maintainers <{source}@lists.invalid>")),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
     }
 }
@@ -51,6 +57,13 @@ pub fn sbom_input() -> SbomInput {
     SbomInput {
         image: "debian-trixie-minimal".into(),
         version: Some("2025.06.1".into()),
+        kind: ImageKind::Container,
+        architecture: "amd64".into(),
+        os: OsRelease::from_files(
+            Some("PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"13\"\nID=debian\n"),
+            Some("13.1\n"),
+            "trixie",
+        ),
         suite: "trixie".into(),
         created: 1_750_000_000,
         tool: "kiln 0.1.0".into(),

@@ -174,6 +174,10 @@ pub struct BuildArea {
     owner: Option<OwnerLock>,
     cancel: Cancel,
     room: Option<Arc<Room>>,
+    /// The owners a build by root would have given the root's files, for a
+    /// distroless root assembled without privileges (see
+    /// [`kiln_rootfs::extract::Ownership`]); `None` when the disk has them.
+    pub owners: Option<kiln_rootfs::extract::Ownership>,
 }
 
 impl BuildArea {
@@ -202,6 +206,7 @@ impl BuildArea {
             owner: Some(owner),
             cancel: cancel.clone(),
             room: place.ram_room.map(|r| Arc::new(Room::new(r))),
+            owners: None,
         })
     }
 
@@ -339,7 +344,7 @@ pub fn assemble_distroless(
     cancel: &Cancel,
     ram: bool,
 ) -> Result<BuildArea> {
-    let area = BuildArea::new(pkgs, cancel, ram)?;
+    let mut area = BuildArea::new(pkgs, cancel, ram)?;
     let root = area.root();
     let files = package_files(pkgs, debs, |_| false);
     reporter.step(
@@ -367,7 +372,7 @@ pub fn assemble_distroless(
                 .unwrap_or_else(|| format!("/home/{}", u.name)),
         });
     }
-    kiln_rootfs::distroless::assemble(
+    let owners = kiln_rootfs::distroless::assemble(
         &root,
         &area.path().join("stage"),
         &files,
@@ -375,6 +380,11 @@ pub fn assemble_distroless(
         &users,
         area.room(),
     )?;
+    // Without privileges every file on disk is the builder's: the image
+    // writers take the owners a build by root gives them from here.
+    if !kiln_rootfs::sandbox::is_root() {
+        area.owners = Some(owners);
+    }
     // Files and overlays need no shell.
     let custom = Customization {
         overlays: recipe.customize.overlays.clone(),

@@ -180,6 +180,7 @@ fn produce(
                 pkgs,
                 debs,
                 identity: image_identity(recipe, arch, pkgs, epoch),
+                owners: area.owners.as_ref(),
             };
             for o in outputs.iter_mut() {
                 cancel.check()?;

@@ -111,13 +111,18 @@ pub fn write_layer(
     root: &Path,
     compression: Compression,
     epoch: u64,
+    owners: Option<&std::collections::BTreeMap<String, (u32, u32)>>,
 ) -> std::io::Result<Layer> {
     let dir = layout.join("blobs/sha256");
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join(format!(".layer-{}", std::process::id()));
     let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
     let outer = Hashing::new(file);
-    let opts = TarOptions { epoch, extra: &[] };
+    let opts = TarOptions {
+        epoch,
+        extra: &[],
+        owners,
+    };
     let (summary, outer) = match compression {
         Compression::Gzip => {
             // Parallel members at a middle level: layers are large; levels 4..9 differ little in size.
@@ -278,8 +283,14 @@ mod tests {
         let mut digests = Vec::new();
         for _ in 0..2 {
             let l = tempfile::tempdir().unwrap();
-            let layer =
-                write_layer(l.path(), root.path(), Compression::Gzip, 1_700_000_000).unwrap();
+            let layer = write_layer(
+                l.path(),
+                root.path(),
+                Compression::Gzip,
+                1_700_000_000,
+                None,
+            )
+            .unwrap();
             let run = RunConfig {
                 cmd: Some(vec!["/usr/bin/hello".into()]),
                 ..Default::default()

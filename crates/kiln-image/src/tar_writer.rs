@@ -113,6 +113,10 @@ pub struct TarOptions<'a> {
     /// Upper bound for every modification time (SOURCE_DATE_EPOCH).
     pub epoch: u64,
     pub extra: &'a [Special],
+    /// Owners by path (relative to the root, no leading `./` or `/`), `0:0`
+    /// for paths not listed, instead of the owners on disk: for trees built
+    /// without privileges, whose files all belong to the user who built them.
+    pub owners: Option<&'a std::collections::BTreeMap<String, (u32, u32)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -195,9 +199,22 @@ struct Walker<'a, W: Write> {
     links: HashMap<(u64, u64), String>,
     entries: usize,
     extra: &'a [Special],
+    owners: Option<&'a std::collections::BTreeMap<String, (u32, u32)>>,
 }
 
 impl<W: Write> Walker<'_, W> {
+    /// The header of `rel` (`""` for the root), its owner from
+    /// [`TarOptions::owners`] when given.
+    fn header(&self, meta: &std::fs::Metadata, rel: &str) -> tar::Header {
+        let mut h = header(meta, self.epoch);
+        if let Some(owners) = self.owners {
+            let (uid, gid) = owners.get(rel).copied().unwrap_or((0, 0));
+            h.set_uid(uid as u64);
+            h.set_gid(gid as u64);
+        }
+        h
+    }
+
     fn special(&mut self, s: &Special) -> std::io::Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_uid(0);
@@ -248,7 +265,7 @@ impl<W: Write> Walker<'_, W> {
         } else {
             format!("./{rel}")
         };
-        let mut h = header(&meta, self.epoch);
+        let mut h = self.header(&meta, rel);
         let pax = if ft.is_symlink() {
             Vec::new()
         } else {
@@ -336,6 +353,7 @@ pub fn write_tar<W: Write>(root: &Path, out: W, opts: &TarOptions) -> std::io::R
         links: HashMap::new(),
         entries: 0,
         extra: opts.extra,
+        owners: opts.owners,
     };
     // Walk the top level by hand so the extra /dev entries land in order.
     w.entry_top()?;
@@ -354,7 +372,7 @@ impl<W: Write> Walker<'_, W> {
         // The root itself, then each child; `dev` gets the extra entries
         // merged into its (sorted) listing.
         let meta = std::fs::symlink_metadata(&self.root)?;
-        let mut h = header(&meta, self.epoch);
+        let mut h = self.header(&meta, "");
         h.set_entry_type(tar::EntryType::Directory);
         self.builder.append_data(&mut h, "./", std::io::empty())?;
         self.entries += 1;
@@ -372,7 +390,7 @@ impl<W: Write> Walker<'_, W> {
     fn dev_dir(&mut self) -> std::io::Result<()> {
         let path = self.root.join("dev");
         let meta = std::fs::symlink_metadata(&path)?;
-        let mut h = header(&meta, self.epoch);
+        let mut h = self.header(&meta, "dev");
         h.set_entry_type(tar::EntryType::Directory);
         self.builder
             .append_data(&mut h, "./dev/", std::io::empty())?;
@@ -472,6 +490,7 @@ mod tests {
             &TarOptions {
                 epoch: 1000,
                 extra: DEV_ENTRIES,
+                owners: None,
             },
         )
         .unwrap();
@@ -495,10 +514,52 @@ mod tests {
         let o = TarOptions {
             epoch: 1_700_000_000,
             extra: DEV_ENTRIES,
+            owners: None,
         };
         let sa = write_tar(d1.path(), &mut a, &o).unwrap();
         let sb = write_tar(d2.path(), &mut b, &o).unwrap();
         assert_eq!(a, b);
         assert_eq!(sa.sha256, sb.sha256);
+    }
+
+    #[test]
+    fn owners_given_replace_the_owners_on_disk() {
+        let d = tree();
+        // What a build without privileges leaves: files of the builder.
+        let _ = std::os::unix::fs::lchown(d.path().join("usr/bin/b"), Some(1001), Some(1001));
+        let owners = std::collections::BTreeMap::from([("usr/bin/a".to_string(), (65532, 65533))]);
+        let mut out = Vec::new();
+        write_tar(
+            d.path(),
+            &mut out,
+            &TarOptions {
+                epoch: 1000,
+                extra: &[],
+                owners: Some(&owners),
+            },
+        )
+        .unwrap();
+        let ids: Vec<(String, u64, u64)> = tar::Archive::new(out.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                )
+            })
+            .collect();
+        for (name, uid, gid) in &ids {
+            let want = if name == "usr/bin/a" {
+                (65532, 65533)
+            } else {
+                (0, 0)
+            };
+            assert_eq!((*uid, *gid), want, "{name}");
+        }
+        assert!(ids.iter().any(|(n, _, _)| n == "usr/bin/b"));
     }
 }

@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::extract::{member_components, stage as stage_package, unpack_filtered, Room};
+use crate::extract::{
+    member_components, set_owner, stage as stage_package, unpack_filtered, Ownership, Room,
+};
 use crate::inroot::{Kind, Root};
 use crate::install::PackageFile;
 use crate::{in_parallel, jobs, RootfsError};
@@ -79,8 +81,9 @@ pub fn assemble(
     trim: &Trim,
     users: &[Account],
     room: Option<Arc<Room>>,
-) -> Result<(), RootfsError> {
+) -> Result<Ownership, RootfsError> {
     let io = |w: &str, e: std::io::Error| RootfsError::io(w, e);
+    let mut owners = Ownership::new();
     // Every path below is opened inside the root: links the packages plant
     // are resolved as in a chroot, or replaced (see crate::inroot).
     let r = Root::open(root).map_err(|e| io(&root.display().to_string(), e))?;
@@ -122,6 +125,7 @@ pub fn assemble(
             package: p.name.clone(),
             source: e,
         })?;
+        files.record_owners(&mut owners);
         // The control stanza (and md5sums) where scanners look for them.
         for (name, body, _) in control {
             let dest = match name.as_str() {
@@ -141,7 +145,19 @@ pub fn assemble(
     }
     // Kiln's own directory of numbered files, emptied by the renames.
     let _ = std::fs::remove_dir_all(stage);
-    accounts(&r, users)?;
+    // What Kiln writes below replaces what a package put there, and is root's.
+    owners.retain(|rel, _| {
+        !rel.starts_with("var/lib/dpkg/status.d/")
+            && !matches!(
+                rel.as_str(),
+                "etc/passwd"
+                    | "etc/group"
+                    | "etc/ssl/certs/ca-certificates.crt"
+                    | "etc/ld.so.cache"
+                    | "etc/ld.so.conf"
+            )
+    });
+    accounts(&r, users, &mut owners)?;
     ca_bundle(&r)?;
     // Real directories with these modes: a link a package put there is
     // replaced, not followed.
@@ -159,7 +175,7 @@ pub fn assemble(
             let _ = r.remove_file(link);
         }
     }
-    Ok(())
+    Ok(owners)
 }
 
 /// Directory trees that, stacked as OCI layers in order, give the same tree
@@ -296,7 +312,7 @@ fn copy_tree_preserving(root: &Root, src: &Path, dst: &Path) -> Result<(), Rootf
     Ok(())
 }
 
-fn accounts(root: &Root, users: &[Account]) -> Result<(), RootfsError> {
+fn accounts(root: &Root, users: &[Account], owners: &mut Ownership) -> Result<(), RootfsError> {
     let io = |w: &str, e: std::io::Error| RootfsError::io(w, e);
     let mut all = vec![
         Account {
@@ -361,6 +377,7 @@ fn accounts(root: &Root, users: &[Account]) -> Result<(), RootfsError> {
         root.create_dir_all(h, 0o755).map_err(|e| io(&a.home, e))?;
         // The directory itself (a link there is changed, not its target).
         let _ = root.set_owner(h, a.uid, a.gid);
+        set_owner(owners, h, a.uid, a.gid);
     }
     Ok(())
 }

@@ -507,6 +507,24 @@ pub fn measure<R: Read>(data: R, limits: &Limits) -> Result<u64, ExtractError> {
     })
 }
 
+/// The owner of each path of a root (relative, without a leading `/`) as
+/// a build by root would have left it on disk, where that is not `0:0`.
+/// A build without privileges cannot give files away, so its files belong
+/// to the user who ran it; the image writers take the owners from here
+/// instead (see `kiln_image::TarOptions::owners`), and the image is the
+/// same, byte for byte, whoever built it.
+pub type Ownership = std::collections::BTreeMap<String, (u32, u32)>;
+
+/// Sets the owner of `rel` in `owners`; `0:0` is the default and not kept.
+pub fn set_owner(owners: &mut Ownership, rel: &str, uid: u32, gid: u32) {
+    let rel = rel.trim_start_matches("./").trim_matches('/').to_string();
+    if (uid, gid) == (0, 0) {
+        owners.remove(&rel);
+    } else {
+        owners.insert(rel, (uid, gid));
+    }
+}
+
 /// A package read into a staging directory, to be placed in a root later
 /// with [`Staged::apply`]: packages can be read (decompressed, counted,
 /// written) in parallel and still placed in order.
@@ -542,6 +560,35 @@ pub fn stage<R: Read>(
 }
 
 impl Staged {
+    /// Records in `owners` the owner each member gets when the package is
+    /// placed by root (see [`Ownership`]): files and symbolic links their
+    /// archive owner, hard links their target's; directories are left as
+    /// they are (the unpacker makes them without an owner of their own).
+    pub fn record_owners(&self, owners: &mut Ownership) {
+        for m in &self.members {
+            let rel = m.comps.join("/");
+            match m.kind {
+                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Symlink => {
+                    let uid = m.header.uid().unwrap_or(0) as u32;
+                    let gid = m.header.gid().unwrap_or(0) as u32;
+                    set_owner(owners, &rel, uid, gid);
+                }
+                tar::EntryType::Link => {
+                    let target = m
+                        .link
+                        .as_ref()
+                        .and_then(|t| member_components(&t.to_string_lossy()).ok())
+                        .map(|c| c.join("/"));
+                    let ids = target
+                        .and_then(|t| owners.get(&t).copied())
+                        .unwrap_or((0, 0));
+                    set_owner(owners, &rel, ids.0, ids.1);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Places the staged package in `root`, as [`unpack`] would have.
     pub fn apply(&self, root: &Path) -> Result<Vec<String>, ExtractError> {
         let mut listed = Vec::new();

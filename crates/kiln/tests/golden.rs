@@ -147,9 +147,13 @@ fn umask(mask: libc::mode_t) -> libc::mode_t {
     unsafe { libc::umask(mask) }
 }
 
+/// An ordinary user's uid for the build without privileges.
+const USER: u32 = 1001;
+
 /// One build from a fresh fixture made under `fixture_umask` (this file's
-/// only test, so nothing else runs meanwhile); returns the compared outputs.
-fn build_once(fixture_umask: libc::mode_t) -> BTreeMap<&'static str, Vec<u8>> {
+/// only test, so nothing else runs meanwhile), by [`USER`] instead of this
+/// process's user when `as_user`; returns the compared outputs.
+fn build_once(fixture_umask: libc::mode_t, as_user: bool) -> BTreeMap<&'static str, Vec<u8>> {
     let root = Path::new(ROOT);
     let _ = std::fs::remove_dir_all(root);
     std::fs::create_dir_all(root).unwrap();
@@ -167,6 +171,18 @@ fn build_once(fixture_umask: libc::mode_t) -> BTreeMap<&'static str, Vec<u8>> {
     let recipe_path = root.join("golden.toml");
     std::fs::write(&recipe_path, recipe()).unwrap();
     let cache = tempfile::tempdir().unwrap();
+    if as_user {
+        // The user writes the lock and the output beside the recipe, and
+        // its own cache.
+        use std::os::unix::fs::PermissionsExt;
+        for (p, mode) in [
+            (root, 0o777),
+            (cache.path(), 0o777),
+            (&root.join("keyring.gpg"), 0o644),
+        ] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
     let out = root.join("out");
     let mut cmd = kiln_command(
         cache.path(),
@@ -183,8 +199,15 @@ fn build_once(fixture_umask: libc::mode_t) -> BTreeMap<&'static str, Vec<u8>> {
     // SAFETY: umask is async-signal-safe; nothing else runs in the child
     // between fork and exec. (Why 022: see the top comment.)
     let o = unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::umask(0o022);
+            if as_user
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(USER) != 0
+                    || libc::setuid(USER) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         })
     }
@@ -269,8 +292,8 @@ fn diff(expected: &str, actual: &str, limit: usize) -> String {
 #[test]
 fn distroless_oci_build_matches_the_golden_files() {
     let _lock = lock_root();
-    let first = build_once(0o022);
-    let second = build_once(0o077);
+    let first = build_once(0o022, false);
+    let second = build_once(0o077, false);
     for (name, bytes) in &first {
         assert!(
             *bytes == second[name],
@@ -281,6 +304,26 @@ fn distroless_oci_build_matches_the_golden_files() {
                 80
             )
         );
+    }
+    // The same bytes whoever builds: as root, an ordinary user's build
+    // (whose files on disk are all its own) gives the same image, owners
+    // included (`/home/nonroot` is 65532). Without root, the two builds
+    // above already were an ordinary user's, compared with the golden files
+    // (blessed by root) below.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let third = build_once(0o022, true);
+        for (name, bytes) in &first {
+            assert!(
+                *bytes == third[name],
+                "{name} differs between the build by root and the build by uid {USER}:\n{}",
+                diff(
+                    &String::from_utf8_lossy(bytes),
+                    &String::from_utf8_lossy(&third[name]),
+                    80
+                )
+            );
+        }
     }
 
     // The fixture exercises what it is meant to, whatever was blessed.

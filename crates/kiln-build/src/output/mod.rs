@@ -37,6 +37,9 @@ pub struct BuiltRoot<'a> {
     pub debs: &'a [PathBuf],
     /// Seed of every derived UUID: the same lock and epoch give the same bytes.
     pub identity: String,
+    /// Owners to write instead of those on disk (a distroless root built
+    /// without privileges; see [`kiln_rootfs::extract::Ownership`]).
+    pub owners: Option<&'a kiln_rootfs::extract::Ownership>,
 }
 
 /// What an output adds to the manifest for one root.

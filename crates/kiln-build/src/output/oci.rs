@@ -99,8 +99,14 @@ impl Output for Oci {
         for t in &trees {
             cx.cancel.check()?;
             layers.push(
-                kiln_image::oci::write_layer(&staging, t, self.compression, cx.epoch.max(0) as u64)
-                    .with_context(|| format!("writing an OCI layer in {}", staging.display()))?,
+                kiln_image::oci::write_layer(
+                    &staging,
+                    t,
+                    self.compression,
+                    cx.epoch.max(0) as u64,
+                    root.owners,
+                )
+                .with_context(|| format!("writing an OCI layer in {}", staging.display()))?,
             );
         }
         let m = kiln_image::oci::write_image(

@@ -23,6 +23,7 @@ impl Output for Tar {
             &kiln_image::TarOptions {
                 epoch: cx.epoch.max(0) as u64,
                 extra: kiln_image::tar_writer::DEV_ENTRIES,
+                owners: root.owners,
             },
         )
         .with_context(|| format!("writing {}", path.display()))?;

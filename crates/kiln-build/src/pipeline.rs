@@ -206,6 +206,29 @@ fn produce(
     Ok(done)
 }
 
+/// Refuses, with the fix, a recipe this machine cannot build: a full image
+/// for another architecture (its maintainer scripts would need emulation),
+/// or a full image without root.
+fn can_build_here(recipe: &Recipe) -> Result<()> {
+    if recipe.container.distroless {
+        return Ok(());
+    }
+    let host = kiln_recipe::host_architecture();
+    if let Some(a) = recipe.image.architectures.iter().find(|a| **a != host) {
+        return Err(Hinted::new(
+            format!("a full {a} image cannot be built on a {host} host yet (maintainer scripts would need emulation)"),
+            format!("build it on {a}, set architectures = [\"{host}\"], or build distroless (no scripts run)"),
+        )
+        .into());
+    }
+    if !kiln_rootfs::sandbox::is_root() {
+        return Err(
+            kiln_rootfs::RootfsError::Sandbox(kiln_rootfs::sandbox::SandboxError::NotRoot).into(),
+        );
+    }
+    Ok(())
+}
+
 /// Runs one build: lock (if needed), fetch, assemble, outputs, records.
 /// Returns the manifest it wrote to `OUT/manifest.json`. A cancelled build
 /// fails with [`Cancelled`](kiln_model::Cancelled), whatever step it was in.
@@ -219,14 +242,10 @@ pub fn build(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> Re
 
 fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> Result<Manifest> {
     let start = Instant::now();
-    // The output directory must be usable before any work is done.
-    let out_dir = match &req.output {
-        Some(o) => o.clone(),
-        None => Recipe::load(&req.recipe)?.output_dir(),
-    };
-    prepare_output(&out_dir)?;
-    // What builds that died left (build areas in RAM, downloads, outputs).
-    crate::reclaim::at_build_start(req.sources.cache().root(), &out_dir, reporter);
+    // Everything that can refuse the build does so before any work: no
+    // download, no lock written, no output directory made.
+    let planned = Recipe::load(&req.recipe)?;
+    can_build_here(&planned)?;
     if let Err(v) = kiln_rootfs::extract::limit_override() {
         return Err(Hinted::new(
             format!("{}={v} is not a size", kiln_rootfs::extract::LIMIT_ENV),
@@ -235,23 +254,16 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         .into());
     }
     let key = crate::records::load_signing_key(req.sign_key.as_deref())?;
+    // The output directory must be usable before any work is done.
+    let out_dir = match &req.output {
+        Some(o) => o.clone(),
+        None => planned.output_dir(),
+    };
+    prepare_output(&out_dir)?;
+    // What builds that died left (build areas in RAM, downloads, outputs).
+    crate::reclaim::at_build_start(req.sources.cache().root(), &out_dir, reporter);
     let (recipe, lock) = crate::lock::ensure_lock(&req.recipe, req.locked, &req.sources, reporter)?;
-    let host = kiln_recipe::host_architecture();
-    if !recipe.container.distroless {
-        if let Some(a) = recipe.image.architectures.iter().find(|a| *a != host) {
-            return Err(Hinted::new(
-                format!("a full {a} image cannot be built on a {host} host yet (maintainer scripts would need emulation)"),
-                format!("build it on {a}, set architectures = [\"{host}\"], or build distroless (no scripts run)"),
-            )
-            .into());
-        }
-        if !kiln_rootfs::sandbox::is_root() {
-            return Err(kiln_rootfs::RootfsError::Sandbox(
-                kiln_rootfs::sandbox::SandboxError::NotRoot,
-            )
-            .into());
-        }
-    }
+    can_build_here(&recipe)?;
     let epoch = epoch_for(&lock, req.source_date_epoch)?;
     let started = kiln_archive::now();
     let mut per_arch = Vec::new();

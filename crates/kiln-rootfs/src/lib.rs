@@ -139,7 +139,7 @@ impl RootfsError {
                     .into(),
             ),
             RootfsError::Sandbox(sandbox::SandboxError::NotRoot) => {
-                Some("run kiln build as root (e.g. with sudo)".into())
+                Some("run kiln build as root (e.g. with sudo), or build distroless ([container] distroless = true: no scripts run, no root needed)".into())
             }
             RootfsError::Sandbox(sandbox::SandboxError::NoEnv { .. }) => Some(
                 "keep coreutils in the image: check [packages] exclude and the sources' Essential set".into(),

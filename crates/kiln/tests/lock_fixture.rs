@@ -577,6 +577,69 @@ fn usage_errors_exit_64_and_help_exits_0() {
 }
 
 #[test]
+fn a_full_build_without_root_is_refused_before_any_work() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    // An ordinary user who could write the lock, the output and the cache.
+    for (p, mode) in [(f.work.path(), 0o777), (f.cache.path(), 0o777)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::set_permissions(&f.repo.key.keyring, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = f.work.path().join("out");
+    let mut cmd = kiln_command(
+        f.cache.path(),
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    cmd.current_dir(f.work.path());
+    // SAFETY: geteuid has no preconditions; in the child only
+    // async-signal-safe calls run between fork and exec.
+    if unsafe { libc::geteuid() } == 0 {
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(1001) != 0
+                    || libc::setuid(1001) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    }
+    let o = cmd.output().unwrap();
+    assert_fails_with(&o, &["needs root privileges", "distroless"]);
+    assert!(!out.exists(), "the output directory was made");
+    assert!(
+        !kiln_recipe::lock_path_for(&recipe).exists(),
+        "the lock was written"
+    );
+    let cached: Vec<_> = walk(f.cache.path());
+    assert!(cached.is_empty(), "it downloaded: {cached:?}");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
 fn progress_json_gives_one_event_per_line() {
     let f = Fixture::new();
     let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");

@@ -142,6 +142,7 @@ pub fn test_image_with(
     let r = run(
         req,
         reporter,
+        cancel,
         &t,
         m.as_ref(),
         work.path(),
@@ -175,6 +176,7 @@ type Found = (Vec<Outcome>, String, Option<BootTiming>);
 fn run(
     req: &TestRequest,
     reporter: &dyn Reporter,
+    cancel: &Cancel,
     t: &Target,
     m: Option<&kiln_qemu::Machine>,
     work: &Path,
@@ -272,6 +274,7 @@ fn run(
                         cpus: req.cpus,
                         timeout: req.timeout,
                         tests: t.tests.len(),
+                        cancel: Some(cancel),
                     },
                     reporter,
                 )?;

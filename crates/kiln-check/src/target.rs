@@ -61,6 +61,8 @@ impl Target {
             }
             .into());
         }
+        // A tarball or an OCI blob is refused here, not booted.
+        kiln_qemu::refuse_foreign_file(&image)?;
         let dir = image.parent().unwrap_or(Path::new(".")).to_path_buf();
         // A manifest beside the image is read strictly: a damaged one is an
         // error, not a boot without its test commands.

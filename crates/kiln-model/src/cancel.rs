@@ -18,6 +18,14 @@ struct Inner {
 #[derive(Clone, Default)]
 pub struct Cancel(Arc<Inner>);
 
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancel")
+            .field("cancelled", &self.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The error a cancelled step returns.
 #[derive(Debug, thiserror::Error)]
 #[error("cancelled")]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_model::{Reporter, Stage};
+use kiln_model::{Cancel, Reporter, Stage};
 
 use crate::{
     make_seed, overlay, parse_console, qemu_command, virtual_size, BootResult, Guest, ImageFormat,
@@ -31,6 +31,8 @@ pub struct BootTest<'a> {
     pub timeout: u64,
     /// How many test commands the seed's runner runs.
     pub tests: usize,
+    /// Kills QEMU when the command is cancelled (Ctrl-C, SIGTERM).
+    pub cancel: Option<&'a Cancel>,
 }
 
 /// Boots the image once and reads the results from the console log.
@@ -40,6 +42,7 @@ pub struct BootTest<'a> {
 /// ends without the runner's results has `fatal` set. A progress line goes
 /// to the reporter every 30 seconds.
 pub fn boot_once(b: &BootTest, reporter: &dyn Reporter) -> Result<BootResult, QemuError> {
+    crate::check_disk_image(b.image)?;
     let m = b.machine;
     let log = b.console;
     let ov = overlay(b.work, b.image, virtual_size(b.image)?)?;
@@ -67,6 +70,9 @@ pub fn boot_once(b: &BootTest, reporter: &dyn Reporter) -> Result<BootResult, Qe
         qemu: m.qemu.clone(),
         source,
     })?;
+    if let Some(cancel) = b.cancel {
+        cancel.child_started(child.id());
+    }
     let mut r = BootResult::default();
     let deadline = Duration::from_secs(b.timeout);
     let mut ended_at: Option<Instant> = None;
@@ -117,6 +123,9 @@ pub fn boot_once(b: &BootTest, reporter: &dyn Reporter) -> Result<BootResult, Qe
         }
     }
     let _ = child.kill();
+    if let Some(cancel) = b.cancel {
+        cancel.child_finished(child.id());
+    }
     let out = child.wait_with_output()?;
     r.seconds = start.elapsed().as_secs_f64();
     if !r.ended && r.fatal.is_none() {
@@ -145,6 +154,8 @@ pub struct ConsoleBoot {
     pub cpus: u32,
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
     pub ssh_port: u16,
+    /// Seconds after which QEMU is stopped; 0: never.
+    pub timeout: u64,
     /// Public keys the guest's `kiln` user accepts (the first one is used;
     /// none: no seed, the image boots as it is). See
     /// [`user_ssh_keys`](crate::user_ssh_keys).
@@ -156,7 +167,8 @@ pub struct ConsoleGuest {
     command: Command,
     qemu: PathBuf,
     seeded: bool,
-    _work: tempfile::TempDir,
+    timeout: u64,
+    work: tempfile::TempDir,
 }
 
 impl ConsoleBoot {
@@ -164,6 +176,7 @@ impl ConsoleBoot {
     /// seed with the first SSH key, and builds the QEMU command.
     pub fn prepare(&self) -> Result<ConsoleGuest, QemuError> {
         let image = &self.image;
+        crate::check_disk_image(image)?;
         let m = crate::machine()?;
         let work = tempfile::Builder::new().prefix("kiln-boot-").tempdir()?;
         let disk_path = if self.persist {
@@ -199,7 +212,8 @@ impl ConsoleBoot {
             command: c,
             qemu: m.qemu,
             seeded: seed.is_some(),
-            _work: work,
+            timeout: self.timeout,
+            work,
         })
     }
 }
@@ -215,15 +229,34 @@ impl ConsoleGuest {
         &self.command
     }
 
-    /// Runs QEMU in the foreground until it exits.
-    pub fn run(mut self) -> Result<(), QemuError> {
-        let status = self.command.status().map_err(|source| QemuError::Run {
+    /// Runs QEMU in the foreground until it exits, or until the timeout,
+    /// when it is killed. `cancel` kills it and removes the scratch
+    /// directory on Ctrl-C or SIGTERM to Kiln.
+    pub fn run(mut self, cancel: &Cancel) -> Result<(), QemuError> {
+        let mut child = self.command.spawn().map_err(|source| QemuError::Run {
             qemu: self.qemu.clone(),
             source,
         })?;
-        if !status.success() {
-            return Err(QemuError::Exited(status.to_string()));
+        cancel.child_started(child.id());
+        cancel.track_dir(self.work.path());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break Some(s);
+            }
+            if self.timeout > 0 && start.elapsed() > Duration::from_secs(self.timeout) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        cancel.child_finished(child.id());
+        cancel.untrack_dir(self.work.path());
+        match status {
+            None => Err(QemuError::TimedOut(self.timeout)),
+            Some(s) if !s.success() => Err(QemuError::Exited(s.to_string())),
+            Some(_) => Ok(()),
         }
-        Ok(())
     }
 }

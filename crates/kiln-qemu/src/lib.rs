@@ -15,7 +15,8 @@ mod seed;
 pub use boot::{boot_once, BootTest, ConsoleBoot, ConsoleGuest};
 pub use console::{parse_console, BootResult, CommandResult, FATAL};
 pub use machine::{
-    kvm_usable, machine, overlay, qemu_command, virtual_size, Guest, ImageFormat, Machine,
+    check_disk_image, kvm_usable, machine, overlay, qemu_command, refuse_foreign_file,
+    virtual_size, Guest, ImageFormat, Machine,
 };
 pub use seed::{make_seed, ssh_key, user_ssh_keys, RUNNER};
 
@@ -52,6 +53,12 @@ pub enum QemuError {
     /// QEMU exited unsuccessfully (interactive boot).
     #[error("qemu exited with {0}")]
     Exited(String),
+    /// What was given to boot is not a disk image.
+    #[error("{} is not a disk image: it is {what}", path.display())]
+    NotADisk { path: PathBuf, what: String },
+    /// The interactive boot ran past its `--timeout`.
+    #[error("the guest was stopped after {0} s (--timeout)")]
+    TimedOut(u64),
     #[error("{0}")]
     Json(#[from] serde_json::Error),
     #[error("{0}")]
@@ -64,6 +71,12 @@ impl QemuError {
         match self {
             QemuError::Tool(e) => e.hint(),
             QemuError::NoFirmware { .. } => Some("install it with: apt-get install ovmf".into()),
+            QemuError::NotADisk { .. } => Some(
+                "give a bootable disk (disk.raw or disk.qcow2, from [output] formats = [\"disk\"] or [\"qcow2\"]); \
+                 a root filesystem tarball or an OCI image does not boot: unpack it and chroot into it, or check it with kiln verify"
+                    .into(),
+            ),
+            QemuError::TimedOut(_) => Some("give a longer --timeout, or --timeout 0 for none".into()),
             _ => None,
         }
     }

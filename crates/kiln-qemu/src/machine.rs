@@ -54,6 +54,74 @@ pub enum ImageFormat {
     Qcow2,
 }
 
+/// Refuses what is not a disk image QEMU can boot: a qcow2 file, or a raw
+/// disk with a partition table (GPT, or an MBR boot signature). A tarball,
+/// an OCI blob or a JSON file given to `kiln boot` would otherwise leave the
+/// firmware trying network boot and then sitting at its shell.
+pub fn check_disk_image(p: &Path) -> Result<ImageFormat, QemuError> {
+    let head = head(p)?;
+    if head.starts_with(b"QFI\xfb") {
+        return Ok(ImageFormat::Qcow2);
+    }
+    let gpt = head.get(512..520) == Some(b"EFI PART");
+    let mbr = head.get(510..512) == Some(&[0x55, 0xAA]);
+    if gpt || mbr {
+        return Ok(ImageFormat::Raw);
+    }
+    Err(QemuError::NotADisk {
+        path: p.to_path_buf(),
+        what: foreign_format(&head)
+            .unwrap_or("no disk: it has neither a partition table nor the qcow2 header")
+            .to_string(),
+    })
+}
+
+/// Refuses a file that is recognisably something else than a disk (a tar
+/// archive, compressed data, an executable, JSON, nothing); other files
+/// pass, for the static checks to say what is wrong with them.
+pub fn refuse_foreign_file(p: &Path) -> Result<(), QemuError> {
+    let head = head(p)?;
+    if head.starts_with(b"QFI\xfb") {
+        return Ok(());
+    }
+    match foreign_format(&head) {
+        Some(what) => Err(QemuError::NotADisk {
+            path: p.to_path_buf(),
+            what: what.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn head(p: &Path) -> Result<Vec<u8>, QemuError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(p)?.take(4096).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// What the first bytes of a file show it to be, when that is not a disk.
+fn foreign_format(head: &[u8]) -> Option<&'static str> {
+    let what = if head.get(257..262) == Some(b"ustar") {
+        "a tar archive"
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        "gzip-compressed data"
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        "zstd-compressed data"
+    } else if head.starts_with(b"\xfd7zXZ") {
+        "xz-compressed data"
+    } else if head.starts_with(b"\x7fELF") {
+        "an executable"
+    } else if head.first().is_some_and(|b| *b == b'{' || *b == b'[') {
+        "JSON"
+    } else if head.is_empty() {
+        "empty"
+    } else {
+        return None;
+    };
+    Some(what)
+}
+
 impl ImageFormat {
     /// `qcow2` when the file starts with the qcow2 magic, else `raw`
     /// (also for a file that cannot be read).

@@ -196,6 +196,9 @@ enum Command {
         /// Host port forwarded to the guest's SSH port.
         #[arg(long, default_value_t = 2222)]
         ssh_port: u16,
+        /// Seconds after which the guest is stopped (0: never).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
     },
     /// Download every package of the recipe's lock into the cache (locking first if needed).
     Fetch {
@@ -322,14 +325,17 @@ fn main() -> ExitCode {
             memory,
             cpus,
             ssh_port,
+            timeout,
         } => test::cmd_boot(
             &ui,
+            &cancel,
             &test::BootArgs {
                 image,
                 persist,
                 memory,
                 cpus,
                 ssh_port,
+                timeout,
             },
         ),
         Command::Fetch {

@@ -114,10 +114,11 @@ pub struct BootArgs {
     pub memory: u32,
     pub cpus: u32,
     pub ssh_port: u16,
+    pub timeout: u64,
 }
 
 /// `kiln boot IMAGE`: the image in QEMU with the serial console on this terminal.
-pub fn cmd_boot(ui: &Ui, args: &BootArgs) -> Result<()> {
+pub fn cmd_boot(ui: &Ui, cancel: &Cancel, args: &BootArgs) -> Result<()> {
     let image = if args.image.is_dir() {
         kiln_check::find_image(&args.image)
     } else {
@@ -136,6 +137,7 @@ pub fn cmd_boot(ui: &Ui, args: &BootArgs) -> Result<()> {
         memory: args.memory,
         cpus: args.cpus,
         ssh_port: args.ssh_port,
+        timeout: args.timeout,
         ssh_keys: kiln_qemu::user_ssh_keys(),
     }
     .prepare()?;
@@ -156,6 +158,6 @@ pub fn cmd_boot(ui: &Ui, args: &BootArgs) -> Result<()> {
             }
         ),
     );
-    guest.run()?;
+    guest.run(cancel)?;
     Ok(())
 }

@@ -227,3 +227,124 @@ fn missing_qemu_or_firmware_names_the_package() {
     // Nothing was written next to the image before the tools were found.
     assert!(!d.path().join("disk.test.xml").exists());
 }
+
+#[test]
+fn a_tarball_is_refused_by_test_and_boot_with_a_hint() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tree(d.path());
+    let tar = d.path().join("rootfs.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&t)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for args in [
+        vec!["test", tar.to_str().unwrap()],
+        vec!["test", tar.to_str().unwrap(), "--skip-boot"],
+        vec!["boot", tar.to_str().unwrap()],
+    ] {
+        let o = kiln(&args, &[]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} accepted a tarball");
+        assert_ne!(o.status.code(), Some(64), "not a usage error: {err}");
+        assert!(
+            err.contains("is not a disk image: it is a tar archive"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("formats = [\"disk\"]") && err.contains("chroot"),
+            "{err}"
+        );
+    }
+}
+
+/// A QEMU running with a file under `dir` on its command line (the boot's
+/// overlay is in its scratch directory).
+fn qemu_running(dir: &Path) -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", &format!("qemu-system.*{}", dir.display())])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// `kiln boot` of a disk whose boot loader is not one (the firmware ends
+/// at network boot and its shell): the guest never ends by itself.
+fn boot_that_never_ends(d: &Path, scratch: &Path, extra: &[&str]) -> std::process::Child {
+    let t = tree(d);
+    let raw = small_disk(d, &t);
+    let mut args = vec!["boot", raw.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    kiln_command(&cache(), &args, &[])
+        .env("TMPDIR", scratch)
+        .env("HOME", scratch)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn leftovers(scratch: &Path) -> Vec<String> {
+    std::fs::read_dir(scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kiln-boot-"))
+        .collect()
+}
+
+#[test]
+fn boot_stops_the_guest_at_its_timeout_and_cleans_up() {
+    let d = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let child = boot_that_never_ends(
+        d.path(),
+        scratch.path(),
+        &["--timeout", "5", "--ssh-port", "22301"],
+    );
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("stopped after 5 s") && err.contains("--timeout"),
+        "{err}"
+    );
+    assert!(!qemu_running(scratch.path()), "QEMU is still running");
+    assert_eq!(leftovers(scratch.path()), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_to_boot_kills_the_guest_and_cleans_up() {
+    let d = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut child = boot_that_never_ends(d.path(), scratch.path(), &["--ssh-port", "22302"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !qemu_running(scratch.path()) {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("kiln boot ended ({st}) before QEMU ran: {err}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("QEMU never started");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        !leftovers(scratch.path()).is_empty(),
+        "no scratch directory while booting"
+    );
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!qemu_running(scratch.path()), "QEMU outlived kiln");
+    assert_eq!(leftovers(scratch.path()), Vec::<String>::new());
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use kiln_model::event::Stage;
 use kiln_model::fsutil::write_atomic;
 use kiln_model::{
@@ -93,6 +93,101 @@ fn prepare_output(dir: &Path) -> Result<()> {
     let probe = dir.join(format!(".kiln-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)?;
+    Ok(())
+}
+
+/// Whether `name`, in an output directory, is something a Kiln build
+/// writes there: the previous build's outputs are these, and only these are
+/// removed when a new build replaces it (other files are left alone).
+pub fn is_build_output(name: &str) -> bool {
+    let ext = |stem: &str, exts: &[&str]| {
+        exts.iter().any(|e| {
+            name.strip_suffix(e)
+                .is_some_and(|s| s == stem || s.starts_with(&format!("{stem}-")))
+        })
+    };
+    matches!(
+        name,
+        "manifest.json" | "provenance.json" | "oci" | "rebuild" | INCOMPLETE_MARKER
+    ) || (name.starts_with("sbom.")
+        && (name.ends_with(".spdx.json") || name.ends_with(".cdx.json")))
+        || ext("rootfs", &[".tar", ".rebuild.tar"])
+        || ext("disk", &[".raw", ".qcow2", ".test.xml", ".console.log"])
+        || (name.starts_with("disk") && name.contains(".console.") && name.ends_with(".log"))
+}
+
+/// Where a build writes before it replaces the previous one: inside the
+/// output directory (same file system, so the outputs are renamed in), named
+/// so that [`crate::reclaim`] removes it when its process died.
+fn staging_dir(out: &Path) -> PathBuf {
+    out.join(format!(".kiln-staging.partial-{}", std::process::id()))
+}
+
+/// Removes the staging directory unless the build got to installing it.
+struct Staging<'a> {
+    path: PathBuf,
+    cancel: &'a Cancel,
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if let Some(parent) = self.path.parent() {
+            if let (Ok(dir), Some(name)) = (
+                kiln_rootfs::inroot::Root::open(parent),
+                self.path.file_name(),
+            ) {
+                let _ = dir.remove_tree(name);
+            }
+        }
+        self.cancel.untrack_dir(&self.path);
+    }
+}
+
+/// Replaces the previous build in `out` with the finished one in
+/// `staging`: every output of a Kiln build (see [`is_build_output`]) that
+/// this build did not write is removed, the new ones are renamed in,
+/// `manifest.json` last, under the `.kiln-incomplete` marker; files that no
+/// Kiln build writes are left where they are.
+fn install_build(staging: &Path, out: &Path) -> Result<()> {
+    let marker = out.join(INCOMPLETE_MARKER);
+    std::fs::write(&marker, b"a kiln build is writing here\n")?;
+    let dir = kiln_rootfs::inroot::Root::open(out)?;
+    let names = |d: &Path| -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(d)? {
+            v.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        v.sort();
+        Ok(v)
+    };
+    let new = names(staging)?;
+    for name in names(out)? {
+        if is_build_output(&name) && name != INCOMPLETE_MARKER && !new.contains(&name) {
+            dir.remove_tree(&name).with_context(|| {
+                format!(
+                    "removing the previous build's {}",
+                    out.join(&name).display()
+                )
+            })?;
+        }
+    }
+    for name in new
+        .iter()
+        .filter(|n| n.as_str() != MANIFEST_FILE && n.as_str() != INCOMPLETE_MARKER)
+    {
+        let (from, to) = (staging.join(name), out.join(name));
+        if to.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            let old = out.join(format!(".{name}.old.partial-{}", std::process::id()));
+            std::fs::rename(&to, &old)?;
+            std::fs::rename(&from, &to)?;
+            dir.remove_tree(old.file_name().expect("a name"))?;
+        } else {
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("moving {} into {}", name, out.display()))?;
+        }
+    }
+    std::fs::rename(staging.join(MANIFEST_FILE), out.join(MANIFEST_FILE))?;
+    std::fs::remove_file(&marker)?;
     Ok(())
 }
 
@@ -273,10 +368,22 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         let debs = crate::fetch::fetch_packages(&lock, &pkgs, &req.sources, reporter, cancel)?;
         per_arch.push((arch.clone(), pkgs, debs));
     }
-    // From here on the directory holds a partial build until the records are written.
-    let marker = out_dir.join(INCOMPLETE_MARKER);
+    // The build is written aside and replaces the previous one only when
+    // complete: a failed build leaves the previous one as it was.
+    let staging = Staging {
+        path: staging_dir(&out_dir),
+        cancel,
+    };
+    let _ = std::fs::remove_dir_all(&staging.path);
+    std::fs::create_dir(&staging.path)
+        .with_context(|| format!("creating {}", staging.path.display()))?;
+    cancel.track_dir(&staging.path);
+    let stage_dir = staging.path.clone();
+    let marker = stage_dir.join(INCOMPLETE_MARKER);
     std::fs::write(&marker, b"a kiln build is writing here\n")?;
-    let produced = produce(&recipe, &lock, &per_arch, epoch, &out_dir, reporter, cancel)?;
+    let produced = produce(
+        &recipe, &lock, &per_arch, epoch, &stage_dir, reporter, cancel,
+    )?;
     let all_pkgs: Vec<&LockedPackage> = per_arch.iter().flat_map(|a| a.1.iter().copied()).collect();
     let has_disk = !produced.disk.is_empty();
     let manifest = Manifest {
@@ -332,7 +439,10 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         },
         generator: format!("kiln {}", env!("CARGO_PKG_VERSION")),
     };
-    write_atomic(&out_dir.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
+    write_atomic(
+        &stage_dir.join(MANIFEST_FILE),
+        manifest.to_json().as_bytes(),
+    )?;
     crate::records::write_records(
         reporter,
         &recipe,
@@ -343,9 +453,12 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         epoch,
         started,
         key.as_ref(),
-        &out_dir,
+        &stage_dir,
     )?;
     std::fs::remove_file(&marker)?;
+    cancel.check()?;
+    install_build(&stage_dir, &out_dir)?;
+    drop(staging);
     for a in &produced.artifacts {
         reporter.report(Event::Artifact {
             path: out_dir.join(&a.path).display().to_string(),

@@ -625,6 +625,71 @@ fn a_full_build_without_root_is_refused_before_any_work() {
     assert!(cached.is_empty(), "it downloaded: {cached:?}");
 }
 
+#[test]
+fn an_output_directory_holds_exactly_one_build() {
+    let f = Fixture::new();
+    let recipe = f.distroless_recipe();
+    let out = f.work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine\n").unwrap();
+    let build = |envs: &[(&str, &str)]| {
+        kiln_command(
+            f.cache.path(),
+            &[
+                "build",
+                recipe.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            envs,
+        )
+        .current_dir(f.work.path())
+        .output()
+        .unwrap()
+    };
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    };
+    let o = build(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("rootfs.tar").is_file());
+    // The same recipe, now for an OCI image only: the old tarball goes.
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("formats = [\"tar\"]", "formats = [\"oci\"]"),
+    )
+    .unwrap();
+    let o = build(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !out.join("rootfs.tar").exists(),
+        "the previous build's rootfs.tar stayed"
+    );
+    assert!(out.join("oci/index.json").is_file());
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let v = f.kiln(&["verify", out.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    // A build that fails half-way leaves the previous one as it was.
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+    let index = std::fs::read(out.join("oci/index.json")).unwrap();
+    let o = build(&[("KILN_UNPACK_LIMIT", "1")]);
+    assert!(!o.status.success(), "a 1-byte unpack limit passed");
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
+    assert_eq!(std::fs::read(out.join("oci/index.json")).unwrap(), index);
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let v = f.kiln(&["verify", out.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", stderr(&v));
+}
+
 /// Every file below `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

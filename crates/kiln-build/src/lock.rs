@@ -608,3 +608,123 @@ fn distroless_include(recipe: &Recipe, universe: &Universe) -> Vec<String> {
     }
     include
 }
+
+/// One package that differs between two locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The image architecture it is installed for.
+    pub target: String,
+    pub name: String,
+    pub architecture: String,
+    /// Its version in the old lock (`None`: added).
+    pub from: Option<String>,
+    /// Its version in the new lock (`None`: removed).
+    pub to: Option<String>,
+}
+
+/// What changed between two locks: packages added, removed, and updated
+/// (another version), each sorted by architecture and name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LockDiff {
+    pub added: Vec<Change>,
+    pub removed: Vec<Change>,
+    pub updated: Vec<Change>,
+}
+
+impl LockDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.updated.is_empty()
+    }
+}
+
+/// The packages of `new` that `old` lacks, those it has that `new` lacks,
+/// and those whose version changed; a package is its (image architecture,
+/// name, architecture).
+pub fn diff(old: &Lock, new: &Lock) -> LockDiff {
+    let key = |p: &LockedPackage| (p.target.clone(), p.name.clone(), p.architecture.clone());
+    let before: BTreeMap<_, &LockedPackage> = old.packages.iter().map(|p| (key(p), p)).collect();
+    let after: BTreeMap<_, &LockedPackage> = new.packages.iter().map(|p| (key(p), p)).collect();
+    let change = |(target, name, architecture): &(String, String, String),
+                  from: Option<&LockedPackage>,
+                  to: Option<&LockedPackage>| Change {
+        target: target.clone(),
+        name: name.clone(),
+        architecture: architecture.clone(),
+        from: from.map(|p| p.version.clone()),
+        to: to.map(|p| p.version.clone()),
+    };
+    let mut d = LockDiff::default();
+    for (k, p) in &after {
+        match before.get(k) {
+            None => d.added.push(change(k, None, Some(p))),
+            Some(o) if o.version != p.version => d.updated.push(change(k, Some(o), Some(p))),
+            Some(_) => {}
+        }
+    }
+    for (k, o) in &before {
+        if !after.contains_key(k) {
+            d.removed.push(change(k, Some(o), None));
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+
+    fn pkg(target: &str, name: &str, version: &str) -> LockedPackage {
+        LockedPackage {
+            name: name.into(),
+            version: version.into(),
+            architecture: target.into(),
+            target: target.into(),
+            source: name.into(),
+            source_version: version.into(),
+            filename: format!("pool/{name}.deb"),
+            size: 1,
+            sha256: "0".repeat(64),
+            installed_size: 1,
+            release: "trixie".into(),
+            reason: Reason::Dependency,
+            required_by: Vec::new(),
+        }
+    }
+
+    fn lock(pkgs: Vec<LockedPackage>) -> Lock {
+        Lock {
+            version: 1,
+            recipe: String::new(),
+            generator: String::new(),
+            releases: Vec::new(),
+            packages: pkgs,
+        }
+    }
+
+    #[test]
+    fn added_removed_and_updated_per_architecture() {
+        let old = lock(vec![
+            pkg("amd64", "libssl3", "3.0.1"),
+            pkg("amd64", "foo", "1"),
+            pkg("arm64", "libssl3", "3.0.1"),
+        ]);
+        let new = lock(vec![
+            pkg("amd64", "libssl3", "3.0.2"),
+            pkg("amd64", "bar", "2"),
+            pkg("arm64", "libssl3", "3.0.1"),
+        ]);
+        let d = diff(&old, &new);
+        let names = |v: &[Change]| -> Vec<String> {
+            v.iter()
+                .map(|c| format!("{}/{} {:?}->{:?}", c.target, c.name, c.from, c.to))
+                .collect()
+        };
+        assert_eq!(names(&d.added), ["amd64/bar None->Some(\"2\")"]);
+        assert_eq!(names(&d.removed), ["amd64/foo Some(\"1\")->None"]);
+        assert_eq!(
+            names(&d.updated),
+            ["amd64/libssl3 Some(\"3.0.1\")->Some(\"3.0.2\")"]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+}

@@ -35,6 +35,12 @@ pub enum Stage {
     Pushed,
     /// Space left by a Kiln that died (build areas, temporary files) was freed.
     Reclaim,
+    /// A package a new lock has that the previous one did not.
+    Added,
+    /// A package the previous lock had that the new one does not.
+    Removed,
+    /// A package at another version in the new lock.
+    Updated,
 }
 
 impl Stage {
@@ -60,6 +66,9 @@ impl Stage {
             Stage::Push => "Pushing",
             Stage::Pushed => "Pushed",
             Stage::Reclaim => "Reclaimed",
+            Stage::Added => "Added",
+            Stage::Removed => "Removed",
+            Stage::Updated => "Updated",
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The commands: each turns parsed arguments into a library call and
 //! renders its result. No pipeline logic lives here.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -83,27 +82,26 @@ pub fn cmd_lock(
     }
     let download: u64 = lock.packages.iter().map(|p| p.size).sum();
     let installed: u64 = lock.packages.iter().map(|p| p.installed_size * 1024).sum();
-    let changed = match &old {
-        None => "written".to_string(),
-        Some(o) if *o == lock => "unchanged".to_string(),
-        Some(o) => {
-            let before: HashMap<(&str, &str), &str> = o
-                .packages
-                .iter()
-                .map(|p| ((p.target.as_str(), p.name.as_str()), p.version.as_str()))
-                .collect();
-            let n = lock
-                .packages
-                .iter()
-                .filter(|p| {
-                    before.get(&(p.target.as_str(), p.name.as_str())) != Some(&p.version.as_str())
-                })
-                .count();
-            if n == 0 {
-                "updated: same packages, recipe or sources changed".to_string()
-            } else {
-                format!("updated, {n} packages changed")
+    let diff = old.as_ref().map(|o| kiln_build::lock::diff(o, &lock));
+    let changed = match (&old, &diff) {
+        (None, _) | (_, None) => "written".to_string(),
+        (Some(o), _) if *o == lock => "unchanged".to_string(),
+        (Some(_), Some(d)) if d.is_empty() => {
+            "updated: the same packages and versions; the recipe, sources or Release files changed"
+                .to_string()
+        }
+        (Some(_), Some(d)) => {
+            let mut parts = Vec::new();
+            for (n, what) in [
+                (d.added.len(), "added"),
+                (d.removed.len(), "removed"),
+                (d.updated.len(), "updated"),
+            ] {
+                if n > 0 {
+                    parts.push(format!("{n} {what}"));
+                }
             }
+            format!("updated: {}", parts.join(", "))
         }
     };
     reporter.step(
@@ -118,6 +116,34 @@ pub fn cmd_lock(
             lock_path.display()
         ),
     );
+    // Every change, as `uv lock` and `cargo update` show them.
+    if let Some(d) = &diff {
+        let archs = recipe.image.architectures.len() > 1;
+        let shown = |c: &kiln_build::lock::Change, version: String| {
+            if archs {
+                format!("{} {version} (for {})", c.name, c.target)
+            } else {
+                format!("{} {version}", c.name)
+            }
+        };
+        for c in &d.added {
+            reporter.step(Stage::Added, &shown(c, c.to.clone().unwrap_or_default()));
+        }
+        for c in &d.removed {
+            reporter.step(
+                Stage::Removed,
+                &shown(c, c.from.clone().unwrap_or_default()),
+            );
+        }
+        for c in &d.updated {
+            let v = format!(
+                "{} -> {}",
+                c.from.as_deref().unwrap_or(""),
+                c.to.as_deref().unwrap_or("")
+            );
+            reporter.step(Stage::Updated, &shown(c, v));
+        }
+    }
     if json {
         outln!(
             "{}",

@@ -690,6 +690,35 @@ fn an_output_directory_holds_exactly_one_build() {
     assert!(v.status.success(), "{}", stderr(&v));
 }
 
+#[test]
+fn relocking_lists_added_removed_and_updated_packages() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let o = f.lock(&recipe, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(written)"), "{}", stderr(&o));
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"mta-a\"]", "");
+    let o = f.lock(&recipe, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("(updated: 1 added, 3 removed)"), "{err}");
+    for line in [
+        "Added mta-a 1",
+        "Removed libfoo1 1.2-1",
+        "Removed nginx 1.26.0-1",
+        "Removed nginx-common 1.26.0-1",
+    ] {
+        assert!(
+            err.lines().any(|l| l.trim() == line),
+            "no line {line:?} in:\n{err}"
+        );
+    }
+    assert!(!err.contains("Removed base-files"), "{err}");
+    let o = f.lock(&recipe, &[]);
+    assert!(stderr(&o).contains("(unchanged)"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("Added"), "{}", stderr(&o));
+}
+
 /// Every file below `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -62,6 +62,7 @@ pub fn resolve_recipe(
         version: kiln_recipe::lock::LOCK_VERSION,
         recipe: recipe.resolution_hash(),
         generator: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+        inputs: recipe.resolution_inputs(),
         releases: Vec::new(),
         packages: Vec::new(),
     };
@@ -191,7 +192,7 @@ pub fn ensure_lock(
             Ok((recipe, lock))
         }
         Some(lock) if locked => {
-            lock.check(&hash, &lock_path)?;
+            lock.check(&recipe, &lock_path)?;
             unreachable!("check fails on a mismatch")
         }
         None if locked => Err(Hinted {
@@ -696,6 +697,7 @@ mod diff_tests {
             version: 1,
             recipe: String::new(),
             generator: String::new(),
+            inputs: Default::default(),
             releases: Vec::new(),
             packages: pkgs,
         }

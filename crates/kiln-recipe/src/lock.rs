@@ -3,11 +3,13 @@
 //! A lock names every package by version and sha256, and the signed Release
 //! files the resolution came from. Builds from a lock never resolve again.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::RecipeError;
+use crate::recipe::Recipe;
 
 pub const LOCK_VERSION: u32 = 1;
 
@@ -18,6 +20,9 @@ pub struct Lock {
     /// [`crate::Recipe::resolution_hash`] of the recipe this lock was made from.
     pub recipe: String,
     pub generator: String,
+    /// [`Recipe::resolution_inputs`]: which input changed, when one did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
     #[serde(rename = "release", default)]
     pub releases: Vec<LockedRelease>,
     #[serde(rename = "package", default)]
@@ -144,14 +149,84 @@ impl Lock {
     }
 
     /// Fails unless this lock was made from a recipe with `recipe_hash`.
-    pub fn check(&self, recipe_hash: &str, path: &Path) -> Result<(), RecipeError> {
-        if self.recipe != recipe_hash {
-            return Err(RecipeError::LockMismatch {
-                path: path.to_path_buf(),
-                detail: "the recipe's packages, suite, architectures or sources changed since it was locked"
-                    .into(),
-            });
+    pub fn check(&self, recipe: &Recipe, path: &Path) -> Result<(), RecipeError> {
+        if self.recipe == recipe.resolution_hash() {
+            return Ok(());
         }
-        Ok(())
+        Err(RecipeError::LockMismatch {
+            path: path.to_path_buf(),
+            detail: self.what_changed(recipe),
+        })
+    }
+
+    /// Which of the recipe's resolution inputs differ from those this lock
+    /// was made from, in words.
+    pub fn what_changed(&self, recipe: &Recipe) -> String {
+        let now = recipe.resolution_inputs();
+        // In the order the recipe sets them.
+        let order = [
+            "suite",
+            "architectures",
+            "components",
+            "default-sources",
+            "priority",
+            "include",
+            "exclude",
+            "recommends",
+            "sources",
+            "distroless",
+            "ignore-dependencies",
+        ];
+        let mut changed: Vec<&String> = now
+            .iter()
+            .filter(|(k, v)| self.inputs.get(*k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
+        changed.sort_by_key(|k| order.iter().position(|o| o == k));
+        if self.inputs.is_empty() || changed.is_empty() {
+            // A lock from a Kiln that did not record its inputs.
+            return "the recipe's packages, suite, architectures or sources changed since it was locked"
+                .into();
+        }
+        // The recipe key each input is set by.
+        let key = |input: &str| -> String {
+            match input {
+                "suite" | "architectures" | "components" | "default-sources" => {
+                    format!("[image] {input}")
+                }
+                "priority" | "include" | "exclude" | "recommends" => format!("[packages] {input}"),
+                "sources" => "[[source]]".into(),
+                _ => format!("[container] {input}"),
+            }
+        };
+        let mut parts: Vec<String> = changed.iter().map(|k| key(k)).collect();
+        if changed.iter().any(|k| k.as_str() == "include") {
+            // The names asked for are in the lock as the packages included.
+            let locked: std::collections::BTreeSet<&str> = self
+                .packages
+                .iter()
+                .filter(|p| p.reason == Reason::Include)
+                .map(|p| p.name.as_str())
+                .collect();
+            let wanted: std::collections::BTreeSet<&str> =
+                recipe.packages.include.iter().map(|s| s.as_str()).collect();
+            let added: Vec<&str> = wanted.difference(&locked).copied().collect();
+            let removed: Vec<&str> = locked.difference(&wanted).copied().collect();
+            let mut detail = Vec::new();
+            if !added.is_empty() {
+                detail.push(format!("now also names {}", added.join(", ")));
+            }
+            if !removed.is_empty() {
+                detail.push(format!("no longer names {}", removed.join(", ")));
+            }
+            if !detail.is_empty() {
+                let i = parts
+                    .iter()
+                    .position(|p| p == "[packages] include")
+                    .expect("listed");
+                parts[i] = format!("[packages] include ({})", detail.join("; "));
+            }
+        }
+        format!("{} changed since it was locked", parts.join(", "))
     }
 }

@@ -419,6 +419,38 @@ impl Recipe {
         hex::encode(sha2::Sha256::digest(json))
     }
 
+    /// Each resolution input on its own, by the recipe key that sets it, as
+    /// a sha256: the lock records them, so a lock that no longer matches can
+    /// say which of them changed.
+    pub fn resolution_inputs(&self) -> BTreeMap<String, String> {
+        use sha2::Digest;
+        fn h(v: &impl Serialize) -> String {
+            hex::encode(sha2::Sha256::digest(
+                serde_json::to_vec(v).expect("recipe serializes"),
+            ))
+        }
+        let p = &self.packages;
+        [
+            ("suite", h(&self.image.suite)),
+            ("architectures", h(&self.image.architectures)),
+            ("components", h(&self.image.components)),
+            ("default-sources", h(&self.image.default_sources)),
+            ("priority", h(&p.priority)),
+            ("include", h(&p.include)),
+            ("exclude", h(&p.exclude)),
+            ("recommends", h(&p.recommends)),
+            ("sources", h(&self.sources)),
+            ("distroless", h(&self.container.distroless)),
+            (
+                "ignore-dependencies",
+                h(&self.container.ignore_dependencies),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// The output directory: `[output] directory`, else `out/<name>` beside the recipe.
     pub fn output_dir(&self) -> PathBuf {
         let base = self.path.parent().unwrap_or(Path::new("."));

@@ -55,7 +55,7 @@ pub fn cmd_lock(
             .into());
         }
         let lock = Lock::read(&lock_path)?;
-        lock.check(&recipe.resolution_hash(), &lock_path)?;
+        lock.check(&recipe, &lock_path)?;
         let proof = kiln_build::lock::check_against_indexes(&lock, &recipe, args, reporter)?;
         reporter.step(
             Stage::LockChecked,

@@ -211,8 +211,25 @@ fn lock_check_fails_when_the_recipe_changed() {
     std::fs::write(&recipe, text.replace("[\"nginx\"]", "[\"nginx\", \"app\"]")).unwrap();
     assert_fails_with(
         &f.lock(&recipe, &["--check"]),
-        &["does not match its recipe", "hint: run `kiln lock"],
+        &[
+            "does not match its recipe",
+            "[packages] include (now also names app) changed since it was locked",
+            "hint: run `kiln lock",
+        ],
     );
+    // Each input is named: here the suite and the sources.
+    std::fs::write(
+        &recipe,
+        text.replace("suite = \"kiln-test\"", "suite = \"kiln-other\"")
+            .replace("suites = [\"kiln-test\"]", "suites = [\"kiln-other\"]"),
+    )
+    .unwrap();
+    let o = f.lock(&recipe, &["--check"]);
+    assert_fails_with(
+        &o,
+        &["[image] suite, [[source]] changed since it was locked"],
+    );
+    assert!(!stderr(&o).contains("[packages]"), "{}", stderr(&o));
 }
 
 #[test]

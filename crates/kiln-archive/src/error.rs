@@ -21,6 +21,13 @@ pub enum ArchiveError {
     HttpStatus { url: String, status: u16 },
     #[error("{url}: not found")]
     NotFound { url: String },
+    #[error("{uri} has no suite {suite:?} (neither dists/{suite}/InRelease nor dists/{suite}/Release is there)")]
+    NoSuite {
+        uri: String,
+        suite: String,
+        /// A known suite name close to `suite`.
+        did_you_mean: Option<String>,
+    },
     #[error("{url} sent more than {limit} bytes, more than {what} may be: download stopped")]
     TooLarge {
         url: String,
@@ -125,6 +132,15 @@ impl ArchiveError {
             }
             ArchiveError::NotFound { .. } => {
                 "check that the suite exists on this mirror and is spelled right".into()
+            }
+            ArchiveError::NoSuite {
+                did_you_mean: Some(s),
+                ..
+            } => format!("did you mean `{s}`? set [image] suite (or the [[source]]'s suites) to a suite the mirror has"),
+            ArchiveError::NoSuite { .. } => {
+                "check that the suite exists on this mirror and is spelled right (Debian's: bookworm, trixie, forky, sid, \
+                 and their -updates, -backports and -security suites)"
+                    .into()
             }
             ArchiveError::BadSignature { .. } => "install the archive's keyring (e.g. debian-archive-keyring) or name it \
                  with signed-by; for an unsigned local repository set allow-unsigned = true on its [[source]]"

@@ -227,8 +227,10 @@ pub(crate) fn load_release(
                 let release = fetcher
                     .get(&dist_url(src, "Release"), Limit::RELEASE)
                     .map_err(|e| match e {
-                        ArchiveError::NotFound { .. } => ArchiveError::NotFound {
-                            url: dist_url(src, "InRelease"),
+                        ArchiveError::NotFound { .. } => ArchiveError::NoSuite {
+                            uri: src.uri.clone(),
+                            suite: src.suite.clone(),
+                            did_you_mean: sources::suite_suggestion(&src.suite),
                         },
                         e => e,
                     })?;

@@ -75,6 +75,27 @@ const DEBIAN_SUITES: &[&str] = &[
     "oldoldstable",
 ];
 
+/// The known Debian suite closest to `suite` (a typo of one, or of one
+/// with its `-updates`, `-backports`, `-security`, `-proposed-updates`
+/// companion), when one is close enough to be what was meant.
+pub fn suite_suggestion(suite: &str) -> Option<String> {
+    let mut names: Vec<String> = Vec::new();
+    for base in DEBIAN_SUITES.iter().chain(["experimental"].iter()) {
+        names.push(base.to_string());
+        for sfx in ["-updates", "-backports", "-security", "-proposed-updates"] {
+            names.push(format!("{base}{sfx}"));
+        }
+    }
+    let lower = suite.to_ascii_lowercase();
+    names
+        .into_iter()
+        .filter(|n| *n != suite)
+        .map(|n| (strsim::levenshtein(&lower, &n), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 5) && *d < n.len() / 2)
+        .min()
+        .map(|(_, n)| n)
+}
+
 /// Suites that have no `-updates` or `-security` companions.
 const ROLLING: &[&str] = &["sid", "unstable", "experimental", "rc-buggy"];
 
@@ -423,5 +444,27 @@ mod tests {
         )]);
         let e = default_sources("trixie", &["main".into()], d.path(), &Default::default());
         assert!(matches!(e, Err(ArchiveError::NoHostSources)));
+    }
+}
+
+#[cfg(test)]
+mod suggestion_tests {
+    use super::suite_suggestion;
+
+    #[test]
+    fn typos_of_debian_suites_are_suggested_and_unknown_names_are_not() {
+        for (typo, meant) in [
+            ("trixy", "trixie"),
+            ("bookwrom", "bookworm"),
+            ("Trixie", "trixie"),
+            ("trixie-backport", "trixie-backports"),
+            ("bookworm-securty", "bookworm-security"),
+            ("unstabel", "unstable"),
+        ] {
+            assert_eq!(suite_suggestion(typo).as_deref(), Some(meant), "{typo}");
+        }
+        for other in ["kiln-test", "jammy", "my-vendor-suite", "x"] {
+            assert_eq!(suite_suggestion(other), None, "{other}");
+        }
     }
 }

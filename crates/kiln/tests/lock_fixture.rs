@@ -736,6 +736,24 @@ fn relocking_lists_added_removed_and_updated_packages() {
     assert!(!stderr(&o).contains("Added"), "{}", stderr(&o));
 }
 
+#[test]
+fn a_misspelled_suite_is_named_with_a_suggestion() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, text.replace("kiln-test", "trixy")).unwrap();
+    let o = f.lock(&recipe, &[]);
+    assert_fails_with(
+        &o,
+        &[
+            "has no suite \"trixy\"",
+            "dists/trixy/InRelease",
+            "did you mean `trixie`?",
+        ],
+    );
+    assert_ne!(o.status.code(), Some(64));
+}
+
 /// Every file below `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

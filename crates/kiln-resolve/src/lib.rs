@@ -25,6 +25,12 @@ pub enum ResolveError {
         name: String,
         suggestions: Vec<String>,
     },
+    /// Several names at once: every one the request has wrong.
+    #[error("unknown packages {}", names.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    UnknownPackages {
+        /// Each name with its suggestions.
+        names: Vec<(String, Vec<String>)>,
+    },
     #[error("`{name}` is a virtual package provided by {}", providers.join(", "))]
     Ambiguous {
         name: String,
@@ -46,6 +52,20 @@ impl ResolveError {
             ResolveError::UnknownPackage { .. } => Some(
                 "check the spelling, the suite and the components ([image] components) of the recipe".into(),
             ),
+            ResolveError::UnknownPackages { names } => {
+                let mut parts: Vec<String> = names
+                    .iter()
+                    .filter(|(_, s)| !s.is_empty())
+                    .map(|(n, s)| {
+                        format!(
+                            "for `{n}` did you mean {}?",
+                            s.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ")
+                        )
+                    })
+                    .collect();
+                parts.push("check the spelling, the suite and the components ([image] components) of the recipe".into());
+                Some(parts.join("; "))
+            }
             ResolveError::Ambiguous { .. } => Some("include one of the providers explicitly".into()),
             ResolveError::ExcludedRoot { .. } => Some("remove it from [packages] exclude".into()),
             ResolveError::Unsatisfiable { .. } => Some(
@@ -122,21 +142,38 @@ fn root_of(u: &Universe, name: &str) -> Result<PkgId, ResolveError> {
 pub fn resolve(u: &Universe, req: &Request) -> Result<Resolution, ResolveError> {
     let n = u.pkgs.len();
     let mut excluded = vec![false; n];
+    // Every unknown name is reported, not just the first.
+    let mut unknown: Vec<(String, Vec<String>)> = Vec::new();
     for x in req.exclude {
         match u.get(x) {
             Some(p) => excluded[p] = true,
-            None => {
-                return Err(ResolveError::UnknownPackage {
-                    name: x.clone(),
-                    suggestions: u.suggest(x).into_iter().map(String::from).collect(),
-                })
-            }
+            None => unknown.push((
+                x.clone(),
+                u.suggest(x).into_iter().map(String::from).collect(),
+            )),
         }
     }
     let mut reason: HashMap<PkgId, Reason> = HashMap::new();
     let mut includes = Vec::new();
+    let mut roots = Vec::new();
     for name in req.include {
-        let p = root_of(u, name)?;
+        match root_of(u, name) {
+            Ok(p) => roots.push((name, p)),
+            Err(ResolveError::UnknownPackage { name, suggestions }) => {
+                unknown.push((name, suggestions))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match unknown.len() {
+        0 => {}
+        1 => {
+            let (name, suggestions) = unknown.remove(0);
+            return Err(ResolveError::UnknownPackage { name, suggestions });
+        }
+        _ => return Err(ResolveError::UnknownPackages { names: unknown }),
+    }
+    for (name, p) in roots {
         if excluded[p] {
             return Err(ResolveError::ExcludedRoot { name: name.clone() });
         }

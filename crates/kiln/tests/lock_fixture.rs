@@ -274,6 +274,24 @@ fn unknown_package_suggests_near_names() {
 }
 
 #[test]
+fn every_unknown_package_is_named_at_once() {
+    let f = Fixture::new();
+    let recipe = f.recipe(
+        &f.repo.uri(),
+        "include = [\"ngnix\", \"app\", \"zzz-nothing\"]\nexclude = [\"libfoo2\"]",
+        "",
+    );
+    assert_fails_with(
+        &f.lock(&recipe, &[]),
+        &[
+            "unknown packages `libfoo2`, `ngnix`, `zzz-nothing`",
+            "for `ngnix` did you mean `nginx`?",
+            "for `libfoo2` did you mean `libfoo1`?",
+        ],
+    );
+}
+
+#[test]
 fn ambiguous_virtual_package_lists_providers() {
     let f = Fixture::new();
     let recipe = f.recipe(&f.repo.uri(), "include = [\"mail-transport-agent\"]", "");

@@ -108,6 +108,24 @@ pub fn fetch_debs(
     offline: bool,
     report: &(dyn Fn(&DebRef, DebEvent) + Sync),
 ) -> Result<Vec<PathBuf>, ArchiveError> {
+    // Offline, every missing package is named at once, before any work.
+    if offline {
+        let mut missing = Vec::new();
+        for d in debs {
+            // The size only: the hash is checked as each file is used.
+            let there = std::fs::metadata(cache.deb_path(&d.sha256))
+                .is_ok_and(|m| m.is_file() && m.len() == d.size);
+            if !there {
+                missing.push(d.label.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ArchiveError::DebsNotCached {
+                missing,
+                total: debs.len(),
+            });
+        }
+    }
     // Largest first, so a big package does not start last and finish alone.
     let mut order: Vec<usize> = (0..debs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(debs[i].size));

@@ -111,6 +111,8 @@ pub enum ArchiveError {
     Decompress { what: String, message: String },
     #[error("--offline: {what} is not in the cache ({path})")]
     NotCached { what: String, path: PathBuf },
+    #[error("--offline: {} of the {total} packages are not in the cache: {}", missing.len(), shown(missing))]
+    DebsNotCached { missing: Vec<String>, total: usize },
     #[error("cannot run gpgv to check signatures: {0}")]
     Gpgv(std::io::Error),
 }
@@ -176,7 +178,11 @@ impl ArchiveError {
                  retry later or use another mirror"
                     .into()
             }
-            ArchiveError::NotCached { .. } => "run once without --offline to fill the cache".into(),
+            ArchiveError::NotCached { .. } | ArchiveError::DebsNotCached { .. } => {
+                "fill the cache first: `kiln fetch RECIPE` (packages) or `kiln lock RECIPE` (indexes) \
+                 with the network, or run without --offline"
+                    .into()
+            }
             ArchiveError::Gpgv(_) => "install gpgv: apt-get install gpgv".into(),
             ArchiveError::MissingIndex { .. } => {
                 "check the architecture and components for this suite".into()
@@ -184,4 +190,18 @@ impl ArchiveError {
             _ => return None,
         })
     }
+}
+
+/// The first ten names, then how many more.
+fn shown(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 10 {
+        s.push_str(&format!(" and {} more", names.len() - 10));
+    }
+    s
 }

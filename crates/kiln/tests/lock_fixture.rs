@@ -545,7 +545,8 @@ fn offline_uses_the_cache_only() {
         &[
             "--offline",
             "is not in the cache",
-            "run once without --offline",
+            "kiln lock RECIPE",
+            "without --offline",
         ],
     );
     assert!(f.lock(&recipe, &[]).status.success());
@@ -557,6 +558,21 @@ fn offline_uses_the_cache_only() {
         requests,
         "--offline made no request"
     );
+    // The packages are not cached yet: an offline fetch names every one of
+    // them at once, and says how to get them.
+    let o = f.kiln(&["fetch", recipe.to_str().unwrap(), "--offline"]);
+    assert_fails_with(
+        &o,
+        &[
+            "--offline: 4 of the 4 packages are not in the cache:",
+            "nginx",
+            "libfoo1",
+            "nginx-common",
+            "base-files",
+            "kiln fetch RECIPE",
+        ],
+    );
+    assert_eq!(server.log.lock().unwrap().len(), requests);
 }
 
 #[test]

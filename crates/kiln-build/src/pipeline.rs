@@ -96,6 +96,20 @@ fn prepare_output(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The bytes of the regular files at or under `path` (links not followed).
+fn bytes_in(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| bytes_in(&e.path()))
+            .sum(),
+        Ok(m) if m.is_file() => m.len(),
+        _ => 0,
+    }
+}
+
 /// Whether `name`, in an output directory, is something a Kiln build
 /// writes there: the previous build's outputs are these, and only these are
 /// removed when a new build replaces it (other files are left alone).
@@ -460,10 +474,12 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
     install_build(&stage_dir, &out_dir)?;
     drop(staging);
     for a in &produced.artifacts {
+        let path = out_dir.join(&a.path);
         reporter.report(Event::Artifact {
-            path: out_dir.join(&a.path).display().to_string(),
+            path: path.display().to_string(),
             format: a.format.to_string(),
             size: a.size,
+            disk_size: bytes_in(&path),
             sha256: a.sha256.clone(),
         });
     }

@@ -74,7 +74,11 @@ impl Stage {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
+#[serde(
+    tag = "event",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
 pub enum Event {
     /// A step begins or reports what it did.
     Step { stage: Stage, message: String },
@@ -95,7 +99,11 @@ pub enum Event {
     Artifact {
         path: String,
         format: String,
+        /// The size of what `sha256` is the digest of (for an OCI layout:
+        /// its top index or manifest, as in `manifest.json`).
         size: u64,
+        /// The bytes it takes on disk (for an OCI layout: every blob).
+        disk_size: u64,
         sha256: String,
     },
     /// The whole build finished.

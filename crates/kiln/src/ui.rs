@@ -104,14 +104,13 @@ impl Reporter for Terminal<'_> {
                 }
             }
             Event::Artifact {
-                path, size, sha256, ..
+                path,
+                disk_size,
+                sha256,
+                ..
             } => ui.status(
                 "Built",
-                &format!(
-                    "{path} ({}, sha256 {})",
-                    human_size(size),
-                    &sha256[..16.min(sha256.len())]
-                ),
+                &format!("{path} ({}, sha256:{sha256})", human_size(disk_size)),
             ),
             Event::Finished { packages, seconds } => {
                 ui.status("Finished", &format!("{packages} packages in {seconds:.1}s"))

@@ -818,6 +818,72 @@ fn progress_json_gives_one_event_per_line() {
     assert!(events.iter().all(|e| e["event"].is_string()));
 }
 
+#[test]
+fn a_build_reports_what_it_wrote_with_sizes_on_disk_and_full_digests() {
+    let f = Fixture::new();
+    let recipe = f.distroless_recipe();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("formats = [\"tar\"]", "formats = [\"oci\", \"tar\"]"),
+    )
+    .unwrap();
+    let out = f.work.path().join("out");
+    let o = f.kiln(&[
+        "--progress",
+        "json",
+        "build",
+        recipe.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let oci = events
+        .iter()
+        .find(|e| e["event"] == "artifact" && e["format"] == "oci")
+        .expect("an artifact event for the OCI layout");
+    // The index is small; the image it names is not.
+    let blobs: u64 = std::fs::read_dir(out.join("oci/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(oci["disk-size"].as_u64().unwrap() >= blobs, "{oci}");
+    assert!(oci["size"].as_u64().unwrap() < blobs, "{oci}");
+    assert_eq!(oci["sha256"].as_str().unwrap().len(), 64, "{oci}");
+    let tar = events
+        .iter()
+        .find(|e| e["event"] == "artifact" && e["format"] == "tar")
+        .unwrap();
+    assert_eq!(tar["disk-size"], tar["size"]);
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "download" && e["total-bytes"].is_u64()));
+    // On a terminal: every artifact with its size and whole digest.
+    let o = f.kiln(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains("Built") && l.contains("/oci ("))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!("sha256:{}", oci["sha256"].as_str().unwrap())),
+        "{line}"
+    );
+    assert!(
+        !line.contains(" B,"),
+        "the index size, not the image's: {line}"
+    );
+}
+
 /// The lock's bytes, for "unchanged" checks.
 fn lock_bytes(recipe: &Path) -> Vec<u8> {
     std::fs::read(kiln_recipe::lock_path_for(recipe)).unwrap()

@@ -228,7 +228,9 @@ pub fn write_image(
 }
 
 /// Writes `oci-layout` and `index.json`. One manifest is listed once per
-/// tag; several (multi-arch) go into an image index blob listed per tag.
+/// tag; several (multi-arch) go into an image index blob listed per tag,
+/// and each platform's manifest is listed too, as `TAG-ARCH` (Debian's
+/// architecture name), so tools that unpack one image (umoci) can name it.
 pub fn write_index(
     layout: &Path,
     manifests: &[(Descriptor, String)],
@@ -258,7 +260,7 @@ pub fn write_index(
         let index = json!({ "schemaVersion": 2, "mediaType": INDEX_V1, "manifests": list, "annotations": annotations });
         write_blob(layout, INDEX_V1, serde_json::to_string(&index)?.as_bytes())?
     };
-    let entries: Vec<Value> = tags
+    let mut entries: Vec<Value> = tags
         .iter()
         .map(|t| {
             let mut j = top.json();
@@ -266,6 +268,21 @@ pub fn write_index(
             j
         })
         .collect();
+    if manifests.len() > 1 {
+        for t in tags {
+            for (d, debian_arch) in manifests {
+                let (arch, variant) = oci_platform(debian_arch);
+                let mut j = d.json();
+                j["platform"] = json!({ "architecture": arch, "os": "linux" });
+                if let Some(v) = variant {
+                    j["platform"]["variant"] = json!(v);
+                }
+                j["annotations"] =
+                    json!({ "org.opencontainers.image.ref.name": format!("{t}-{debian_arch}") });
+                entries.push(j);
+            }
+        }
+    }
     let index = json!({ "schemaVersion": 2, "mediaType": INDEX_V1, "manifests": entries });
     std::fs::write(layout.join("index.json"), serde_json::to_string(&index)?)?;
     Ok(top)

@@ -98,10 +98,15 @@ pub fn read_plan(dir: &Path, tag: &str) -> Result<Plan, RegistryError> {
     };
     let all = distinct(&descs);
     let tagged = distinct(descs.iter().filter(|d| d.ref_name() == Some(tag)));
+    let covering = covering_index(dir, &all);
     let top = if all.len() == 1 {
         reader.load(all[0], 0)?
     } else if tagged.len() == 1 {
         reader.load(tagged[0], 0)?
+    } else if let Some(index) = covering {
+        // A multi-architecture layout that also names each platform's
+        // manifest (as Kiln's do, for umoci): the index is the image.
+        reader.load(index, 0)?
     } else if all
         .iter()
         .all(|d| is_manifest(&d.media_type) && d.json.get("platform").is_some())
@@ -180,6 +185,30 @@ impl Descriptor {
     fn ref_name(&self) -> Option<&str> {
         self.json.get("annotations")?.get(REF_NAME)?.as_str()
     }
+}
+
+/// The one image index among `all` that lists every other descriptor of
+/// `all`, when there is one.
+fn covering_index<'a>(dir: &Path, all: &[&'a Descriptor]) -> Option<&'a Descriptor> {
+    let indexes: Vec<&&Descriptor> = all.iter().filter(|d| d.media_type == INDEX_V1).collect();
+    let [index] = indexes.as_slice() else {
+        return None;
+    };
+    let hex = index.digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let bytes = std::fs::read(dir.join("blobs/sha256").join(hex)).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let listed: HashSet<&str> = v
+        .get("manifests")?
+        .as_array()?
+        .iter()
+        .filter_map(|m| m.get("digest").and_then(Value::as_str))
+        .collect();
+    all.iter()
+        .all(|d| d.digest == index.digest || listed.contains(d.digest.as_str()))
+        .then_some(**index)
 }
 
 fn distinct<'a>(descs: impl IntoIterator<Item = &'a Descriptor>) -> Vec<&'a Descriptor> {

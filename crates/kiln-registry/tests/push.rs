@@ -116,6 +116,15 @@ fn pushes_multi_arch_indexes() {
         let got = skopeo_raw(&reg.host(), &format!("kiln/multi@{d}"), None).unwrap();
         assert_eq!(sha256(&got), d);
     }
+    // Under a tag the layout does not name, the index (which lists the
+    // per-platform entries) is still the image.
+    let report = push(
+        layout.path(),
+        &reg.reference("kiln/multi:v2"),
+        &insecure(&|_| {}),
+    )
+    .unwrap();
+    assert_eq!(report.digest, index["digest"].as_str().unwrap());
 
     // Platform manifests listed directly in index.json: an index of them is
     // made and pushed under the tag.

@@ -280,6 +280,24 @@ fn multi_arch_distroless_index_needs_no_emulation() {
     let head = std::fs::read(python).unwrap();
     assert_eq!(&head[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "aarch64");
+    // Each platform's image can be unpacked by name (umoci takes one image).
+    for (arch, machine) in [("amd64", 62u16), ("arm64", 183)] {
+        let rootfs = unpack(
+            &layout,
+            &format!("latest-{arch}"),
+            &work.path().join(format!("u-{arch}")),
+        );
+        let python = std::fs::read_dir(rootfs.join("usr/bin"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                n.starts_with("python3.") && !n.contains('-')
+            })
+            .unwrap();
+        let head = std::fs::read(python).unwrap();
+        assert_eq!(u16::from_le_bytes([head[18], head[19]]), machine, "{arch}");
+    }
     // One SBOM per architecture, each with only its own packages.
     assert!(!out.join("sbom.spdx.json").exists());
     for arch in ["amd64", "arm64"] {

@@ -367,6 +367,9 @@ pub fn multi_arch_layout(layout: &Path, seed: &str) -> Value {
         vec![
             with_ref_name(&index, "1.0"),
             with_ref_name(&index, "latest"),
+            // Each platform by name too, for umoci.
+            with_ref_name(&with_platform(&amd, "amd64"), "1.0-amd64"),
+            with_ref_name(&with_platform(&arm, "arm64"), "1.0-arm64"),
         ],
     );
     index

@@ -862,6 +862,24 @@ fn a_build_reports_what_it_wrote_with_sizes_on_disk_and_full_digests() {
     assert!(events
         .iter()
         .any(|e| e["event"] == "download" && e["total-bytes"].is_u64()));
+    // The image config carries the OCI labels.
+    let blob = |d: &serde_json::Value| -> serde_json::Value {
+        json_file(
+            &out.join("oci/blobs/sha256")
+                .join(d.as_str().unwrap().trim_start_matches("sha256:")),
+        )
+    };
+    let index = json_file(&out.join("oci/index.json"));
+    let manifest = blob(&index["manifests"][0]["digest"]);
+    let config = blob(&manifest["config"]["digest"]);
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["org.opencontainers.image.title"], "test", "{config}");
+    assert!(
+        labels["org.opencontainers.image.created"]
+            .as_str()
+            .is_some_and(|c| c.ends_with('Z')),
+        "{config}"
+    );
     // On a terminal: every artifact with its size and whole digest.
     let o = f.kiln(&[
         "build",

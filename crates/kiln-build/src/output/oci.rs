@@ -113,7 +113,7 @@ impl Output for Oci {
             &staging,
             root.arch,
             &kiln_archive::date::format_rfc3339(cx.epoch),
-            &run_config(recipe, root.path),
+            &run_config(recipe, root.path, cx.epoch),
             &layers,
             &self.annotations,
         )?;
@@ -157,8 +157,10 @@ impl Output for Oci {
     }
 }
 
-/// The image's run configuration from `[container]`.
-fn run_config(recipe: &Recipe, root: &Path) -> kiln_image::oci::RunConfig {
+/// The image's run configuration from `[container]`; its labels are the
+/// OCI ones (`org.opencontainers.image.title`, `.version`, `.created`)
+/// under the recipe's own `labels`, which win.
+fn run_config(recipe: &Recipe, root: &Path, epoch: i64) -> kiln_image::oci::RunConfig {
     let c = &recipe.container;
     let mut env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !c.env.contains_key("PATH") {
@@ -167,12 +169,28 @@ fn run_config(recipe: &Recipe, root: &Path) -> kiln_image::oci::RunConfig {
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         );
     }
+    // Looked up inside the root: a link there says nothing about the host.
+    let has = |p: &str| kiln_rootfs::inroot::Root::open(root).is_ok_and(|r| r.is_file(p));
     let cmd = match (&c.cmd, &c.entrypoint) {
         (Some(cmd), _) => Some(cmd.clone()),
-        (None, None) if root.join("bin/bash").exists() => Some(vec!["/bin/bash".into()]),
-        (None, None) if root.join("bin/sh").exists() => Some(vec!["/bin/sh".into()]),
+        (None, None) if has("bin/bash") => Some(vec!["/bin/bash".into()]),
+        (None, None) if has("bin/sh") => Some(vec!["/bin/sh".into()]),
         _ => None,
     };
+    let mut labels = BTreeMap::from([
+        (
+            "org.opencontainers.image.title".to_string(),
+            recipe.image.name.clone(),
+        ),
+        (
+            "org.opencontainers.image.created".to_string(),
+            kiln_archive::date::format_rfc3339(epoch),
+        ),
+    ]);
+    if let Some(v) = &recipe.image.version {
+        labels.insert("org.opencontainers.image.version".to_string(), v.clone());
+    }
+    labels.extend(c.labels.clone());
     kiln_image::oci::RunConfig {
         env,
         entrypoint: c.entrypoint.clone(),
@@ -180,6 +198,6 @@ fn run_config(recipe: &Recipe, root: &Path) -> kiln_image::oci::RunConfig {
         user: c.user.clone(),
         working_dir: c.working_dir.clone(),
         exposed_ports: c.exposed_ports.clone(),
-        labels: c.labels.clone(),
+        labels,
     }
 }

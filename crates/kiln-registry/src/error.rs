@@ -7,6 +7,12 @@ pub enum RegistryError {
     /// The image reference could not be parsed.
     #[error("bad image reference '{reference}': {message}")]
     BadReference { reference: String, message: String },
+    /// The Docker client configuration could not be used.
+    #[error("{path}: {message}")]
+    DockerConfig {
+        path: std::path::PathBuf,
+        message: String,
+    },
     /// The directory is not a usable OCI image layout (missing or malformed
     /// `oci-layout`, `index.json` or manifest, or an ambiguous `index.json`).
     #[error("bad OCI layout {path}: {message}")]
@@ -53,6 +59,11 @@ impl RegistryError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
+            RegistryError::DockerConfig { .. } => {
+                "fix or log in again (docker login HOST), point DOCKER_CONFIG at another directory, \
+                 or give --username with KILN_REGISTRY_PASSWORD"
+                    .into()
+            }
             RegistryError::BadReference { .. } => {
                 "write the reference as HOST[:PORT]/REPOSITORY:TAG, e.g. registry.example.org/team/image:1.0 \
                  (repository names are lowercase)"

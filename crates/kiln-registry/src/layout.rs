@@ -404,3 +404,27 @@ pub fn hash(r: &mut impl Read) -> std::io::Result<(u64, String)> {
     }
     Ok((n, format!("sha256:{}", hex::encode(h.finalize()))))
 }
+
+/// The tags a layout's `index.json` gives its image: the ref names of its
+/// entries that are not one platform's manifest (`TAG-ARCH` entries), in
+/// order. Empty when there are none or the layout cannot be read.
+pub fn layout_tags(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(dir.join("index.json")) else {
+        return Vec::new();
+    };
+    let Ok(index) = serde_json::from_slice::<Value>(&text) else {
+        return Vec::new();
+    };
+    let mut tags = Vec::new();
+    for e in index["manifests"].as_array().into_iter().flatten() {
+        if e.get("platform").is_some() {
+            continue;
+        }
+        if let Some(t) = e["annotations"][REF_NAME].as_str() {
+            if !tags.iter().any(|x| x == t) {
+                tags.push(t.to_string());
+            }
+        }
+    }
+    tags
+}

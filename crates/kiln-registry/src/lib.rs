@@ -27,6 +27,7 @@
 //! authentication when given).
 
 mod client;
+pub mod docker_config;
 pub mod error;
 mod layout;
 mod reference;
@@ -35,6 +36,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use error::RegistryError;
+pub use layout::layout_tags;
 pub use reference::Reference;
 
 /// Registry credentials.

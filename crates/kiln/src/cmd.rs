@@ -252,14 +252,58 @@ pub fn cmd_verify(
 }
 
 /// `kiln push LAYOUT REFERENCE`.
+/// `HOST[:PORT]/REPO[:TAG]` as the part before the tag and the tag.
+fn split_tag(reference: &str) -> (&str, Option<&str>) {
+    let last = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last..].rfind(':') {
+        Some(i) => (&reference[..last + i], Some(&reference[last + i + 1..])),
+        None => (reference, None),
+    }
+}
+
 pub fn cmd_push(
     reporter: &dyn Reporter,
     layout: &Path,
     reference: &str,
+    extra_tags: &[String],
     insecure: bool,
     username: Option<String>,
 ) -> Result<()> {
-    let reference = kiln_registry::Reference::parse(reference)?;
+    // A build's output directory: its OCI layout.
+    let layout = if layout.join(kiln_model::MANIFEST_FILE).is_file() {
+        let oci = layout.join("oci");
+        if !oci.is_dir() {
+            return Err(Hinted::new(
+                format!(
+                    "{} holds no OCI image (no oci/ beside its manifest.json)",
+                    layout.display()
+                ),
+                "build it with [output] formats = [\"oci\"]",
+            )
+            .into());
+        }
+        oci
+    } else {
+        layout.to_path_buf()
+    };
+    let layout = layout.as_path();
+    let (base, tag) = split_tag(reference);
+    let mut tags: Vec<String> = tag.map(str::to_string).into_iter().collect();
+    if tags.is_empty() {
+        tags = kiln_registry::layout_tags(layout);
+        if tags.is_empty() {
+            tags.push("latest".into());
+        }
+    }
+    for t in extra_tags {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    let references = tags
+        .iter()
+        .map(|t| kiln_registry::Reference::parse(&format!("{base}:{t}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let user = username.or_else(|| std::env::var("KILN_REGISTRY_USER").ok());
     let credentials = match user {
         Some(u) => Some(kiln_registry::Credentials {
@@ -271,25 +315,42 @@ pub fn cmd_push(
                 )
             })?,
         }),
-        None => None,
+        // What `docker login` stored for this registry, if anything.
+        None => {
+            let dir = std::env::var_os("DOCKER_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+            match dir {
+                Some(d) => {
+                    kiln_registry::docker_config::credentials_for(&d, &references[0].registry)?
+                }
+                None => None,
+            }
+        }
     };
     let progress = |m: &str| reporter.step(Stage::Push, m);
-    let report = kiln_registry::push(
-        layout,
-        &reference,
-        &kiln_registry::PushOptions {
-            insecure,
-            credentials,
-            progress: &progress,
-        },
-    )?;
-    reporter.step(
-        Stage::Pushed,
-        &format!(
-            "{reference} ({} blobs uploaded, {} already there)",
-            report.blobs_uploaded, report.blobs_skipped
-        ),
-    );
-    outln!("{}", report.digest);
+    let mut digest = None;
+    for reference in &references {
+        let report = kiln_registry::push(
+            layout,
+            reference,
+            &kiln_registry::PushOptions {
+                insecure,
+                credentials: credentials.clone(),
+                progress: &progress,
+            },
+        )?;
+        reporter.step(
+            Stage::Pushed,
+            &format!(
+                "{reference} ({} blobs uploaded, {} already there)",
+                report.blobs_uploaded, report.blobs_skipped
+            ),
+        );
+        digest = Some(report.digest);
+    }
+    if let Some(d) = digest {
+        outln!("{d}");
+    }
     Ok(())
 }

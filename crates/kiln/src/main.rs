@@ -143,14 +143,17 @@ enum Command {
     },
     /// Push an OCI image layout to a registry.
     Push {
-        /// The OCI layout directory (DIR/oci of a build).
+        /// The OCI layout directory (DIR/oci of a build), or a build's output directory DIR.
         layout: PathBuf,
-        /// HOST[:PORT]/REPOSITORY:TAG
+        /// HOST[:PORT]/REPOSITORY[:TAG]; without a tag, the tags the layout gives its image (the recipe's version and latest).
         reference: String,
+        /// Another tag to push the same image under (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
         /// Plain HTTP (for registries on loopback).
         #[arg(long)]
         insecure: bool,
-        /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER).
+        /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER; else the Docker client configuration, $DOCKER_CONFIG/config.json or ~/.docker/config.json).
         #[arg(long)]
         username: Option<String>,
     },
@@ -292,9 +295,10 @@ fn main() -> ExitCode {
         Command::Push {
             layout,
             reference,
+            tags,
             insecure,
             username,
-        } => cmd::cmd_push(reporter, &layout, &reference, insecure, username),
+        } => cmd::cmd_push(reporter, &layout, &reference, &tags, insecure, username),
         Command::Test {
             target,
             timeout,

@@ -902,6 +902,108 @@ fn a_build_reports_what_it_wrote_with_sizes_on_disk_and_full_digests() {
     );
 }
 
+#[test]
+fn push_takes_a_build_directory_docker_credentials_and_several_tags() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let recipe = f.distroless_recipe();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("formats = [\"tar\"]", "formats = [\"oci\"]"),
+    )
+    .unwrap();
+    let out = f.work.path().join("out");
+    let o = f.kiln(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let local = json_file(&out.join("oci/index.json"))["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reg = Registry::start(Some(("kiln", "s3cret")));
+    let host = format!("127.0.0.1:{}", reg.port);
+    let docker = tempfile::tempdir().unwrap();
+    let push = |reference: &str, extra: &[&str], path: Option<&str>| {
+        let mut args = vec!["push", out.to_str().unwrap(), reference, "--insecure"];
+        args.extend_from_slice(extra);
+        let mut c = kiln_command(f.cache.path(), &args, &[]);
+        c.env("DOCKER_CONFIG", docker.path())
+            .env_remove("KILN_REGISTRY_USER")
+            .env_remove("KILN_REGISTRY_PASSWORD");
+        if let Some(p) = path {
+            c.env("PATH", p);
+        }
+        c.output().unwrap()
+    };
+    let inspect = |tag: &str| -> Option<String> {
+        let o = std::process::Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--creds", "kiln:s3cret"])
+            .arg(format!("docker://{host}/team/img:{tag}"))
+            .output()
+            .expect("skopeo is installed");
+        o.status
+            .success()
+            .then(|| json_of(&o)["Digest"].as_str().unwrap().to_string())
+    };
+    // No credentials anywhere: refused by the registry.
+    let o = push(&format!("{host}/team/img"), &[], None);
+    assert!(!o.status.success(), "pushed without credentials");
+    // What `docker login` writes: the build directory is enough, and with no
+    // tag given the layout's own (latest) plus --tag are pushed.
+    let auth = std::process::Command::new("sh")
+        .args(["-c", "printf kiln:s3cret | base64"])
+        .output()
+        .unwrap();
+    let auth = String::from_utf8(auth.stdout).unwrap();
+    std::fs::write(
+        docker.path().join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{host}\": {{\"auth\": \"{}\"}}}}}}",
+            auth.trim()
+        ),
+    )
+    .unwrap();
+    let o = push(&format!("{host}/team/img"), &["--tag", "extra"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), local);
+    for tag in ["latest", "extra"] {
+        assert!(
+            stderr(&o).contains(&format!("{host}/team/img:{tag}")),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(inspect(tag).as_deref(), Some(local.as_str()), "{tag}");
+    }
+    // A credential helper named for the registry.
+    let bin = docker.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("docker-credential-kilntest");
+    std::fs::write(
+        &helper,
+        format!("#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread h\n[ \"$h\" = \"{host}\" ] || exit 1\necho '{{\"Username\":\"kiln\",\"Secret\":\"s3cret\"}}'\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        docker.path().join("config.json"),
+        format!("{{\"credHelpers\": {{\"{host}\": \"kilntest\"}}}}"),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = push(&format!("{host}/team/img:v1"), &[], Some(&path));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(inspect("v1").as_deref(), Some(local.as_str()));
+    // A broken config.json is named, not skipped.
+    std::fs::write(docker.path().join("config.json"), "{not json").unwrap();
+    let o = push(&format!("{host}/team/img:v2"), &[], None);
+    assert_fails_with(&o, &["config.json: not JSON", "docker login"]);
+}
+
 /// The lock's bytes, for "unchanged" checks.
 fn lock_bytes(recipe: &Path) -> Vec<u8> {
     std::fs::read(kiln_recipe::lock_path_for(recipe)).unwrap()

@@ -673,55 +673,6 @@ fn bad_signing_keys_fail_before_building() {
     assert!(!out.join("oci").exists());
 }
 
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn registry() -> Registry {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("config.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("docker-registry is installed");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Registry {
-        child,
-        port,
-        _dir: dir,
-    }
-}
-
 #[test]
 fn pushed_digest_equals_the_local_one() {
     if skip() {
@@ -731,7 +682,7 @@ fn pushed_digest_equals_the_local_one() {
     let work = tempfile::tempdir().unwrap();
     let (out, o) = distroless_python(work.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let reg = registry();
+    let reg = Registry::start(None);
     let reference = format!("127.0.0.1:{}/kiln/py:1", reg.port);
     let o = kiln(
         &[

@@ -354,3 +354,70 @@ pub fn cmd_push(
     }
     Ok(())
 }
+
+/// `kiln init`: a starter recipe, never over an existing file.
+pub fn cmd_init(
+    ui: &crate::ui::Ui,
+    path: &Path,
+    name: Option<String>,
+    suite: Option<String>,
+    distroless: bool,
+) -> Result<()> {
+    if path.exists() {
+        return Err(Hinted::new(
+            format!("{} already exists", path.display()),
+            "give another file name: kiln init NAME.toml",
+        )
+        .into());
+    }
+    let name = name.unwrap_or_else(|| {
+        path.file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| *s != "kiln")
+            .unwrap_or(if distroless { "app" } else { "cloud" })
+            .to_string()
+    });
+    // The suite Kiln's own recipes are tested against (its cloud images
+    // need systemd-ukify, which older suites lack).
+    let suite = suite.unwrap_or_else(|| "trixie".into());
+    let arch = kiln_recipe::host_architecture();
+    let body = if distroless {
+        format!(
+            "# A distroless container image: no shell, no package manager, only what\n\
+             # the packages below need. Build (no root needed): kiln build {file}\n\
+             [image]\nname = \"{name}\"\nsuite = \"{suite}\"\narchitectures = [\"{arch}\"]\n\n\
+             [packages]\ninclude = [\"python3\", \"ca-certificates\"]\n\n\
+             [container]\ndistroless = true\nentrypoint = [\"/usr/bin/python3\"]\nuser = \"65532\"\nworking-dir = \"/home/nonroot\"\n\n\
+             [output]\nformats = [\"oci\"]\n",
+            file = path.display()
+        )
+    } else {
+        format!(
+            "# A bootable cloud image: systemd-boot, a unified kernel image, cloud-init.\n\
+             # Build (as root): kiln build {file}   Boot and test it: kiln test {file}\n\
+             [image]\nname = \"{name}\"\nsuite = \"{suite}\"\narchitectures = [\"{arch}\"]\n\n\
+             [packages]\npriority = \"important\"\nrecommends = false\n\
+             include = [\"apt\", \"ca-certificates\", \"linux-image-cloud-{arch}\", \"systemd-sysv\", \"udev\", \"dbus\", \
+             \"systemd-boot-efi\", \"systemd-ukify\", \"systemd-resolved\", \"initramfs-tools\", \"openssh-server\", \
+             \"cloud-init\", \"cloud-guest-utils\"]\nexclude = [\"ifupdown\"]\n\n\
+             [customize]\nenable = [\"systemd-networkd\", \"systemd-resolved\"]\n\n\
+             [[customize.file]]\npath = \"/etc/cloud/cloud.cfg.d/90-kiln-datasources.cfg\"\n\
+             content = \"datasource_list: [NoCloud, ConfigDrive, None]\\n\"\n\n\
+             [disk]\ncmdline = [\"console=tty0\", \"console=ttyS0,115200\"]\n\n\
+             [[test]]\nname = \"ssh server is running\"\ncommand = \"systemctl is-active ssh\"\nexpect = \"active\"\n\n\
+             [output]\nformats = [\"disk\", \"qcow2\"]\n",
+            file = path.display()
+        )
+    };
+    kiln_model::fsutil::write_atomic(path, body.as_bytes())?;
+    ui.status(
+        "Created",
+        &format!(
+            "{} (edit it, then: kiln lock {} && kiln build {})",
+            path.display(),
+            path.display(),
+            path.display()
+        ),
+    );
+    Ok(())
+}

@@ -38,9 +38,15 @@ use clap::{Args, Parser, Subcommand};
     about = "Fire Debian package archives into verifiable system images"
 )]
 struct Cli {
-    /// Print only errors on stderr.
-    #[arg(long, short, global = true)]
+    /// Print only errors on stderr (no progress, no warnings).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Print every step with the seconds since the start.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    /// Colour on stderr: `auto` (on a terminal, unless NO_COLOR is set), `always` or `never`.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: ui::ColorChoice,
     /// Progress on stderr: `auto` (lines, a bar on a terminal) or `json` (one event per line).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "auto")]
     progress: ProgressFormat,
@@ -106,6 +112,7 @@ enum Command {
     },
     /// Build the recipe's artifacts (locking and fetching first if needed).
     Build {
+        /// The recipe to build (NAME.toml; its lock is NAME.lock beside it).
         recipe: PathBuf,
         /// Output directory (default: [output] directory, else out/<name> beside the recipe).
         #[arg(long, short)]
@@ -135,6 +142,7 @@ enum Command {
         /// The lock the SBOMs must match (default: the lock named in manifest.json).
         #[arg(long)]
         lock: Option<PathBuf>,
+        /// Print the verification report as JSON on stdout.
         #[arg(long)]
         json: bool,
         /// Where the lock's Release files and indexes are read from, to prove it.
@@ -205,6 +213,7 @@ enum Command {
     },
     /// Download every package of the recipe's lock into the cache (locking first if needed).
     Fetch {
+        /// The recipe whose lock's packages to download.
         recipe: PathBuf,
         /// Refuse to (re)create the lock: it must exist and match the recipe.
         #[arg(long)]
@@ -212,6 +221,28 @@ enum Command {
         #[command(flatten)]
         sources: SourceArgs,
     },
+    /// Write a starter recipe to begin from.
+    Init {
+        /// The recipe file to write (default: kiln.toml); an existing file is never overwritten.
+        #[arg(default_value = "kiln.toml")]
+        path: PathBuf,
+        /// The image name (default: the file name without .toml).
+        #[arg(long)]
+        name: Option<String>,
+        /// The Debian suite (default: the host's).
+        #[arg(long)]
+        suite: Option<String>,
+        /// A distroless container image (no shell, no package manager) instead of a bootable cloud disk.
+        #[arg(long)]
+        distroless: bool,
+    },
+    /// Print a shell completion script (e.g. `kiln completion bash > /etc/bash_completion.d/kiln`).
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `kiln man > /usr/local/share/man/man1/kiln.1`).
+    Man,
     /// Show the dependency path that pulled a package into a lock.
     Why {
         /// The package name.
@@ -225,6 +256,7 @@ enum Command {
         /// Image architecture, when the lock has several.
         #[arg(long)]
         arch: Option<String>,
+        /// Print the path as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -243,7 +275,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let ui = ui::Ui::new(cli.quiet);
+    let ui = ui::Ui::new(cli.quiet, cli.verbose, cli.color);
     let reporter = ui::reporter(&ui, cli.progress == ProgressFormat::Json);
     let reporter = reporter.as_ref();
     // Ctrl-C cancels this command's work: sandboxes killed, scratch removed.
@@ -347,6 +379,37 @@ fn main() -> ExitCode {
             locked,
             sources,
         } => cmd::cmd_fetch(reporter, &cancel, &recipe, locked, &sources.options()),
+        Command::Init {
+            path,
+            name,
+            suite,
+            distroless,
+        } => cmd::cmd_init(&ui, &path, name, suite, distroless),
+        Command::Completion { shell } => {
+            let mut c = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut c, "kiln", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let c = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            let r = clap_mangen::Man::new(c.clone())
+                .render(&mut out)
+                .and_then(|_| {
+                    // Each subcommand's page after the main one.
+                    for sub in c.get_subcommands() {
+                        let name: &'static str =
+                            Box::leak(format!("kiln-{}", sub.get_name()).into_boxed_str());
+                        let sub = sub.clone().name(name);
+                        clap_mangen::Man::new(sub).render(&mut out)?;
+                    }
+                    Ok(())
+                });
+            r.map_err(anyhow::Error::from).map(|_| {
+                use std::io::Write as _;
+                let _ = std::io::stdout().write_all(&out);
+            })
+        }
         Command::Why {
             package,
             recipe,
@@ -365,8 +428,150 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            ui::report_error(&e);
+            ui::report_error(&ui, &e);
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command, with its path (`kiln push`).
+    fn commands() -> Vec<(String, clap::Command)> {
+        let root = Cli::command();
+        let mut out = vec![("kiln".to_string(), root.clone())];
+        for sub in root.get_subcommands() {
+            out.push((format!("kiln {}", sub.get_name()), sub.clone()));
+        }
+        out
+    }
+
+    fn docs(name: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::read_to_string(root.join(name)).unwrap()
+    }
+
+    #[test]
+    fn every_command_and_argument_has_help_text() {
+        let mut missing = Vec::new();
+        for (path, cmd) in commands() {
+            if cmd
+                .get_about()
+                .is_none_or(|a| a.to_string().trim().is_empty())
+            {
+                missing.push(format!("{path}: no description"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path}: argument {id} has no help"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn the_docs_list_every_command_flag_and_environment_variable() {
+        let reference = docs("docs/commands.md");
+        let mut missing = Vec::new();
+        for (path, cmd) in commands().into_iter().skip(1) {
+            // Its section: from its heading to the next one.
+            let heading = format!("## `{path}");
+            let Some(start) = reference.find(&heading) else {
+                missing.push(format!("{path}: no section in docs/commands.md"));
+                continue;
+            };
+            let rest = &reference[start + heading.len()..];
+            let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+            for arg in cmd.get_arguments() {
+                if arg.is_global_set() {
+                    continue;
+                }
+                if let Some(long) = arg.get_long() {
+                    if long == "help" {
+                        continue;
+                    }
+                    // Shared source options are documented once, under lock.
+                    let shared = [
+                        "offline",
+                        "mirror",
+                        "security-mirror",
+                        "cache-dir",
+                        "allow-older-release",
+                    ];
+                    let text = if shared.contains(&long) {
+                        reference.as_str()
+                    } else {
+                        section
+                    };
+                    if !text.contains(&format!("--{long}")) {
+                        missing.push(format!("{path}: --{long} is not in its section"));
+                    }
+                }
+            }
+        }
+        for arg in Cli::command().get_arguments() {
+            if let Some(long) = arg.get_long() {
+                if long != "help" && long != "version" && !reference.contains(&format!("--{long}"))
+                {
+                    missing.push(format!("global --{long} is not documented"));
+                }
+            }
+        }
+        // Every KILN_* variable the code reads is documented somewhere.
+        let all_docs: String = [
+            "README.md",
+            "docs/commands.md",
+            "docs/rootfs.md",
+            "docs/security.md",
+            "docs/disk.md",
+            "docs/recipe.md",
+            "docs/supply-chain.md",
+        ]
+        .iter()
+        .map(|d| docs(d))
+        .collect();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut vars = std::collections::BTreeSet::new();
+        let mut stack = vec![src];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    // Sources only: tests have their own variables.
+                    if p.file_name().is_some_and(|n| n != "tests" && n != "target") {
+                        stack.push(p);
+                    }
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for (i, _) in text.match_indices("\"KILN_") {
+                        let name: String = text[i + 1..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                            .collect();
+                        if name.len() > "KILN_".len() && !name.ends_with('_') {
+                            vars.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(vars.contains("KILN_CACHE_DIR"), "the scan found {vars:?}");
+        for v in vars {
+            if !all_docs.contains(&v) {
+                missing.push(format!("environment variable {v} is not documented"));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

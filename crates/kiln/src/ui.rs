@@ -9,13 +9,38 @@ use kiln_model::{Event, JsonReporter, Reporter};
 pub struct Ui {
     pub quiet: bool,
     pub color: bool,
+    /// `-v`: every step with the seconds since the start.
+    pub verbose: bool,
+}
+
+/// `--color`: `auto` is colour on a terminal unless `NO_COLOR` is set.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    pub fn enabled(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 impl Ui {
-    pub fn new(quiet: bool) -> Ui {
-        let color = std::io::stderr().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        Ui { quiet, color }
+    pub fn new(quiet: bool, verbose: bool, color: ColorChoice) -> Ui {
+        Ui {
+            quiet,
+            color: color.enabled(),
+            verbose,
+        }
     }
 
     /// A progress or status line on stderr.
@@ -31,6 +56,9 @@ impl Ui {
     }
 
     pub fn warn(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
         if self.color {
             errln!("\x1b[1;33mwarning\x1b[0m: {msg}");
         } else {
@@ -53,7 +81,7 @@ impl<'a> Terminal<'a> {
         Terminal {
             ui,
             start: std::time::Instant::now(),
-            timing: std::env::var_os("KILN_TIMING").is_some(),
+            timing: ui.verbose || std::env::var_os("KILN_TIMING").is_some(),
             line: std::sync::Mutex::new(()),
         }
     }
@@ -129,10 +157,8 @@ pub fn reporter<'a>(ui: &'a Ui, json: bool) -> Box<dyn Reporter + 'a> {
 }
 
 /// Prints an error and, after a blank line, what to do about it.
-pub fn report_error(e: &anyhow::Error) {
-    let color = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let prefix = if color {
+pub fn report_error(ui: &Ui, e: &anyhow::Error) {
+    let prefix = if ui.color {
         "\x1b[1;31merror\x1b[0m"
     } else {
         "error"

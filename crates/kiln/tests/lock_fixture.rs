@@ -1004,6 +1004,66 @@ fn push_takes_a_build_directory_docker_credentials_and_several_tags() {
     assert_fails_with(&o, &["config.json: not JSON", "docker login"]);
 }
 
+#[test]
+fn quiet_verbose_and_color_do_what_they_say() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    let r = recipe.to_str().unwrap();
+    let q = f.kiln(&["-q", "lock", r]);
+    assert!(q.status.success());
+    assert_eq!(stderr(&q), "", "-q printed something");
+    let v = f.kiln(&["-v", "lock", r]);
+    assert!(
+        stderr(&v).lines().any(|l| l.starts_with("timing: ")),
+        "{}",
+        stderr(&v)
+    );
+    let c = f.kiln(&["--color", "always", "lock", r]);
+    assert!(stderr(&c).contains("\x1b[1;32m"), "{}", stderr(&c));
+    let n = f.kiln(&["--color", "never", "lock", r]);
+    assert!(!stderr(&n).contains('\x1b'));
+    // Errors are still printed under -q.
+    let e = f.kiln(&["-q", "lock", "missing.toml"]);
+    assert!(stderr(&e).contains("error:"), "{}", stderr(&e));
+    assert_eq!(f.kiln(&["-q", "-v", "lock", r]).status.code(), Some(64));
+}
+
+#[test]
+fn init_completion_and_man_come_from_the_command_definitions() {
+    let f = Fixture::new();
+    let cloud = f.work.path().join("web.toml");
+    let o = f.kiln(&["init", cloud.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = kiln_recipe::Recipe::load(&cloud).unwrap();
+    assert_eq!(r.image.name, "web");
+    assert!(r.output.formats.contains(&"disk".to_string()));
+    assert!(!r.tests.is_empty());
+    let o = f.kiln(&["init", cloud.to_str().unwrap()]);
+    assert_fails_with(&o, &["already exists"]);
+    let app = f.work.path().join("app.toml");
+    assert!(f
+        .kiln(&["init", "--distroless", app.to_str().unwrap()])
+        .status
+        .success());
+    assert!(
+        kiln_recipe::Recipe::load(&app)
+            .unwrap()
+            .container
+            .distroless
+    );
+    let bash = f.kiln(&["completion", "bash"]);
+    let text = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        text.contains("_kiln()") && text.contains("--source-date-epoch"),
+        "{text}"
+    );
+    let man = f.kiln(&["man"]);
+    let text = String::from_utf8_lossy(&man.stdout);
+    for page in [".TH kiln 1", ".TH kiln-build 1", ".TH kiln-push 1"] {
+        assert!(text.contains(page), "no {page}");
+    }
+}
+
 /// The lock's bytes, for "unchanged" checks.
 fn lock_bytes(recipe: &Path) -> Vec<u8> {
     std::fs::read(kiln_recipe::lock_path_for(recipe)).unwrap()

@@ -213,8 +213,18 @@ pub fn cmd_fetch(
     Ok(())
 }
 
-pub fn cmd_build(reporter: &dyn Reporter, cancel: &Cancel, req: &BuildRequest) -> Result<()> {
-    kiln_build::build(req, reporter, cancel)?;
+pub fn cmd_build(
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+    json: bool,
+    req: &BuildRequest,
+) -> Result<()> {
+    let manifest = kiln_build::build(req, reporter, cancel)?;
+    if json {
+        // The same document as OUT/manifest.json: typed, versioned.
+        use std::io::Write as _;
+        let _ = std::io::stdout().write_all(manifest.to_json().as_bytes());
+    }
     Ok(())
 }
 
@@ -266,6 +276,7 @@ pub fn cmd_push(
     layout: &Path,
     reference: &str,
     extra_tags: &[String],
+    json: bool,
     insecure: bool,
     username: Option<String>,
 ) -> Result<()> {
@@ -330,6 +341,7 @@ pub fn cmd_push(
     };
     let progress = |m: &str| reporter.step(Stage::Push, m);
     let mut digest = None;
+    let mut pushed = Vec::new();
     for reference in &references {
         let report = kiln_registry::push(
             layout,
@@ -347,10 +359,25 @@ pub fn cmd_push(
                 report.blobs_uploaded, report.blobs_skipped
             ),
         );
+        pushed.push(serde_json::json!({
+            "reference": reference.to_string(),
+            "digest": report.digest,
+            "blobs-uploaded": report.blobs_uploaded,
+            "blobs-skipped": report.blobs_skipped,
+        }));
         digest = Some(report.digest);
     }
-    if let Some(d) = digest {
-        outln!("{d}");
+    match digest {
+        Some(d) if json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "schema-version": 1,
+                "digest": d,
+                "pushed": pushed,
+            }))?
+        ),
+        Some(d) => outln!("{d}"),
+        None => {}
     }
     Ok(())
 }

@@ -129,6 +129,9 @@ enum Command {
         /// Ed25519 private key (PKCS#8 PEM) to sign provenance.json with.
         #[arg(long, value_name = "KEY.pem", env = "KILN_SIGN_KEY")]
         sign_key: Option<PathBuf>,
+        /// Print the build's manifest.json (schema: docs/manifest.md) on stdout.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         sources: SourceArgs,
     },
@@ -158,6 +161,9 @@ enum Command {
         /// Another tag to push the same image under (repeatable).
         #[arg(long = "tag", value_name = "TAG")]
         tags: Vec<String>,
+        /// Print what was pushed as JSON on stdout (schema in docs/commands.md).
+        #[arg(long)]
+        json: bool,
         /// Plain HTTP (for registries on loopback).
         #[arg(long)]
         insecure: bool,
@@ -303,10 +309,12 @@ fn main() -> ExitCode {
             check_reproducible,
             source_date_epoch,
             sign_key,
+            json,
             sources,
         } => cmd::cmd_build(
             reporter,
             &cancel,
+            json,
             &kiln_build::BuildRequest {
                 recipe,
                 output,
@@ -328,9 +336,12 @@ fn main() -> ExitCode {
             layout,
             reference,
             tags,
+            json,
             insecure,
             username,
-        } => cmd::cmd_push(reporter, &layout, &reference, &tags, insecure, username),
+        } => cmd::cmd_push(
+            reporter, &layout, &reference, &tags, json, insecure, username,
+        ),
         Command::Test {
             target,
             timeout,

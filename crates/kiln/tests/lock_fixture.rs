@@ -880,6 +880,17 @@ fn a_build_reports_what_it_wrote_with_sizes_on_disk_and_full_digests() {
             .is_some_and(|c| c.ends_with('Z')),
         "{config}"
     );
+    // --json: the manifest on stdout, the same as OUT/manifest.json.
+    let j = f.kiln(&[
+        "build",
+        "--json",
+        recipe.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(j.status.success(), "{}", stderr(&j));
+    assert_eq!(j.stdout, std::fs::read(out.join("manifest.json")).unwrap());
+    assert_eq!(json_of(&j)["schema-version"], 1);
     // On a terminal: every artifact with its size and whole digest.
     let o = f.kiln(&[
         "build",
@@ -995,9 +1006,13 @@ fn push_takes_a_build_directory_docker_credentials_and_several_tags() {
     )
     .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let o = push(&format!("{host}/team/img:v1"), &[], Some(&path));
+    let o = push(&format!("{host}/team/img:v1"), &["--json"], Some(&path));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(inspect("v1").as_deref(), Some(local.as_str()));
+    let j = json_of(&o);
+    assert_eq!(j["schema-version"], 1);
+    assert_eq!(j["digest"], local.as_str());
+    assert_eq!(j["pushed"][0]["reference"], format!("{host}/team/img:v1"));
     // A broken config.json is named, not skipped.
     std::fs::write(docker.path().join("config.json"), "{not json").unwrap();
     let o = push(&format!("{host}/team/img:v2"), &[], None);

@@ -23,6 +23,7 @@ macro_rules! errw {
 }
 
 mod cmd;
+mod ls;
 mod test;
 mod ui;
 
@@ -249,6 +250,23 @@ enum Command {
     },
     /// Print the manual page (roff; e.g. `kiln man > /usr/local/share/man/man1/kiln.1`).
     Man,
+    /// List a build's packages (biggest first), its files (--files), or the package that owns a path (--owner).
+    Ls {
+        /// A build's output directory.
+        dir: PathBuf,
+        /// List the image's files, biggest first, from its rootfs tarball or OCI image.
+        #[arg(long, conflicts_with = "owner")]
+        files: bool,
+        /// Name the package(s) that own this path in the image.
+        #[arg(long, value_name = "PATH")]
+        owner: Option<String>,
+        /// Which image of a multi-architecture build (default: the first).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Print the list as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the dependency path that pulled a package into a lock.
     Why {
         /// The package name.
@@ -396,6 +414,22 @@ fn main() -> ExitCode {
             suite,
             distroless,
         } => cmd::cmd_init(&ui, &path, name, suite, distroless),
+        Command::Ls {
+            dir,
+            files,
+            owner,
+            arch,
+            json,
+        } => ls::cmd_ls(
+            &ui,
+            &ls::LsArgs {
+                dir,
+                files,
+                owner,
+                arch,
+                json,
+            },
+        ),
         Command::Completion { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut c, "kiln", &mut std::io::stdout());

@@ -429,6 +429,28 @@ fn a_scanner_sees_debian_with_its_version_and_every_package() {
         })
         .collect();
     assert_eq!(seen, built, "trivy's packages differ from the build's");
+    // kiln ls names the package that ships a file (status.d md5sums).
+    let o = kiln(
+        &[
+            "ls",
+            out.to_str().unwrap(),
+            "--owner",
+            "/usr/lib/os-release",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "/usr/lib/os-release: base-files"
+    );
+    let files = kiln(&["ls", out.to_str().unwrap(), "--files", "--json"], &[]);
+    let files: serde_json::Value = serde_json::from_slice(&files.stdout).unwrap();
+    let biggest = files[0]["path"].as_str().unwrap();
+    assert!(
+        biggest.starts_with("/usr/"),
+        "the biggest file is {biggest}"
+    );
     // Kiln's own SBOMs name the same distribution, and every supplier.
     let cdx = json_file(&out.join("sbom.cdx.json"));
     let ours: Vec<_> = cdx["components"]

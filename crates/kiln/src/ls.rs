@@ -1,0 +1,279 @@
+//! `kiln ls OUT`: what a build's output holds: its packages, biggest first;
+//! its files, biggest first; which package owns a path. Read from the
+//! rootfs tarball or the OCI image (its layers in order), never unpacked.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_model::{Format, Hinted, Manifest};
+
+use crate::ui::Ui;
+
+/// One file of the image: its path (no leading `/`) and size.
+struct Entry {
+    size: u64,
+    /// The text of dpkg's file lists (`info/*.list`, `status.d/*.md5sums`).
+    list: Option<String>,
+}
+
+pub struct LsArgs {
+    pub dir: PathBuf,
+    pub files: bool,
+    pub owner: Option<String>,
+    pub arch: Option<String>,
+    pub json: bool,
+}
+
+pub fn cmd_ls(ui: &Ui, a: &LsArgs) -> Result<()> {
+    let m = Manifest::read_dir(&a.dir)?;
+    let arch = a
+        .arch
+        .clone()
+        .unwrap_or_else(|| m.architectures.first().cloned().unwrap_or_default());
+    if !m.architectures.contains(&arch) {
+        return Err(Hinted::new(
+            format!("{} has no {arch} image", a.dir.display()),
+            format!("give --arch {}", m.architectures.join(" or --arch ")),
+        )
+        .into());
+    }
+    if !a.files && a.owner.is_none() {
+        return packages(ui, &m, &a.dir, &arch, a.json);
+    }
+    let tree = read_tree(&a.dir, &m, &arch)?;
+    if let Some(path) = &a.owner {
+        let want = path.trim_start_matches('/').trim_end_matches('/');
+        let mut owners: Vec<String> = Vec::new();
+        for (name, e) in &tree {
+            let Some(list) = &e.list else { continue };
+            let pkg = name
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches(".list")
+                .trim_end_matches(".md5sums")
+                .to_string();
+            let owns = list.lines().any(|l| {
+                // `/usr/bin/x` (info/*.list) or `MD5  usr/bin/x` (md5sums).
+                let p = l.rsplit("  ").next().unwrap_or(l);
+                p.trim_start_matches('/') == want
+            });
+            if owns && !owners.contains(&pkg) {
+                owners.push(pkg);
+            }
+        }
+        if a.json {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "path": format!("/{want}"), "packages": owners })
+                )?
+            );
+        } else if owners.is_empty() {
+            return Err(Hinted::new(
+                format!("no package of {} owns /{want}", a.dir.display()),
+                "Kiln or a maintainer script made it, or it is not in the image: kiln ls --files lists what is",
+            )
+            .into());
+        } else {
+            outln!("/{want}: {}", owners.join(", "));
+        }
+        return Ok(());
+    }
+    let mut files: Vec<(&String, u64)> = tree.iter().map(|(n, e)| (n, e.size)).collect();
+    files.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(y.0)));
+    if a.json {
+        let list: Vec<_> = files
+            .iter()
+            .map(|(n, s)| serde_json::json!({ "path": format!("/{n}"), "size": s }))
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        for (n, s) in &files {
+            outln!("{:>10}  /{n}", kiln_model::human_size(*s));
+        }
+        ui.status("Listed", &format!("{} files", files.len()));
+    }
+    Ok(())
+}
+
+/// The packages, biggest installed size first (from the lock beside the
+/// manifest; by name when the lock is not there).
+fn packages(ui: &Ui, m: &Manifest, dir: &Path, arch: &str, json: bool) -> Result<()> {
+    let sizes: BTreeMap<(String, String), u64> = kiln_recipe::Lock::read(&m.lock_path(dir))
+        .map(|l| {
+            l.packages
+                .into_iter()
+                .filter(|p| p.target == arch)
+                .map(|p| {
+                    (
+                        (p.name, p.architecture),
+                        p.installed_size.saturating_mul(1024),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut pkgs: Vec<_> = m
+        .packages
+        .iter()
+        .filter(|p| p.target == arch)
+        .map(|p| {
+            let size = sizes
+                .get(&(p.name.clone(), p.architecture.clone()))
+                .copied();
+            (p, size)
+        })
+        .collect();
+    pkgs.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.name.cmp(&y.0.name)));
+    if json {
+        let list: Vec<_> = pkgs
+            .iter()
+            .map(|(p, s)| {
+                serde_json::json!({ "name": p.name, "version": p.version, "architecture": p.architecture, "installed-size": s })
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for (p, s) in &pkgs {
+        let size = s.map(kiln_model::human_size).unwrap_or_else(|| "?".into());
+        outln!("{size:>10}  {} {} ({})", p.name, p.version, p.architecture);
+    }
+    ui.status("Listed", &format!("{} packages for {arch}", pkgs.len()));
+    Ok(())
+}
+
+/// Every file of the image for `arch`: from its rootfs tarball, else its
+/// OCI image (layers applied in order, whiteouts honoured).
+fn read_tree(dir: &Path, m: &Manifest, arch: &str) -> Result<BTreeMap<String, Entry>> {
+    let of_arch = |f: Format| {
+        m.outputs
+            .iter()
+            .find(|o| o.format == f && o.architecture.as_deref().is_none_or(|a| a == arch))
+    };
+    let mut tree = BTreeMap::new();
+    if let Some(t) = of_arch(Format::Tar) {
+        let f = std::fs::File::open(dir.join(&t.path))
+            .with_context(|| format!("opening {}", dir.join(&t.path).display()))?;
+        apply_layer(&mut tree, f)?;
+        return Ok(tree);
+    }
+    if of_arch(Format::Oci).is_some() {
+        let layout = dir.join("oci");
+        for (media, blob) in oci_layers(&layout, arch)? {
+            let f = std::fs::File::open(&blob)?;
+            if media.ends_with("+zstd") {
+                apply_layer(&mut tree, zstd::Decoder::new(f)?)?;
+            } else if media.ends_with("+gzip") {
+                apply_layer(&mut tree, flate2::read::GzDecoder::new(f))?;
+            } else {
+                apply_layer(&mut tree, f)?;
+            }
+        }
+        return Ok(tree);
+    }
+    Err(Hinted::new(
+        format!("{} has no rootfs tarball or OCI image to list files of", dir.display()),
+        "build with [output] formats = [\"tar\"] or [\"oci\"]; kiln ls without --files lists the packages of any build",
+    )
+    .into())
+}
+
+/// The layers of the image for `arch` in an OCI layout, in order.
+fn oci_layers(layout: &Path, arch: &str) -> Result<Vec<(String, PathBuf)>> {
+    let blob = |digest: &str| -> Result<PathBuf> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            anyhow::bail!("bad digest {digest:?} in {}", layout.display());
+        }
+        Ok(layout.join("blobs/sha256").join(hex))
+    };
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        Ok(serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        )?)
+    };
+    let index = read(&layout.join("index.json"))?;
+    let mut desc = index["manifests"][0].clone();
+    if desc["mediaType"] == "application/vnd.oci.image.index.v1+json" {
+        let inner = read(&blob(desc["digest"].as_str().unwrap_or(""))?)?;
+        let (want, _) = kiln_image::oci::oci_platform(arch);
+        desc = inner["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["platform"]["architecture"] == want)
+            .cloned()
+            .with_context(|| {
+                format!("the OCI index in {} has no {arch} image", layout.display())
+            })?;
+    }
+    let manifest = read(&blob(desc["digest"].as_str().unwrap_or(""))?)?;
+    manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            Ok((
+                l["mediaType"].as_str().unwrap_or("").to_string(),
+                blob(l["digest"].as_str().unwrap_or(""))?,
+            ))
+        })
+        .collect()
+}
+
+/// Applies one tar stream to `tree`: entries added or replaced, whiteouts
+/// (`.wh.NAME`, `.wh..wh..opq`) removing what earlier layers had.
+fn apply_layer(tree: &mut BTreeMap<String, Entry>, r: impl Read) -> Result<()> {
+    let mut ar = tar::Archive::new(r);
+    for e in ar.entries()? {
+        let mut e = e?;
+        let path = e.path()?.to_string_lossy().into_owned();
+        let name = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if name.is_empty() {
+            continue;
+        }
+        let (parent, base) = name
+            .rsplit_once('/')
+            .map_or(("", name.as_str()), |(p, b)| (p, b));
+        if base == ".wh..wh..opq" {
+            let prefix = format!("{parent}/");
+            tree.retain(|k, _| !k.starts_with(&prefix));
+            continue;
+        }
+        if let Some(gone) = base.strip_prefix(".wh.") {
+            let gone = if parent.is_empty() {
+                gone.to_string()
+            } else {
+                format!("{parent}/{gone}")
+            };
+            let prefix = format!("{gone}/");
+            tree.retain(|k, _| *k != gone && !k.starts_with(&prefix));
+            continue;
+        }
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let size = e.header().size().unwrap_or(0);
+        let is_list = (name.starts_with("var/lib/dpkg/info/") && name.ends_with(".list"))
+            || (name.starts_with("var/lib/dpkg/status.d/") && name.ends_with(".md5sums"));
+        let list = if is_list && size < (64 << 20) {
+            let mut s = String::new();
+            e.by_ref()
+                .take(64 << 20)
+                .read_to_string(&mut s)
+                .ok()
+                .map(|_| s)
+        } else {
+            None
+        };
+        tree.insert(name, Entry { size, list });
+    }
+    Ok(())
+}

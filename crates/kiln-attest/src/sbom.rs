@@ -382,6 +382,28 @@ struct SpdxPackage {
     primary_package_purpose: Option<&'static str>,
 }
 
+impl SpdxPackage {
+    /// An element that is no Debian package (the image, the distribution):
+    /// nothing known but its name, version and purpose.
+    fn described(id: &str, name: &str, version: Option<String>, purpose: &'static str) -> Self {
+        SpdxPackage {
+            spdx_id: id.to_string(),
+            name: name.to_string(),
+            version_info: version,
+            supplier: NOASSERTION.into(),
+            download_location: NOASSERTION.into(),
+            files_analyzed: false,
+            checksums: Vec::new(),
+            source_info: None,
+            license_concluded: NOASSERTION,
+            license_declared: NOASSERTION.into(),
+            copyright_text: NOASSERTION,
+            external_refs: Vec::new(),
+            primary_package_purpose: Some(purpose),
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SpdxChecksum {
@@ -440,39 +462,24 @@ pub fn spdx_json(input: &SbomInput) -> String {
         })
         .collect();
 
-    let mut packages = vec![SpdxPackage {
-        spdx_id: image_id.clone(),
-        name: input.image.clone(),
-        version_info: input.version.clone(),
-        supplier: NOASSERTION.into(),
-        download_location: NOASSERTION.into(),
-        files_analyzed: false,
-        checksums: Vec::new(),
-        source_info: None,
-        license_concluded: NOASSERTION,
-        license_declared: NOASSERTION.into(),
-        copyright_text: NOASSERTION,
-        external_refs: Vec::new(),
-        primary_package_purpose: Some(match input.kind {
-            ImageKind::Container => "CONTAINER",
-            ImageKind::Disk => "OTHER",
-        }),
-    }];
-    packages.push(SpdxPackage {
-        spdx_id: os_id.clone(),
-        name: input.os.id.clone(),
-        version_info: Some(input.os.version.clone()),
-        supplier: NOASSERTION.into(),
-        download_location: NOASSERTION.into(),
-        files_analyzed: false,
-        checksums: Vec::new(),
-        source_info: None,
-        license_concluded: NOASSERTION,
-        license_declared: NOASSERTION.into(),
-        copyright_text: NOASSERTION,
-        external_refs: Vec::new(),
-        primary_package_purpose: Some("OPERATING-SYSTEM"),
-    });
+    let image_purpose = match input.kind {
+        ImageKind::Container => "CONTAINER",
+        ImageKind::Disk => "OTHER",
+    };
+    let mut packages = vec![
+        SpdxPackage::described(
+            &image_id,
+            &input.image,
+            input.version.clone(),
+            image_purpose,
+        ),
+        SpdxPackage::described(
+            &os_id,
+            &input.os.id,
+            Some(input.os.version.clone()),
+            "OPERATING-SYSTEM",
+        ),
+    ];
     let mut license_refs = BTreeSet::new();
     for (p, id) in graph.packages.iter().zip(&ids) {
         let license = match p.license.as_deref().map(str::trim) {

@@ -184,7 +184,14 @@ fn build_once(fixture_umask: libc::mode_t, as_user: bool) -> BTreeMap<&'static s
         }
     }
     let out = root.join("out");
-    let mut cmd = kiln_command(
+    // An ordinary user runs a copy it can reach (the checkout may be private).
+    let program = if as_user {
+        kiln_binary_for_anyone()
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
+    };
+    let mut cmd = kiln_command_with(
+        &program,
         cache.path(),
         &[
             "build",

@@ -639,7 +639,8 @@ fn a_full_build_without_root_is_refused_before_any_work() {
     }
     std::fs::set_permissions(&f.repo.key.keyring, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = f.work.path().join("out");
-    let mut cmd = kiln_command(
+    let mut cmd = kiln_command_with(
+        &kiln_binary_for_anyone(),
         f.cache.path(),
         &[
             "build",

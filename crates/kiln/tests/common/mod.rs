@@ -50,7 +50,34 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// The `kiln` binary with `args`, NO_COLOR=1 and KILN_CACHE_DIR=`cache_dir`,
 /// then `envs` (which may override both), ready to run or to adjust.
 pub fn kiln_command(cache_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    kiln_command_with(Path::new(env!("CARGO_BIN_EXE_kiln")), cache_dir, args, envs)
+}
+
+/// A copy of the kiln binary that any user can run: tests that drop to an
+/// ordinary uid cannot rely on the checkout (often mode 0700) being open.
+pub fn kiln_binary_for_anyone() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("kiln-test-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("kiln");
+    if !bin.exists() {
+        let tmp = dir.join(format!(".kiln.{:?}", std::thread::current().id()));
+        std::fs::copy(env!("CARGO_BIN_EXE_kiln"), &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &bin).unwrap();
+    }
+    bin
+}
+
+/// [`kiln_command`] running `program`.
+pub fn kiln_command_with(
+    program: &Path,
+    cache_dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Command {
+    let mut c = Command::new(program);
     c.args(args)
         .env("KILN_CACHE_DIR", cache_dir)
         .env("NO_COLOR", "1");

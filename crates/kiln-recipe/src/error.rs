@@ -24,6 +24,11 @@ pub enum RecipeError {
         message: String,
         hint: Option<String>,
     },
+    #[error("{path}: {} unknown keys:\n{}", keys.len(), keys.iter().map(|k| format!("  {}:{}: `{}`{}", k.line, k.column, k.key, k.suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())).collect::<Vec<_>>().join("\n"))]
+    UnknownKeys {
+        path: PathBuf,
+        keys: Vec<crate::trace::UnknownKey>,
+    },
     #[error("include cycle: {0}")]
     IncludeCycle(String),
     #[error("the lock file {path} does not match its recipe ({detail})")]
@@ -38,6 +43,9 @@ impl RecipeError {
             RecipeError::IncludeCycle(_) => Some("remove one of the includes".into()),
             RecipeError::LockMismatch { .. } => {
                 Some("run `kiln lock RECIPE` to update the lock (without --locked/--check)".into())
+            }
+            RecipeError::UnknownKeys { .. } => {
+                Some("fix or remove them; docs/recipe.md lists every key of every table".into())
             }
             RecipeError::Io { .. } => None,
         }

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod lock;
 pub mod recipe;
+pub mod trace;
 
 pub use error::RecipeError;
 pub use lock::{Lock, LockedPackage, LockedRelease, Reason};

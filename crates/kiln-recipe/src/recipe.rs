@@ -570,6 +570,14 @@ fn load_layer(
         path: path.to_path_buf(),
         source: e,
     })?;
+    // Every misspelt key at once (one is reported below, with its line).
+    let unknown = crate::trace::unknown_keys(&text);
+    if unknown.len() > 1 {
+        return Err(RecipeError::UnknownKeys {
+            path: path.to_path_buf(),
+            keys: unknown,
+        });
+    }
     let layer: Layer = toml::from_str(&text).map_err(|e| {
         let msg = e.message().trim().to_string();
         let offset = e.span().map(|s| s.start).unwrap_or(0);

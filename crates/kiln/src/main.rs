@@ -24,6 +24,7 @@ macro_rules! errw {
 
 mod cmd;
 mod ls;
+mod show;
 mod test;
 mod ui;
 
@@ -267,6 +268,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the composed recipe, the file that set each value, and what a build would do (packages, sizes, outputs).
+    Show {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// Do not resolve when the lock is missing or out of date (no packages in the plan).
+        #[arg(long)]
+        no_resolve: bool,
+        /// Print the recipe, its settings and the plan as JSON on stdout (schema: docs/schemas/show.schema.json).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
     /// Show the dependency path that pulled a package into a lock.
     Why {
         /// The package name.
@@ -455,6 +469,19 @@ fn main() -> ExitCode {
                 let _ = std::io::stdout().write_all(&out);
             })
         }
+        Command::Show {
+            recipe,
+            no_resolve,
+            json,
+            sources,
+        } => show::cmd_show(
+            &ui,
+            reporter,
+            &recipe,
+            json,
+            !no_resolve,
+            &sources.options(),
+        ),
         Command::Why {
             package,
             recipe,

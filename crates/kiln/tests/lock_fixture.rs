@@ -1655,3 +1655,107 @@ fn an_endless_release_file_is_not_read_to_the_end() {
         &["more than 16777216 bytes", "a Release file"],
     );
 }
+
+#[test]
+fn show_names_the_file_of_each_value_and_plans_without_writing_the_lock() {
+    let f = Fixture::new();
+    let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
+    // A class below the recipe sets the formats.
+    std::fs::write(
+        f.work.path().join("class.toml"),
+        "[output]\nformats = [\"tar\", \"oci\"]\n[packages]\ninclude = [\"libfoo1\"]\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, format!("include = [\"class.toml\"]\n{text}")).unwrap();
+    let lock = kiln_recipe::lock_path_for(&recipe);
+
+    let out = f.kiln(&["show", recipe.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!lock.exists(), "show wrote the lock");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let from = |key: &str, value: &str| {
+        v["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key && s["value"] == value)
+            .map(|s| {
+                let file = s["file"].as_str().unwrap();
+                Path::new(file)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+    };
+    assert_eq!(
+        from("packages.include", "\"libfoo1\"").as_deref(),
+        Some("class.toml")
+    );
+    assert_eq!(
+        from("packages.include", "\"nginx\"").as_deref(),
+        Some("image.toml")
+    );
+    assert_eq!(
+        from("output.formats", "\"oci\"").as_deref(),
+        Some("class.toml")
+    );
+    assert_eq!(
+        from("image.suite", "\"kiln-test\"").as_deref(),
+        Some("image.toml")
+    );
+    assert_eq!(v["lock"]["state"], "missing");
+    let amd64 = &v["plan"]["architectures"][0];
+    assert_eq!(amd64["packages"], 4, "{amd64}");
+    let debs: u64 = ["base-files", "libfoo1", "nginx", "nginx-common"]
+        .iter()
+        .map(|n| std::fs::metadata(&f.repo.debs[*n]).unwrap().len())
+        .sum();
+    assert_eq!(amd64["download-size"], debs);
+    assert_eq!(
+        v["outputs"],
+        serde_json::json!([
+            "rootfs.tar",
+            "oci/",
+            "manifest.json",
+            "sbom.spdx.json",
+            "sbom.cdx.json",
+            "provenance.json"
+        ])
+    );
+
+    // With the lock written, the plan reads it; the human form says where
+    // each value came from.
+    assert!(f.lock(&recipe, &[]).status.success());
+    let out = f.kiln(&["show", recipe.to_str().unwrap(), "--offline"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("lock: ") && text.contains("up to date"),
+        "{text}"
+    );
+    assert!(text.contains("amd64: 4 packages"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"libfoo1\""))
+        .unwrap_or_default();
+    assert!(line.contains("# class.toml:4"), "{text}");
+
+    // A changed input is named; --no-resolve does not touch the network.
+    std::fs::write(
+        &recipe,
+        std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("include = [\"nginx\"]", "include = [\"nginx\", \"app\"]"),
+    )
+    .unwrap();
+    let out = f.kiln(&["show", recipe.to_str().unwrap(), "--no-resolve"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("out of date") && text.contains("include"),
+        "{text}"
+    );
+    assert!(!text.contains("amd64: "), "{text}");
+}

@@ -96,6 +96,55 @@ pub fn outputs_for(recipe: &Recipe) -> Result<Vec<Box<dyn Output>>> {
     Ok(out)
 }
 
+/// The files a build of `recipe` writes into its output directory, by
+/// name, in the order it writes them (`kiln show`'s plan): each format's
+/// artifacts per architecture, then the manifest, the SBOMs and the
+/// provenance. The names follow the outputs' own rules (`rootfs.tar`,
+/// `rootfs-ARCH.tar` for several architectures, `disk.raw` with a qcow2).
+pub fn planned_files(recipe: &Recipe) -> Vec<String> {
+    let archs = &recipe.image.architectures;
+    let multi = archs.len() > 1;
+    let per_arch = |stem: &str, ext: &str| -> Vec<String> {
+        if multi {
+            archs.iter().map(|a| format!("{stem}-{a}.{ext}")).collect()
+        } else {
+            vec![format!("{stem}.{ext}")]
+        }
+    };
+    let formats: Vec<Format> = recipe
+        .output
+        .formats
+        .iter()
+        .filter_map(|f| Format::parse(f))
+        .collect();
+    let mut out = Vec::new();
+    let mut disk_done = false;
+    for f in &formats {
+        match f {
+            Format::Tar => out.extend(per_arch("rootfs", "tar")),
+            Format::Oci => out.push("oci/".to_string()),
+            Format::Disk | Format::Qcow2 if !disk_done => {
+                disk_done = true;
+                out.extend(per_arch("disk", "raw"));
+                if formats.contains(&Format::Qcow2) {
+                    out.extend(per_arch("disk", "qcow2"));
+                }
+            }
+            Format::Disk | Format::Qcow2 => {}
+        }
+    }
+    out.push("manifest.json".into());
+    for s in kiln_model::sbom_files(archs) {
+        out.push(s.spdx);
+        out.push(s.cyclonedx);
+    }
+    out.push("provenance.json".into());
+    debug_assert!(out
+        .iter()
+        .all(|n| crate::pipeline::is_build_output(n.trim_end_matches('/'))));
+    out
+}
+
 /// An artifact record for a file in the output directory.
 pub fn file_artifact(out_dir: &Path, name: &str, format: Format, arch: &str) -> Result<Artifact> {
     let (size, sha256) = kiln_archive::debs::sha256_file(&out_dir.join(name))?;

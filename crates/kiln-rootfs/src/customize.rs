@@ -306,7 +306,10 @@ pub fn apply(
             log,
             cancel,
             &format!("command `{cmd}`"),
-            Options { network: c.network },
+            Options {
+                network: c.network,
+                ..Options::default()
+            },
         )?;
     }
     Ok(())

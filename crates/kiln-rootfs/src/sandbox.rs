@@ -75,6 +75,9 @@ pub enum SandboxError {
 pub struct Options {
     /// Share the host's network instead of a namespace with only loopback.
     pub network: bool,
+    /// Give the command this process's stdin, stdout and stderr (a shell on
+    /// the terminal, `kiln shell`) instead of no input and the log.
+    pub interactive: bool,
 }
 
 /// The environment maintainer scripts see: clean, non-interactive, reproducible.
@@ -166,13 +169,19 @@ pub fn run_in_root_with(
     for (k, v) in env {
         cmd.arg(format!("{k}={v}"));
     }
-    cmd.args(argv)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().map_err(|e| SandboxError::Spawn {
-            what: "log".into(),
-            source: e,
-        })?)
-        .stderr(log_file);
+    cmd.args(argv);
+    if opts.interactive {
+        cmd.stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+    } else {
+        cmd.stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(|e| SandboxError::Spawn {
+                what: "log".into(),
+                source: e,
+            })?)
+            .stderr(log_file);
+    }
     let (report_r, report_w) = pipe().map_err(setup("creating a pipe"))?;
     let (child_side, report) = (jail.clone(), report_w.as_raw_fd());
     // SAFETY: the closure only makes raw system calls on data prepared

@@ -250,7 +250,15 @@ fn the_network_is_the_hosts_only_when_asked() {
     let script = format!(
         r#"perl -e 'socket(S, 2, 1, 6) or die; connect(S, pack("S n C4 x8", 2, {port}, 127, 0, 0, 1)) or die "connect: $!"; print S "hello\n"; close S; print "sent\n"'"#
     );
-    let (ok, out) = j.sh(&script, Options { network: true }).unwrap();
+    let (ok, out) = j
+        .sh(
+            &script,
+            Options {
+                network: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
     assert!(ok && out.contains("sent"), "{out}");
     assert_eq!(t.join().unwrap(), b"hello\n");
 }

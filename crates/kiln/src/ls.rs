@@ -168,7 +168,7 @@ fn read_tree(dir: &Path, m: &Manifest, arch: &str) -> Result<BTreeMap<String, En
             if media.ends_with("+zstd") {
                 apply_layer(&mut tree, zstd::Decoder::new(f)?)?;
             } else if media.ends_with("+gzip") {
-                apply_layer(&mut tree, flate2::read::GzDecoder::new(f))?;
+                apply_layer(&mut tree, flate2::read::MultiGzDecoder::new(f))?;
             } else {
                 apply_layer(&mut tree, f)?;
             }
@@ -183,7 +183,7 @@ fn read_tree(dir: &Path, m: &Manifest, arch: &str) -> Result<BTreeMap<String, En
 }
 
 /// The layers of the image for `arch` in an OCI layout, in order.
-fn oci_layers(layout: &Path, arch: &str) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn oci_layers(layout: &Path, arch: &str) -> Result<Vec<(String, PathBuf)>> {
     let blob = |digest: &str| -> Result<PathBuf> {
         let hex = digest.strip_prefix("sha256:").unwrap_or("");
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {

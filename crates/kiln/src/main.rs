@@ -24,6 +24,7 @@ macro_rules! errw {
 
 mod cmd;
 mod ls;
+mod shell;
 mod show;
 mod test;
 mod ui;
@@ -268,6 +269,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A shell (or one command) in a built image, in the build sandbox, on a throwaway copy.
+    Shell {
+        /// A build's output directory, a rootfs tarball, or an OCI layout.
+        target: PathBuf,
+        /// Which image of a multi-architecture build (default: the first; for an OCI layout, the host's).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Share the host's network (default: loopback only).
+        #[arg(long)]
+        network: bool,
+        /// The command to run instead of a shell (after `--`); its exit status is kiln's.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Show the composed recipe, the file that set each value, and what a build would do (packages, sizes, outputs).
     Show {
         /// The recipe file.
@@ -320,6 +335,11 @@ fn main() -> ExitCode {
     let cancel = kiln_model::Cancel::new();
     let on_interrupt = cancel.clone();
     let _ = ctrlc::set_handler(move || {
+        // A shell on the terminal gets its own Ctrl-C; Kiln cleans up
+        // when it ends.
+        if shell::FOREGROUND.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         on_interrupt.cancel();
         // Unpacking threads may still have been writing: sweep once more.
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -469,6 +489,25 @@ fn main() -> ExitCode {
                 let _ = std::io::stdout().write_all(&out);
             })
         }
+        Command::Shell {
+            target,
+            arch,
+            network,
+            command,
+        } => match shell::cmd_shell(
+            &ui,
+            &cancel,
+            &shell::ShellArgs {
+                target,
+                arch,
+                network,
+                command,
+            },
+        ) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Show {
             recipe,
             no_resolve,

@@ -122,6 +122,29 @@ fn minbase_is_a_working_reproducible_system() {
     );
     let root = extract(&out.join("rootfs.tar"));
     assert_healthy(root.path());
+    // `kiln shell` runs in the image, on a copy: the command's exit status
+    // is kiln's, what it changes is gone, the tarball is untouched.
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let o = kiln(
+        &[
+            "shell",
+            out.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/debian_version && dpkg-query -W -f '${Package}\\n' apt && touch /made-here && exit 7",
+        ],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    let version = std::fs::read_to_string(root.path().join("etc/debian_version")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("{version}apt\n")
+    );
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "scratch left");
+    assert_eq!(std::fs::read(out.join("rootfs.tar")).unwrap(), tar);
     // Hygiene.
     assert!(!root.path().join("var/log/dpkg.log").exists());
     assert!(!root.path().join("var/cache/ldconfig/aux-cache").exists());

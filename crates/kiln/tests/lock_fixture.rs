@@ -1759,3 +1759,88 @@ fn show_names_the_file_of_each_value_and_plans_without_writing_the_lock() {
     );
     assert!(!text.contains("amd64: "), "{text}");
 }
+
+/// A tarball member or link that points out of the image is refused by
+/// `kiln shell`, which unpacks the image as it unpacks a package: nothing
+/// lands outside its throwaway copy, and the copy is removed.
+#[test]
+fn shell_refuses_an_image_whose_members_lead_out_of_it() {
+    let work = tempfile::tempdir().unwrap();
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    // What each is refused for: `..` at once; a file through a link lands
+    // inside the copy (links resolve within it), which has no /usr/bin/env.
+    let inside = "has no /usr/bin/env";
+    let cases: [(&str, &[(&str, Option<&str>)], &str); 3] = [
+        (
+            "dotdot",
+            &[("../../../escaped", None)],
+            "unsafe path in package: ../../../escaped",
+        ),
+        // A link to / and then a file through it.
+        ("link", &[("etc", Some("/")), ("etc/escaped", None)], inside),
+        (
+            "up-link",
+            &[("up", Some("../../..")), ("up/escaped", None)],
+            inside,
+        ),
+    ];
+    for (name, members, why) in cases {
+        let path = work.path().join(format!("{name}.tar"));
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for (m, link) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            match link {
+                Some(t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    // Raw names: the builder itself refuses `..`.
+                    h.as_old_mut().name[..m.len()].copy_from_slice(m.as_bytes());
+                    h.set_link_name(t).unwrap();
+                    h.set_cksum();
+                    b.append(&h, std::io::empty()).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(4);
+                    h.as_old_mut().name[..m.len()].copy_from_slice(m.as_bytes());
+                    h.set_cksum();
+                    b.append(&h, &b"evil"[..]).unwrap();
+                }
+            }
+        }
+        b.finish().unwrap();
+        drop(b);
+        let o = kiln_command(
+            work.path(),
+            &["shell", path.to_str().unwrap(), "--", "true"],
+            &[],
+        )
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+        assert!(!o.status.success(), "{name}: kiln shell accepted it");
+        let err = stderr(&o);
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(err.contains("needs root"), "{name}: {err}");
+            continue;
+        }
+        assert!(err.contains(why), "{name}: {err}");
+        assert!(!o.status.code().is_some_and(|c| c == 64), "{name}: {err}");
+        for dir in [work.path().to_path_buf(), tmp.clone(), PathBuf::from("/")] {
+            assert!(
+                !dir.join("escaped").exists(),
+                "{name}: wrote {}",
+                dir.display()
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "{name}: the scratch copy was left in {}",
+            tmp.display()
+        );
+    }
+}

@@ -189,6 +189,36 @@ fn nginx_full_and_distroless_images_run_their_binary() {
             "distroless={distroless}: {text}"
         );
         assert_eq!(root.join("bin/sh").exists(), !distroless);
+        // `kiln shell` enters the OCI image (its layers stacked) through
+        // the sandbox; a distroless one has no shell to enter.
+        let tmp = work.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let layout = out.join("oci");
+        let tmp_env = [("TMPDIR", tmp.to_str().unwrap())];
+        if distroless {
+            let o = kiln(&["shell", out.to_str().unwrap()], &tmp_env);
+            assert!(!o.status.success());
+            assert!(stderr(&o).contains("has no shell"), "{}", stderr(&o));
+        } else {
+            let o = kiln(
+                &[
+                    "shell",
+                    layout.to_str().unwrap(),
+                    "--",
+                    "sh",
+                    "-c",
+                    "/usr/sbin/nginx -v && test \"$(id -u)\" = 0 && exit 9",
+                ],
+                &tmp_env,
+            );
+            assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+            assert!(
+                stderr(&o).contains("nginx version: nginx/"),
+                "{}",
+                stderr(&o)
+            );
+        }
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "scratch left");
         let layout = out.join("oci");
         let index = json_file(&layout.join("index.json"));
         let manifest = blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
@@ -811,4 +841,29 @@ fn per_package_layers_are_shared_between_images_and_give_the_same_tree() {
     assert_eq!(tree_listing(&ra), tree_listing(&rc));
     let o = run(&ra, &["/usr/bin/python3", "-c", "print(6*7)"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "42\n");
+    // `kiln ls --files` reads the same tree from the (multi-member gzip)
+    // layers of either image.
+    for out in [&out_a, &out_c] {
+        let o = kiln(&["ls", out.to_str().unwrap(), "--files", "--json"], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let listed: Vec<String> = json_of(&o)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_string())
+            .collect();
+        // One per inode: a hard link is listed once, under its first name.
+        let files = Command::new("sh")
+            .args(["-c", "find . -type f -printf '%i\\n' | sort -u"])
+            .current_dir(&ra)
+            .output()
+            .unwrap();
+        let files = String::from_utf8_lossy(&files.stdout).lines().count();
+        assert!(
+            listed.iter().any(|p| p.starts_with("/usr/bin/python3")),
+            "{} files listed",
+            listed.len()
+        );
+        assert_eq!(listed.len(), files, "files listed vs unpacked");
+    }
 }

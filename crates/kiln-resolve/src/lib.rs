@@ -39,7 +39,12 @@ pub enum ResolveError {
     #[error("`{name}` is both requested and excluded")]
     ExcludedRoot { name: String },
     #[error("the requested packages cannot be installed together:\n{explanation}")]
-    Unsatisfiable { explanation: String },
+    Unsatisfiable {
+        explanation: String,
+        /// Two packages that must both be installed conflict (rather than
+        /// a dependency nothing satisfies).
+        conflict: bool,
+    },
 }
 
 impl ResolveError {
@@ -68,6 +73,10 @@ impl ResolveError {
             }
             ResolveError::Ambiguous { .. } => Some("include one of the providers explicitly".into()),
             ResolveError::ExcludedRoot { .. } => Some("remove it from [packages] exclude".into()),
+            ResolveError::Unsatisfiable { conflict: true, .. } => Some(
+                "the two cannot be in one image: leave out the package that pulls in one of them ([packages] include), or pick another alternative by including it"
+                    .into(),
+            ),
             ResolveError::Unsatisfiable { .. } => Some(
                 "change the request (include, exclude, suite) or add the source that carries the missing version"
                     .into(),
@@ -253,9 +262,23 @@ pub fn resolve(u: &Universe, req: &Request) -> Result<Resolution, ResolveError> 
     let solution = match result {
         Ok(s) => s,
         Err(resolvo::UnsolvableOrCancelled::Unsolvable(conflict)) => {
-            let explanation = explain(u, &deps, &excluded, &roots)?
-                .unwrap_or_else(|| conflict.display_user_friendly(&solver).to_string());
-            return Err(ResolveError::Unsatisfiable { explanation });
+            if let Some(explanation) = explain(u, &deps, &excluded, &roots)? {
+                return Err(ResolveError::Unsatisfiable {
+                    explanation,
+                    conflict: false,
+                });
+            }
+            if let Some(explanation) = explain_conflict(u, &deps, &excluded, &roots)? {
+                return Err(ResolveError::Unsatisfiable {
+                    explanation,
+                    conflict: true,
+                });
+            }
+            let explanation = conflict.display_user_friendly(&solver).to_string();
+            return Err(ResolveError::Unsatisfiable {
+                explanation,
+                conflict: false,
+            });
         }
         Err(resolvo::UnsolvableOrCancelled::Cancelled(_)) => unreachable!("never cancelled"),
     };
@@ -357,6 +380,82 @@ fn explain(
                         queue.push_back(q);
                     }
                 }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Finds two packages that every solution must install and that conflict
+/// (Conflicts or Breaks), following only dependencies with a single usable
+/// choice, and says so as two chains: "A needs X, and B conflicts with X".
+fn explain_conflict(
+    u: &Universe,
+    deps: &DepCache,
+    excluded: &[bool],
+    roots: &[PkgId],
+) -> Result<Option<String>, ResolveError> {
+    let n = u.pkgs.len();
+    let mut parent: Vec<Option<PkgId>> = vec![None; n];
+    let mut forced = vec![false; n];
+    let mut order: Vec<PkgId> = Vec::new();
+    let mut queue: VecDeque<PkgId> = VecDeque::new();
+    for &r in roots {
+        if !forced[r] {
+            forced[r] = true;
+            queue.push_back(r);
+        }
+    }
+    while let Some(p) = queue.pop_front() {
+        order.push(p);
+        for g in deps.get(p)?.groups.iter().filter(|g| g.critical) {
+            let mut usable: Vec<PkgId> = g
+                .alts
+                .iter()
+                .flat_map(|a| a.targets.iter())
+                .filter(|&&(q, ok)| ok && !excluded[q])
+                .map(|&(q, _)| q)
+                .collect();
+            usable.dedup();
+            if let [q] = usable[..] {
+                if q != p && !forced[q] {
+                    forced[q] = true;
+                    parent[q] = Some(p);
+                    queue.push_back(q);
+                }
+            }
+        }
+    }
+    let name_ver = |p: PkgId| format!("{} {}", u.pkgs[p].name, u.pkgs[p].version);
+    let chain = |p: PkgId| {
+        let mut c = vec![p];
+        while let Some(q) = parent[*c.last().unwrap()] {
+            c.push(q);
+        }
+        c.reverse();
+        c.iter()
+            .map(|&q| u.pkgs[q].name)
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    };
+    // Why `x` is in: requested, or needed by its parent.
+    let why = |x: PkgId| match parent[x] {
+        None => format!("{} is requested", name_ver(x)),
+        Some(by) => format!("{} needs {}", name_ver(by), name_ver(x)),
+    };
+    for &b in &order {
+        for &x in &deps.get(b)?.conflicts {
+            if forced[x] && x != b {
+                return Ok(Some(format!(
+                    "{}, and {} conflicts with {}\n  ({} pulled in by: {}; {} by: {})",
+                    why(x),
+                    name_ver(b),
+                    u.pkgs[x].name,
+                    u.pkgs[x].name,
+                    chain(x),
+                    u.pkgs[b].name,
+                    chain(b),
+                )));
             }
         }
     }

@@ -180,7 +180,7 @@ fn fails(u: &Universe, include: &[&str], opts: &Opts) -> ResolveError {
 
 fn unsatisfiable_text(e: ResolveError) -> String {
     match e {
-        ResolveError::Unsatisfiable { explanation } => explanation,
+        ResolveError::Unsatisfiable { explanation, .. } => explanation,
         other => panic!("expected Unsatisfiable, got {other:?}"),
     }
 }
@@ -529,6 +529,42 @@ fn roots_conflicting_with_each_other_are_unsatisfiable() {
     assert!(matches!(e, ResolveError::Unsatisfiable { .. }), "{e:?}");
     let e = fails(&u, &["b", "a"], &Opts::default());
     assert!(matches!(e, ResolveError::Unsatisfiable { .. }), "{e:?}");
+}
+
+#[test]
+fn a_conflict_is_explained_as_two_chains() {
+    // web needs libssl-old through a library; tool conflicts with it.
+    let text = index(vec![
+        pkg("web", "1").depends("libweb"),
+        pkg("libweb", "2").depends("libssl-old (>= 1)"),
+        pkg("libssl-old", "1.1"),
+        pkg("tool", "3").conflicts("libssl-old"),
+    ]);
+    let u = universe(&text);
+    let e = fails(&u, &["web", "tool"], &Opts::default());
+    assert!(
+        matches!(e, ResolveError::Unsatisfiable { conflict: true, .. }),
+        "{e:?}"
+    );
+    let hint = e.hint().unwrap();
+    assert!(!hint.contains("missing version"), "{hint}");
+    let text = unsatisfiable_text(e);
+    assert!(
+        text.contains("libweb 2 needs libssl-old 1.1, and tool 3 conflicts with libssl-old"),
+        "{text}"
+    );
+    assert!(
+        text.contains("libssl-old pulled in by: web -> libweb -> libssl-old; tool by: tool"),
+        "{text}"
+    );
+    // Two requested packages: "A is requested".
+    let text = index(vec![pkg("a", "1").conflicts("b"), pkg("b", "1")]);
+    let u = universe(&text);
+    let text = unsatisfiable_text(fails(&u, &["b", "a"], &Opts::default()));
+    assert!(
+        text.starts_with("b 1 is requested, and a 1 conflicts with b"),
+        "{text}"
+    );
 }
 
 #[test]

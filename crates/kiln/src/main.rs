@@ -132,7 +132,7 @@ enum Command {
         /// Ed25519 private key (PKCS#8 PEM) to sign provenance.json with.
         #[arg(long, value_name = "KEY.pem", env = "KILN_SIGN_KEY")]
         sign_key: Option<PathBuf>,
-        /// Print the build's manifest.json (schema: docs/manifest.md) on stdout.
+        /// Print the build's manifest.json on stdout (docs/manifest.md; schema: docs/schemas/manifest.schema.json).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -164,7 +164,7 @@ enum Command {
         /// Another tag to push the same image under (repeatable).
         #[arg(long = "tag", value_name = "TAG")]
         tags: Vec<String>,
-        /// Print what was pushed as JSON on stdout (schema in docs/commands.md).
+        /// Print what was pushed as JSON on stdout (schema: docs/schemas/push.schema.json).
         #[arg(long)]
         json: bool,
         /// Plain HTTP (for registries on loopback).

@@ -413,6 +413,7 @@ fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
     // DPS: the /usr and verity partition UUIDs are the halves of the root hash
     // that the UKI's command line carries.
     let m = json_file(&out.join("manifest.json"));
+    assert_matches_schema("manifest", &m);
     let hash = m["disk"]["amd64"]["usr"]["roothash"]
         .as_str()
         .unwrap()

@@ -892,6 +892,16 @@ fn a_build_reports_what_it_wrote_with_sizes_on_disk_and_full_digests() {
     assert!(j.status.success(), "{}", stderr(&j));
     assert_eq!(j.stdout, std::fs::read(out.join("manifest.json")).unwrap());
     assert_eq!(json_of(&j)["schema-version"], 1);
+    assert_matches_schema("manifest", &json_of(&j));
+    // The schema is strict: a renamed field would not pass.
+    let mut renamed = json_of(&j);
+    let pk = renamed["packages"].take();
+    renamed["package"] = pk;
+    let schema = std::panic::catch_unwind(|| assert_matches_schema("manifest", &renamed));
+    assert!(
+        schema.is_err(),
+        "the manifest schema accepted a renamed field"
+    );
     // On a terminal: every artifact with its size and whole digest.
     let o = f.kiln(&[
         "build",
@@ -1014,6 +1024,7 @@ fn push_takes_a_build_directory_docker_credentials_and_several_tags() {
     assert_eq!(j["schema-version"], 1);
     assert_eq!(j["digest"], local.as_str());
     assert_eq!(j["pushed"][0]["reference"], format!("{host}/team/img:v1"));
+    assert_matches_schema("push", &j);
     // A broken config.json is named, not skipped.
     std::fs::write(docker.path().join("config.json"), "{not json").unwrap();
     let o = push(&format!("{host}/team/img:v2"), &[], None);
@@ -1674,6 +1685,7 @@ fn show_names_the_file_of_each_value_and_plans_without_writing_the_lock() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!lock.exists(), "show wrote the lock");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_matches_schema("show", &v);
     let from = |key: &str, value: &str| {
         v["settings"]
             .as_array()
@@ -1844,4 +1856,29 @@ fn shell_refuses_an_image_whose_members_lead_out_of_it() {
             tmp.display()
         );
     }
+}
+
+#[test]
+fn the_published_json_schemas_are_valid_and_versioned() {
+    let dir = workspace().join("docs/schemas");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let o = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys, jsonschema\ns = json.load(open(sys.argv[1]))\njsonschema.Draft202012Validator.check_schema(s)\nprops = s['properties']\nassert 'schema-version' in props or 'schema' in props, 'no version field'\n",
+            ])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        n += 1;
+    }
+    assert!(n >= 3, "{n} schemas");
 }

@@ -250,6 +250,11 @@ fn multi_arch_distroless_index_needs_no_emulation() {
         "[image]\nname = \"multi\"\nsuite = \"trixie\"\narchitectures = [\"amd64\", \"arm64\"]\n[packages]\ninclude = [\"python3\"]\n\
          [container]\ndistroless = true\n[output]\nformats = [\"oci\"]\n",
     );
+    // The manifest of a multi-architecture build (an index with no one
+    // architecture) is what docs/schemas/manifest.schema.json describes.
+    let m = json_file(&out.join("manifest.json"));
+    assert_matches_schema("manifest", &m);
+    assert!(m["outputs"][0]["architecture"].is_null(), "{m}");
     let layout = out.join("oci");
     let index = json_file(&layout.join("index.json"));
     assert_eq!(
@@ -447,6 +452,7 @@ fn a_scanner_sees_debian_with_its_version_and_every_package() {
         })
         .collect();
     let manifest = json_file(&out.join("manifest.json"));
+    assert_matches_schema("manifest", &manifest);
     let built: std::collections::BTreeSet<(String, String)> = manifest["packages"]
         .as_array()
         .unwrap()

@@ -179,3 +179,40 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// Checks `value` against `docs/schemas/NAME.schema.json` with Python's
+/// jsonschema (installed by `.ci/run`), failing with every violation.
+#[allow(dead_code)]
+#[track_caller]
+pub fn assert_matches_schema(name: &str, value: &serde_json::Value) {
+    let schema = workspace().join(format!("docs/schemas/{name}.schema.json"));
+    let script = "import json, sys, jsonschema\n\
+        schema = json.load(open(sys.argv[1]))\n\
+        v = jsonschema.Draft202012Validator(schema)\n\
+        errors = [f\"{'/'.join(map(str, e.absolute_path))}: {e.message}\" for e in v.iter_errors(json.load(sys.stdin))]\n\
+        print('\\n'.join(errors)); sys.exit(1 if errors else 0)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(value).unwrap().as_bytes())
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{} does not match {}:\n{}{}",
+        name,
+        schema.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -561,30 +561,4 @@ Acquire-By-Hash: yes
         }
         assert_eq!(count, 500);
     }
-
-    /// Throughput check, meant for optimised builds:
-    /// `KILN_PACKAGES_FILE=/path/to/Packages cargo test -p kiln-deb --release -- --ignored --nocapture`
-    /// (without the variable a synthetic ~60 MB index is used).
-    #[test]
-    #[ignore = "timing check; run explicitly with an optimised build"]
-    fn throughput() {
-        let text = match std::env::var("KILN_PACKAGES_FILE") {
-            Ok(path) => std::fs::read_to_string(path).expect("read Packages file"),
-            Err(_) => synthetic_packages(65_000),
-        };
-        let start = std::time::Instant::now();
-        let mut count = 0usize;
-        let mut fields = 0usize;
-        for p in paragraphs(&text) {
-            let p = p.expect("valid Packages file");
-            count += 1;
-            fields += p.len();
-        }
-        let elapsed = start.elapsed();
-        eprintln!(
-            "{} MB, {count} paragraphs, {fields} fields in {elapsed:?}",
-            text.len() / 1_000_000
-        );
-        assert!(count > 0);
-    }
 }

@@ -139,3 +139,69 @@ fn config_err(path: &Path, message: String) -> RegistryError {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile config.json cannot make Kiln run a program by path: a
+    /// helper name with a slash (or `..`) is refused before anything runs.
+    #[test]
+    fn a_helper_name_that_is_a_path_is_refused_and_nothing_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("ran");
+        // What the path would run, were it followed.
+        let evil = d.path().join("docker-credential-x");
+        std::fs::create_dir_all(&evil).unwrap();
+        let script = evil.join("evil");
+        std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in [
+            format!("x/evil"),
+            "../../../../bin/true".to_string(),
+            format!("{}", script.display()),
+        ] {
+            for key in ["credHelpers", "credsStore"] {
+                let config = if key == "credsStore" {
+                    serde_json::json!({ "credsStore": name })
+                } else {
+                    serde_json::json!({ "credHelpers": { "reg.example:5000": name } })
+                };
+                std::fs::write(d.path().join("config.json"), config.to_string()).unwrap();
+                let e = credentials_for(d.path(), "reg.example:5000").unwrap_err();
+                assert!(
+                    e.to_string().contains("is not a plain name"),
+                    "{key} {name}: {e}"
+                );
+                assert!(e.to_string().contains("config.json"), "{e}");
+            }
+        }
+        assert!(!marker.exists(), "a helper ran");
+    }
+
+    #[test]
+    fn inline_auths_decode_and_bad_base64_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode("kiln:s3cret");
+        std::fs::write(
+            d.path().join("config.json"),
+            serde_json::json!({ "auths": { "reg.example:5000": { "auth": auth } } }).to_string(),
+        )
+        .unwrap();
+        let c = credentials_for(d.path(), "reg.example:5000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("kiln", "s3cret")
+        );
+        assert!(credentials_for(d.path(), "other:1").unwrap().is_none());
+        std::fs::write(
+            d.path().join("config.json"),
+            r#"{"auths": {"reg.example:5000": {"auth": "!!!"}}}"#,
+        )
+        .unwrap();
+        assert!(credentials_for(d.path(), "reg.example:5000").is_err());
+    }
+}

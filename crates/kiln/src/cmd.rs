@@ -29,7 +29,7 @@ fn summary_json(lock: &Lock, path: &Path) -> serde_json::Value {
             "reason": p.reason,
         })).collect::<Vec<_>>(),
         "download-size": lock.packages.iter().map(|p| p.size).sum::<u64>(),
-        "installed-size": lock.packages.iter().map(|p| p.installed_size * 1024).sum::<u64>(),
+        "installed-size": lock.packages.iter().map(|p| p.installed_size.saturating_mul(1024)).sum::<u64>(),
         "releases": lock.releases.iter().map(|r| json!({
             "suite": r.suite, "date": r.date, "sha256": r.sha256,
         })).collect::<Vec<_>>(),
@@ -81,7 +81,11 @@ pub fn cmd_lock(
         lock.write(&lock_path)?;
     }
     let download: u64 = lock.packages.iter().map(|p| p.size).sum();
-    let installed: u64 = lock.packages.iter().map(|p| p.installed_size * 1024).sum();
+    let installed: u64 = lock
+        .packages
+        .iter()
+        .map(|p| p.installed_size.saturating_mul(1024))
+        .sum();
     let diff = old.as_ref().map(|o| kiln_build::lock::diff(o, &lock));
     let changed = match (&old, &diff) {
         (None, _) | (_, None) => "written".to_string(),

@@ -228,8 +228,36 @@ pub(crate) fn oci_layers(layout: &Path, arch: &str) -> Result<Vec<(String, PathB
 /// Applies one tar stream to `tree`: entries added or replaced, whiteouts
 /// (`.wh.NAME`, `.wh..wh..opq`) removing what earlier layers had.
 fn apply_layer(tree: &mut BTreeMap<String, Entry>, r: impl Read) -> Result<()> {
+    apply_layer_within(tree, r, MAX_ENTRIES)
+}
+
+/// Entries an image may have (as many as a package may: a few hundred
+/// bytes of compressed layer cannot make Kiln hold millions of names).
+const MAX_ENTRIES: usize = 1_000_000;
+/// dpkg file-list text held at once, over all packages.
+const MAX_LIST_BYTES: usize = 256 << 20;
+
+fn apply_layer_within(
+    tree: &mut BTreeMap<String, Entry>,
+    r: impl Read,
+    max_entries: usize,
+) -> Result<()> {
     let mut ar = tar::Archive::new(r);
+    // Counted with what the layers below left, so many layers add up.
+    let mut seen = tree.len();
+    let mut list_bytes: usize = tree
+        .values()
+        .filter_map(|e| e.list.as_ref().map(String::len))
+        .sum();
     for e in ar.entries()? {
+        seen += 1;
+        if seen > max_entries {
+            return Err(Hinted::new(
+                format!("the image has more than {max_entries} entries: refused as a likely bomb"),
+                "an image Kiln built never has this many; the output directory holds something else",
+            )
+            .into());
+        }
         let mut e = e?;
         let path = e.path()?.to_string_lossy().into_owned();
         let name = path
@@ -263,17 +291,72 @@ fn apply_layer(tree: &mut BTreeMap<String, Entry>, r: impl Read) -> Result<()> {
         let size = e.header().size().unwrap_or(0);
         let is_list = (name.starts_with("var/lib/dpkg/info/") && name.ends_with(".list"))
             || (name.starts_with("var/lib/dpkg/status.d/") && name.ends_with(".md5sums"));
-        let list = if is_list && size < (64 << 20) {
+        let list = if is_list && size < (64 << 20) && list_bytes < MAX_LIST_BYTES {
             let mut s = String::new();
             e.by_ref()
                 .take(64 << 20)
                 .read_to_string(&mut s)
                 .ok()
-                .map(|_| s)
+                .map(|_| {
+                    list_bytes += s.len();
+                    s
+                })
         } else {
             None
         };
         tree.insert(name, Entry { size, list });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar stream of `n` empty files, made as it is read (never held).
+    struct ManyFiles {
+        n: usize,
+        i: usize,
+        block: Vec<u8>,
+        at: usize,
+    }
+
+    impl Read for ManyFiles {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.block.len() {
+                if self.i == self.n {
+                    return Ok(0);
+                }
+                let mut h = tar::Header::new_gnu();
+                h.set_path(format!("f{}", self.i)).unwrap();
+                h.set_size(0);
+                h.set_mode(0o644);
+                h.set_cksum();
+                self.block = h.as_bytes().to_vec();
+                self.at = 0;
+                self.i += 1;
+            }
+            let k = buf.len().min(self.block.len() - self.at);
+            buf[..k].copy_from_slice(&self.block[self.at..self.at + k]);
+            self.at += k;
+            Ok(k)
+        }
+    }
+
+    #[test]
+    fn an_image_with_too_many_entries_is_refused_not_held() {
+        let many = |n| ManyFiles {
+            n,
+            i: 0,
+            block: Vec::new(),
+            at: 0,
+        };
+        let mut tree = BTreeMap::new();
+        apply_layer_within(&mut tree, many(1000), 1000).unwrap();
+        assert_eq!(tree.len(), 1000);
+        let mut tree = BTreeMap::new();
+        let e = apply_layer_within(&mut tree, many(1001), 1000).unwrap_err();
+        assert!(e.to_string().contains("more than 1000 entries"), "{e}");
+        assert!(tree.len() <= 1000);
+    }
 }

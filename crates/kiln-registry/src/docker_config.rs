@@ -158,9 +158,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         for name in [
-            format!("x/evil"),
+            "x/evil".to_string(),
             "../../../../bin/true".to_string(),
-            format!("{}", script.display()),
+            script.display().to_string(),
         ] {
             for key in ["credHelpers", "credsStore"] {
                 let config = if key == "credsStore" {

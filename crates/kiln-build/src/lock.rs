@@ -177,7 +177,18 @@ pub fn ensure_lock(
     args: &SourceOptions,
     reporter: &dyn Reporter,
 ) -> Result<(Recipe, Lock)> {
-    let recipe = Recipe::load(recipe_path)?;
+    ensure_lock_for(Recipe::load(recipe_path)?, locked, args, reporter)
+}
+
+/// [`ensure_lock`] for a recipe already loaded.
+pub fn ensure_lock_for(
+    recipe: Recipe,
+    locked: bool,
+    args: &SourceOptions,
+    reporter: &dyn Reporter,
+) -> Result<(Recipe, Lock)> {
+    let recipe_path = recipe.path.clone();
+    let recipe_path = recipe_path.as_path();
     let lock_path = recipe.lock_path();
     let existing = if lock_path.exists() {
         Some(Lock::read(&lock_path)?)

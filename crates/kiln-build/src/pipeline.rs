@@ -371,8 +371,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
     prepare_output(&out_dir)?;
     // What builds that died left (build areas in RAM, downloads, outputs).
     crate::reclaim::at_build_start(req.sources.cache().root(), &out_dir, reporter);
-    let (recipe, lock) = crate::lock::ensure_lock(&req.recipe, req.locked, &req.sources, reporter)?;
-    can_build_here(&recipe)?;
+    let (recipe, lock) = crate::lock::ensure_lock_for(planned, req.locked, &req.sources, reporter)?;
     let epoch = epoch_for(&lock, req.source_date_epoch)?;
     let started = kiln_archive::now();
     let mut per_arch = Vec::new();

@@ -380,17 +380,22 @@ pub fn assemble_distroless(
         &users,
         area.room(),
     )?;
-    // Without privileges every file on disk is the builder's: the image
-    // writers take the owners a build by root gives them from here.
-    if !kiln_rootfs::sandbox::is_root() {
-        area.owners = Some(owners);
-    }
     // Files and overlays need no shell.
     let custom = Customization {
         overlays: recipe.customize.overlays.clone(),
         files: customization(recipe)?.files,
         ..Default::default()
     };
+    // Without privileges every file on disk is the builder's: the image
+    // writers take the owners a build by root gives them from here, the
+    // recipe's files included.
+    if !kiln_rootfs::sandbox::is_root() {
+        let mut owners = owners;
+        for f in &custom.files {
+            kiln_rootfs::extract::set_owner(&mut owners, &f.path, f.uid, f.gid);
+        }
+        area.owners = Some(owners);
+    }
     cancel.check()?;
     kiln_rootfs::customize::apply(&root, &custom, 0, &area.log(), cancel)?;
     Ok(area)

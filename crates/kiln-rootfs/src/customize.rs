@@ -158,8 +158,13 @@ pub fn apply(
         }
         r.write(&dest, &f.contents, f.mode)
             .map_err(|e| RootfsError::io(&f.path, e))?;
-        r.set_owner(&dest, f.uid, f.gid)
-            .map_err(|e| RootfsError::io(&f.path, e))?;
+        match r.set_owner(&dest, f.uid, f.gid) {
+            // Without privileges a file cannot be given away; the image
+            // writers take its owner from the build's ownership ledger
+            // (see `kiln_rootfs::extract::Ownership`).
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && !crate::sandbox::is_root() => {}
+            r => r.map_err(|e| RootfsError::io(&f.path, e))?,
+        }
     }
     for g in &c.groups {
         let gid = g.gid.map(|g| g.to_string());

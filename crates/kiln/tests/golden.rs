@@ -123,6 +123,7 @@ fn recipe() -> String {
          [[source]]\nuri = \"file://{ROOT}/repo\"\nsuites = [\"kiln-test\"]\nsigned-by = \"keyring.gpg\"\n\n\
          [container]\ndistroless = true\nentrypoint = [\"/usr/bin/hello\"]\nuser = \"65532\"\nworking-dir = \"/home/nonroot\"\n\
          env = {{ GREETING = \"golden\" }}\nlabels = {{ \"org.example.test\" = \"golden\" }}\n\n\
+         [[customize.file]]\npath = \"/home/nonroot/greeting\"\ncontent = \"hello\\n\"\nmode = \"0640\"\nuid = 65532\ngid = 65532\n\n\
          [output]\nformats = [\"oci\"]\n"
     )
 }
@@ -221,6 +222,23 @@ fn build_once(fixture_umask: libc::mode_t, as_user: bool) -> BTreeMap<&'static s
     .output()
     .unwrap();
     assert!(o.status.success(), "kiln build failed:\n{}", text(&o));
+    // The recipe's file has the recipe's owner and mode in the image, and
+    // the build's home directory the image user's, whoever built it.
+    let owned = layer_entries(&out.join("oci"));
+    assert_eq!(
+        owned.get("home/nonroot/greeting"),
+        Some(&(65532, 65532, 0o640)),
+        "as_user={as_user}"
+    );
+    assert_eq!(
+        owned.get("home/nonroot").map(|e| (e.0, e.1)),
+        Some((65532, 65532)),
+        "as_user={as_user}"
+    );
+    assert!(
+        owned.values().all(|e| e.0 != u64::from(USER)),
+        "a file of uid {USER} in the image"
+    );
     OUTPUTS
         .iter()
         .map(|(name, path)| {
@@ -229,6 +247,53 @@ fn build_once(fixture_umask: libc::mode_t, as_user: bool) -> BTreeMap<&'static s
             (*name, bytes)
         })
         .collect()
+}
+
+/// Owner and mode of every entry of the OCI layout's (one) image, its
+/// layers in order.
+fn layer_entries(layout: &Path) -> BTreeMap<String, (u64, u64, u32)> {
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |d: &serde_json::Value| {
+        layout
+            .join("blobs/sha256")
+            .join(d.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(&index["manifests"][0]["digest"]));
+    let mut out = BTreeMap::new();
+    for l in manifest["layers"].as_array().unwrap() {
+        let f = std::fs::File::open(blob(&l["digest"])).unwrap();
+        let media = l["mediaType"].as_str().unwrap();
+        let r: Box<dyn std::io::Read> = if media.ends_with("+zstd") {
+            Box::new(zstd::Decoder::new(f).unwrap())
+        } else if media.ends_with("+gzip") {
+            Box::new(flate2::read::MultiGzDecoder::new(f))
+        } else {
+            Box::new(f)
+        };
+        for e in tar::Archive::new(r).entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            let name = e
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
+            out.insert(
+                name,
+                (
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                    h.mode().unwrap() & 0o7777,
+                ),
+            );
+        }
+    }
+    out
 }
 
 fn golden_dir() -> PathBuf {

@@ -218,12 +218,19 @@ pub fn cmd_fetch(
 }
 
 pub fn cmd_build(
+    ui: &crate::ui::Ui,
+    catalog: Option<&Path>,
     reporter: &dyn Reporter,
     cancel: &Cancel,
     json: bool,
     req: &BuildRequest,
 ) -> Result<()> {
     let manifest = kiln_build::build(req, reporter, cancel)?;
+    let out_dir = match &req.output {
+        Some(o) => o.clone(),
+        None => Recipe::load(&req.recipe)?.output_dir(),
+    };
+    crate::catalog::record_after_build(ui, catalog, &out_dir);
     if json {
         // The same document as OUT/manifest.json: typed, versioned.
         use std::io::Write as _;

@@ -22,6 +22,7 @@ macro_rules! errw {
     }};
 }
 
+mod catalog;
 mod cmd;
 mod ls;
 mod shell;
@@ -53,8 +54,21 @@ struct Cli {
     /// Progress on stderr: `auto` (lines, a bar on a terminal) or `json` (one event per line).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "auto")]
     progress: ProgressFormat,
+    /// The catalog every build is recorded in: an SQLite file (default $XDG_DATA_HOME/kiln/catalog.sqlite, else ~/.local/share/kiln/catalog.sqlite), or `none`.
+    #[arg(long, global = true, value_name = "PATH", env = "KILN_CATALOG")]
+    catalog: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Record every build output directory found below each DIR (the catalog is an index: this rebuilds it).
+    Import {
+        /// Directories to search for build outputs (links are not followed).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
 }
 
 /// Where packages come from, for commands that read the archive.
@@ -283,6 +297,33 @@ enum Command {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Find image versions in the catalog by name, suite, architecture, format or package version.
+    Find {
+        /// Only images of this name ([image] name).
+        #[arg(long)]
+        image: Option<String>,
+        /// Only images of this suite.
+        #[arg(long)]
+        suite: Option<String>,
+        /// Only images for this architecture.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Only images with an artifact of this format (tar, oci, disk, qcow2).
+        #[arg(long)]
+        format: Option<String>,
+        /// Only images with this package, optionally at versions that satisfy OP VERSION in dpkg's order (e.g. 'openssl<<3.5.4').
+        #[arg(long, value_name = "NAME[OPVERSION]")]
+        package: Option<String>,
+        /// Only the newest version of each image.
+        #[arg(long)]
+        latest: bool,
+        /// Print the images as JSON on stdout (schema: docs/schemas/find.schema.json).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the catalog of images.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Show the composed recipe, the file that set each value, and what a build would do (packages, sizes, outputs).
     Show {
         /// The recipe file.
@@ -364,6 +405,8 @@ fn main() -> ExitCode {
             json,
             sources,
         } => cmd::cmd_build(
+            &ui,
+            cli.catalog.as_deref(),
             reporter,
             &cancel,
             json,
@@ -489,6 +532,30 @@ fn main() -> ExitCode {
                 let _ = std::io::stdout().write_all(&out);
             })
         }
+        Command::Find {
+            image,
+            suite,
+            arch,
+            format,
+            package,
+            latest,
+            json,
+        } => catalog::cmd_find(
+            &ui,
+            cli.catalog.as_deref(),
+            &catalog::FindArgs {
+                image,
+                suite,
+                arch,
+                format,
+                package,
+                latest,
+                json,
+            },
+        ),
+        Command::Catalog(CatalogCommand::Import { dirs }) => {
+            catalog::cmd_import(&ui, cli.catalog.as_deref(), &dirs)
+        }
         Command::Shell {
             target,
             arch,
@@ -540,6 +607,13 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             ui::report_error(&ui, &e);
+            // A malformed argument value is a usage error.
+            if matches!(
+                e.downcast_ref::<kiln_catalog::CatalogError>(),
+                Some(kiln_catalog::CatalogError::Query(_))
+            ) {
+                return ExitCode::from(EX_USAGE);
+            }
             ExitCode::FAILURE
         }
     }

@@ -194,6 +194,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_archive::ArchiveError>() {
             return x.hint();
         }
+        if let Some(x) = c.downcast_ref::<kiln_catalog::CatalogError>() {
+            return x.hint();
+        }
         if let Some(x) = c.downcast_ref::<kiln_recipe::RecipeError>() {
             return x.hint();
         }

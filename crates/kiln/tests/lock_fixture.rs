@@ -1882,3 +1882,133 @@ fn the_published_json_schemas_are_valid_and_versioned() {
     }
     assert!(n >= 3, "{n} schemas");
 }
+
+/// Every build is recorded in the catalog; `kiln find` answers from it,
+/// and `kiln catalog import` rebuilds the same answers from the outputs.
+#[test]
+fn builds_are_recorded_and_found_by_package_version() {
+    let f = Fixture::new();
+    let recipe = f.distroless_recipe();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("formats = [\"tar\"]", "formats = [\"oci\"]"),
+    )
+    .unwrap();
+    let out = f.work.path().join("out");
+    let o = f.build(&recipe, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest = json_file(&out.join("manifest.json"));
+    let oci = manifest["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["format"] == "oci")
+        .unwrap()["sha256"]
+        .clone();
+    let find = |catalog: &Path, args: &[&str]| {
+        let mut all = vec!["find", "--json"];
+        all.extend_from_slice(args);
+        let o = kiln_command(
+            f.cache.path(),
+            &all,
+            &[("KILN_CATALOG", catalog.to_str().unwrap())],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        json_of(&o)
+    };
+    let catalog = f.cache.path().join("catalog.sqlite");
+    let j = find(&catalog, &["--package", "nginx>=1.26"]);
+    assert_eq!(j["schema-version"], 1);
+    assert_matches_schema("find", &j);
+    let images = j["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{j}");
+    assert_eq!(images[0]["image"], "test");
+    assert_eq!(images[0]["packages"][0]["version"], "1.26.0-1");
+    let art = images[0]["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "oci")
+        .unwrap();
+    assert_eq!(art["sha256"], oci);
+    assert_eq!(
+        Path::new(images[0]["location"].as_str().unwrap()),
+        out.canonicalize().unwrap()
+    );
+    // The SBOMs and provenance are recorded by digest.
+    let spdx = std::fs::read(out.join("sbom.spdx.json")).unwrap();
+    assert!(images[0]["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["kind"] == "spdx" && a["sha256"] == kiln_testkit::sha256_hex(&spdx)));
+    // Versions compare in dpkg's order; other filters narrow.
+    assert!(find(&catalog, &["--package", "nginx<<1.26.0-1"])["images"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(find(&catalog, &["--format", "tar"])["images"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        find(&catalog, &["--suite", "kiln-test"])["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A rebuilt catalog gives the same answer.
+    let fresh = f.work.path().join("fresh.sqlite");
+    let o = kiln_command(
+        f.cache.path(),
+        &["catalog", "import", f.work.path().to_str().unwrap()],
+        &[("KILN_CATALOG", fresh.to_str().unwrap())],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 new build"), "{}", stderr(&o));
+    let again = find(&fresh, &["--package", "nginx>=1.26"]);
+    assert_eq!(
+        again["images"][0]["manifest-sha256"],
+        images[0]["manifest-sha256"]
+    );
+
+    // A malformed query is a usage error; a corrupt catalog is named and kept.
+    let o = f.kiln(&["find", "--package", "nginx<1"]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    std::fs::write(&fresh, b"garbage").unwrap();
+    let o = kiln_command(
+        f.cache.path(),
+        &["find"],
+        &[("KILN_CATALOG", fresh.to_str().unwrap())],
+    )
+    .output()
+    .unwrap();
+    assert_fails_with(&o, &["not a Kiln catalog", "left as it is"]);
+    assert_eq!(std::fs::read(&fresh).unwrap(), b"garbage");
+    // A build with a catalog it cannot use still succeeds, and says so.
+    let o = kiln_command(
+        f.cache.path(),
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[("KILN_CATALOG", fresh.to_str().unwrap())],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the build is not in the catalog"),
+        "{}",
+        stderr(&o)
+    );
+}

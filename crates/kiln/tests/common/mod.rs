@@ -78,8 +78,11 @@ pub fn kiln_command_with(
     envs: &[(&str, &str)],
 ) -> Command {
     let mut c = Command::new(program);
+    // Each test's builds go into the catalog beside its cache, never the
+    // user's.
     c.args(args)
         .env("KILN_CACHE_DIR", cache_dir)
+        .env("KILN_CATALOG", cache_dir.join("catalog.sqlite"))
         .env("NO_COLOR", "1");
     for (k, v) in envs {
         c.env(k, v);

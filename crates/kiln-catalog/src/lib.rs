@@ -1,0 +1,795 @@
+//! The catalog: every image version Kiln built or imported, what is in it
+//! (packages, artifacts, SBOM and provenance digests) and where it is.
+//!
+//! It is an index, never the only copy of the truth: each entry is read
+//! from a build's `manifest.json` (whose sha256 is the entry's identity),
+//! and `kiln catalog import` rebuilds it from build outputs. The embedded
+//! store is one SQLite file (default `$XDG_DATA_HOME/kiln/catalog.sqlite`);
+//! its schema is versioned, and a file with a newer schema, or one that is
+//! not a Kiln catalog, is refused and left as it is. Each record is one
+//! transaction: a failure leaves no partial entry.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_model::Manifest;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// The schema this Kiln writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Each migration takes the schema from its index to the next version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE image (
+    id INTEGER PRIMARY KEY,
+    manifest_sha256 TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    version TEXT,
+    suite TEXT NOT NULL,
+    architectures TEXT NOT NULL,
+    distroless INTEGER NOT NULL,
+    source_date_epoch INTEGER NOT NULL,
+    recipe_sha256 TEXT NOT NULL,
+    generator TEXT NOT NULL,
+    location TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL
+);
+CREATE INDEX image_name ON image(name);
+CREATE TABLE package (
+    image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    target TEXT NOT NULL,
+    source TEXT NOT NULL,
+    source_version TEXT NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE INDEX package_name ON package(name);
+CREATE INDEX package_image ON package(image_id);
+CREATE TABLE artifact (
+    image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    architecture TEXT,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE INDEX artifact_image ON artifact(image_id);
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("the catalog {path}: {message}")]
+    Refused {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
+    #[error("the catalog {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+    #[error("bad package query `{0}`: give NAME or NAME OP VERSION with OP one of << <= = >= >>")]
+    Query(String),
+}
+
+impl CatalogError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CatalogError::Refused { hint, .. } => Some(hint.clone()),
+            CatalogError::Db { .. } => {
+                Some("`kiln catalog import DIR` rebuilds a catalog from build outputs".into())
+            }
+            CatalogError::Query(_) => Some("e.g. --package 'openssl<<3.5.4'".into()),
+            CatalogError::Input { .. } => None,
+        }
+    }
+}
+
+/// Where the catalog is: `--catalog`, else `$KILN_CATALOG`, else the
+/// user's data directory.
+pub fn default_path() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("kiln/catalog.sqlite")
+}
+
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Said once per process when another writer holds the catalog.
+fn busy(count: i32) -> bool {
+    if count == 0 {
+        eprintln!("waiting for the catalog: another kiln process is writing it");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // About 60 s.
+    count < 1200
+}
+
+impl Catalog {
+    /// Opens (creating, or migrating to [`SCHEMA_VERSION`]) the catalog at
+    /// `path`. Refuses, and leaves untouched, a file that is not a Kiln
+    /// catalog or has a newer schema.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let db = |source| CatalogError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
+        let refused = |message: String, hint: &str| CatalogError::Refused {
+            path: path.to_path_buf(),
+            message,
+            hint: hint.to_string(),
+        };
+        if let Ok(bytes) = std::fs::read(path).map(|b| b.into_iter().take(16).collect::<Vec<_>>()) {
+            if !bytes.is_empty() && bytes != b"SQLite format 3\0" {
+                return Err(refused(
+                    "is not a Kiln catalog (not an SQLite database); it was left as it is".into(),
+                    "give another --catalog path, or move the file away: `kiln catalog import DIR` rebuilds a catalog",
+                ));
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| CatalogError::Input {
+                path: dir.to_path_buf(),
+                message: format!("cannot create the catalog's directory: {e}"),
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(db)?;
+        conn.busy_handler(Some(busy)).map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        let mut c = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        c.migrate()?;
+        Ok(c)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), CatalogError> {
+        let path = self.path.clone();
+        let db = |source| CatalogError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let tables: Vec<String> = {
+            let mut st = tx
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .map_err(db)?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)?
+        };
+        let version: i64 = if tables.iter().any(|t| t == "kiln_catalog") {
+            tx.query_row(
+                "SELECT value FROM kiln_catalog WHERE key = 'schema-version'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(db)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+        } else if tables.is_empty() {
+            tx.execute_batch(
+                "CREATE TABLE kiln_catalog (key TEXT PRIMARY KEY, value TEXT NOT NULL);\
+                 INSERT INTO kiln_catalog VALUES ('schema-version', '0');",
+            )
+            .map_err(db)?;
+            0
+        } else {
+            return Err(CatalogError::Refused {
+                path: self.path.clone(),
+                message: "is an SQLite database but not a Kiln catalog; it was left as it is"
+                    .into(),
+                hint: "give another --catalog path".into(),
+            });
+        };
+        if version > SCHEMA_VERSION {
+            return Err(CatalogError::Refused {
+                path: self.path.clone(),
+                message: format!(
+                    "has schema version {version}, newer than this kiln's {SCHEMA_VERSION}; it was left as it is"
+                ),
+                hint: "use the kiln that wrote it (or a newer one)".into(),
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m).map_err(db)?;
+            tx.execute(
+                "UPDATE kiln_catalog SET value = ?1 WHERE key = 'schema-version'",
+                [(i as i64 + 1).to_string()],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Records the build in `dir` (its `manifest.json`, artifacts, SBOMs and
+    /// provenance) in one transaction. Recording the same build again
+    /// updates where it is; returns whether it was new.
+    pub fn record_build(&mut self, dir: &Path) -> Result<bool, CatalogError> {
+        let input = |message: String| CatalogError::Input {
+            path: dir.to_path_buf(),
+            message,
+        };
+        if Manifest::is_incomplete(dir) {
+            return Err(input(
+                "a build is still writing here (or died): not recorded".into(),
+            ));
+        }
+        let manifest_path = dir.join(kiln_model::manifest::MANIFEST_FILE);
+        let bytes = std::fs::read(&manifest_path)
+            .map_err(|e| input(format!("cannot read manifest.json: {e}")))?;
+        // The bytes the digest is of: read once.
+        let m = Manifest::parse(&bytes, &manifest_path).map_err(|e| input(e.to_string()))?;
+        let digest = sha256_hex(&bytes);
+        let location = std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .display()
+            .to_string();
+        // The records beside the manifest, by their digests.
+        let mut docs: Vec<(String, String, Option<String>, u64, String)> = Vec::new();
+        for s in m.sbom_files() {
+            for (kind, name) in [("spdx", &s.spdx), ("cyclonedx", &s.cyclonedx)] {
+                if let Some((size, sha)) = file_digest(&dir.join(name)) {
+                    docs.push((
+                        kind.into(),
+                        name.clone(),
+                        Some(s.architecture.clone()),
+                        size,
+                        sha,
+                    ));
+                }
+            }
+        }
+        if let Some((size, sha)) = file_digest(&dir.join("provenance.json")) {
+            docs.push((
+                "provenance".into(),
+                "provenance.json".into(),
+                None,
+                size,
+                sha,
+            ));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let path = self.path.clone();
+        let db = |source| CatalogError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM image WHERE manifest_sha256 = ?1",
+                [&digest],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some(id) = existing {
+            tx.execute(
+                "UPDATE image SET location = ?1, recorded_at = ?2 WHERE id = ?3",
+                params![location, now, id],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO image (manifest_sha256, name, version, suite, architectures, distroless, \
+             source_date_epoch, recipe_sha256, generator, location, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                digest,
+                m.image,
+                m.version,
+                m.suite,
+                m.architectures.join(" "),
+                m.distroless,
+                m.source_date_epoch,
+                m.lock.recipe_sha256,
+                m.generator,
+                location,
+                now
+            ],
+        )
+        .map_err(db)?;
+        let id = tx.last_insert_rowid();
+        {
+            let mut st = tx
+                .prepare(
+                    "INSERT INTO package (image_id, name, version, architecture, target, source, \
+                     source_version, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db)?;
+            for p in &m.packages {
+                st.execute(params![
+                    id,
+                    p.name,
+                    p.version,
+                    p.architecture,
+                    p.target,
+                    p.source,
+                    p.source_version,
+                    p.sha256
+                ])
+                .map_err(db)?;
+            }
+            let mut st = tx
+                .prepare(
+                    "INSERT INTO artifact (image_id, kind, path, architecture, size, sha256) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db)?;
+            for a in &m.outputs {
+                st.execute(params![
+                    id,
+                    a.format.name(),
+                    a.path,
+                    a.architecture,
+                    a.size as i64,
+                    a.sha256
+                ])
+                .map_err(db)?;
+            }
+            for (kind, p, arch, size, sha) in &docs {
+                st.execute(params![id, kind, p, arch, *size as i64, sha])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    /// The image versions that match `q`, newest first.
+    pub fn find(&self, q: &Query) -> Result<Vec<Found>, CatalogError> {
+        let mut sql = String::from(
+            "SELECT id, name, version, suite, architectures, distroless, source_date_epoch, \
+             manifest_sha256, location, recorded_at FROM image WHERE 1 = 1",
+        );
+        let mut args: Vec<String> = Vec::new();
+        if let Some(n) = &q.image {
+            args.push(n.clone());
+            sql += &format!(" AND name = ?{}", args.len());
+        }
+        if let Some(s) = &q.suite {
+            args.push(s.clone());
+            sql += &format!(" AND suite = ?{}", args.len());
+        }
+        if let Some(a) = &q.architecture {
+            args.push(format!("% {a} %"));
+            sql += &format!(" AND (' ' || architectures || ' ') LIKE ?{}", args.len());
+        }
+        if let Some(f) = &q.format {
+            args.push(f.clone());
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM artifact a WHERE a.image_id = image.id AND a.kind = ?{})",
+                args.len()
+            );
+        }
+        if let Some(p) = &q.package {
+            args.push(p.name.clone());
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM package p WHERE p.image_id = image.id AND p.name = ?{})",
+                args.len()
+            );
+        }
+        sql += " ORDER BY source_date_epoch DESC, recorded_at DESC, id DESC";
+        let mut st = self.conn.prepare(&sql).map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok(Found {
+                    id: r.get(0)?,
+                    image: r.get(1)?,
+                    version: r.get(2)?,
+                    suite: r.get(3)?,
+                    architectures: r
+                        .get::<_, String>(4)?
+                        .split(' ')
+                        .map(str::to_string)
+                        .collect(),
+                    distroless: r.get(5)?,
+                    source_date_epoch: r.get(6)?,
+                    manifest_sha256: r.get(7)?,
+                    location: r.get(8)?,
+                    recorded_at: r.get(9)?,
+                    packages: Vec::new(),
+                    artifacts: Vec::new(),
+                })
+            })
+            .map_err(|e| self.db(e))?;
+        let mut found: Vec<Found> = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
+        for f in &mut found {
+            if let Some(p) = &q.package {
+                let mut st = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT name, version, target FROM package WHERE image_id = ?1 AND name = ?2",
+                    )
+                    .map_err(|e| self.db(e))?;
+                let rows = st
+                    .query_map(params![f.id, p.name], |r| {
+                        Ok(FoundPackage {
+                            name: r.get(0)?,
+                            version: r.get(1)?,
+                            architecture: r.get(2)?,
+                        })
+                    })
+                    .map_err(|e| self.db(e))?;
+                f.packages = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
+                f.packages.retain(|x| p.matches(&x.version));
+            }
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "SELECT kind, path, architecture, size, sha256 FROM artifact WHERE image_id = ?1",
+                )
+                .map_err(|e| self.db(e))?;
+            let rows = st
+                .query_map([f.id], |r| {
+                    Ok(FoundArtifact {
+                        kind: r.get(0)?,
+                        path: r.get(1)?,
+                        architecture: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as u64,
+                        sha256: r.get(4)?,
+                    })
+                })
+                .map_err(|e| self.db(e))?;
+            f.artifacts = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
+        }
+        if q.package.is_some() {
+            found.retain(|f| !f.packages.is_empty());
+        }
+        if q.latest {
+            let mut seen = std::collections::HashSet::new();
+            found.retain(|f| seen.insert(f.image.clone()));
+        }
+        Ok(found)
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn file_digest(p: &Path) -> Option<(u64, String)> {
+    // A link is no record of the build.
+    let meta = std::fs::symlink_metadata(p).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let bytes = std::fs::read(p).ok()?;
+    Some((bytes.len() as u64, sha256_hex(&bytes)))
+}
+
+/// What `kiln find` asks.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub image: Option<String>,
+    pub suite: Option<String>,
+    pub architecture: Option<String>,
+    pub format: Option<String>,
+    pub package: Option<PackageQuery>,
+    /// Only the newest version of each image.
+    pub latest: bool,
+}
+
+/// `NAME` or `NAME OP VERSION`, compared in dpkg's order.
+#[derive(Clone, Debug)]
+pub struct PackageQuery {
+    pub name: String,
+    pub constraint: Option<(String, kiln_deb::Version)>,
+}
+
+impl PackageQuery {
+    pub fn parse(s: &str) -> Result<PackageQuery, CatalogError> {
+        let bad = || CatalogError::Query(s.to_string());
+        let s = s.trim();
+        let at = s.find(['<', '>', '=']);
+        let (name, rest) = match at {
+            Some(i) => (s[..i].trim(), Some(s[i..].trim())),
+            None => (s, None),
+        };
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let constraint = match rest {
+            None => None,
+            Some(r) => {
+                let op = ["<<", "<=", ">=", ">>", "="]
+                    .into_iter()
+                    .find(|o| r.starts_with(o))
+                    .ok_or_else(bad)?;
+                let v = kiln_deb::Version::parse(r[op.len()..].trim()).map_err(|_| bad())?;
+                Some((op.to_string(), v))
+            }
+        };
+        Ok(PackageQuery {
+            name: name.to_string(),
+            constraint,
+        })
+    }
+
+    pub fn matches(&self, version: &str) -> bool {
+        let Some((op, want)) = &self.constraint else {
+            return true;
+        };
+        let Ok(v) = kiln_deb::Version::parse(version) else {
+            return false;
+        };
+        let o = v.cmp(want);
+        use std::cmp::Ordering::*;
+        match op.as_str() {
+            "<<" => o == Less,
+            "<=" => o != Greater,
+            "=" => o == Equal,
+            ">=" => o != Less,
+            ">>" => o == Greater,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Found {
+    #[serde(skip)]
+    pub id: i64,
+    pub image: String,
+    pub version: Option<String>,
+    pub suite: String,
+    pub architectures: Vec<String>,
+    pub distroless: bool,
+    pub source_date_epoch: i64,
+    pub manifest_sha256: String,
+    /// The build's output directory.
+    pub location: String,
+    pub recorded_at: i64,
+    /// The queried package's versions in this image (with --package).
+    pub packages: Vec<FoundPackage>,
+    pub artifacts: Vec<FoundArtifact>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FoundPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FoundArtifact {
+    /// `tar`, `oci`, `disk`, `qcow2`, `spdx`, `cyclonedx` or `provenance`.
+    pub kind: String,
+    pub path: String,
+    pub architecture: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build output directory with a manifest of `packages`.
+    fn build_dir(root: &Path, name: &str, epoch: i64, packages: &[(&str, &str)]) -> PathBuf {
+        let dir = root.join(format!("{name}-{epoch}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rootfs.tar"), format!("{name}{epoch}")).unwrap();
+        let pk: Vec<_> = packages
+            .iter()
+            .map(|(n, v)| {
+                serde_json::json!({"name": n, "version": v, "architecture": "amd64", "target": "amd64",
+                    "source": n, "source-version": v, "sha256": "0".repeat(64)})
+            })
+            .collect();
+        let m = serde_json::json!({
+            "schema-version": 1, "image": name, "version": "1", "suite": "trixie",
+            "architectures": ["amd64"], "distroless": false, "source-date-epoch": epoch,
+            "lock": {"path": "../x.lock", "recipe-sha256": "1".repeat(64)},
+            "packages": pk,
+            "outputs": [{"path": "rootfs.tar", "format": "tar", "architecture": "amd64",
+                "size": 3, "sha256": "2".repeat(64)}],
+            "disk": {}, "tests": [], "users": [], "generator": "kiln test"
+        });
+        std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
+        std::fs::write(dir.join("sbom.spdx.json"), "{}").unwrap();
+        dir
+    }
+
+    #[test]
+    fn records_once_and_finds_by_package_version_in_dpkg_order() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("c/catalog.sqlite")).unwrap();
+        let old = build_dir(
+            d.path(),
+            "web",
+            100,
+            &[("openssl", "3.5.1-1"), ("curl", "8")],
+        );
+        let new = build_dir(d.path(), "web", 200, &[("openssl", "3.5.4-1~deb13u1")]);
+        let other = build_dir(d.path(), "db", 150, &[("openssl", "3.5.10-1")]);
+        assert!(c.record_build(&old).unwrap());
+        assert!(!c.record_build(&old).unwrap(), "recorded twice");
+        assert!(c.record_build(&new).unwrap());
+        assert!(c.record_build(&other).unwrap());
+        let find = |p: &str, latest: bool| -> Vec<(String, i64, String)> {
+            c.find(&Query {
+                package: Some(PackageQuery::parse(p).unwrap()),
+                latest,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.image, f.source_date_epoch, f.packages[0].version.clone()))
+            .collect()
+        };
+        // 3.5.10 > 3.5.4-1 > 3.5.4-1~deb13u1 in dpkg's order, not as strings.
+        assert_eq!(
+            find("openssl<<3.5.4-1", false),
+            [
+                ("web".to_string(), 200, "3.5.4-1~deb13u1".to_string()),
+                ("web".into(), 100, "3.5.1-1".into())
+            ]
+        );
+        assert_eq!(
+            find("openssl>>3.5.4-1", false),
+            [("db".to_string(), 150, "3.5.10-1".to_string())]
+        );
+        assert_eq!(
+            find("openssl", true).len(),
+            2,
+            "one per image with --latest"
+        );
+        assert_eq!(
+            find("curl", false),
+            [("web".to_string(), 100, "8".to_string())]
+        );
+        assert!(find("nosuch", false).is_empty());
+        let all = c
+            .find(&Query {
+                format: Some("tar".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        let kinds: Vec<&str> = all[0].artifacts.iter().map(|a| a.kind.as_str()).collect();
+        assert_eq!(kinds, ["tar", "spdx"]);
+        assert!(c
+            .find(&Query {
+                format: Some("oci".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            PackageQuery::parse("openssl<3"),
+            Err(CatalogError::Query(_))
+        ));
+        assert!(matches!(
+            PackageQuery::parse("openssl<<not a version"),
+            Err(CatalogError::Query(_))
+        ));
+    }
+
+    #[test]
+    fn a_broken_or_unfinished_build_records_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("catalog.sqlite")).unwrap();
+        let dir = build_dir(d.path(), "web", 1, &[("a", "1")]);
+        // Hostile: a manifest naming a field the schema does not have.
+        let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+        std::fs::write(
+            dir.join("manifest.json"),
+            text.replace("\"users\"", "\"userz\""),
+        )
+        .unwrap();
+        assert!(c.record_build(&dir).is_err());
+        std::fs::write(dir.join("manifest.json"), &text).unwrap();
+        std::fs::write(dir.join(".kiln-incomplete"), "").unwrap();
+        assert!(c
+            .record_build(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("still writing"));
+        assert!(c.find(&Query::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_no_catalog_or_a_newer_one_is_refused_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let junk = d.path().join("junk.sqlite");
+        std::fs::write(&junk, b"definitely not sqlite").unwrap();
+        let e = Catalog::open(&junk).err().unwrap();
+        assert!(e.to_string().contains("not a Kiln catalog"), "{e}");
+        assert_eq!(std::fs::read(&junk).unwrap(), b"definitely not sqlite");
+
+        let other = d.path().join("other.sqlite");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x);")
+            .unwrap();
+        let before = std::fs::read(&other).unwrap();
+        let e = Catalog::open(&other).err().unwrap();
+        assert!(e.to_string().contains("not a Kiln catalog"), "{e}");
+        assert_eq!(std::fs::read(&other).unwrap(), before);
+
+        let newer = d.path().join("newer.sqlite");
+        drop(Catalog::open(&newer).unwrap());
+        Connection::open(&newer)
+            .unwrap()
+            .execute(
+                "UPDATE kiln_catalog SET value = '99' WHERE key = 'schema-version'",
+                [],
+            )
+            .unwrap();
+        let before = std::fs::read(&newer).unwrap();
+        let e = Catalog::open(&newer).err().unwrap();
+        assert!(e.to_string().contains("schema version 99, newer"), "{e}");
+        assert_eq!(std::fs::read(&newer).unwrap(), before);
+    }
+
+    #[test]
+    fn a_second_writer_waits_for_the_first() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("catalog.sqlite");
+        drop(Catalog::open(&path).unwrap());
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        let dir = build_dir(d.path(), "web", 1, &[("a", "1")]);
+        let writer = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let start = std::time::Instant::now();
+                let mut c = Catalog::open(&path).unwrap();
+                c.record_build(&dir).unwrap();
+                start.elapsed()
+            }
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        holder.execute_batch("COMMIT;").unwrap();
+        let waited = writer.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "did not wait: {waited:?}"
+        );
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.find(&Query::default()).unwrap().len(), 1);
+    }
+}

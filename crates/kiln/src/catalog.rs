@@ -1,0 +1,163 @@
+//! `kiln find`, `kiln catalog import`, and the record every build makes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use kiln_catalog::{Catalog, PackageQuery, Query};
+
+use crate::ui::Ui;
+
+/// The catalog named by `--catalog` / `$KILN_CATALOG` (`none`: no catalog).
+pub fn location(arg: Option<&Path>) -> Option<PathBuf> {
+    match arg {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(kiln_catalog::default_path()),
+    }
+}
+
+/// After a build: records it; a catalog that cannot take it is a warning
+/// (the build is done, and `kiln catalog import` records it later).
+pub fn record_after_build(ui: &Ui, catalog: Option<&Path>, out_dir: &Path) {
+    let Some(path) = location(catalog) else {
+        return;
+    };
+    let r = Catalog::open(&path).and_then(|mut c| c.record_build(out_dir));
+    match r {
+        Ok(_) => {}
+        Err(e) => ui.warn(&format!(
+            "the build is not in the catalog: {e}{} (`kiln catalog import {}` records it later)",
+            e.hint().map(|h| format!("; {h}")).unwrap_or_default(),
+            out_dir.display()
+        )),
+    }
+}
+
+/// `kiln catalog import DIR...`: records every build output found below
+/// each DIR (links are not followed).
+pub fn cmd_import(ui: &Ui, catalog: Option<&Path>, dirs: &[PathBuf]) -> Result<()> {
+    let path = location(catalog).ok_or_else(|| {
+        kiln_model::Hinted::new(
+            "--catalog none: there is no catalog to import into",
+            "give a catalog path",
+        )
+    })?;
+    let mut c = Catalog::open(&path)?;
+    let (mut new, mut known, mut refused) = (0, 0, Vec::new());
+    for d in dirs {
+        let mut stack = vec![d.clone()];
+        while let Some(dir) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&dir)?;
+            if !meta.is_dir() {
+                continue;
+            }
+            if dir.join(kiln_model::manifest::MANIFEST_FILE).is_file() {
+                match c.record_build(&dir) {
+                    Ok(true) => new += 1,
+                    Ok(false) => known += 1,
+                    Err(e) => refused.push(format!("{e}")),
+                }
+                continue;
+            }
+            let mut subs: Vec<PathBuf> = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            subs.sort();
+            subs.reverse();
+            stack.extend(subs);
+        }
+    }
+    for r in &refused {
+        ui.warn(&format!("not imported: {r}"));
+    }
+    ui.status(
+        "Imported",
+        &format!(
+            "{new} new build(s), {known} already known, {} refused, into {}",
+            refused.len(),
+            c.path().display()
+        ),
+    );
+    Ok(())
+}
+
+pub struct FindArgs {
+    pub image: Option<String>,
+    pub suite: Option<String>,
+    pub arch: Option<String>,
+    pub format: Option<String>,
+    pub package: Option<String>,
+    pub latest: bool,
+    pub json: bool,
+}
+
+/// `kiln find`: the image versions the catalog knows that match.
+pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
+    let path = location(catalog).ok_or_else(|| {
+        kiln_model::Hinted::new(
+            "--catalog none: there is no catalog to search",
+            "give a catalog path",
+        )
+    })?;
+    let q = Query {
+        image: a.image.clone(),
+        suite: a.suite.clone(),
+        architecture: a.arch.clone(),
+        format: a.format.clone(),
+        package: a.package.as_deref().map(PackageQuery::parse).transpose()?,
+        latest: a.latest,
+    };
+    let c = Catalog::open(&path)?;
+    let found = c.find(&q)?;
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "schema-version": 1,
+                "catalog": c.path().display().to_string(),
+                "images": found,
+            }))?
+        );
+        return Ok(());
+    }
+    for f in &found {
+        outln!(
+            "{} {} ({}, {}{})",
+            f.image,
+            f.version.as_deref().unwrap_or("-"),
+            f.suite,
+            f.architectures.join(" "),
+            if f.distroless { ", distroless" } else { "" }
+        );
+        for p in &f.packages {
+            outln!("  package {} {} [{}]", p.name, p.version, p.architecture);
+        }
+        for x in f
+            .artifacts
+            .iter()
+            .filter(|x| !matches!(x.kind.as_str(), "spdx" | "cyclonedx" | "provenance"))
+        {
+            let at = Path::new(&f.location).join(&x.path);
+            outln!(
+                "  {:<5} {}  sha256:{}  {}",
+                x.kind,
+                at.display(),
+                x.sha256,
+                kiln_model::human_size(x.size)
+            );
+            let use_it = match x.kind.as_str() {
+                "oci" => format!("kiln push {} REGISTRY/REPOSITORY", f.location),
+                "disk" | "qcow2" => format!("kiln boot {}", at.display()),
+                _ => format!("kiln shell {}", f.location),
+            };
+            outln!("        use: {use_it}");
+        }
+    }
+    ui.status(
+        "Found",
+        &format!("{} image version(s) in {}", found.len(), c.path().display()),
+    );
+    Ok(())
+}

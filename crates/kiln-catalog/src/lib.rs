@@ -17,10 +17,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 /// The schema this Kiln writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Each migration takes the schema from its index to the next version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE image (
     id INTEGER PRIMARY KEY,
     manifest_sha256 TEXT NOT NULL UNIQUE,
@@ -57,7 +58,19 @@ CREATE TABLE artifact (
     sha256 TEXT NOT NULL
 );
 CREATE INDEX artifact_image ON artifact(image_id);
-"#];
+"#,
+    r#"
+CREATE TABLE test_run (
+    image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
+    artifact TEXT NOT NULL,
+    passed INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    report TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX test_run_image ON test_run(image_id);
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -373,6 +386,52 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Records a `kiln test` run of the artifact `artifact` of the build in
+    /// `dir` (which is recorded first if the catalog does not know it).
+    pub fn record_test(
+        &mut self,
+        dir: &Path,
+        artifact: &str,
+        passed: bool,
+        seconds: f64,
+        report: &Path,
+    ) -> Result<(), CatalogError> {
+        self.record_build(dir)?;
+        let bytes = std::fs::read(dir.join(kiln_model::manifest::MANIFEST_FILE)).map_err(|e| {
+            CatalogError::Input {
+                path: dir.to_path_buf(),
+                message: format!("cannot read manifest.json: {e}"),
+            }
+        })?;
+        let digest = sha256_hex(&bytes);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let n = self
+            .conn
+            .execute(
+                "INSERT INTO test_run (image_id, artifact, passed, seconds, report, at) \
+                 SELECT id, ?2, ?3, ?4, ?5, ?6 FROM image WHERE manifest_sha256 = ?1",
+                params![
+                    digest,
+                    artifact,
+                    passed,
+                    seconds,
+                    report.display().to_string(),
+                    now
+                ],
+            )
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(CatalogError::Input {
+                path: dir.to_path_buf(),
+                message: "manifest.json changed while it was being recorded".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The image versions that match `q`, newest first.
     pub fn find(&self, q: &Query) -> Result<Vec<Found>, CatalogError> {
         let mut sql = String::from(
@@ -427,6 +486,7 @@ impl Catalog {
                     recorded_at: r.get(9)?,
                     packages: Vec::new(),
                     artifacts: Vec::new(),
+                    tests: Vec::new(),
                 })
             })
             .map_err(|e| self.db(e))?;
@@ -469,6 +529,25 @@ impl Catalog {
                 })
                 .map_err(|e| self.db(e))?;
             f.artifacts = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "SELECT artifact, passed, seconds, report, at FROM test_run \
+                     WHERE image_id = ?1 ORDER BY at DESC, rowid DESC",
+                )
+                .map_err(|e| self.db(e))?;
+            let rows = st
+                .query_map([f.id], |r| {
+                    Ok(FoundTest {
+                        artifact: r.get(0)?,
+                        passed: r.get(1)?,
+                        seconds: r.get(2)?,
+                        report: r.get(3)?,
+                        at: r.get(4)?,
+                    })
+                })
+                .map_err(|e| self.db(e))?;
+            f.tests = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
         }
         if q.package.is_some() {
             found.retain(|f| !f.packages.is_empty());
@@ -582,6 +661,20 @@ pub struct Found {
     /// The queried package's versions in this image (with --package).
     pub packages: Vec<FoundPackage>,
     pub artifacts: Vec<FoundArtifact>,
+    /// `kiln test` runs, newest first.
+    pub tests: Vec<FoundTest>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FoundTest {
+    /// The tested artifact's path in the output directory.
+    pub artifact: String,
+    pub passed: bool,
+    pub seconds: f64,
+    /// The JUnit report.
+    pub report: String,
+    pub at: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -763,6 +856,48 @@ mod tests {
         let e = Catalog::open(&newer).err().unwrap();
         assert!(e.to_string().contains("schema version 99, newer"), "{e}");
         assert_eq!(std::fs::read(&newer).unwrap(), before);
+    }
+
+    #[test]
+    fn a_version_1_catalog_is_migrated_and_keeps_its_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("catalog.sqlite");
+        // A catalog as the first schema left it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE kiln_catalog (key TEXT PRIMARY KEY, value TEXT NOT NULL);\
+             INSERT INTO kiln_catalog VALUES ('schema-version', '1');",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        drop(conn);
+        let dir = build_dir(d.path(), "web", 1, &[("a", "1")]);
+        {
+            // Record with only the first migration applied, by hand.
+            let mut c = Catalog {
+                conn: Connection::open(&path).unwrap(),
+                path: path.clone(),
+            };
+            assert!(c.record_build(&dir).unwrap());
+        }
+        let mut c = Catalog::open(&path).unwrap();
+        let v: String = c
+            .conn
+            .query_row(
+                "SELECT value FROM kiln_catalog WHERE key = 'schema-version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION.to_string());
+        c.record_test(&dir, "rootfs.tar", false, 1.5, Path::new("/r.xml"))
+            .unwrap();
+        c.record_test(&dir, "rootfs.tar", true, 2.0, Path::new("/r.xml"))
+            .unwrap();
+        let f = c.find(&Query::default()).unwrap();
+        assert_eq!(f.len(), 1, "the entry survived the migration");
+        let runs: Vec<bool> = f[0].tests.iter().map(|t| t.passed).collect();
+        assert_eq!(runs, [true, false], "newest first");
     }
 
     #[test]

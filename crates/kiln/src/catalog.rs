@@ -33,6 +33,28 @@ pub fn record_after_build(ui: &Ui, catalog: Option<&Path>, out_dir: &Path) {
     }
 }
 
+/// After `kiln test` of a build's image: records the run (a warning when
+/// the catalog cannot take it).
+pub fn record_test(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    dir: &Path,
+    artifact: &str,
+    passed: bool,
+    seconds: f64,
+    report: &Path,
+) {
+    let Some(path) = location(catalog) else {
+        return;
+    };
+    let report = std::fs::canonicalize(report).unwrap_or_else(|_| report.to_path_buf());
+    let r = Catalog::open(&path)
+        .and_then(|mut c| c.record_test(dir, artifact, passed, seconds, &report));
+    if let Err(e) = r {
+        ui.warn(&format!("the test run is not in the catalog: {e}"));
+    }
+}
+
 /// `kiln catalog import DIR...`: records every build output found below
 /// each DIR (links are not followed).
 pub fn cmd_import(ui: &Ui, catalog: Option<&Path>, dirs: &[PathBuf]) -> Result<()> {
@@ -131,6 +153,15 @@ pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
             f.architectures.join(" "),
             if f.distroless { ", distroless" } else { "" }
         );
+        if let Some(t) = f.tests.first() {
+            outln!(
+                "  last test of {}: {} in {:.0}s ({})",
+                t.artifact,
+                if t.passed { "passed" } else { "FAILED" },
+                t.seconds,
+                t.report
+            );
+        }
         for p in &f.packages {
             outln!("  package {} {} [{}]", p.name, p.version, p.architecture);
         }

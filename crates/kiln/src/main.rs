@@ -448,6 +448,7 @@ fn main() -> ExitCode {
             json,
         } => test::cmd_test(
             &ui,
+            cli.catalog.as_deref(),
             reporter,
             &cancel,
             &test::TestArgs {

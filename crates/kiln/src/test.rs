@@ -1,7 +1,7 @@
 //! `kiln test` and `kiln boot`: arguments to a library request, and the
 //! results rendered. The work is in kiln-check and kiln-qemu.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use kiln_check::{Outcome, TestRequest};
@@ -44,10 +44,31 @@ fn print_outcome(ui: &Ui, o: &Outcome) {
 }
 
 /// `kiln test TARGET`.
-pub fn cmd_test(ui: &Ui, reporter: &dyn Reporter, cancel: &Cancel, args: &TestArgs) -> Result<()> {
+pub fn cmd_test(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+    args: &TestArgs,
+) -> Result<()> {
+    let start = std::time::Instant::now();
     let r = kiln_check::test_image_with(&args.request(), reporter, cancel, &mut |o| {
         print_outcome(ui, o)
     })?;
+    // A build output's image: the run goes into the catalog.
+    if let (Some(dir), Some(name)) = (r.image.parent(), r.image.file_name()) {
+        if dir.join(kiln_model::manifest::MANIFEST_FILE).is_file() {
+            crate::catalog::record_test(
+                ui,
+                catalog,
+                dir,
+                &name.to_string_lossy(),
+                r.passed,
+                start.elapsed().as_secs_f64(),
+                &r.report,
+            );
+        }
+    }
     if let Some(t) = r.timing {
         ui.status(
             "Timing",

@@ -298,6 +298,18 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
         "kiln test failed: {}",
         text(&o)
     );
+    // The build and its passed test run are in the catalog.
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+    let found = json_of(&kiln(&["find", "--json", "--format", "disk"], &[]));
+    let me = found["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["manifest-sha256"] == kiln_testkit::sha256_hex(&manifest))
+        .unwrap_or_else(|| panic!("the build is not in the catalog: {found}"));
+    assert_matches_schema("find", &found);
+    assert_eq!(me["tests"][0]["artifact"], "disk.raw", "{me}");
+    assert_eq!(me["tests"][0]["passed"], true, "{me}");
     for name in [
         "no SSH host keys",
         "machine-id is uninitialised",

@@ -136,16 +136,13 @@ impl Catalog {
     /// `path`. Refuses, and leaves untouched, a file that is not a Kiln
     /// catalog or has a newer schema.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let db = |source| CatalogError::Db {
-            path: path.to_path_buf(),
-            source,
-        };
+        let db = db_err(path);
         let refused = |message: String, hint: &str| CatalogError::Refused {
             path: path.to_path_buf(),
             message,
             hint: hint.to_string(),
         };
-        if let Ok(bytes) = std::fs::read(path).map(|b| b.into_iter().take(16).collect::<Vec<_>>()) {
+        if let Some(bytes) = file_head(path) {
             if !bytes.is_empty() && bytes != b"SQLite format 3\0" {
                 return Err(refused(
                     "is not a Kiln catalog (not an SQLite database); it was left as it is".into(),
@@ -175,18 +172,11 @@ impl Catalog {
     }
 
     fn db(&self, source: rusqlite::Error) -> CatalogError {
-        CatalogError::Db {
-            path: self.path.clone(),
-            source,
-        }
+        db_err(&self.path)(source)
     }
 
     fn migrate(&mut self) -> Result<(), CatalogError> {
-        let path = self.path.clone();
-        let db = |source| CatalogError::Db {
-            path: path.clone(),
-            source,
-        };
+        let db = db_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -247,6 +237,11 @@ impl Catalog {
     /// provenance) in one transaction. Recording the same build again
     /// updates where it is; returns whether it was new.
     pub fn record_build(&mut self, dir: &Path) -> Result<bool, CatalogError> {
+        self.record(dir).map(|(_, new)| new)
+    }
+
+    /// [`Catalog::record_build`], returning the entry's id too.
+    fn record(&mut self, dir: &Path) -> Result<(i64, bool), CatalogError> {
         let input = |message: String| CatalogError::Input {
             path: dir.to_path_buf(),
             message,
@@ -290,15 +285,8 @@ impl Catalog {
                 sha,
             ));
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let path = self.path.clone();
-        let db = |source| CatalogError::Db {
-            path: path.clone(),
-            source,
-        };
+        let now = unix_now();
+        let db = db_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -318,7 +306,7 @@ impl Catalog {
             )
             .map_err(db)?;
             tx.commit().map_err(db)?;
-            return Ok(false);
+            return Ok((id, false));
         }
         tx.execute(
             "INSERT INTO image (manifest_sha256, name, version, suite, architectures, distroless, \
@@ -383,7 +371,7 @@ impl Catalog {
             }
         }
         tx.commit().map_err(db)?;
-        Ok(true)
+        Ok((id, true))
     }
 
     /// Records a `kiln test` run of the artifact `artifact` of the build in
@@ -396,39 +384,21 @@ impl Catalog {
         seconds: f64,
         report: &Path,
     ) -> Result<(), CatalogError> {
-        self.record_build(dir)?;
-        let bytes = std::fs::read(dir.join(kiln_model::manifest::MANIFEST_FILE)).map_err(|e| {
-            CatalogError::Input {
-                path: dir.to_path_buf(),
-                message: format!("cannot read manifest.json: {e}"),
-            }
-        })?;
-        let digest = sha256_hex(&bytes);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let n = self
-            .conn
+        let (id, _) = self.record(dir)?;
+        self.conn
             .execute(
                 "INSERT INTO test_run (image_id, artifact, passed, seconds, report, at) \
-                 SELECT id, ?2, ?3, ?4, ?5, ?6 FROM image WHERE manifest_sha256 = ?1",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
-                    digest,
+                    id,
                     artifact,
                     passed,
                     seconds,
                     report.display().to_string(),
-                    now
+                    unix_now()
                 ],
             )
             .map_err(|e| self.db(e))?;
-        if n == 0 {
-            return Err(CatalogError::Input {
-                path: dir.to_path_buf(),
-                message: "manifest.json changed while it was being recorded".into(),
-            });
-        }
         Ok(())
     }
 
@@ -558,6 +528,33 @@ impl Catalog {
         }
         Ok(found)
     }
+}
+
+/// The error for a database call on the catalog at `path`.
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> CatalogError + Copy + '_ {
+    move |source| CatalogError::Db {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The first 16 bytes of `path` (SQLite's magic), `None` if unreadable.
+fn file_head(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path)
+        .ok()?
+        .take(16)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
 }
 
 fn sha256_hex(b: &[u8]) -> String {

@@ -338,16 +338,7 @@ fn explain(
                 .iter()
                 .any(|a| a.targets.iter().any(|&(q, ok)| ok && !excluded[q]));
             if !usable {
-                let mut chain = vec![p];
-                while let Some(q) = parent[*chain.last().unwrap()] {
-                    chain.push(q);
-                }
-                chain.reverse();
-                let path = chain
-                    .iter()
-                    .map(|&q| u.pkgs[q].name)
-                    .collect::<Vec<_>>()
-                    .join(" -> ");
+                let path = chain(u, &parent, p);
                 let reasons: Vec<String> = g
                     .alts
                     .iter()
@@ -384,6 +375,19 @@ fn explain(
         }
     }
     Ok(None)
+}
+
+/// `root -> … -> p` by the `parent` links of a breadth-first search.
+fn chain(u: &Universe, parent: &[Option<PkgId>], p: PkgId) -> String {
+    let mut c = vec![p];
+    while let Some(q) = parent[*c.last().unwrap()] {
+        c.push(q);
+    }
+    c.reverse();
+    c.iter()
+        .map(|&q| u.pkgs[q].name)
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 /// Finds two packages that every solution must install and that conflict
@@ -427,17 +431,6 @@ fn explain_conflict(
         }
     }
     let name_ver = |p: PkgId| format!("{} {}", u.pkgs[p].name, u.pkgs[p].version);
-    let chain = |p: PkgId| {
-        let mut c = vec![p];
-        while let Some(q) = parent[*c.last().unwrap()] {
-            c.push(q);
-        }
-        c.reverse();
-        c.iter()
-            .map(|&q| u.pkgs[q].name)
-            .collect::<Vec<_>>()
-            .join(" -> ")
-    };
     // Why `x` is in: requested, or needed by its parent.
     let why = |x: PkgId| match parent[x] {
         None => format!("{} is requested", name_ver(x)),
@@ -452,9 +445,9 @@ fn explain_conflict(
                     name_ver(b),
                     u.pkgs[x].name,
                     u.pkgs[x].name,
-                    chain(x),
+                    chain(u, &parent, x),
                     u.pkgs[b].name,
-                    chain(b),
+                    chain(u, &parent, b),
                 )));
             }
         }

@@ -26,19 +26,38 @@ pub struct LsArgs {
     pub json: bool,
 }
 
-pub fn cmd_ls(ui: &Ui, a: &LsArgs) -> Result<()> {
-    let m = Manifest::read_dir(&a.dir)?;
-    let arch = a
-        .arch
-        .clone()
+/// The architecture `--arch` names (default: the build's first), which
+/// the build in `dir` must have.
+pub(crate) fn pick_arch(m: &Manifest, dir: &Path, arch: Option<&str>) -> Result<String> {
+    let arch = arch
+        .map(str::to_string)
         .unwrap_or_else(|| m.architectures.first().cloned().unwrap_or_default());
     if !m.architectures.contains(&arch) {
         return Err(Hinted::new(
-            format!("{} has no {arch} image", a.dir.display()),
+            format!("{} has no {arch} image", dir.display()),
             format!("give --arch {}", m.architectures.join(" or --arch ")),
         )
         .into());
     }
+    Ok(arch)
+}
+
+/// An OCI layer blob as its tar stream, by its media type.
+pub(crate) fn open_layer(media: &str, blob: &Path) -> Result<Box<dyn Read>> {
+    let f = std::fs::File::open(blob).with_context(|| format!("opening {}", blob.display()))?;
+    Ok(if media.ends_with("+zstd") {
+        Box::new(zstd::Decoder::new(f)?)
+    } else if media.ends_with("+gzip") {
+        // Kiln writes multi-member gzip (one member per block).
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    })
+}
+
+pub fn cmd_ls(ui: &Ui, a: &LsArgs) -> Result<()> {
+    let m = Manifest::read_dir(&a.dir)?;
+    let arch = pick_arch(&m, &a.dir, a.arch.as_deref())?;
     if !a.files && a.owner.is_none() {
         return packages(ui, &m, &a.dir, &arch, a.json);
     }
@@ -164,14 +183,7 @@ fn read_tree(dir: &Path, m: &Manifest, arch: &str) -> Result<BTreeMap<String, En
     if of_arch(Format::Oci).is_some() {
         let layout = dir.join("oci");
         for (media, blob) in oci_layers(&layout, arch)? {
-            let f = std::fs::File::open(&blob)?;
-            if media.ends_with("+zstd") {
-                apply_layer(&mut tree, zstd::Decoder::new(f)?)?;
-            } else if media.ends_with("+gzip") {
-                apply_layer(&mut tree, flate2::read::MultiGzDecoder::new(f))?;
-            } else {
-                apply_layer(&mut tree, f)?;
-            }
+            apply_layer(&mut tree, open_layer(&media, &blob)?)?;
         }
         return Ok(tree);
     }

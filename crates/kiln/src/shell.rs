@@ -139,17 +139,7 @@ fn source_of(a: &ShellArgs) -> Result<(Source, String)> {
             "give a build's output directory, its rootfs tarball, or an OCI layout",
         ))
     })?;
-    let arch = a
-        .arch
-        .clone()
-        .unwrap_or_else(|| m.architectures.first().cloned().unwrap_or_default());
-    if !m.architectures.contains(&arch) {
-        return Err(Hinted::new(
-            format!("{} has no {arch} image", t.display()),
-            format!("give --arch {}", m.architectures.join(" or --arch ")),
-        )
-        .into());
-    }
+    let arch = crate::ls::pick_arch(&m, t, a.arch.as_deref())?;
     let of = |f: Format| {
         m.outputs
             .iter()
@@ -193,17 +183,7 @@ fn unpack(source: &Source, root: &Path) -> Result<()> {
             for (media, blob) in layers {
                 // Compressed layers unpack to a few times their size.
                 let limits = Limits::for_package(std::fs::metadata(blob)?.len().saturating_mul(8));
-                let open = || -> Result<Box<dyn std::io::Read>> {
-                    let f = std::fs::File::open(blob)
-                        .with_context(|| format!("opening {}", blob.display()))?;
-                    Ok(if media.ends_with("+zstd") {
-                        Box::new(zstd::Decoder::new(f)?)
-                    } else if media.ends_with("+gzip") {
-                        Box::new(flate2::read::MultiGzDecoder::new(f))
-                    } else {
-                        Box::new(f)
-                    })
-                };
+                let open = || crate::ls::open_layer(media, blob);
                 // Whiteouts remove what the layers below had, first.
                 let r = kiln_rootfs::inroot::Root::open(root)?;
                 let mut ar = tar::Archive::new(open()?);

@@ -36,14 +36,16 @@ if [ -d "$seeds/deb822" ]; then
 fi
 # version and relation: the real fields of the installed packages.
 if [ -d "$seeds/version" ]; then
-  dpkg-query -W -f='${Version}\n' | sort -u | head -200 | split -l 2 - "$seeds/version/v"
+  # (awk, not head: head would close the pipe early and, under pipefail, the
+  # SIGPIPE of sort would fail the run where many packages are installed)
+  dpkg-query -W -f='${Version}\n' | sort -u | awk 'NR<=200' | split -l 2 - "$seeds/version/v"
 fi
 if [ -d "$seeds/relation" ]; then
   n=0
   while IFS= read -r line; do
     [ -n "$line" ] || continue
     printf '%s' "$line" > "$seeds/relation/r$n"; n=$((n + 1))
-  done < <(dpkg-query -W -f='${Depends}\n${Pre-Depends}\n${Provides}\n' | sort -u | head -300)
+  done < <(dpkg-query -W -f='${Depends}\n${Pre-Depends}\n${Provides}\n' | sort -u | awk 'NR<=300')
 fi
 # debfile and unpack: a small package with a directory, a file, a symlink,
 # a hard link and a relative link pointing up.

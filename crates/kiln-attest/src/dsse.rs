@@ -315,9 +315,9 @@ struct EnvelopeSignature {
     sig: String,
 }
 
-fn envelope_json(payload: &[u8], signatures: Vec<EnvelopeSignature>) -> String {
+fn envelope_json(payload_type: &str, payload: &[u8], signatures: Vec<EnvelopeSignature>) -> String {
     serde_json::to_string(&Envelope {
-        payload_type: PAYLOAD_TYPE.into(),
+        payload_type: payload_type.into(),
         payload: STANDARD.encode(payload),
         signatures,
     })
@@ -328,8 +328,15 @@ fn envelope_json(payload: &[u8], signatures: Vec<EnvelopeSignature>) -> String {
 /// `payload`, signed with `key`; the signature's `keyid` is
 /// [`VerifyingKey::keyid`].
 pub fn sign_envelope(payload: &[u8], key: &SigningKey) -> String {
-    let sig = key.sign(&pae(PAYLOAD_TYPE, payload));
+    sign_envelope_as(PAYLOAD_TYPE, payload, key)
+}
+
+/// [`sign_envelope`] for a payload of another type (a download tree's
+/// channel document).
+pub fn sign_envelope_as(payload_type: &str, payload: &[u8], key: &SigningKey) -> String {
+    let sig = key.sign(&pae(payload_type, payload));
     envelope_json(
+        payload_type,
         payload,
         vec![EnvelopeSignature {
             keyid: key.verifying_key().keyid(),
@@ -341,7 +348,7 @@ pub fn sign_envelope(payload: &[u8], key: &SigningKey) -> String {
 /// The same envelope with `"signatures": []`, for builds without a key.
 /// [`verify_envelope`] rejects it.
 pub fn unsigned_envelope(payload: &[u8]) -> String {
-    envelope_json(payload, Vec::new())
+    envelope_json(PAYLOAD_TYPE, payload, Vec::new())
 }
 
 fn decode_base64(text: &str, what: &str) -> Result<Vec<u8>, AttestError> {
@@ -363,14 +370,24 @@ fn decode_base64(text: &str, what: &str) -> Result<Vec<u8>, AttestError> {
 /// in-toto's, an envelope without signatures, and when no signature verifies
 /// (another key, or payload or signature changed).
 pub fn verify_envelope(envelope_json: &str, key: &VerifyingKey) -> Result<Vec<u8>, AttestError> {
+    verify_envelope_as(envelope_json, key, PAYLOAD_TYPE)
+}
+
+/// [`verify_envelope`] for an envelope whose payload type must be
+/// `payload_type`.
+pub fn verify_envelope_as(
+    envelope_json: &str,
+    key: &VerifyingKey,
+    payload_type: &'static str,
+) -> Result<Vec<u8>, AttestError> {
     let envelope: Envelope =
         serde_json::from_str(envelope_json).map_err(|e| AttestError::EnvelopeJson {
             detail: e.to_string(),
         })?;
-    if envelope.payload_type != PAYLOAD_TYPE {
+    if envelope.payload_type != payload_type {
         return Err(AttestError::PayloadType {
             found: envelope.payload_type,
-            expected: PAYLOAD_TYPE,
+            expected: payload_type,
         });
     }
     let payload = decode_base64(&envelope.payload, "payload")?;

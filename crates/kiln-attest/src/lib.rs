@@ -31,7 +31,8 @@ mod sbom;
 mod util;
 
 pub use dsse::{
-    pae, sign_envelope, unsigned_envelope, verify_envelope, SigningKey, VerifyingKey, PAYLOAD_TYPE,
+    pae, sign_envelope, sign_envelope_as, unsigned_envelope, verify_envelope, verify_envelope_as,
+    SigningKey, VerifyingKey, PAYLOAD_TYPE,
 };
 pub use error::AttestError;
 pub use license::license_from_copyright;

@@ -18,6 +18,8 @@ const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Response bodies (errors, tokens) are read up to this size.
 const MAX_REPLY: u64 = 1 << 20;
+/// The manifest types a GET or HEAD of a manifest asks for.
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// What a request carries.
 pub enum Body<'b> {
@@ -32,6 +34,10 @@ pub struct Reply {
     pub status: u16,
     location: Option<String>,
     content_digest: Option<String>,
+    /// `OCI-Subject`: a registry with the referrers API indexed the pushed
+    /// manifest's subject.
+    oci_subject: Option<String>,
+    content_type: Option<String>,
     challenges: Vec<String>,
     body: Vec<u8>,
 }
@@ -98,21 +104,22 @@ impl<'a> Client<'a> {
 
     /// Whether the repository already holds `blob`.
     pub fn has_blob(&self, blob: &Blob) -> Result<bool, RegistryError> {
-        let url = self.url(&format!("blobs/{}", blob.digest));
-        retrying(|| {
-            let r = self.send("HEAD", &url, None, Body::None)?;
-            match r.status {
-                200..=299 => Ok(true),
-                404 => Ok(false),
-                _ => Err(self.unexpected("HEAD", &url, &r).into()),
-            }
-        })
+        self.has_blob_digest(&blob.digest)
     }
 
     /// Uploads `blob` monolithically: POST opens an upload session, one PUT
     /// sends the whole file with its digest. A failed attempt starts over
     /// with a new session.
     pub fn upload_blob(&self, blob: &Blob) -> Result<(), RegistryError> {
+        self.upload(&blob.digest, &|| Body::File(&blob.path, blob.size))
+    }
+
+    /// Uploads a small blob held in memory.
+    pub fn upload_bytes(&self, digest: &str, bytes: &[u8]) -> Result<(), RegistryError> {
+        self.upload(digest, &|| Body::Bytes(bytes))
+    }
+
+    fn upload<'b>(&self, digest: &str, body: &dyn Fn() -> Body<'b>) -> Result<(), RegistryError> {
         retrying(|| {
             let url = self.url("blobs/uploads/");
             let r = self.send("POST", &url, None, Body::Bytes(&[]))?;
@@ -128,39 +135,99 @@ impl<'a> Client<'a> {
                     status: r.status,
                     message: "no Location header for the upload".into(),
                 })?;
-            let put_url = with_query(&self.resolve(location, &url), "digest", &blob.digest);
-            let r = self.send(
-                "PUT",
-                &put_url,
-                Some("application/octet-stream"),
-                Body::File(&blob.path, blob.size),
-            )?;
+            let put_url = with_query(&self.resolve(location, &url), "digest", digest);
+            let r = self.send("PUT", &put_url, Some("application/octet-stream"), body())?;
             if r.status != 201 {
                 return Err(self.unexpected("PUT", &put_url, &r).into());
             }
-            Ok(check_digest(
-                &r,
-                &format!("blob {}", blob.digest),
-                &blob.digest,
-            )?)
+            Ok(check_digest(&r, &format!("blob {digest}"), digest)?)
+        })
+    }
+
+    /// Whether the repository holds a blob with this digest.
+    pub fn has_blob_digest(&self, digest: &str) -> Result<bool, RegistryError> {
+        let url = self.url(&format!("blobs/{digest}"));
+        retrying(|| {
+            let r = self.send("HEAD", &url, None, Body::None)?;
+            match r.status {
+                200..=299 => Ok(true),
+                404 => Ok(false),
+                _ => Err(self.unexpected("HEAD", &url, &r).into()),
+            }
         })
     }
 
     /// PUT a manifest or index under `reference` (its digest or a tag) and
     /// checks the digest the registry reports.
     pub fn put_manifest(&self, m: &Manifest, reference: &str) -> Result<(), RegistryError> {
+        self.put_manifest_subject(m, reference).map(|_| ())
+    }
+
+    /// [`Client::put_manifest`], telling whether the registry answered with
+    /// `OCI-Subject` (it has the referrers API and indexed the subject).
+    pub fn put_manifest_subject(&self, m: &Manifest, reference: &str) -> Result<bool, RegistryError> {
         let url = self.url(&format!("manifests/{reference}"));
         retrying(|| {
             let r = self.send("PUT", &url, Some(&m.media_type), Body::Bytes(&m.bytes))?;
             if r.status != 201 && r.status != 200 {
                 return Err(self.unexpected("PUT", &url, &r).into());
             }
-            Ok(check_digest(
-                &r,
-                &format!("manifest {reference}"),
-                &m.digest,
-            )?)
+            check_digest(&r, &format!("manifest {reference}"), &m.digest)?;
+            Ok(r.oci_subject.is_some())
         })
+    }
+
+    /// The digest `reference` (a tag or digest) resolves to, or None when
+    /// the repository has no such manifest.
+    pub fn manifest_digest(&self, reference: &str) -> Result<Option<String>, RegistryError> {
+        let url = self.url(&format!("manifests/{reference}"));
+        retrying(|| {
+            let r = self.send_accepting("HEAD", &url)?;
+            match r.status {
+                200..=299 => Ok(Some(r.content_digest.clone().unwrap_or_default())),
+                404 => Ok(None),
+                _ => Err(self.unexpected("HEAD", &url, &r).into()),
+            }
+        })
+    }
+
+    /// The manifest or index at `reference` (media type and bytes, at most
+    /// 1 MiB), or None when there is none.
+    pub fn get_manifest(&self, reference: &str) -> Result<Option<(String, Vec<u8>)>, RegistryError> {
+        let url = self.url(&format!("manifests/{reference}"));
+        retrying(|| {
+            let r = self.send_accepting("GET", &url)?;
+            match r.status {
+                200..=299 => Ok(Some((r.content_type.clone().unwrap_or_default(), r.body.clone()))),
+                404 => Ok(None),
+                _ => Err(self.unexpected("GET", &url, &r).into()),
+            }
+        })
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>`: the index of manifests whose
+    /// subject is `digest`, or None when the registry has no referrers API
+    /// (it answers 404 for the endpoint, as docker-registry 2.8 does).
+    pub fn referrers(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let url = self.url(&format!("referrers/{digest}"));
+        retrying(|| {
+            let r = self.send("GET", &url, None, Body::None)?;
+            let is_index = r
+                .content_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with(crate::layout::INDEX_V1));
+            match r.status {
+                200 if is_index => Ok(Some(r.body.clone())),
+                // A registry without the API may answer 200 with something
+                // else (an HTML page, an error document) or 404/405.
+                200 | 404 | 405 | 400 => Ok(None),
+                _ => Err(self.unexpected("GET", &url, &r).into()),
+            }
+        })
+    }
+
+    fn send_accepting(&self, method: &str, url: &str) -> Result<Reply, Failure> {
+        self.send_with(method, url, None, Body::None, Some(ACCEPT_MANIFESTS))
     }
 
     /// Resolves a Location header against the URL of the request that
@@ -190,6 +257,17 @@ impl<'a> Client<'a> {
         content_type: Option<&str>,
         body: Body<'_>,
     ) -> Result<Reply, Failure> {
+        self.send_with(method, url, content_type, body, None)
+    }
+
+    fn send_with(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        body: Body<'_>,
+        accept: Option<&str>,
+    ) -> Result<Reply, Failure> {
         let same_origin = url.starts_with(&format!("{}/", self.base));
         let mut fresh_auth = false;
         loop {
@@ -207,6 +285,9 @@ impl<'a> Client<'a> {
             }
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
+            }
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
             }
             let result = match &body {
                 Body::None => req.body(()).map(|r| self.agent.run(r)),
@@ -403,6 +484,8 @@ impl Reply {
         };
         let location = header("location");
         let content_digest = header("docker-content-digest");
+        let oci_subject = header("oci-subject");
+        let content_type = header("content-type");
         let challenges = resp
             .headers()
             .get_all("www-authenticate")
@@ -422,6 +505,8 @@ impl Reply {
             status: resp.status().as_u16(),
             location,
             content_digest,
+            oci_subject,
+            content_type,
             challenges,
             body,
         }

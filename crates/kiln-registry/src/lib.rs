@@ -26,6 +26,7 @@
 //! `repository:REPO:pull,push`, using the credentials as Basic
 //! authentication when given).
 
+pub mod attach;
 mod client;
 pub mod docker_config;
 pub mod error;
@@ -96,6 +97,10 @@ pub struct PushReport {
     pub blobs_skipped: usize,
     /// Manifests and indexes pushed, including the tagged one.
     pub manifests_pushed: usize,
+    /// Manifests the registry already had (by digest).
+    pub manifests_skipped: usize,
+    /// Whether the tag already pointed at the image (nothing was sent for it).
+    pub tag_unchanged: bool,
 }
 
 /// Pushes the image of the OCI layout at `layout_dir` to `reference`.
@@ -124,6 +129,8 @@ pub fn push(
         blobs_uploaded: 0,
         blobs_skipped: 0,
         manifests_pushed: 0,
+        manifests_skipped: 0,
+        tag_unchanged: false,
     };
     for blob in &plan.blobs {
         if client.has_blob(blob)? {
@@ -140,12 +147,22 @@ pub fn push(
         }
     }
     for m in plan.children.iter().chain([&plan.top]) {
+        if client.manifest_digest(&m.digest)?.is_some() {
+            report.manifests_skipped += 1;
+            progress(&format!("manifest {} already present", m.digest));
+            continue;
+        }
         client.put_manifest(m, &m.digest)?;
         report.manifests_pushed += 1;
         progress(&format!("pushed manifest {}", m.digest));
     }
-    client.put_manifest(&plan.top, &reference.tag)?;
-    progress(&format!("tagged {reference} -> {}", plan.top.digest));
+    if client.manifest_digest(&reference.tag)?.as_deref() == Some(plan.top.digest.as_str()) {
+        report.tag_unchanged = true;
+        progress(&format!("{reference} already points at {}", plan.top.digest));
+    } else {
+        client.put_manifest(&plan.top, &reference.tag)?;
+        progress(&format!("tagged {reference} -> {}", plan.top.digest));
+    }
     Ok(report)
 }
 

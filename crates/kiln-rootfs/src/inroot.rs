@@ -533,6 +533,19 @@ impl Root {
         Ok(out)
     }
 
+    /// Opens the regular file `rel` for reading; links are followed inside
+    /// the root. Anything else (a directory, a FIFO, a device) is refused.
+    pub fn open_file(&self, rel: impl AsRef<Path>) -> io::Result<std::fs::File> {
+        let fd = self.open_in(rel.as_ref(), libc::O_RDONLY | libc::O_NONBLOCK)?;
+        if !fstat(fd.as_raw_fd())?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", rel.as_ref().display()),
+            ));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
     pub fn read_to_string(&self, rel: impl AsRef<Path>) -> io::Result<String> {
         String::from_utf8(self.read(rel)?)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
@@ -597,7 +610,11 @@ impl Root {
         })
     }
 
-    fn write_with(
+    /// Writes `rel` with `mode` from what `fill` writes into a temporary
+    /// file beside it, renamed into place only when `fill` succeeds (so a
+    /// failed or interrupted write leaves no partial file at `rel`). A link
+    /// at `rel` is replaced, never written through.
+    pub fn write_with(
         &self,
         rel: &Path,
         mode: u32,

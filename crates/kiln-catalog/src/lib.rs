@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 /// The schema this Kiln writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Each migration takes the schema from its index to the next version.
 const MIGRATIONS: &[&str] = &[
@@ -69,6 +69,19 @@ CREATE TABLE test_run (
     at INTEGER NOT NULL
 );
 CREATE INDEX test_run_image ON test_run(image_id);
+"#,
+    r#"
+CREATE TABLE publication (
+    image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    location TEXT NOT NULL,
+    digest TEXT,
+    channel TEXT,
+    published_at INTEGER NOT NULL,
+    UNIQUE (image_id, target, location)
+);
+CREATE INDEX publication_image ON publication(image_id);
 "#,
 ];
 
@@ -402,6 +415,25 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records that the build in `dir` (recorded first if the catalog does
+    /// not know it) was published: call it only after the publication
+    /// succeeded. Publishing the same build to the same place again updates
+    /// the time and digest instead of adding a row.
+    pub fn record_publication(&mut self, dir: &Path, p: &Publication) -> Result<(), CatalogError> {
+        let (id, _) = self.record(dir)?;
+        self.conn
+            .execute(
+                "INSERT INTO publication (image_id, target, kind, location, digest, channel, published_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (image_id, target, location) DO UPDATE SET \
+                 kind = excluded.kind, digest = excluded.digest, channel = excluded.channel, \
+                 published_at = excluded.published_at",
+                params![id, p.target, p.kind, p.location, p.digest, p.channel, unix_now()],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
     /// The image versions that match `q`, newest first.
     pub fn find(&self, q: &Query) -> Result<Vec<Found>, CatalogError> {
         let mut sql = String::from(
@@ -457,6 +489,7 @@ impl Catalog {
                     packages: Vec::new(),
                     artifacts: Vec::new(),
                     tests: Vec::new(),
+                    publications: Vec::new(),
                 })
             })
             .map_err(|e| self.db(e))?;
@@ -518,6 +551,26 @@ impl Catalog {
                 })
                 .map_err(|e| self.db(e))?;
             f.tests = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "SELECT target, kind, location, digest, channel, published_at FROM publication \
+                     WHERE image_id = ?1 ORDER BY published_at DESC, rowid DESC",
+                )
+                .map_err(|e| self.db(e))?;
+            let rows = st
+                .query_map([f.id], |r| {
+                    Ok(Publication {
+                        target: r.get(0)?,
+                        kind: r.get(1)?,
+                        location: r.get(2)?,
+                        digest: r.get(3)?,
+                        channel: r.get(4)?,
+                        published_at: r.get(5)?,
+                    })
+                })
+                .map_err(|e| self.db(e))?;
+            f.publications = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
         }
         if q.package.is_some() {
             found.retain(|f| !f.packages.is_empty());
@@ -660,6 +713,26 @@ pub struct Found {
     pub artifacts: Vec<FoundArtifact>,
     /// `kiln test` runs, newest first.
     pub tests: Vec<FoundTest>,
+    /// Where it was published, newest first.
+    pub publications: Vec<Publication>,
+}
+
+/// One place a build was published to by `kiln publish`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Publication {
+    /// The target as given (`file:///srv/images`, `HOST/REPO`).
+    pub target: String,
+    /// `tree` or `registry`.
+    pub kind: String,
+    /// Where it can be fetched: the channel document in a tree, or
+    /// `HOST/REPO@sha256:…` in a registry.
+    pub location: String,
+    /// The image manifest digest (registries) or the document's sha256 (trees).
+    pub digest: Option<String>,
+    /// The channel, for trees.
+    pub channel: Option<String>,
+    pub published_at: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -721,6 +794,44 @@ mod tests {
         std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
         std::fs::write(dir.join("sbom.spdx.json"), "{}").unwrap();
         dir
+    }
+
+    #[test]
+    fn a_publication_is_listed_once_per_place_with_its_latest_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("catalog.sqlite")).unwrap();
+        let b = build_dir(d.path(), "web", 100, &[("curl", "8")]);
+        let p = |digest: &str| Publication {
+            target: "localhost:5000/web".into(),
+            kind: "registry".into(),
+            location: "localhost:5000/web:1".into(),
+            digest: Some(digest.into()),
+            channel: None,
+            published_at: 0,
+        };
+        c.record_publication(&b, &p("sha256:aa")).unwrap();
+        c.record_publication(&b, &p("sha256:bb")).unwrap();
+        let mut tree = p("x");
+        tree.kind = "tree".into();
+        tree.target = "file:///srv/images".into();
+        tree.location = "/srv/images/channels/stable.json".into();
+        tree.channel = Some("stable".into());
+        c.record_publication(&b, &tree).unwrap();
+        let f = c.find(&Query::default()).unwrap();
+        assert_eq!(f.len(), 1, "publishing recorded the build twice");
+        let mut got: Vec<_> = f[0]
+            .publications
+            .iter()
+            .map(|p| (p.kind.as_str(), p.location.as_str(), p.digest.as_deref()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("registry", "localhost:5000/web:1", Some("sha256:bb")),
+                ("tree", "/srv/images/channels/stable.json", Some("x"))
+            ]
+        );
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub enum Stage {
     Guest,
     Push,
     Pushed,
+    /// `kiln publish` checks and sends a build.
+    Publish,
+    /// A build is in a download tree or a registry.
+    Published,
     /// Space left by a Kiln that died (build areas, temporary files) was freed.
     Reclaim,
     /// A package a new lock has that the previous one did not.
@@ -65,6 +69,8 @@ impl Stage {
             Stage::Guest => "Booting",
             Stage::Push => "Pushing",
             Stage::Pushed => "Pushed",
+            Stage::Publish => "Publishing",
+            Stage::Published => "Published",
             Stage::Reclaim => "Reclaimed",
             Stage::Added => "Added",
             Stage::Removed => "Removed",

@@ -55,6 +55,23 @@ pub fn record_test(
     }
 }
 
+/// After a publication succeeded: records it (a warning when the catalog
+/// cannot take it; the files are published either way).
+pub fn record_publication(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    dir: &Path,
+    publication: &kiln_catalog::Publication,
+) {
+    let Some(path) = location(catalog) else {
+        return;
+    };
+    let r = Catalog::open(&path).and_then(|mut c| c.record_publication(dir, publication));
+    if let Err(e) = r {
+        ui.warn(&format!("the publication is not in the catalog: {e}"));
+    }
+}
+
 /// `kiln catalog import DIR...`: records every build output found below
 /// each DIR (links are not followed).
 pub fn cmd_import(ui: &Ui, catalog: Option<&Path>, dirs: &[PathBuf]) -> Result<()> {
@@ -160,6 +177,16 @@ pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
                 if t.passed { "passed" } else { "FAILED" },
                 t.seconds,
                 t.report
+            );
+        }
+        for p in &f.publications {
+            outln!(
+                "  published {}{}",
+                p.location,
+                p.channel
+                    .as_deref()
+                    .map(|c| format!(" (channel {c})"))
+                    .unwrap_or_default()
             );
         }
         for p in &f.packages {

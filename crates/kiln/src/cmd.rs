@@ -272,16 +272,56 @@ pub fn cmd_verify(
     Ok(())
 }
 
-/// `kiln push LAYOUT REFERENCE`.
-/// `HOST[:PORT]/REPO[:TAG]` as the part before the tag and the tag.
-fn split_tag(reference: &str) -> (&str, Option<&str>) {
-    let last = reference.rfind('/').map_or(0, |i| i + 1);
-    match reference[last..].rfind(':') {
-        Some(i) => (&reference[..last + i], Some(&reference[last + i + 1..])),
-        None => (reference, None),
+/// A mistake on the command line found after parsing: exits 64
+/// (EX_USAGE) like a clap error, with a hint.
+#[derive(Debug)]
+pub struct Usage(pub Hinted);
+
+impl Usage {
+    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> Usage {
+        Usage(Hinted::new(message, hint))
     }
 }
 
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The credentials for `registry`: `--username` or $KILN_REGISTRY_USER with
+/// $KILN_REGISTRY_PASSWORD, else what `docker login` stored.
+pub fn registry_credentials(
+    username: Option<String>,
+    registry: &str,
+) -> Result<Option<kiln_registry::Credentials>> {
+    let user = username.or_else(|| std::env::var("KILN_REGISTRY_USER").ok());
+    Ok(match user {
+        Some(u) => Some(kiln_registry::Credentials {
+            username: u,
+            password: std::env::var("KILN_REGISTRY_PASSWORD").map_err(|_| {
+                Hinted::new(
+                    "a registry user was given but no password",
+                    "set KILN_REGISTRY_PASSWORD (passwords are not taken on the command line)",
+                )
+            })?,
+        }),
+        // What `docker login` stored for this registry, if anything.
+        None => {
+            let dir = std::env::var_os("DOCKER_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+            match dir {
+                Some(d) => kiln_registry::docker_config::credentials_for(&d, registry)?,
+                None => None,
+            }
+        }
+    })
+}
+
+/// `kiln push LAYOUT REFERENCE`.
 pub fn cmd_push(
     reporter: &dyn Reporter,
     layout: &Path,
@@ -309,7 +349,7 @@ pub fn cmd_push(
         layout.to_path_buf()
     };
     let layout = layout.as_path();
-    let (base, tag) = split_tag(reference);
+    let (base, tag) = kiln_publish::registry::split_tag(reference);
     let mut tags: Vec<String> = tag.map(str::to_string).into_iter().collect();
     if tags.is_empty() {
         tags = kiln_registry::layout_tags(layout);
@@ -326,30 +366,7 @@ pub fn cmd_push(
         .iter()
         .map(|t| kiln_registry::Reference::parse(&format!("{base}:{t}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let user = username.or_else(|| std::env::var("KILN_REGISTRY_USER").ok());
-    let credentials = match user {
-        Some(u) => Some(kiln_registry::Credentials {
-            username: u,
-            password: std::env::var("KILN_REGISTRY_PASSWORD").map_err(|_| {
-                Hinted::new(
-                    "a registry user was given but no password",
-                    "set KILN_REGISTRY_PASSWORD (passwords are not taken on the command line)",
-                )
-            })?,
-        }),
-        // What `docker login` stored for this registry, if anything.
-        None => {
-            let dir = std::env::var_os("DOCKER_CONFIG")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
-            match dir {
-                Some(d) => {
-                    kiln_registry::docker_config::credentials_for(&d, &references[0].registry)?
-                }
-                None => None,
-            }
-        }
-    };
+    let credentials = registry_credentials(username, &references[0].registry)?;
     let progress = |m: &str| reporter.step(Stage::Push, m);
     let mut digest = None;
     let mut pushed = Vec::new();

@@ -25,6 +25,7 @@ macro_rules! errw {
 mod catalog;
 mod cmd;
 mod ls;
+mod publish;
 mod shell;
 mod show;
 mod test;
@@ -152,13 +153,16 @@ enum Command {
         #[command(flatten)]
         sources: SourceArgs,
     },
-    /// Check a build's outputs against its provenance, signature and SBOMs.
+    /// Check a build's outputs against its provenance, signature and SBOMs, or a download tree against its signed channel documents.
     Verify {
-        /// The output directory of `kiln build`.
+        /// The output directory of `kiln build`, or a download tree written by `kiln publish --to file://…`.
         dir: PathBuf,
-        /// The signer's public key (SPKI PEM); required for signed provenance.
+        /// The signer's public key (SPKI PEM); required for signed provenance and for download trees.
         #[arg(long, value_name = "KEY.pub")]
         key: Option<PathBuf>,
+        /// In a download tree, check only this channel (repeatable; default: every channel).
+        #[arg(long = "channel", value_name = "CHANNEL")]
+        channels: Vec<String>,
         /// The lock the SBOMs must match (default: the lock named in manifest.json).
         #[arg(long)]
         lock: Option<PathBuf>,
@@ -187,6 +191,36 @@ enum Command {
         /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER; else the Docker client configuration, $DOCKER_CONFIG/config.json or ~/.docker/config.json).
         #[arg(long)]
         username: Option<String>,
+    },
+    /// Publish builds to download trees and registries, checked against their manifests first.
+    Publish {
+        /// Build output directories (of `kiln build`).
+        #[arg(required = true)]
+        outputs: Vec<PathBuf>,
+        /// Where to: file:///PATH (a signed download tree), docker://HOST/REPOSITORY[:TAG] or HOST/REPOSITORY[:TAG] (a registry; the image plus its SBOMs, provenance and test report as OCI 1.1 referrers); repeatable.
+        #[arg(long = "to", value_name = "TARGET", required = true, value_parser = publish::parse_target)]
+        targets: Vec<kiln_publish::Target>,
+        /// The download tree's channel the builds join.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Ed25519 private key (PKCS#8 PEM) that signs the channel document; required for file:// targets.
+        #[arg(long, value_name = "KEY.pem", env = "KILN_SIGN_KEY")]
+        sign_key: Option<PathBuf>,
+        /// Days the channel document stays valid; clients refuse it after (a frozen tree is noticed).
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        valid_days: u32,
+        /// URL the download tree is served at, for the absolute locations in coreos/*.json.
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// Plain HTTP to registries (for registries on loopback).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER; else the Docker client configuration).
+        #[arg(long)]
+        username: Option<String>,
+        /// Print what was published as JSON on stdout (schema: docs/schemas/publish.schema.json).
+        #[arg(long)]
+        json: bool,
     },
     /// Test a disk image: static checks, then a boot in QEMU running the recipe's [[test]] commands.
     Test {
@@ -423,10 +457,49 @@ fn main() -> ExitCode {
         Command::Verify {
             dir,
             key,
+            channels,
             lock,
             json,
             sources,
-        } => cmd::cmd_verify(reporter, &dir, key, lock, json, &sources.options()),
+        } => {
+            if !dir.join(kiln_model::MANIFEST_FILE).exists() && dir.join("channels").is_dir() {
+                publish::cmd_verify_tree(reporter, &dir, key.as_deref(), &channels, json)
+            } else if !channels.is_empty() {
+                Err(cmd::Usage::new(
+                    format!("{} is a build, not a download tree: it has no channels", dir.display()),
+                    "--channel is for download trees written by kiln publish --to file://…",
+                )
+                .into())
+            } else {
+                cmd::cmd_verify(reporter, &dir, key, lock, json, &sources.options())
+            }
+        }
+        Command::Publish {
+            outputs,
+            targets,
+            channel,
+            sign_key,
+            valid_days,
+            base_url,
+            insecure,
+            username,
+            json,
+        } => publish::cmd_publish(
+            &ui,
+            cli.catalog.as_deref(),
+            reporter,
+            &publish::PublishArgs {
+                outputs,
+                targets,
+                channel,
+                sign_key,
+                valid_days,
+                base_url,
+                insecure,
+                username,
+                json,
+            },
+        ),
         Command::Push {
             layout,
             reference,
@@ -609,6 +682,9 @@ fn main() -> ExitCode {
         Err(e) => {
             ui::report_error(&ui, &e);
             // A malformed argument value is a usage error.
+            if e.downcast_ref::<cmd::Usage>().is_some() {
+                return ExitCode::from(EX_USAGE);
+            }
             if matches!(
                 e.downcast_ref::<kiln_catalog::CatalogError>(),
                 Some(kiln_catalog::CatalogError::Query(_))

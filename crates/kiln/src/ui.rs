@@ -218,6 +218,12 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_qemu::QemuError>() {
             return x.hint();
         }
+        if let Some(x) = c.downcast_ref::<kiln_publish::PublishError>() {
+            return x.hint();
+        }
+        if let Some(x) = c.downcast_ref::<crate::cmd::Usage>() {
+            return Some(x.0.hint.clone());
+        }
         if let Some(x) = c.downcast_ref::<kiln_model::Hinted>() {
             return Some(x.hint.clone());
         }

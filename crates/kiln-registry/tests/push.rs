@@ -390,17 +390,29 @@ fn a_second_push_skips_existing_blobs() {
     .unwrap();
     assert_eq!((second.blobs_uploaded, second.blobs_skipped), (0, 2));
     assert_eq!(second.digest, first.digest);
+    // The manifest is there by digest: only the new tag is sent.
+    assert_eq!((second.manifests_pushed, second.manifests_skipped), (0, 1));
+    assert!(!second.tag_unchanged, "latest was a new tag");
     assert_eq!(
         lines
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains("already present"))
+            .filter(|l| l.starts_with("blob ") && l.contains("already present"))
             .count(),
         2
     );
     let raw = skopeo_raw(&reg.host(), "kiln/again:latest", None).unwrap();
     assert_eq!(sha256(&raw), first.digest);
+    // The same tag again: nothing at all is sent.
+    let third = push(
+        layout.path(),
+        &reg.reference("kiln/again:latest"),
+        &insecure(&|_| {}),
+    )
+    .unwrap();
+    assert_eq!((third.blobs_uploaded, third.manifests_pushed), (0, 0));
+    assert!(third.tag_unchanged);
 }
 
 #[test]

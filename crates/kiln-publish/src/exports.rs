@@ -27,6 +27,7 @@ pub fn content_id(channel: &str) -> String {
 fn write_json(root: &Root, rel: &str, v: &Value) -> Result<(), PublishError> {
     let mut bytes = serde_json::to_vec_pretty(v).expect("JSON");
     bytes.push(b'\n');
+    crate::tree::no_links(root, rel)?;
     root.write(rel, &bytes, 0o644)
         .map_err(PublishError::io(format!("writing {rel} in {}", root.path().display())))
 }

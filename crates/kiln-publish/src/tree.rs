@@ -237,6 +237,7 @@ pub fn publish(tree: &Path, builds: &[Build], opts: &TreeOptions<'_>) -> Result<
     // new document finds every file it names.
     crate::exports::write(&root, &doc, opts.base_url)?;
     let envelope = doc.sign(opts.key);
+    no_links(&root, &report.document)?;
     root.write(&report.document, envelope.as_bytes(), 0o644)
         .map_err(PublishError::io(format!("writing {}", tree.join(&report.document).display())))?;
     progress(&format!(
@@ -246,6 +247,39 @@ pub fn publish(tree: &Path, builds: &[Build], opts: &TreeOptions<'_>) -> Result<
     report.serial = doc.serial;
     report.document_written = true;
     Ok(report)
+}
+
+/// Refuses `rel` when one of its directories in the tree is a symbolic
+/// link: a download tree is served as it is, and a link would make the
+/// served tree differ from what was checked (or lead a web server out).
+pub(crate) fn no_links(root: &Root, rel: &str) -> Result<(), PublishError> {
+    let mut at = String::new();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(part);
+        match root.metadata(&at) {
+            Ok(m) if m.is_symlink() => {
+                return Err(PublishError::Tree {
+                    path: root.path().join(&at),
+                    message: "is a symbolic link; a download tree holds only real directories and files, \
+                              and Kiln follows no link in it (replace the link with a directory, or publish \
+                              to the directory it points at)"
+                        .into(),
+                })
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(PublishError::Tree {
+                    path: root.path().join(&at),
+                    message: "is not a directory; move it away".into(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Puts one file at `rel` unless the tree has it already (same size and
@@ -259,6 +293,7 @@ fn put(
     sha: &str,
     progress: &dyn Fn(&str),
 ) -> Result<bool, PublishError> {
+    no_links(root, rel)?;
     if let Ok(m) = root.metadata(rel) {
         if m.is_file() && m.len == size {
             let mut existing = root

@@ -165,7 +165,7 @@ pub fn attach(
                 source: e,
             })?
         };
-        let file_digest = format!("sha256:{hex}");
+        let file_digest = hex;
         let title = item
             .path
             .file_name()

@@ -2012,3 +2012,334 @@ fn builds_are_recorded_and_found_by_package_version() {
         stderr(&o)
     );
 }
+
+/// An Ed25519 key pair made with openssl: (KEY.pem, KEY.pub).
+fn ed25519_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let pem = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    for args in [
+        vec!["genpkey", "-algorithm", "ed25519", "-out", pem.to_str().unwrap()],
+        vec!["pkey", "-in", pem.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()],
+    ] {
+        let o = std::process::Command::new("openssl").args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    (pem, public)
+}
+
+/// A distroless fixture build with a tarball and an OCI image, at `out`.
+fn tar_and_oci_build(f: &Fixture, out: &Path, version: &str) {
+    let recipe = f.distroless_recipe();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("formats = [\"tar\"]", "formats = [\"tar\", \"oci\"]")
+            .replacen("[image]\n", &format!("[image]\nversion = \"{version}\"\n"), 1),
+    )
+    .unwrap();
+    let o = f.build(&recipe, out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `kiln publish --to file://…` writes a signed tree a client can check:
+/// publishing again changes nothing, `kiln verify` catches changed files,
+/// replayed documents and other keys, and `kiln find` knows where it went.
+#[test]
+fn publish_to_a_tree_is_signed_idempotent_and_verified() {
+    let f = Fixture::new();
+    let one = f.work.path().join("one");
+    tar_and_oci_build(&f, &one, "1");
+    let (pem, public) = ed25519_pair(f.work.path(), "signer");
+    let tree = f.work.path().join("tree");
+    let to = format!("file://{}", tree.display());
+    let state = f.work.path().join("state");
+    let run = |args: &[&str]| {
+        kiln_command(
+            f.cache.path(),
+            args,
+            &[("XDG_STATE_HOME", state.to_str().unwrap())],
+        )
+        .output()
+        .unwrap()
+    };
+    let publish = |dir: &Path, key: &Path| {
+        run(&[
+            "publish",
+            dir.to_str().unwrap(),
+            "--to",
+            &to,
+            "--sign-key",
+            key.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let verify = |extra: &[&str]| {
+        let mut a = vec!["verify", tree.to_str().unwrap(), "--key", public.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let o = publish(&one, &pem);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = json_of(&o);
+    assert_matches_schema("publish", &j);
+    let p = &j["published"][0];
+    assert_eq!((p["kind"].as_str(), p["serial"].as_u64()), (Some("tree"), Some(1)));
+    let files = p["builds"][0]["files"].as_array().unwrap();
+    let roles: Vec<&str> = files.iter().map(|x| x["role"].as_str().unwrap()).collect();
+    for r in ["artifact", "manifest", "sbom-spdx", "sbom-cyclonedx", "provenance"] {
+        assert!(roles.contains(&r), "{r} not published: {roles:?}");
+    }
+    // The tarball in the pool is the build's, byte for byte.
+    let tar = files
+        .iter()
+        .find(|x| x["path"].as_str().unwrap().ends_with("/rootfs.tar"))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(tree.join(tar["path"].as_str().unwrap())).unwrap(),
+        std::fs::read(one.join("rootfs.tar")).unwrap()
+    );
+    // The OCI image is one archive whose content is the layout.
+    let oci = files
+        .iter()
+        .find(|x| x["path"].as_str().unwrap().ends_with("/oci.tar"))
+        .expect("the OCI layout is published");
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(tree.join(oci["path"].as_str().unwrap()))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|l| l == "index.json"), "{listing}");
+    assert!(listing.lines().any(|l| l == "oci-layout"), "{listing}");
+
+    let o = verify(&["--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_matches_schema("verify-tree", &v);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["channels"][0]["files-checked"].as_u64(), Some(files.len() as u64));
+
+    // The exports name the same files.
+    let streams = json_file(&tree.join("streams/v1/org.kiln.images:stable.json"));
+    let text = streams.to_string();
+    assert!(text.contains(tar["sha256"].as_str().unwrap()), "{text}");
+    assert_eq!(json_file(&tree.join("streams/v1/index.json"))["format"], "index:1.0");
+
+    // Again: nothing copied, the document (and its serial) unchanged.
+    let doc = tree.join("channels/stable.json");
+    let before = std::fs::read(&doc).unwrap();
+    let o = publish(&one, &pem);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = json_of(&o)["published"][0].clone();
+    assert_eq!(p["bytes-copied"], 0);
+    assert_eq!(p["document-written"], false);
+    assert_eq!(std::fs::read(&doc).unwrap(), before);
+
+    // The catalog knows where the build went.
+    let o = f.kiln(&["find", "--json"]);
+    let found = json_of(&o);
+    assert_matches_schema("find", &found);
+    let pubs = found["images"][0]["publications"].as_array().unwrap();
+    assert_eq!(pubs.len(), 1, "{found}");
+    assert_eq!(pubs[0]["target"], to.as_str());
+    assert_eq!(pubs[0]["channel"], "stable");
+
+    // Another key may not take the channel over.
+    let (other_pem, other_pub) = ed25519_pair(f.work.path(), "other");
+    let o = publish(&one, &other_pem);
+    assert_fails_with(&o, &["signature does not verify", "publish with the key that signed it"]);
+    assert_eq!(std::fs::read(&doc).unwrap(), before, "the document was replaced");
+    let o = run(&["verify", tree.to_str().unwrap(), "--key", other_pub.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+
+    // A second build: serial 2, both versions listed; the client accepts it.
+    let two = f.work.path().join("two");
+    tar_and_oci_build(&f, &two, "2");
+    let o = publish(&two, &pem);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_of(&o)["published"][0]["serial"], 2);
+    let o = verify(&["--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_of(&o)["channels"][0]["versions"], 2);
+
+    // The mirror serves the old document again: a rollback.
+    let newer = std::fs::read(&doc).unwrap();
+    std::fs::write(&doc, &before).unwrap();
+    let o = verify(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_fails_with(&o, &["rollback: serial 1 is older than serial 2"]);
+    std::fs::write(&doc, &newer).unwrap();
+
+    // One byte of a published file changed.
+    let victim = tree.join(tar["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[600] ^= 1;
+    std::fs::write(&victim, &bytes).unwrap();
+    let o = verify(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_fails_with(&o, &[tar["path"].as_str().unwrap(), "sha256"]);
+    // Publishing repairs it: the damaged pool file is replaced.
+    let o = publish(&one, &pem);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = verify(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// What `kiln publish` refuses before sending anything.
+#[test]
+fn publish_refuses_bad_targets_and_changed_builds_before_any_work() {
+    let f = Fixture::new();
+    let out = f.work.path().join("out");
+    tar_and_oci_build(&f, &out, "1");
+    let (pem, public) = ed25519_pair(f.work.path(), "signer");
+    let tree = f.work.path().join("tree");
+    let to = format!("file://{}", tree.display());
+    let dir = out.to_str().unwrap();
+    // Usage errors exit 64.
+    for (args, needle) in [
+        (vec!["publish", dir, "--to", "ftp://host/x"], "unknown scheme ftp://"),
+        (vec!["publish", dir, "--to", "./relative"], "for a download tree write file://"),
+        (vec!["publish", dir, "--to", &to], "needs a key to sign"),
+        (
+            vec!["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap(), "--channel", "../x"],
+            "is not valid",
+        ),
+        (vec!["verify", tree.to_str().unwrap(), "--channel", "stable"], "not a download tree"),
+    ] {
+        let o = kiln_command(f.cache.path(), &args, &[]).env_remove("KILN_SIGN_KEY").output().unwrap();
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!tree.exists(), "a refused publish created the tree");
+    // A build changed after it was built is not published.
+    let tar = out.join("rootfs.tar");
+    let good = std::fs::read(&tar).unwrap();
+    let mut bad = good.clone();
+    bad[1000] ^= 1;
+    std::fs::write(&tar, &bad).unwrap();
+    let o = f.kiln(&["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_fails_with(&o, &["rootfs.tar", "changed after its build", "rebuild it with kiln build"]);
+    assert!(!tree.join("channels").exists(), "a document was written");
+    // An OCI blob changed the same way.
+    std::fs::write(&tar, &good).unwrap();
+    let index = json_file(&out.join("oci/index.json"));
+    let top = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    let manifest = json_file(&out.join(format!("oci/blobs/sha256/{top}")));
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let blob = out.join(format!("oci/blobs/sha256/{layer}"));
+    let good_blob = std::fs::read(&blob).unwrap();
+    let mut bad_blob = good_blob.clone();
+    let n = bad_blob.len() / 2;
+    bad_blob[n] ^= 1;
+    std::fs::write(&blob, &bad_blob).unwrap();
+    let o = f.kiln(&["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_fails_with(&o, &[&layer[..12]]);
+    assert!(!tree.join("channels").exists(), "a document was written");
+    std::fs::write(&blob, &good_blob).unwrap();
+    // A tree whose pool leads out through a link: nothing is written there.
+    let victim = f.work.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::create_dir_all(tree.join("pool")).unwrap();
+    std::os::unix::fs::symlink(&victim, tree.join("pool/test")).unwrap();
+    let o = f.kiln(&["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap()]);
+    assert!(!o.status.success(), "published through a link out of the tree");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "wrote outside the tree");
+    assert!(!tree.join("channels/stable.json").exists());
+    let _ = public;
+}
+
+/// `kiln publish --to HOST/REPO`: the image, then its SBOMs, provenance and
+/// manifest attached as OCI 1.1 referrers; a second publish sends nothing.
+#[test]
+fn publish_to_a_registry_attaches_sboms_and_provenance_as_referrers() {
+    let f = Fixture::new();
+    let out = f.work.path().join("out");
+    tar_and_oci_build(&f, &out, "1");
+    let reg = Registry::start(None);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let publish = || {
+        f.kiln(&[
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            &format!("{host}/team/img"),
+            "--insecure",
+            "--json",
+        ])
+    };
+    let o = publish();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = json_of(&o);
+    assert_matches_schema("publish", &j);
+    let p = &j["published"][0];
+    let digest = p["digest"].as_str().unwrap().to_string();
+    let local = json_file(&out.join("oci/index.json"))["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(digest, local);
+    let inspect = |reference: &str| {
+        let o = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{host}/team/img{reference}"))
+            .output()
+            .expect("skopeo is installed");
+        assert!(o.status.success(), "{reference}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    // docker-registry has no referrers API: the OCI 1.1 fallback tag lists them.
+    assert_eq!(p["discovery"], "tag-fallback");
+    let fallback = inspect(&format!(":sha256-{}", digest.trim_start_matches("sha256:")));
+    let types: Vec<&str> = fallback["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["artifactType"].as_str().unwrap())
+        .collect();
+    for t in ["application/spdx+json", "application/vnd.cyclonedx+json", "application/vnd.dsse.envelope.v1+json", "application/vnd.kiln.manifest.v1+json"] {
+        assert!(types.contains(&t), "{t} not attached: {types:?}");
+    }
+    // Each referrer names the image as its subject, and its layer is the file.
+    let spdx = fallback["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["artifactType"] == "application/spdx+json")
+        .unwrap();
+    let art = inspect(&format!("@{}", spdx["digest"].as_str().unwrap()));
+    assert_eq!(art["subject"]["digest"], digest.as_str());
+    let sbom = std::fs::read(out.join("sbom.spdx.json")).unwrap();
+    assert_eq!(
+        art["layers"][0]["digest"],
+        format!("sha256:{}", kiln_testkit::sha256_hex(&sbom))
+    );
+    // Again: nothing sent, the same referrers.
+    let o = publish();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = json_of(&o)["published"][0].clone();
+    assert_eq!(
+        (
+            q["blobs-uploaded"].as_u64(),
+            q["manifests-pushed"].as_u64(),
+            q["artifact-bytes-uploaded"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{q}"
+    );
+    assert!(q["referrers"].as_array().unwrap().iter().all(|r| r["present"] == true));
+    let digests = |v: &serde_json::Value| -> Vec<String> {
+        v["referrers"].as_array().unwrap().iter().map(|r| r["digest"].to_string()).collect()
+    };
+    assert_eq!(digests(&q), digests(p), "the artifact manifests are not reproducible");
+    let found = json_of(&f.kiln(&["find", "--json"]));
+    let pubs = found["images"][0]["publications"].as_array().unwrap();
+    assert_eq!(pubs[0]["location"], format!("{host}/team/img@{digest}"));
+    // A registry that is not there: an error, and nothing recorded.
+    drop(reg);
+    let o = publish();
+    assert!(!o.status.success());
+    let found = json_of(&f.kiln(&["find", "--json"]));
+    assert_eq!(found["images"][0]["publications"].as_array().unwrap().len(), 1);
+}

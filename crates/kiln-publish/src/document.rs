@@ -100,11 +100,13 @@ impl Channel {
             message,
         };
         let text = std::str::from_utf8(envelope).map_err(|_| bad("is not UTF-8 text".into()))?;
-        let payload = kiln_attest::verify_envelope_as(text, key, PAYLOAD_TYPE).map_err(|e| {
-            bad(format!("its signature does not verify: {e}"))
+        let payload = kiln_attest::verify_envelope_as(text, key, PAYLOAD_TYPE)
+            .map_err(|e| bad(format!("its signature does not verify: {e}")))?;
+        let doc: Channel = serde_json::from_slice(&payload).map_err(|e| {
+            bad(format!(
+                "the signed document is not a Kiln channel document: {e}"
+            ))
         })?;
-        let doc: Channel = serde_json::from_slice(&payload)
-            .map_err(|e| bad(format!("the signed document is not a Kiln channel document: {e}")))?;
         if doc.schema != SCHEMA {
             return Err(bad(format!(
                 "schema {} is not {SCHEMA} (written by a newer kiln?)",
@@ -141,7 +143,9 @@ pub fn check_path(p: &str) -> Result<(), String> {
         || !p.chars().all(ok_char)
         || p.split('/').any(|s| s.is_empty() || s == "." || s == "..")
     {
-        return Err(format!("the path {p:?} is not a plain relative path inside the tree"));
+        return Err(format!(
+            "the path {p:?} is not a plain relative path inside the tree"
+        ));
     }
     Ok(())
 }
@@ -152,7 +156,8 @@ pub fn check_channel(c: &str) -> Result<(), String> {
     let ok = !c.is_empty()
         && c.len() <= 64
         && c.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && c.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && c.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -169,7 +174,16 @@ mod tests {
     #[test]
     fn paths_stay_inside() {
         assert!(check_path("pool/minbase/abc/rootfs.tar").is_ok());
-        for p in ["", "/etc/passwd", "pool/../../x", "pool//x", "./x", "a\\b", "a b", "pool/./x"] {
+        for p in [
+            "",
+            "/etc/passwd",
+            "pool/../../x",
+            "pool//x",
+            "./x",
+            "a\\b",
+            "a b",
+            "pool/./x",
+        ] {
             assert!(check_path(p).is_err(), "{p}");
         }
     }

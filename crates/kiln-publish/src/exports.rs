@@ -29,7 +29,10 @@ fn write_json(root: &Root, rel: &str, v: &Value) -> Result<(), PublishError> {
     bytes.push(b'\n');
     crate::tree::no_links(root, rel)?;
     root.write(rel, &bytes, 0o644)
-        .map_err(PublishError::io(format!("writing {rel} in {}", root.path().display())))
+        .map_err(PublishError::io(format!(
+            "writing {rel} in {}",
+            root.path().display()
+        )))
 }
 
 /// Fedora CoreOS names architectures as the kernel does.
@@ -121,7 +124,10 @@ pub fn stream_json(doc: &Channel, image: &str, base_url: Option<&str>) -> Option
                 "disk": { "location": location(&f.path), "sha256": f.sha256, "size": f.size }
             });
         }
-        archs.insert(coreos_arch(arch).to_string(), json!({ "artifacts": artifacts }));
+        archs.insert(
+            coreos_arch(arch).to_string(),
+            json!({ "artifacts": artifacts }),
+        );
     }
     Some(json!({
         "stream": doc.channel,

@@ -57,13 +57,18 @@ impl Target {
         if s.starts_with('/') || s.starts_with('.') {
             return Err(PublishError::Target {
                 target: s.into(),
-                message: format!("a path is not a target; for a download tree write file://{}", absolute(s)),
+                message: format!(
+                    "a path is not a target; for a download tree write file://{}",
+                    absolute(s)
+                ),
             });
         }
         if !s.contains('/') {
             return Err(PublishError::Target {
                 target: s.into(),
-                message: format!("not a registry reference (HOST/REPOSITORY[:TAG]); known targets: {SCHEMES}"),
+                message: format!(
+                    "not a registry reference (HOST/REPOSITORY[:TAG]); known targets: {SCHEMES}"
+                ),
             });
         }
         Ok(Target::Registry(s.into()))
@@ -113,9 +118,10 @@ impl PublishError {
     pub fn hint(&self) -> Option<String> {
         match self {
             PublishError::Target { .. } => Some(format!("targets: {SCHEMES}")),
-            PublishError::Build { .. } => {
-                Some("rebuild it with kiln build (published files must be exactly what the build wrote)".into())
-            }
+            PublishError::Build { .. } => Some(
+                "rebuild it with kiln build (published files must be exactly what the build wrote)"
+                    .into(),
+            ),
             PublishError::Tree { .. } => None,
             PublishError::Io { .. } => None,
             PublishError::Registry(e) => e.hint(),
@@ -135,12 +141,22 @@ pub fn unix_now() -> i64 {
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (what Kiln writes) into epoch seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = &s[r];
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok()).flatten()
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())
+            .flatten()
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -160,7 +176,10 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(Target::parse("file:///srv/t").unwrap(), Target::Tree("/srv/t".into()));
+        assert_eq!(
+            Target::parse("file:///srv/t").unwrap(),
+            Target::Tree("/srv/t".into())
+        );
         assert_eq!(
             Target::parse("docker://127.0.0.1:5000/kiln/x").unwrap(),
             Target::Registry("127.0.0.1:5000/kiln/x".into())
@@ -170,9 +189,15 @@ mod tests {
             Target::Registry("127.0.0.1:5000/kiln/x:1".into())
         );
         let e = Target::parse("s3://bucket/x").unwrap_err().to_string();
-        assert!(e.contains("unknown scheme s3://") && e.contains("file:///PATH"), "{e}");
+        assert!(
+            e.contains("unknown scheme s3://") && e.contains("file:///PATH"),
+            "{e}"
+        );
         assert!(Target::parse("file://relative").is_err());
-        assert!(Target::parse("/srv/t").unwrap_err().to_string().contains("file:///srv/t"));
+        assert!(Target::parse("/srv/t")
+            .unwrap_err()
+            .to_string()
+            .contains("file:///srv/t"));
         assert!(Target::parse("stable").is_err());
     }
 

@@ -49,7 +49,11 @@ pub fn split_tag(reference: &str) -> (&str, Option<&str>) {
 
 /// Publishes `build` to `reference` (`HOST/REPOSITORY[:TAG]`; without a
 /// tag, the tags the layout gives the image, else `latest`).
-pub fn publish(build: &Build, reference: &str, opts: &RegistryOptions<'_>) -> Result<RegistryReport, PublishError> {
+pub fn publish(
+    build: &Build,
+    reference: &str,
+    opts: &RegistryOptions<'_>,
+) -> Result<RegistryReport, PublishError> {
     let progress = opts.progress;
     let oci = build
         .files
@@ -99,7 +103,8 @@ pub fn publish(build: &Build, reference: &str, opts: &RegistryOptions<'_>) -> Re
             Some(rep) => {
                 rep.tags.push(t.clone());
                 rep.blobs_uploaded += pushed.blobs_uploaded;
-                rep.manifests_pushed += pushed.manifests_pushed + usize::from(!pushed.tag_unchanged);
+                rep.manifests_pushed +=
+                    pushed.manifests_pushed + usize::from(!pushed.tag_unchanged);
             }
         }
     }
@@ -110,10 +115,17 @@ pub fn publish(build: &Build, reference: &str, opts: &RegistryOptions<'_>) -> Re
     let top = build
         .root()
         .read(format!("{}/blobs/sha256/{hex}", oci.rel))
-        .map_err(PublishError::io(format!("reading the image index {}", report.digest)))?;
+        .map_err(PublishError::io(format!(
+            "reading the image index {}",
+            report.digest
+        )))?;
     let media_type = serde_json::from_slice::<serde_json::Value>(&top)
         .ok()
-        .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "application/vnd.oci.image.index.v1+json".into());
     let subject = Subject {
         digest: report.digest.clone(),

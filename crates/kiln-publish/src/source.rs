@@ -102,19 +102,25 @@ impl Build {
             message,
         };
         if Manifest::is_incomplete(dir) {
-            return Err(bad("the build writing here was interrupted or failed: not published".into()));
+            return Err(bad(
+                "the build writing here was interrupted or failed: not published".into(),
+            ));
         }
         let root = Root::open(dir).map_err(|e| bad(format!("cannot open the directory: {e}")))?;
-        let bytes = root
-            .read(MANIFEST_FILE)
-            .map_err(|e| bad(format!("no readable {MANIFEST_FILE} ({e}): not the output directory of a kiln build")))?;
-        let manifest = Manifest::parse(&bytes, &dir.join(MANIFEST_FILE)).map_err(|e| bad(e.to_string()))?;
+        let bytes = root.read(MANIFEST_FILE).map_err(|e| {
+            bad(format!(
+                "no readable {MANIFEST_FILE} ({e}): not the output directory of a kiln build"
+            ))
+        })?;
+        let manifest =
+            Manifest::parse(&bytes, &dir.join(MANIFEST_FILE)).map_err(|e| bad(e.to_string()))?;
         let id = hex::encode(Sha256::digest(&bytes));
         let mut files = Vec::new();
         for a in &manifest.outputs {
             if a.format == Format::Oci {
                 progress(&format!("checking {}/", a.path));
-                check_layout(&root, &a.path, &a.sha256).map_err(|m| bad(format!("{}/: {m}", a.path)))?;
+                check_layout(&root, &a.path, &a.sha256)
+                    .map_err(|m| bad(format!("{}/: {m}", a.path)))?;
                 files.push(BuildFile {
                     role: Role::Artifact,
                     name: "oci.tar".into(),
@@ -126,7 +132,8 @@ impl Build {
                 continue;
             }
             progress(&format!("checking {}", a.path));
-            let (size, sha) = file_digest(&root, &a.path).map_err(|e| bad(format!("{}: {e}", a.path)))?;
+            let (size, sha) =
+                file_digest(&root, &a.path).map_err(|e| bad(format!("{}: {e}", a.path)))?;
             if size != a.size || sha != a.sha256 {
                 return Err(bad(format!(
                     "{} changed after its build (manifest: {} bytes, sha256 {}; now {size} bytes, sha256 {sha})",
@@ -203,7 +210,11 @@ impl Build {
     /// Writes `f` into `out` (an OCI layout as a reproducible tar archive)
     /// and returns what was written: size and sha256. Fails if the content
     /// is not what was checked when the build was opened.
-    pub fn write_file(&self, f: &BuildFile, out: &mut dyn Write) -> Result<(u64, String), PublishError> {
+    pub fn write_file(
+        &self,
+        f: &BuildFile,
+        out: &mut dyn Write,
+    ) -> Result<(u64, String), PublishError> {
         let bad = |message: String| PublishError::Build {
             path: self.dir.clone(),
             message,
@@ -217,13 +228,19 @@ impl Build {
             write_layout_tar(&self.root, &f.rel, self.manifest.source_date_epoch, &mut w)
                 .map_err(|e| bad(format!("{}/: {e}", f.rel)))?;
         } else {
-            let mut input = self.root.open_file(&f.rel).map_err(|e| bad(format!("{}: {e}", f.rel)))?;
+            let mut input = self
+                .root
+                .open_file(&f.rel)
+                .map_err(|e| bad(format!("{}: {e}", f.rel)))?;
             std::io::copy(&mut input, &mut w).map_err(|e| bad(format!("{}: {e}", f.rel)))?;
         }
         let got = (w.n, hex::encode(w.hash.finalize()));
         if let Some(want) = &f.digest {
             if *want != got {
-                return Err(bad(format!("{} changed while it was being published", f.rel)));
+                return Err(bad(format!(
+                    "{} changed while it was being published",
+                    f.rel
+                )));
             }
         }
         Ok(got)
@@ -267,7 +284,9 @@ impl Write for HashingWriter<'_> {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The files of an OCI layout, checked: `oci-layout`, `index.json`, and
@@ -285,18 +304,26 @@ fn layout_files(root: &Root, rel: &str, top: &str) -> Result<Vec<String>, String
     let entries = root.read_dir(&blobs).map_err(|e| format!("{blobs}: {e}"))?;
     let mut names = Vec::new();
     for (name, _) in entries {
-        let name = name.into_string().map_err(|_| "a blob name that is not UTF-8".to_string())?;
+        let name = name
+            .into_string()
+            .map_err(|_| "a blob name that is not UTF-8".to_string())?;
         let path = format!("{blobs}/{name}");
         if !is_hex64(&name) {
             return Err(format!("{path} is not a sha256 blob name"));
         }
-        if !root.metadata(&path).map_err(|e| format!("{path}: {e}"))?.is_file() {
+        if !root
+            .metadata(&path)
+            .map_err(|e| format!("{path}: {e}"))?
+            .is_file()
+        {
             return Err(format!("{path} is not a regular file"));
         }
         names.push(name);
     }
     if !names.iter().any(|n| n == top) {
-        return Err(format!("the image index sha256:{top} the manifest names is missing"));
+        return Err(format!(
+            "the image index sha256:{top} the manifest names is missing"
+        ));
     }
     names.sort();
     out.extend(names.into_iter().map(|n| format!("{blobs}/{n}")));
@@ -308,7 +335,9 @@ fn check_layout(root: &Root, rel: &str, top: &str) -> Result<(), String> {
         if let Some(name) = f.strip_prefix(&format!("{rel}/blobs/sha256/")) {
             let (_, sha) = file_digest(root, &f).map_err(|e| format!("{f}: {e}"))?;
             if sha != name {
-                return Err(format!("blob {name} changed after its build (its content hashes to {sha})"));
+                return Err(format!(
+                    "blob {name} changed after its build (its content hashes to {sha})"
+                ));
             }
         }
     }
@@ -318,7 +347,12 @@ fn check_layout(root: &Root, rel: &str, top: &str) -> Result<(), String> {
 /// The layout as a tar archive (`skopeo copy oci-archive:oci.tar …` reads
 /// it): sorted entries, owner 0:0, modes 0755/0644, times the build's
 /// `SOURCE_DATE_EPOCH`, so the same layout gives the same bytes.
-fn write_layout_tar(root: &Root, rel: &str, mtime: i64, out: &mut dyn Write) -> std::io::Result<()> {
+fn write_layout_tar(
+    root: &Root,
+    rel: &str,
+    mtime: i64,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let files = layout_files_any(root, rel)?;
     let mut b = tar::Builder::new(out);
     let dir = |b: &mut tar::Builder<&mut dyn Write>, name: &str| -> std::io::Result<()> {
@@ -392,7 +426,10 @@ impl Read for VerifyingReader<'_> {
         let cap = buf.len().min(self.left as usize);
         let k = self.inner.read(&mut buf[..cap])?;
         if k == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a blob shrank while it was archived"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a blob shrank while it was archived",
+            ));
         }
         self.hash.update(&buf[..k]);
         self.left -= k as u64;

@@ -122,7 +122,10 @@ fn lock_tree(tree: &Path, progress: &dyn Fn(&str)) -> Result<Lock, PublishError>
         .map_err(PublishError::io(format!("opening {}", path.display())))?;
     use std::os::fd::AsRawFd;
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        progress(&format!("waiting for another publish into {}", tree.display()));
+        progress(&format!(
+            "waiting for another publish into {}",
+            tree.display()
+        ));
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(PublishError::io(format!("locking {}", path.display()))(
                 std::io::Error::last_os_error(),
@@ -133,13 +136,18 @@ fn lock_tree(tree: &Path, progress: &dyn Fn(&str)) -> Result<Lock, PublishError>
 }
 
 /// Publishes `builds` into the tree at `tree` under `opts.channel`.
-pub fn publish(tree: &Path, builds: &[Build], opts: &TreeOptions<'_>) -> Result<TreeReport, PublishError> {
+pub fn publish(
+    tree: &Path,
+    builds: &[Build],
+    opts: &TreeOptions<'_>,
+) -> Result<TreeReport, PublishError> {
     document::check_channel(opts.channel).map_err(|m| PublishError::Target {
         target: format!("--channel {}", opts.channel),
         message: m,
     })?;
     let progress = opts.progress;
-    std::fs::create_dir_all(tree).map_err(PublishError::io(format!("creating {}", tree.display())))?;
+    std::fs::create_dir_all(tree)
+        .map_err(PublishError::io(format!("creating {}", tree.display())))?;
     let _lock = lock_tree(tree, progress)?;
     let root = Root::open(tree).map_err(PublishError::io(format!("opening {}", tree.display())))?;
     let key = opts.key.verifying_key();
@@ -199,20 +207,24 @@ pub fn publish(tree: &Path, builds: &[Build], opts: &TreeOptions<'_>) -> Result<
             });
         }
         let m = &b.manifest;
-        doc.images.entry(image.clone()).or_default().versions.insert(
-            version_key.clone(),
-            Version {
-                build_id: b.id.clone(),
-                image_version: m.version.clone(),
-                suite: m.suite.clone(),
-                architectures: m.architectures.clone(),
-                distroless: m.distroless,
-                built: rfc3339(m.source_date_epoch),
-                recipe_sha256: m.lock.recipe_sha256.clone(),
-                packages: m.packages.len(),
-                files: entries,
-            },
-        );
+        doc.images
+            .entry(image.clone())
+            .or_default()
+            .versions
+            .insert(
+                version_key.clone(),
+                Version {
+                    build_id: b.id.clone(),
+                    image_version: m.version.clone(),
+                    suite: m.suite.clone(),
+                    architectures: m.architectures.clone(),
+                    distroless: m.distroless,
+                    built: rfc3339(m.source_date_epoch),
+                    recipe_sha256: m.lock.recipe_sha256.clone(),
+                    packages: m.packages.len(),
+                    files: entries,
+                },
+            );
         report.builds.push(PublishedBuild {
             build_id: b.id.clone(),
             image: image.clone(),
@@ -239,7 +251,10 @@ pub fn publish(tree: &Path, builds: &[Build], opts: &TreeOptions<'_>) -> Result<
     let envelope = doc.sign(opts.key);
     no_links(&root, &report.document)?;
     root.write(&report.document, envelope.as_bytes(), 0o644)
-        .map_err(PublishError::io(format!("writing {}", tree.join(&report.document).display())))?;
+        .map_err(PublishError::io(format!(
+            "writing {}",
+            tree.join(&report.document).display()
+        )))?;
     progress(&format!(
         "signed {} (serial {}, expires {})",
         report.document, doc.serial, doc.expires
@@ -316,7 +331,9 @@ fn put(
                 use std::io::Write;
                 w.flush()
             }
-            Ok(_) => Err(std::io::Error::other("the archive came out different the second time")),
+            Ok(_) => Err(std::io::Error::other(
+                "the archive came out different the second time",
+            )),
             Err(e) => {
                 failure = Some(e);
                 Err(std::io::Error::other("write failed"))
@@ -326,7 +343,10 @@ fn put(
     if let Some(e) = failure {
         return Err(e);
     }
-    r.map_err(PublishError::io(format!("writing {rel} in {}", root.path().display())))?;
+    r.map_err(PublishError::io(format!(
+        "writing {rel} in {}",
+        root.path().display()
+    )))?;
     progress(&format!("copied {} ({size} bytes) to {rel}", f.rel));
     Ok(true)
 }

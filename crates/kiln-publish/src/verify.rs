@@ -134,7 +134,13 @@ pub fn verify(tree: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Pub
     Ok(report)
 }
 
-fn verify_channel(root: &Root, tree: &Path, channel: &str, opts: &VerifyOptions<'_>, keyid: &str) -> ChannelResult {
+fn verify_channel(
+    root: &Root,
+    tree: &Path,
+    channel: &str,
+    opts: &VerifyOptions<'_>,
+    keyid: &str,
+) -> ChannelResult {
     let rel = document_path(channel);
     let mut r = ChannelResult {
         channel: channel.into(),
@@ -166,7 +172,11 @@ fn verify_channel(root: &Root, tree: &Path, channel: &str, opts: &VerifyOptions<
             return r;
         }
     };
-    (opts.progress)(&format!("{rel}: signature by key {} verified, serial {}", &keyid[..16], doc.serial));
+    (opts.progress)(&format!(
+        "{rel}: signature by key {} verified, serial {}",
+        &keyid[..16],
+        doc.serial
+    ));
     r.serial = Some(doc.serial);
     r.expires = Some(doc.expires.clone());
     if doc.channel != channel {
@@ -176,7 +186,10 @@ fn verify_channel(root: &Root, tree: &Path, channel: &str, opts: &VerifyOptions<
         ));
     }
     let payload_sha = hex::encode(Sha256::digest(&bytes));
-    let state = opts.state_dir.as_ref().map(|d| state_file(d, keyid, channel));
+    let state = opts
+        .state_dir
+        .as_ref()
+        .map(|d| state_file(d, keyid, channel));
     if let Some((seen, seen_sha)) = state.as_deref().and_then(read_seen) {
         r.last_seen_serial = Some(seen);
         if doc.serial < seen {
@@ -197,7 +210,9 @@ fn verify_channel(root: &Root, tree: &Path, channel: &str, opts: &VerifyOptions<
             doc.expires
         )),
         Some(_) => {}
-        None => r.problems.push(format!("its expiry {:?} is not a time", doc.expires)),
+        None => r
+            .problems
+            .push(format!("its expiry {:?} is not a time", doc.expires)),
     }
     r.images = doc.images.len();
     for (name, image) in &doc.images {
@@ -212,9 +227,15 @@ fn verify_channel(root: &Root, tree: &Path, channel: &str, opts: &VerifyOptions<
                         Ok((n, h)) => {
                             r.bytes_checked += n;
                             if n != f.size {
-                                Some(format!("{}: {n} bytes, the document says {}", f.path, f.size))
+                                Some(format!(
+                                    "{}: {n} bytes, the document says {}",
+                                    f.path, f.size
+                                ))
                             } else if h != f.sha256 {
-                                Some(format!("{}: sha256 {h}, the document says {}", f.path, f.sha256))
+                                Some(format!(
+                                    "{}: sha256 {h}, the document says {}",
+                                    f.path, f.sha256
+                                ))
                             } else {
                                 None
                             }
@@ -234,8 +255,15 @@ fn verify_channel(root: &Root, tree: &Path, channel: &str, opts: &VerifyOptions<
                 if let Some(d) = path.parent() {
                     let _ = std::fs::create_dir_all(d);
                 }
-                if let Err(e) = kiln_model::fsutil::write_atomic(path, format!("{} {payload_sha}\n", doc.serial).as_bytes()) {
-                    r.problems.push(format!("cannot remember serial {} in {}: {e}", doc.serial, path.display()));
+                if let Err(e) = kiln_model::fsutil::write_atomic(
+                    path,
+                    format!("{} {payload_sha}\n", doc.serial).as_bytes(),
+                ) {
+                    r.problems.push(format!(
+                        "cannot remember serial {} in {}: {e}",
+                        doc.serial,
+                        path.display()
+                    ));
                 }
             }
         }

@@ -154,20 +154,32 @@ fn a_forged_document_or_another_key_is_refused() {
     let env: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let payload = env["payload"].as_str().unwrap();
     let mid = payload.len() / 2;
-    let flipped = if &payload[mid..mid + 1] == "A" { "B" } else { "A" };
+    let flipped = if &payload[mid..mid + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
     let forged = format!("{}{flipped}{}", &payload[..mid], &payload[mid + 1..]);
     let mut env2 = env.clone();
     env2["payload"] = forged.into();
     std::fs::write(&path, env2.to_string()).unwrap();
     let r = t.verify();
     assert!(!r.ok);
-    assert!(problems(&r).contains("signature does not verify"), "{}", problems(&r));
+    assert!(
+        problems(&r).contains("signature does not verify"),
+        "{}",
+        problems(&r)
+    );
     // Signed, but by someone else.
     std::fs::write(&path, env.to_string()).unwrap();
     let other = key(t.dir.path(), "other");
     let r = t.verify_with(&other.verifying_key(), NOW, None);
     assert!(!r.ok);
-    assert!(problems(&r).contains("signature does not verify"), "{}", problems(&r));
+    assert!(
+        problems(&r).contains("signature does not verify"),
+        "{}",
+        problems(&r)
+    );
 }
 
 #[test]
@@ -184,13 +196,21 @@ fn an_older_document_is_a_rollback_once_a_newer_was_seen() {
     std::fs::write(t.root().join("channels/stable.json"), &old).unwrap();
     let r = t.verify_with(&t.key.verifying_key(), NOW, Some(&state));
     assert!(!r.ok);
-    assert!(problems(&r).contains("rollback: serial 1 is older than serial 2"), "{}", problems(&r));
+    assert!(
+        problems(&r).contains("rollback: serial 1 is older than serial 2"),
+        "{}",
+        problems(&r)
+    );
     // Another document with serial 2 (the publisher signed two).
     let mut twin = t.doc(2, NOW + 2 * 86_400);
     twin.generated = kiln_publish::rfc3339(NOW);
     t.write_doc(&twin);
     let r = t.verify_with(&t.key.verifying_key(), NOW, Some(&state));
-    assert!(problems(&r).contains("serial 2 was accepted before with other content"), "{}", problems(&r));
+    assert!(
+        problems(&r).contains("serial 2 was accepted before with other content"),
+        "{}",
+        problems(&r)
+    );
 }
 
 #[test]
@@ -204,7 +224,11 @@ fn an_expired_document_is_a_frozen_tree() {
 #[test]
 fn a_document_moved_to_another_channel_is_refused() {
     let t = Tree::new();
-    std::fs::copy(t.root().join("channels/stable.json"), t.root().join("channels/beta.json")).unwrap();
+    std::fs::copy(
+        t.root().join("channels/stable.json"),
+        t.root().join("channels/beta.json"),
+    )
+    .unwrap();
     let r = t.verify();
     assert!(!r.ok);
     assert!(
@@ -221,11 +245,23 @@ fn signed_paths_that_leave_the_tree_are_refused_and_not_read() {
     std::fs::write(t.dir.path().join("secret"), b"the root filesystem").unwrap();
     for evil in ["../secret", "/etc/passwd", "pool/../../secret"] {
         let mut c = t.doc(1, NOW + 86_400);
-        c.images.get_mut("web").unwrap().versions.values_mut().next().unwrap().files[0].path = evil.into();
+        c.images
+            .get_mut("web")
+            .unwrap()
+            .versions
+            .values_mut()
+            .next()
+            .unwrap()
+            .files[0]
+            .path = evil.into();
         t.write_doc(&c);
         let r = t.verify();
         assert!(!r.ok, "{evil} accepted");
-        assert!(problems(&r).contains("web 20261201T000000Z-0123456789ab"), "{evil}: {}", problems(&r));
+        assert!(
+            problems(&r).contains("web 20261201T000000Z-0123456789ab"),
+            "{evil}: {}",
+            problems(&r)
+        );
         assert_eq!(r.channels[0].files_checked, 0, "{evil}: files were read");
     }
 }
@@ -240,7 +276,11 @@ fn a_pool_file_linked_out_of_the_tree_is_not_followed() {
     std::os::unix::fs::symlink(&outside, &p).unwrap();
     let r = t.verify();
     assert!(!r.ok, "a link out of the tree was followed");
-    assert!(problems(&r).contains("pool/web/a/rootfs.tar"), "{}", problems(&r));
+    assert!(
+        problems(&r).contains("pool/web/a/rootfs.tar"),
+        "{}",
+        problems(&r)
+    );
     assert_eq!(r.channels[0].bytes_checked, 2, "the outside file was read");
     // The channel document itself as a link out.
     let doc = t.root().join("channels/stable.json");
@@ -248,7 +288,11 @@ fn a_pool_file_linked_out_of_the_tree_is_not_followed() {
     std::os::unix::fs::symlink(t.dir.path().join("doc.json"), &doc).unwrap();
     let r = t.verify();
     assert!(!r.ok);
-    assert!(problems(&r).contains("channels/stable.json: cannot read it"), "{}", problems(&r));
+    assert!(
+        problems(&r).contains("channels/stable.json: cannot read it"),
+        "{}",
+        problems(&r)
+    );
 }
 
 #[test]

@@ -127,9 +127,13 @@ pub fn attach(
     if client.manifest_digest(&subject.digest)?.is_none() {
         return Err(RegistryError::Registry {
             method: "HEAD".into(),
-            url: format!("{}/{}@{}", reference.registry, reference.repository, subject.digest),
+            url: format!(
+                "{}/{}@{}",
+                reference.registry, reference.repository, subject.digest
+            ),
             status: 404,
-            message: "the image the artifacts are about is not in the repository; push it first".into(),
+            message: "the image the artifacts are about is not in the repository; push it first"
+                .into(),
         });
     }
     let api = client.referrers(&subject.digest)?;
@@ -171,7 +175,14 @@ pub fn attach(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let bytes = artifact_manifest(subject, &item.artifact_type, &title, &file_digest, size, created);
+        let bytes = artifact_manifest(
+            subject,
+            &item.artifact_type,
+            &title,
+            &file_digest,
+            size,
+            created,
+        );
         let digest = sha256_digest(&bytes);
         let present = client.manifest_digest(&digest)?.is_some();
         if !present {
@@ -195,9 +206,15 @@ pub fn attach(
             };
             client.put_manifest_subject(&m, &digest)?;
             report.bytes_uploaded += bytes.len() as u64;
-            progress(&format!("attached {} ({title}) as {digest}", item.artifact_type));
+            progress(&format!(
+                "attached {} ({title}) as {digest}",
+                item.artifact_type
+            ));
         } else {
-            progress(&format!("{} ({title}) already attached as {digest}", item.artifact_type));
+            progress(&format!(
+                "{} ({title}) already attached as {digest}",
+                item.artifact_type
+            ));
         }
         let already_listed = listed
             .iter()
@@ -243,10 +260,15 @@ fn index_entries(body: &[u8], what: &str) -> Result<Vec<Value>, RegistryError> {
         method: "GET".into(),
         url: what.into(),
         status: 200,
-        message: format!("{what} is not an image index of referrers ({why}); delete it and attach again"),
+        message: format!(
+            "{what} is not an image index of referrers ({why}); delete it and attach again"
+        ),
     };
     let v: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
-    if v.get("mediaType").and_then(Value::as_str).is_some_and(|t| t != INDEX_V1) {
+    if v.get("mediaType")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != INDEX_V1)
+    {
         return Err(bad("another mediaType"));
     }
     let list = match v.get("manifests") {
@@ -261,7 +283,9 @@ fn index_entries(body: &[u8], what: &str) -> Result<Vec<Value>, RegistryError> {
     for d in list {
         let digest = d.get("digest").and_then(Value::as_str).unwrap_or("");
         let ok = digest.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if !ok {
             return Err(bad("an entry without a sha256 digest"));
@@ -291,8 +315,16 @@ pub fn list(
     };
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for d in entries {
-        let t = d.get("artifactType").and_then(Value::as_str).unwrap_or("").to_string();
-        let digest = d.get("digest").and_then(Value::as_str).unwrap_or("").to_string();
+        let t = d
+            .get("artifactType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let digest = d
+            .get("digest")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         out.entry(t).or_default().push(digest);
     }
     Ok(out)
@@ -305,10 +337,20 @@ mod tests {
     #[test]
     fn the_fallback_index_is_checked() {
         assert!(index_entries(b"<html>", "t").is_err());
-        assert!(index_entries(br#"{"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#, "t").is_err());
+        assert!(index_entries(
+            br#"{"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+            "t"
+        )
+        .is_err());
         assert!(index_entries(br#"{"manifests":[{"digest":"../../x"}]}"#, "t").is_err());
-        assert_eq!(index_entries(br#"{"schemaVersion":2}"#, "t").unwrap().len(), 0);
-        let ok = format!(r#"{{"manifests":[{{"digest":"sha256:{}"}}]}}"#, "a".repeat(64));
+        assert_eq!(
+            index_entries(br#"{"schemaVersion":2}"#, "t").unwrap().len(),
+            0
+        );
+        let ok = format!(
+            r#"{{"manifests":[{{"digest":"sha256:{}"}}]}}"#,
+            "a".repeat(64)
+        );
         assert_eq!(index_entries(ok.as_bytes(), "t").unwrap().len(), 1);
     }
 
@@ -320,8 +362,22 @@ mod tests {
             size: 300,
         };
         let d = format!("sha256:{}", "c".repeat(64));
-        let a = artifact_manifest(&s, "application/spdx+json", "sbom.spdx.json", &d, 10, "2026-01-01T00:00:00Z");
-        let b = artifact_manifest(&s, "application/spdx+json", "sbom.spdx.json", &d, 10, "2026-01-01T00:00:00Z");
+        let a = artifact_manifest(
+            &s,
+            "application/spdx+json",
+            "sbom.spdx.json",
+            &d,
+            10,
+            "2026-01-01T00:00:00Z",
+        );
+        let b = artifact_manifest(
+            &s,
+            "application/spdx+json",
+            "sbom.spdx.json",
+            &d,
+            10,
+            "2026-01-01T00:00:00Z",
+        );
         assert_eq!(a, b);
         let v: Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(v["subject"]["digest"], s.digest);

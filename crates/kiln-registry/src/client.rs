@@ -165,7 +165,11 @@ impl<'a> Client<'a> {
 
     /// [`Client::put_manifest`], telling whether the registry answered with
     /// `OCI-Subject` (it has the referrers API and indexed the subject).
-    pub fn put_manifest_subject(&self, m: &Manifest, reference: &str) -> Result<bool, RegistryError> {
+    pub fn put_manifest_subject(
+        &self,
+        m: &Manifest,
+        reference: &str,
+    ) -> Result<bool, RegistryError> {
         let url = self.url(&format!("manifests/{reference}"));
         retrying(|| {
             let r = self.send("PUT", &url, Some(&m.media_type), Body::Bytes(&m.bytes))?;
@@ -193,12 +197,18 @@ impl<'a> Client<'a> {
 
     /// The manifest or index at `reference` (media type and bytes, at most
     /// 1 MiB), or None when there is none.
-    pub fn get_manifest(&self, reference: &str) -> Result<Option<(String, Vec<u8>)>, RegistryError> {
+    pub fn get_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, RegistryError> {
         let url = self.url(&format!("manifests/{reference}"));
         retrying(|| {
             let r = self.send_accepting("GET", &url)?;
             match r.status {
-                200..=299 => Ok(Some((r.content_type.clone().unwrap_or_default(), r.body.clone()))),
+                200..=299 => Ok(Some((
+                    r.content_type.clone().unwrap_or_default(),
+                    r.body.clone(),
+                ))),
                 404 => Ok(None),
                 _ => Err(self.unexpected("GET", &url, &r).into()),
             }

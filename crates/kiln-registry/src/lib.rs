@@ -158,7 +158,10 @@ pub fn push(
     }
     if client.manifest_digest(&reference.tag)?.as_deref() == Some(plan.top.digest.as_str()) {
         report.tag_unchanged = true;
-        progress(&format!("{reference} already points at {}", plan.top.digest));
+        progress(&format!(
+            "{reference} already points at {}",
+            plan.top.digest
+        ));
     } else {
         client.put_manifest(&plan.top, &reference.tag)?;
         progress(&format!("tagged {reference} -> {}", plan.top.digest));

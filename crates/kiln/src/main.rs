@@ -466,7 +466,10 @@ fn main() -> ExitCode {
                 publish::cmd_verify_tree(reporter, &dir, key.as_deref(), &channels, json)
             } else if !channels.is_empty() {
                 Err(cmd::Usage::new(
-                    format!("{} is a build, not a download tree: it has no channels", dir.display()),
+                    format!(
+                        "{} is a build, not a download tree: it has no channels",
+                        dir.display()
+                    ),
                     "--channel is for download trees written by kiln publish --to file://…",
                 )
                 .into())

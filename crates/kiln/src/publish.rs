@@ -56,8 +56,12 @@ pub fn cmd_publish(
         )
         .into());
     }
-    kiln_publish::document::check_channel(&a.channel)
-        .map_err(|m| Usage::new(format!("--channel {}: {m}", a.channel), "e.g. --channel stable"))?;
+    kiln_publish::document::check_channel(&a.channel).map_err(|m| {
+        Usage::new(
+            format!("--channel {}: {m}", a.channel),
+            "e.g. --channel stable",
+        )
+    })?;
     if a.valid_days == 0 {
         return Err(Usage::new(
             "--valid-days 0: the channel document would be expired when written",
@@ -272,7 +276,10 @@ pub fn cmd_verify_tree(
 ) -> Result<()> {
     let Some(key) = key else {
         return Err(Usage::new(
-            format!("{} is a download tree: its documents are checked against a key", tree.display()),
+            format!(
+                "{} is a download tree: its documents are checked against a key",
+                tree.display()
+            ),
             "give --key KEY.pub, the public key of the key that signs the tree",
         )
         .into());
@@ -313,7 +320,11 @@ pub fn cmd_verify_tree(
         let problems: Vec<String> = r
             .channels
             .iter()
-            .flat_map(|c| c.problems.iter().map(move |p| format!("channel {}: {p}", c.channel)))
+            .flat_map(|c| {
+                c.problems
+                    .iter()
+                    .map(move |p| format!("channel {}: {p}", c.channel))
+            })
             .collect();
         return Err(Hinted::new(
             format!(

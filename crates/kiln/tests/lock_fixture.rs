@@ -2018,10 +2018,26 @@ fn ed25519_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let pem = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub"));
     for args in [
-        vec!["genpkey", "-algorithm", "ed25519", "-out", pem.to_str().unwrap()],
-        vec!["pkey", "-in", pem.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()],
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            pem.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            pem.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
     ] {
-        let o = std::process::Command::new("openssl").args(&args).output().unwrap();
+        let o = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
     }
     (pem, public)
@@ -2034,7 +2050,11 @@ fn tar_and_oci_build(f: &Fixture, out: &Path, version: &str) {
     std::fs::write(
         &recipe,
         text.replace("formats = [\"tar\"]", "formats = [\"tar\", \"oci\"]")
-            .replacen("[image]\n", &format!("[image]\nversion = \"{version}\"\n"), 1),
+            .replacen(
+                "[image]\n",
+                &format!("[image]\nversion = \"{version}\"\n"),
+                1,
+            ),
     )
     .unwrap();
     let o = f.build(&recipe, out, &[]);
@@ -2074,7 +2094,12 @@ fn publish_to_a_tree_is_signed_idempotent_and_verified() {
         ])
     };
     let verify = |extra: &[&str]| {
-        let mut a = vec!["verify", tree.to_str().unwrap(), "--key", public.to_str().unwrap()];
+        let mut a = vec![
+            "verify",
+            tree.to_str().unwrap(),
+            "--key",
+            public.to_str().unwrap(),
+        ];
         a.extend_from_slice(extra);
         run(&a)
     };
@@ -2083,10 +2108,19 @@ fn publish_to_a_tree_is_signed_idempotent_and_verified() {
     let j = json_of(&o);
     assert_matches_schema("publish", &j);
     let p = &j["published"][0];
-    assert_eq!((p["kind"].as_str(), p["serial"].as_u64()), (Some("tree"), Some(1)));
+    assert_eq!(
+        (p["kind"].as_str(), p["serial"].as_u64()),
+        (Some("tree"), Some(1))
+    );
     let files = p["builds"][0]["files"].as_array().unwrap();
     let roles: Vec<&str> = files.iter().map(|x| x["role"].as_str().unwrap()).collect();
-    for r in ["artifact", "manifest", "sbom-spdx", "sbom-cyclonedx", "provenance"] {
+    for r in [
+        "artifact",
+        "manifest",
+        "sbom-spdx",
+        "sbom-cyclonedx",
+        "provenance",
+    ] {
         assert!(roles.contains(&r), "{r} not published: {roles:?}");
     }
     // The tarball in the pool is the build's, byte for byte.
@@ -2117,13 +2151,19 @@ fn publish_to_a_tree_is_signed_idempotent_and_verified() {
     let v = json_of(&o);
     assert_matches_schema("verify-tree", &v);
     assert_eq!(v["ok"], true);
-    assert_eq!(v["channels"][0]["files-checked"].as_u64(), Some(files.len() as u64));
+    assert_eq!(
+        v["channels"][0]["files-checked"].as_u64(),
+        Some(files.len() as u64)
+    );
 
     // The exports name the same files.
     let streams = json_file(&tree.join("streams/v1/org.kiln.images:stable.json"));
     let text = streams.to_string();
     assert!(text.contains(tar["sha256"].as_str().unwrap()), "{text}");
-    assert_eq!(json_file(&tree.join("streams/v1/index.json"))["format"], "index:1.0");
+    assert_eq!(
+        json_file(&tree.join("streams/v1/index.json"))["format"],
+        "index:1.0"
+    );
 
     // Again: nothing copied, the document (and its serial) unchanged.
     let doc = tree.join("channels/stable.json");
@@ -2147,9 +2187,24 @@ fn publish_to_a_tree_is_signed_idempotent_and_verified() {
     // Another key may not take the channel over.
     let (other_pem, other_pub) = ed25519_pair(f.work.path(), "other");
     let o = publish(&one, &other_pem);
-    assert_fails_with(&o, &["signature does not verify", "publish with the key that signed it"]);
-    assert_eq!(std::fs::read(&doc).unwrap(), before, "the document was replaced");
-    let o = run(&["verify", tree.to_str().unwrap(), "--key", other_pub.to_str().unwrap()]);
+    assert_fails_with(
+        &o,
+        &[
+            "signature does not verify",
+            "publish with the key that signed it",
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&doc).unwrap(),
+        before,
+        "the document was replaced"
+    );
+    let o = run(&[
+        "verify",
+        tree.to_str().unwrap(),
+        "--key",
+        other_pub.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 
     // A second build: serial 2, both versions listed; the client accepts it.
@@ -2197,16 +2252,37 @@ fn publish_refuses_bad_targets_and_changed_builds_before_any_work() {
     let dir = out.to_str().unwrap();
     // Usage errors exit 64.
     for (args, needle) in [
-        (vec!["publish", dir, "--to", "ftp://host/x"], "unknown scheme ftp://"),
-        (vec!["publish", dir, "--to", "./relative"], "for a download tree write file://"),
+        (
+            vec!["publish", dir, "--to", "ftp://host/x"],
+            "unknown scheme ftp://",
+        ),
+        (
+            vec!["publish", dir, "--to", "./relative"],
+            "for a download tree write file://",
+        ),
         (vec!["publish", dir, "--to", &to], "needs a key to sign"),
         (
-            vec!["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap(), "--channel", "../x"],
+            vec![
+                "publish",
+                dir,
+                "--to",
+                &to,
+                "--sign-key",
+                pem.to_str().unwrap(),
+                "--channel",
+                "../x",
+            ],
             "is not valid",
         ),
-        (vec!["verify", tree.to_str().unwrap(), "--channel", "stable"], "not a download tree"),
+        (
+            vec!["verify", tree.to_str().unwrap(), "--channel", "stable"],
+            "not a download tree",
+        ),
     ] {
-        let o = kiln_command(f.cache.path(), &args, &[]).env_remove("KILN_SIGN_KEY").output().unwrap();
+        let o = kiln_command(f.cache.path(), &args, &[])
+            .env_remove("KILN_SIGN_KEY")
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
@@ -2217,23 +2293,51 @@ fn publish_refuses_bad_targets_and_changed_builds_before_any_work() {
     let mut bad = good.clone();
     bad[1000] ^= 1;
     std::fs::write(&tar, &bad).unwrap();
-    let o = f.kiln(&["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap()]);
+    let o = f.kiln(&[
+        "publish",
+        dir,
+        "--to",
+        &to,
+        "--sign-key",
+        pem.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert_fails_with(&o, &["rootfs.tar", "changed after its build", "rebuild it with kiln build"]);
+    assert_fails_with(
+        &o,
+        &[
+            "rootfs.tar",
+            "changed after its build",
+            "rebuild it with kiln build",
+        ],
+    );
     assert!(!tree.join("channels").exists(), "a document was written");
     // An OCI blob changed the same way.
     std::fs::write(&tar, &good).unwrap();
     let index = json_file(&out.join("oci/index.json"));
-    let top = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    let top = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
     let manifest = json_file(&out.join(format!("oci/blobs/sha256/{top}")));
-    let layer = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     let blob = out.join(format!("oci/blobs/sha256/{layer}"));
     let good_blob = std::fs::read(&blob).unwrap();
     let mut bad_blob = good_blob.clone();
     let n = bad_blob.len() / 2;
     bad_blob[n] ^= 1;
     std::fs::write(&blob, &bad_blob).unwrap();
-    let o = f.kiln(&["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap()]);
+    let o = f.kiln(&[
+        "publish",
+        dir,
+        "--to",
+        &to,
+        "--sign-key",
+        pem.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert_fails_with(&o, &[&layer[..12]]);
     assert!(!tree.join("channels").exists(), "a document was written");
@@ -2243,9 +2347,23 @@ fn publish_refuses_bad_targets_and_changed_builds_before_any_work() {
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::create_dir_all(tree.join("pool")).unwrap();
     std::os::unix::fs::symlink(&victim, tree.join("pool/test")).unwrap();
-    let o = f.kiln(&["publish", dir, "--to", &to, "--sign-key", pem.to_str().unwrap()]);
-    assert!(!o.status.success(), "published through a link out of the tree");
-    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "wrote outside the tree");
+    let o = f.kiln(&[
+        "publish",
+        dir,
+        "--to",
+        &to,
+        "--sign-key",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success(),
+        "published through a link out of the tree"
+    );
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "wrote outside the tree"
+    );
     assert!(!tree.join("channels/stable.json").exists());
     let _ = public;
 }
@@ -2298,7 +2416,12 @@ fn publish_to_a_registry_attaches_sboms_and_provenance_as_referrers() {
         .iter()
         .map(|m| m["artifactType"].as_str().unwrap())
         .collect();
-    for t in ["application/spdx+json", "application/vnd.cyclonedx+json", "application/vnd.dsse.envelope.v1+json", "application/vnd.kiln.manifest.v1+json"] {
+    for t in [
+        "application/spdx+json",
+        "application/vnd.cyclonedx+json",
+        "application/vnd.dsse.envelope.v1+json",
+        "application/vnd.kiln.manifest.v1+json",
+    ] {
         assert!(types.contains(&t), "{t} not attached: {types:?}");
     }
     // Each referrer names the image as its subject, and its layer is the file.
@@ -2328,11 +2451,24 @@ fn publish_to_a_registry_attaches_sboms_and_provenance_as_referrers() {
         (Some(0), Some(0), Some(0)),
         "{q}"
     );
-    assert!(q["referrers"].as_array().unwrap().iter().all(|r| r["present"] == true));
+    assert!(q["referrers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["present"] == true));
     let digests = |v: &serde_json::Value| -> Vec<String> {
-        v["referrers"].as_array().unwrap().iter().map(|r| r["digest"].to_string()).collect()
+        v["referrers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["digest"].to_string())
+            .collect()
     };
-    assert_eq!(digests(&q), digests(p), "the artifact manifests are not reproducible");
+    assert_eq!(
+        digests(&q),
+        digests(p),
+        "the artifact manifests are not reproducible"
+    );
     let found = json_of(&f.kiln(&["find", "--json"]));
     let pubs = found["images"][0]["publications"].as_array().unwrap();
     assert_eq!(pubs[0]["location"], format!("{host}/team/img@{digest}"));
@@ -2341,5 +2477,8 @@ fn publish_to_a_registry_attaches_sboms_and_provenance_as_referrers() {
     let o = publish();
     assert!(!o.status.success());
     let found = json_of(&f.kiln(&["find", "--json"]));
-    assert_eq!(found["images"][0]["publications"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        found["images"][0]["publications"].as_array().unwrap().len(),
+        1
+    );
 }

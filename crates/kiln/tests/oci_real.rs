@@ -770,6 +770,39 @@ fn pushed_digest_equals_the_local_one() {
     );
     let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(v["Digest"].as_str().unwrap(), local);
+    // Published to the registry and to a download tree, the catalog names
+    // the image by the digest the registry has.
+    let catalog = work.path().join("catalog.sqlite");
+    let env = [("KILN_CATALOG", catalog.to_str().unwrap())];
+    let (key, public) = keypair(work.path());
+    let tree = work.path().join("tree");
+    let o = kiln(
+        &[
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            &format!("127.0.0.1:{}/kiln/py", reg.port),
+            "--to",
+            &format!("file://{}", tree.display()),
+            "--sign-key",
+            key.to_str().unwrap(),
+            "--insecure",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln(&["find", "--package", "python3", "--json"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let found = json_of(&o);
+    let images = found["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{found}");
+    assert_eq!(images[0]["image"], "py");
+    let pubs = images[0]["publications"].as_array().unwrap();
+    let registry = pubs.iter().find(|p| p["kind"] == "registry").expect("registry publication");
+    assert_eq!(registry["digest"].as_str(), v["Digest"].as_str());
+    assert!(pubs.iter().any(|p| p["kind"] == "tree" && p["channel"] == "stable"));
+    let o = kiln(&["verify", tree.to_str().unwrap(), "--key", public.to_str().unwrap()], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
     // Unreachable registry: clear error, nothing pushed.
     drop(reg);
     let o = kiln(

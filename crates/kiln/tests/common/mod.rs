@@ -83,6 +83,8 @@ pub fn kiln_command_with(
     c.args(args)
         .env("KILN_CACHE_DIR", cache_dir)
         .env("KILN_CATALOG", cache_dir.join("catalog.sqlite"))
+        // The serials `kiln verify TREE` remembers: never the user's.
+        .env("XDG_STATE_HOME", cache_dir.join("state"))
         .env("NO_COLOR", "1");
     for (k, v) in envs {
         c.env(k, v);

@@ -12,8 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod db;
+
+use db::{args, Conn, DbError, Dialect, V};
 use kiln_model::Manifest;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 /// The schema this Kiln writes and reads.
@@ -72,6 +74,7 @@ CREATE INDEX test_run_image ON test_run(image_id);
 "#,
     r#"
 CREATE TABLE publication (
+    id INTEGER PRIMARY KEY,
     image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
     target TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -97,7 +100,7 @@ pub enum CatalogError {
     Db {
         path: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
     #[error("{path}: {message}")]
     Input { path: PathBuf, message: String },
@@ -130,7 +133,9 @@ pub fn default_path() -> PathBuf {
 }
 
 pub struct Catalog {
-    conn: Connection,
+    /// A cell: reads take `&self` (the PostgreSQL client needs `&mut` for
+    /// every statement).
+    conn: std::cell::RefCell<Conn>,
     path: PathBuf,
 }
 
@@ -144,11 +149,37 @@ fn busy(count: i32) -> bool {
     count < 1200
 }
 
+/// Whether `--catalog` names a PostgreSQL server rather than a file.
+pub fn is_url(location: &Path) -> bool {
+    location
+        .to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`, for
+/// messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 impl Catalog {
     /// Opens (creating, or migrating to [`SCHEMA_VERSION`]) the catalog at
-    /// `path`. Refuses, and leaves untouched, a file that is not a Kiln
-    /// catalog or has a newer schema.
+    /// `path`: an SQLite file, or a PostgreSQL database when `path` is a
+    /// `postgres://` URL. Refuses, and leaves untouched, a database that is
+    /// not a Kiln catalog or has a newer schema.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        if is_url(path) {
+            return Self::open_postgres(path.to_str().unwrap_or_default());
+        }
         let db = db_err(path);
         let refused = |message: String, hint: &str| CatalogError::Refused {
             path: path.to_path_buf(),
@@ -169,81 +200,124 @@ impl Catalog {
                 message: format!("cannot create the catalog's directory: {e}"),
             })?;
         }
-        let mut conn = Connection::open(path).map_err(db)?;
-        conn.busy_handler(Some(busy)).map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        let mut conn = rusqlite::Connection::open(path).map_err(|e| db(e.into()))?;
+        conn.busy_handler(Some(busy)).map_err(|e| db(e.into()))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| db(e.into()))?;
         let mut c = Catalog {
-            conn,
+            conn: std::cell::RefCell::new(Conn::Sqlite(conn)),
             path: path.to_path_buf(),
         };
         c.migrate()?;
         Ok(c)
     }
 
+    fn open_postgres(url: &str) -> Result<Catalog, CatalogError> {
+        let shown = PathBuf::from(redact(url));
+        let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+            CatalogError::Refused {
+                path: shown.clone(),
+                message: format!("cannot connect: {}", db::DbError::from(e)),
+                hint: "check the server is running and the URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE); \
+                       the database must exist (createdb)"
+                    .into(),
+            }
+        })?;
+        let mut c = Catalog {
+            conn: std::cell::RefCell::new(Conn::Postgres(Box::new(db::Pg::new(client)))),
+            path: shown,
+        };
+        c.migrate()?;
+        Ok(c)
+    }
+
+    /// The catalog's file, or its server's URL without the password.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn db(&self, source: rusqlite::Error) -> CatalogError {
-        db_err(&self.path)(source)
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self.conn.borrow().dialect() {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// Runs `f` in one write transaction: all of it or nothing.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut Conn) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let db = db_err(&self.path);
+        let conn = self.conn.get_mut();
+        conn.begin().map_err(db)?;
+        match f(conn) {
+            Ok(v) => {
+                conn.commit().map_err(db)?;
+                Ok(v)
+            }
+            Err(e) => {
+                conn.rollback();
+                Err(e)
+            }
+        }
     }
 
     fn migrate(&mut self) -> Result<(), CatalogError> {
-        let db = db_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let tables: Vec<String> = {
-            let mut st = tx
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        let path = self.path.clone();
+        let db = db_err(&path);
+        self.write(|conn| {
+            let dialect = conn.dialect();
+            let tables = conn.tables().map_err(db)?;
+            let version: i64 = if tables.iter().any(|t| t == "kiln_catalog") {
+                conn.query_one(
+                    "SELECT value FROM kiln_catalog WHERE key = 'schema-version'",
+                    &[],
+                )
+                .map_err(db)?
+                .and_then(|r| r.t(0).parse().ok())
+                .unwrap_or(0)
+            } else if tables.is_empty() {
+                conn.batch(
+                    "CREATE TABLE kiln_catalog (key TEXT PRIMARY KEY, value TEXT NOT NULL);\
+                     INSERT INTO kiln_catalog VALUES ('schema-version', '0');",
+                )
                 .map_err(db)?;
-            let rows = st.query_map([], |r| r.get(0)).map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)?
-        };
-        let version: i64 = if tables.iter().any(|t| t == "kiln_catalog") {
-            tx.query_row(
-                "SELECT value FROM kiln_catalog WHERE key = 'schema-version'",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()
-            .map_err(db)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-        } else if tables.is_empty() {
-            tx.execute_batch(
-                "CREATE TABLE kiln_catalog (key TEXT PRIMARY KEY, value TEXT NOT NULL);\
-                 INSERT INTO kiln_catalog VALUES ('schema-version', '0');",
-            )
-            .map_err(db)?;
-            0
-        } else {
-            return Err(CatalogError::Refused {
-                path: self.path.clone(),
-                message: "is an SQLite database but not a Kiln catalog; it was left as it is"
-                    .into(),
-                hint: "give another --catalog path".into(),
-            });
-        };
-        if version > SCHEMA_VERSION {
-            return Err(CatalogError::Refused {
-                path: self.path.clone(),
-                message: format!(
-                    "has schema version {version}, newer than this kiln's {SCHEMA_VERSION}; it was left as it is"
-                ),
-                hint: "use the kiln that wrote it (or a newer one)".into(),
-            });
-        }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(m).map_err(db)?;
-            tx.execute(
-                "UPDATE kiln_catalog SET value = ?1 WHERE key = 'schema-version'",
-                [(i as i64 + 1).to_string()],
-            )
-            .map_err(db)?;
-        }
-        tx.commit().map_err(db)
+                0
+            } else {
+                return Err(CatalogError::Refused {
+                    path: path.clone(),
+                    message: format!(
+                        "is a database with other tables, not a Kiln catalog; it was left as it is ({})",
+                        if dialect == Dialect::Sqlite {
+                            "an SQLite file"
+                        } else {
+                            "give Kiln a database of its own"
+                        }
+                    ),
+                    hint: "give another --catalog path or database".into(),
+                });
+            };
+            if version > SCHEMA_VERSION {
+                return Err(CatalogError::Refused {
+                    path: path.clone(),
+                    message: format!(
+                        "has schema version {version}, newer than this kiln's {SCHEMA_VERSION}; it was left as it is"
+                    ),
+                    hint: "use the kiln that wrote it (or a newer one)".into(),
+                });
+            }
+            for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                conn.batch(&db::ddl(m, dialect)).map_err(db)?;
+                conn.exec(
+                    "UPDATE kiln_catalog SET value = ?1 WHERE key = 'schema-version'",
+                    args![(i as i64 + 1).to_string()],
+                )
+                .map_err(db)?;
+            }
+            Ok(())
+        })
     }
 
     /// Records the build in `dir` (its `manifest.json`, artifacts, SBOMs and
@@ -269,122 +343,130 @@ impl Catalog {
             .map_err(|e| input(format!("cannot read manifest.json: {e}")))?;
         // The bytes the digest is of: read once.
         let m = Manifest::parse(&bytes, &manifest_path).map_err(|e| input(e.to_string()))?;
-        let digest = sha256_hex(&bytes);
         let location = std::fs::canonicalize(dir)
             .unwrap_or_else(|_| dir.to_path_buf())
             .display()
             .to_string();
         // The records beside the manifest, by their digests.
-        let mut docs: Vec<(String, String, Option<String>, u64, String)> = Vec::new();
+        let mut docs: Vec<Doc> = Vec::new();
         for s in m.sbom_files() {
             for (kind, name) in [("spdx", &s.spdx), ("cyclonedx", &s.cyclonedx)] {
                 if let Some((size, sha)) = file_digest(&dir.join(name)) {
-                    docs.push((
-                        kind.into(),
-                        name.clone(),
-                        Some(s.architecture.clone()),
+                    docs.push(Doc {
+                        kind: kind.into(),
+                        path: name.clone(),
+                        architecture: Some(s.architecture.clone()),
                         size,
-                        sha,
-                    ));
+                        sha256: sha,
+                    });
                 }
             }
         }
         if let Some((size, sha)) = file_digest(&dir.join("provenance.json")) {
-            docs.push((
-                "provenance".into(),
-                "provenance.json".into(),
-                None,
+            docs.push(Doc {
+                kind: "provenance".into(),
+                path: "provenance.json".into(),
+                architecture: None,
                 size,
-                sha,
-            ));
+                sha256: sha,
+            });
         }
+        self.record_manifest(&bytes, &m, &location, &docs)
+    }
+
+    /// Records one image version from its manifest's bytes (parsed as `m`),
+    /// found at `location`, with the records beside it.
+    fn record_manifest(
+        &mut self,
+        bytes: &[u8],
+        m: &Manifest,
+        location: &str,
+        docs: &[Doc],
+    ) -> Result<(i64, bool), CatalogError> {
+        let digest = sha256_hex(bytes);
         let now = unix_now();
-        let db = db_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM image WHERE manifest_sha256 = ?1",
-                [&digest],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        if let Some(id) = existing {
-            tx.execute(
-                "UPDATE image SET location = ?1, recorded_at = ?2 WHERE id = ?3",
-                params![location, now, id],
-            )
-            .map_err(db)?;
-            tx.commit().map_err(db)?;
-            return Ok((id, false));
-        }
-        tx.execute(
-            "INSERT INTO image (manifest_sha256, name, version, suite, architectures, distroless, \
-             source_date_epoch, recipe_sha256, generator, location, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                digest,
-                m.image,
-                m.version,
-                m.suite,
-                m.architectures.join(" "),
-                m.distroless,
-                m.source_date_epoch,
-                m.lock.recipe_sha256,
-                m.generator,
-                location,
-                now
-            ],
-        )
-        .map_err(db)?;
-        let id = tx.last_insert_rowid();
-        {
-            let mut st = tx
-                .prepare(
+        let path = self.path.clone();
+        let db = db_err(&path);
+        self.write(|conn| {
+            let existing = conn
+                .query_one(
+                    "SELECT id FROM image WHERE manifest_sha256 = ?1",
+                    args![&digest],
+                )
+                .map_err(db)?;
+            if let Some(row) = existing {
+                let id = row.i(0);
+                conn.exec(
+                    "UPDATE image SET location = ?1, recorded_at = ?2 WHERE id = ?3",
+                    args![location, now, id],
+                )
+                .map_err(db)?;
+                return Ok((id, false));
+            }
+            let id = conn
+                .query_one(
+                    "INSERT INTO image (manifest_sha256, name, version, suite, architectures, distroless, \
+                     source_date_epoch, recipe_sha256, generator, location, recorded_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+                    args![
+                        &digest,
+                        &m.image,
+                        m.version.clone(),
+                        &m.suite,
+                        m.architectures.join(" "),
+                        m.distroless,
+                        m.source_date_epoch,
+                        &m.lock.recipe_sha256,
+                        &m.generator,
+                        location,
+                        now
+                    ],
+                )
+                .map_err(db)?
+                .map(|r| r.i(0))
+                .unwrap_or_default();
+            for p in &m.packages {
+                conn.exec(
                     "INSERT INTO package (image_id, name, version, architecture, target, source, \
                      source_version, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    args![
+                        id,
+                        &p.name,
+                        &p.version,
+                        &p.architecture,
+                        &p.target,
+                        &p.source,
+                        &p.source_version,
+                        &p.sha256
+                    ],
                 )
-                .map_err(db)?;
-            for p in &m.packages {
-                st.execute(params![
-                    id,
-                    p.name,
-                    p.version,
-                    p.architecture,
-                    p.target,
-                    p.source,
-                    p.source_version,
-                    p.sha256
-                ])
                 .map_err(db)?;
             }
-            let mut st = tx
-                .prepare(
-                    "INSERT INTO artifact (image_id, kind, path, architecture, size, sha256) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(db)?;
+            let artifact = "INSERT INTO artifact (image_id, kind, path, architecture, size, sha256) \
+                            VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
             for a in &m.outputs {
-                st.execute(params![
-                    id,
-                    a.format.name(),
-                    a.path,
-                    a.architecture,
-                    a.size as i64,
-                    a.sha256
-                ])
+                conn.exec(
+                    artifact,
+                    args![
+                        id,
+                        a.format.name(),
+                        &a.path,
+                        a.architecture.clone(),
+                        a.size,
+                        &a.sha256
+                    ],
+                )
                 .map_err(db)?;
             }
-            for (kind, p, arch, size, sha) in &docs {
-                st.execute(params![id, kind, p, arch, *size as i64, sha])
-                    .map_err(db)?;
+            for d in docs {
+                conn.exec(
+                    artifact,
+                    args![id, &d.kind, &d.path, d.architecture.clone(), d.size, &d.sha256],
+                )
+                .map_err(db)?;
             }
-        }
-        tx.commit().map_err(db)?;
-        Ok((id, true))
+            Ok((id, true))
+        })
     }
 
     /// Records a `kiln test` run of the artifact `artifact` of the build in
@@ -398,20 +480,16 @@ impl Catalog {
         report: &Path,
     ) -> Result<(), CatalogError> {
         let (id, _) = self.record(dir)?;
+        let report = report.display().to_string();
+        let db = db_err(&self.path);
         self.conn
-            .execute(
+            .get_mut()
+            .exec(
                 "INSERT INTO test_run (image_id, artifact, passed, seconds, report, at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    id,
-                    artifact,
-                    passed,
-                    seconds,
-                    report.display().to_string(),
-                    unix_now()
-                ],
+                args![id, artifact, passed, seconds, report, unix_now()],
             )
-            .map_err(|e| self.db(e))?;
+            .map_err(db)?;
         Ok(())
     }
 
@@ -421,156 +499,151 @@ impl Catalog {
     /// the time and digest instead of adding a row.
     pub fn record_publication(&mut self, dir: &Path, p: &Publication) -> Result<(), CatalogError> {
         let (id, _) = self.record(dir)?;
+        let db = db_err(&self.path);
         self.conn
-            .execute(
+            .get_mut()
+            .exec(
                 "INSERT INTO publication (image_id, target, kind, location, digest, channel, published_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT (image_id, target, location) DO UPDATE SET \
                  kind = excluded.kind, digest = excluded.digest, channel = excluded.channel, \
                  published_at = excluded.published_at",
-                params![id, p.target, p.kind, p.location, p.digest, p.channel, unix_now()],
+                args![
+                    id,
+                    &p.target,
+                    &p.kind,
+                    &p.location,
+                    p.digest.clone(),
+                    p.channel.clone(),
+                    unix_now()
+                ],
             )
-            .map_err(|e| self.db(e))?;
+            .map_err(db)?;
         Ok(())
     }
 
     /// The image versions that match `q`, newest first.
     pub fn find(&self, q: &Query) -> Result<Vec<Found>, CatalogError> {
+        let db = db_err(&self.path);
+        let mut conn = self.conn.borrow_mut();
         let mut sql = String::from(
             "SELECT id, name, version, suite, architectures, distroless, source_date_epoch, \
              manifest_sha256, location, recorded_at FROM image WHERE 1 = 1",
         );
-        let mut args: Vec<String> = Vec::new();
+        let mut args: Vec<V> = Vec::new();
         if let Some(n) = &q.image {
-            args.push(n.clone());
+            args.push(n.into());
             sql += &format!(" AND name = ?{}", args.len());
         }
         if let Some(s) = &q.suite {
-            args.push(s.clone());
+            args.push(s.into());
             sql += &format!(" AND suite = ?{}", args.len());
         }
         if let Some(a) = &q.architecture {
-            args.push(format!("% {a} %"));
+            args.push(format!("% {a} %").into());
             sql += &format!(" AND (' ' || architectures || ' ') LIKE ?{}", args.len());
         }
         if let Some(f) = &q.format {
-            args.push(f.clone());
+            args.push(f.into());
             sql += &format!(
                 " AND EXISTS (SELECT 1 FROM artifact a WHERE a.image_id = image.id AND a.kind = ?{})",
                 args.len()
             );
         }
         if let Some(p) = &q.package {
-            args.push(p.name.clone());
+            args.push((&p.name).into());
             sql += &format!(
                 " AND EXISTS (SELECT 1 FROM package p WHERE p.image_id = image.id AND p.name = ?{})",
                 args.len()
             );
         }
         sql += " ORDER BY source_date_epoch DESC, recorded_at DESC, id DESC";
-        let mut st = self.conn.prepare(&sql).map_err(|e| self.db(e))?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                Ok(Found {
-                    id: r.get(0)?,
-                    image: r.get(1)?,
-                    version: r.get(2)?,
-                    suite: r.get(3)?,
-                    architectures: r
-                        .get::<_, String>(4)?
-                        .split(' ')
-                        .map(str::to_string)
-                        .collect(),
-                    distroless: r.get(5)?,
-                    source_date_epoch: r.get(6)?,
-                    manifest_sha256: r.get(7)?,
-                    location: r.get(8)?,
-                    recorded_at: r.get(9)?,
-                    packages: Vec::new(),
-                    artifacts: Vec::new(),
-                    tests: Vec::new(),
-                    publications: Vec::new(),
-                })
+        let rows = conn.query(&sql, &args).map_err(db)?;
+        let mut found: Vec<Found> = rows
+            .iter()
+            .map(|r| Found {
+                id: r.i(0),
+                image: r.t(1),
+                version: r.ot(2),
+                suite: r.t(3),
+                architectures: r.t(4).split(' ').map(str::to_string).collect(),
+                distroless: r.b(5),
+                source_date_epoch: r.i(6),
+                manifest_sha256: r.t(7),
+                location: r.t(8),
+                recorded_at: r.i(9),
+                packages: Vec::new(),
+                artifacts: Vec::new(),
+                tests: Vec::new(),
+                publications: Vec::new(),
             })
-            .map_err(|e| self.db(e))?;
-        let mut found: Vec<Found> = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
+            .collect();
+        let order_runs = match conn.dialect() {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "ctid",
+        };
+        let tests_sql = format!(
+            "SELECT artifact, passed, seconds, report, at FROM test_run \
+             WHERE image_id = ?1 ORDER BY at DESC, {order_runs} DESC"
+        );
         for f in &mut found {
             if let Some(p) = &q.package {
-                let mut st = self
-                    .conn
-                    .prepare_cached(
+                let rows = conn.query(
                         "SELECT name, version, target FROM package WHERE image_id = ?1 AND name = ?2",
+                        args![f.id, &p.name],
                     )
-                    .map_err(|e| self.db(e))?;
-                let rows = st
-                    .query_map(params![f.id, p.name], |r| {
-                        Ok(FoundPackage {
-                            name: r.get(0)?,
-                            version: r.get(1)?,
-                            architecture: r.get(2)?,
-                        })
+                    .map_err(db)?;
+                f.packages = rows
+                    .iter()
+                    .map(|r| FoundPackage {
+                        name: r.t(0),
+                        version: r.t(1),
+                        architecture: r.t(2),
                     })
-                    .map_err(|e| self.db(e))?;
-                f.packages = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
-                f.packages.retain(|x| p.matches(&x.version));
+                    .filter(|x| p.matches(&x.version))
+                    .collect();
             }
-            let mut st = self
-                .conn
-                .prepare_cached(
+            f.artifacts = conn.query(
                     "SELECT kind, path, architecture, size, sha256 FROM artifact WHERE image_id = ?1",
+                    args![f.id],
                 )
-                .map_err(|e| self.db(e))?;
-            let rows = st
-                .query_map([f.id], |r| {
-                    Ok(FoundArtifact {
-                        kind: r.get(0)?,
-                        path: r.get(1)?,
-                        architecture: r.get(2)?,
-                        size: r.get::<_, i64>(3)? as u64,
-                        sha256: r.get(4)?,
-                    })
+                .map_err(db)?
+                .iter()
+                .map(|r| FoundArtifact {
+                    kind: r.t(0),
+                    path: r.t(1),
+                    architecture: r.ot(2),
+                    size: r.i(3) as u64,
+                    sha256: r.t(4),
                 })
-                .map_err(|e| self.db(e))?;
-            f.artifacts = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
-            let mut st = self
-                .conn
-                .prepare_cached(
-                    "SELECT artifact, passed, seconds, report, at FROM test_run \
-                     WHERE image_id = ?1 ORDER BY at DESC, rowid DESC",
-                )
-                .map_err(|e| self.db(e))?;
-            let rows = st
-                .query_map([f.id], |r| {
-                    Ok(FoundTest {
-                        artifact: r.get(0)?,
-                        passed: r.get(1)?,
-                        seconds: r.get(2)?,
-                        report: r.get(3)?,
-                        at: r.get(4)?,
-                    })
+                .collect();
+            f.tests = conn.query(&tests_sql, args![f.id])
+                .map_err(db)?
+                .iter()
+                .map(|r| FoundTest {
+                    artifact: r.t(0),
+                    passed: r.b(1),
+                    seconds: r.f(2),
+                    report: r.t(3),
+                    at: r.i(4),
                 })
-                .map_err(|e| self.db(e))?;
-            f.tests = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
-            let mut st = self
-                .conn
-                .prepare_cached(
+                .collect();
+            f.publications = conn.query(
                     "SELECT target, kind, location, digest, channel, published_at FROM publication \
-                     WHERE image_id = ?1 ORDER BY published_at DESC, rowid DESC",
+                     WHERE image_id = ?1 ORDER BY published_at DESC, id DESC",
+                    args![f.id],
                 )
-                .map_err(|e| self.db(e))?;
-            let rows = st
-                .query_map([f.id], |r| {
-                    Ok(Publication {
-                        target: r.get(0)?,
-                        kind: r.get(1)?,
-                        location: r.get(2)?,
-                        digest: r.get(3)?,
-                        channel: r.get(4)?,
-                        published_at: r.get(5)?,
-                    })
+                .map_err(db)?
+                .iter()
+                .map(|r| Publication {
+                    target: r.t(0),
+                    kind: r.t(1),
+                    location: r.t(2),
+                    digest: r.ot(3),
+                    channel: r.ot(4),
+                    published_at: r.i(5),
                 })
-                .map_err(|e| self.db(e))?;
-            f.publications = rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?;
+                .collect();
         }
         if q.package.is_some() {
             found.retain(|f| !f.packages.is_empty());
@@ -583,8 +656,17 @@ impl Catalog {
     }
 }
 
+/// An SBOM or provenance file recorded beside a build's artifacts.
+struct Doc {
+    kind: String,
+    path: String,
+    architecture: Option<String>,
+    size: u64,
+    sha256: String,
+}
+
 /// The error for a database call on the catalog at `path`.
-fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> CatalogError + Copy + '_ {
+fn db_err(path: &Path) -> impl Fn(DbError) -> CatalogError + Copy + '_ {
     move |source| CatalogError::Db {
         path: path.to_path_buf(),
         source,
@@ -942,7 +1024,7 @@ mod tests {
         assert_eq!(std::fs::read(&junk).unwrap(), b"definitely not sqlite");
 
         let other = d.path().join("other.sqlite");
-        Connection::open(&other)
+        rusqlite::Connection::open(&other)
             .unwrap()
             .execute_batch("CREATE TABLE t (x);")
             .unwrap();
@@ -953,7 +1035,7 @@ mod tests {
 
         let newer = d.path().join("newer.sqlite");
         drop(Catalog::open(&newer).unwrap());
-        Connection::open(&newer)
+        rusqlite::Connection::open(&newer)
             .unwrap()
             .execute(
                 "UPDATE kiln_catalog SET value = '99' WHERE key = 'schema-version'",
@@ -971,7 +1053,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("catalog.sqlite");
         // A catalog as the first schema left it.
-        let conn = Connection::open(&path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "CREATE TABLE kiln_catalog (key TEXT PRIMARY KEY, value TEXT NOT NULL);\
              INSERT INTO kiln_catalog VALUES ('schema-version', '1');",
@@ -983,7 +1065,9 @@ mod tests {
         {
             // Record with only the first migration applied, by hand.
             let mut c = Catalog {
-                conn: Connection::open(&path).unwrap(),
+                conn: std::cell::RefCell::new(Conn::Sqlite(
+                    rusqlite::Connection::open(&path).unwrap(),
+                )),
                 path: path.clone(),
             };
             assert!(c.record_build(&dir).unwrap());
@@ -991,12 +1075,14 @@ mod tests {
         let mut c = Catalog::open(&path).unwrap();
         let v: String = c
             .conn
-            .query_row(
+            .get_mut()
+            .query_one(
                 "SELECT value FROM kiln_catalog WHERE key = 'schema-version'",
-                [],
-                |r| r.get(0),
+                &[],
             )
-            .unwrap();
+            .unwrap()
+            .unwrap()
+            .t(0);
         assert_eq!(v, SCHEMA_VERSION.to_string());
         c.record_test(&dir, "rootfs.tar", false, 1.5, Path::new("/r.xml"))
             .unwrap();
@@ -1013,7 +1099,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("catalog.sqlite");
         drop(Catalog::open(&path).unwrap());
-        let holder = Connection::open(&path).unwrap();
+        let holder = rusqlite::Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
         let dir = build_dir(d.path(), "web", 1, &[("a", "1")]);
         let writer = std::thread::spawn({

@@ -55,7 +55,7 @@ struct Cli {
     /// Progress on stderr: `auto` (lines, a bar on a terminal) or `json` (one event per line).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "auto")]
     progress: ProgressFormat,
-    /// The catalog every build is recorded in: an SQLite file (default $XDG_DATA_HOME/kiln/catalog.sqlite, else ~/.local/share/kiln/catalog.sqlite), or `none`.
+    /// The catalog every build is recorded in: an SQLite file (default $XDG_DATA_HOME/kiln/catalog.sqlite, else ~/.local/share/kiln/catalog.sqlite), a PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DATABASE), or `none`.
     #[arg(long, global = true, value_name = "PATH", env = "KILN_CATALOG")]
     catalog: Option<PathBuf>,
     #[command(subcommand)]

@@ -2482,3 +2482,78 @@ fn publish_to_a_registry_attaches_sboms_and_provenance_as_referrers() {
         1
     );
 }
+
+/// `--catalog postgres://…`: builds, publications and `kiln find` on a real
+/// PostgreSQL server give what the SQLite catalog gives.
+#[test]
+fn the_catalog_can_be_a_postgresql_server() {
+    let pg = kiln_testkit::postgres::Postgres::start();
+    let url = pg.database("kiln_cli");
+    let f = Fixture::new();
+    let out = f.work.path().join("out");
+    let o = kiln_command(
+        f.cache.path(),
+        &["build", f.distroless_recipe().to_str().unwrap(), "--output", out.to_str().unwrap()],
+        &[("KILN_CATALOG", &url)],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (pem, _) = ed25519_pair(f.work.path(), "signer");
+    let tree = f.work.path().join("tree");
+    let o = kiln_command(
+        f.cache.path(),
+        &[
+            "--catalog",
+            &url,
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            &format!("file://{}", tree.display()),
+            "--sign-key",
+            pem.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lite = f.work.path().join("lite.sqlite");
+    let o = kiln_command(
+        f.cache.path(),
+        &["catalog", "import", out.to_str().unwrap()],
+        &[("KILN_CATALOG", lite.to_str().unwrap())],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let find = |catalog: &str| {
+        let o = kiln_command(
+            f.cache.path(),
+            &["find", "--package", "nginx>=1.26", "--json"],
+            &[("KILN_CATALOG", catalog)],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut j = json_of(&o);
+        assert_matches_schema("find", &j);
+        for i in j["images"].as_array_mut().unwrap() {
+            i.as_object_mut().unwrap().remove("recorded-at");
+        }
+        j
+    };
+    let from_pg = find(&url);
+    let images = from_pg["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{from_pg}");
+    assert_eq!(images[0]["packages"][0]["version"], "1.26.0-1");
+    assert_eq!(images[0]["publications"][0]["channel"], "stable");
+    assert!(
+        !from_pg["catalog"].as_str().unwrap().contains(":kiln@"),
+        "the password is printed: {from_pg}"
+    );
+    let mut from_lite = find(lite.to_str().unwrap());
+    // The SQLite catalog saw no publish; the rest is the same.
+    from_lite["images"][0]["publications"] = images[0]["publications"].clone();
+    assert_eq!(from_pg["images"], from_lite["images"]);
+}

@@ -371,7 +371,39 @@ impl Catalog {
                 sha256: sha,
             });
         }
-        self.record_manifest(&bytes, &m, &location, &docs)
+        self.record_manifest(&bytes, &m, &location, &docs, true)
+    }
+
+    /// Records an image version read from somewhere other than its build's
+    /// output directory (a download tree): its `manifest.json` bytes (`origin`
+    /// names them in errors), `location` (the tree), the artifacts as they
+    /// are there (paths relative to `location`) and where it is published.
+    /// Returns whether the version was new.
+    pub fn record_imported(
+        &mut self,
+        manifest: &[u8],
+        origin: &Path,
+        location: &str,
+        artifacts: &[FoundArtifact],
+        publication: &Publication,
+    ) -> Result<bool, CatalogError> {
+        let m = Manifest::parse(manifest, origin).map_err(|e| CatalogError::Input {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let docs: Vec<Doc> = artifacts
+            .iter()
+            .map(|a| Doc {
+                kind: a.kind.clone(),
+                path: a.path.clone(),
+                architecture: a.architecture.clone(),
+                size: a.size,
+                sha256: a.sha256.clone(),
+            })
+            .collect();
+        let (id, new) = self.record_manifest(manifest, &m, location, &docs, false)?;
+        self.publish_row(id, publication)?;
+        Ok(new)
     }
 
     /// Records one image version from its manifest's bytes (parsed as `m`),
@@ -382,6 +414,7 @@ impl Catalog {
         m: &Manifest,
         location: &str,
         docs: &[Doc],
+        manifest_outputs: bool,
     ) -> Result<(i64, bool), CatalogError> {
         let digest = sha256_hex(bytes);
         let now = unix_now();
@@ -396,6 +429,11 @@ impl Catalog {
                 .map_err(db)?;
             if let Some(row) = existing {
                 let id = row.i(0);
+                // Known from its build directory: an import from a tree
+                // adds where it is published, not another location.
+                if !manifest_outputs {
+                    return Ok((id, false));
+                }
                 conn.exec(
                     "UPDATE image SET location = ?1, recorded_at = ?2 WHERE id = ?3",
                     args![location, now, id],
@@ -444,7 +482,7 @@ impl Catalog {
             }
             let artifact = "INSERT INTO artifact (image_id, kind, path, architecture, size, sha256) \
                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-            for a in &m.outputs {
+            for a in m.outputs.iter().filter(|_| manifest_outputs) {
                 conn.exec(
                     artifact,
                     args![
@@ -499,6 +537,10 @@ impl Catalog {
     /// the time and digest instead of adding a row.
     pub fn record_publication(&mut self, dir: &Path, p: &Publication) -> Result<(), CatalogError> {
         let (id, _) = self.record(dir)?;
+        self.publish_row(id, p)
+    }
+
+    fn publish_row(&mut self, id: i64, p: &Publication) -> Result<(), CatalogError> {
         let db = db_err(&self.path);
         self.conn
             .get_mut()

@@ -15,6 +15,7 @@
 
 pub mod document;
 pub mod exports;
+pub mod import;
 pub mod registry;
 pub mod source;
 pub mod tree;

@@ -72,18 +72,105 @@ pub fn record_publication(
     }
 }
 
+/// Whether `dir` is a download tree (channels, no build manifest).
+pub fn is_tree(dir: &Path) -> bool {
+    !dir.join(kiln_model::manifest::MANIFEST_FILE).exists() && dir.join("channels").is_dir()
+}
+
 /// `kiln catalog import DIR...`: records every build output found below
-/// each DIR (links are not followed).
-pub fn cmd_import(ui: &Ui, catalog: Option<&Path>, dirs: &[PathBuf]) -> Result<()> {
+/// each DIR (links are not followed), and every image version of the
+/// download trees among them that verify with `key`.
+pub fn cmd_import(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    dirs: &[PathBuf],
+    key: Option<&Path>,
+) -> Result<()> {
     let path = location(catalog).ok_or_else(|| {
         kiln_model::Hinted::new(
             "--catalog none: there is no catalog to import into",
             "give a catalog path",
         )
     })?;
+    let trees: Vec<&PathBuf> = dirs.iter().filter(|d| is_tree(d)).collect();
+    let key = match (trees.first(), key) {
+        (Some(t), None) => {
+            return Err(crate::cmd::Usage::new(
+                format!(
+                    "{} is a download tree: what it lists is imported only when it verifies",
+                    t.display()
+                ),
+                "give --key KEY.pub, the public key that signs the tree",
+            )
+            .into())
+        }
+        (Some(_), Some(k)) => Some(kiln_attest::VerifyingKey::from_pem_file(k)?),
+        (None, _) => None,
+    };
     let mut c = Catalog::open(&path)?;
     let (mut new, mut known, mut refused) = (0, 0, Vec::new());
-    for d in dirs {
+    for t in &trees {
+        let key = key.as_ref().expect("checked above");
+        let (report, versions) = kiln_publish::import::versions(
+            t,
+            &kiln_publish::verify::VerifyOptions {
+                key,
+                channels: Vec::new(),
+                now: kiln_publish::unix_now(),
+                state_dir: kiln_publish::verify::default_state_dir(),
+                progress: &|_| {},
+            },
+        )?;
+        for ch in &report.channels {
+            for p in &ch.problems {
+                refused.push(format!("{} channel {}: {p}", t.display(), ch.channel));
+            }
+        }
+        let root = std::fs::canonicalize(t).unwrap_or_else(|_| t.to_path_buf());
+        for v in &versions {
+            let artifacts: Vec<kiln_catalog::FoundArtifact> = v
+                .files
+                .iter()
+                .filter_map(|f| {
+                    let kind = match f.role.as_str() {
+                        "artifact" => f.format.clone()?,
+                        "sbom-spdx" => "spdx".into(),
+                        "sbom-cyclonedx" => "cyclonedx".into(),
+                        "provenance" => "provenance".into(),
+                        _ => return None,
+                    };
+                    Some(kiln_catalog::FoundArtifact {
+                        kind,
+                        path: f.path.clone(),
+                        architecture: f.architecture.clone(),
+                        size: f.size,
+                        sha256: f.sha256.clone(),
+                    })
+                })
+                .collect();
+            let origin = v.document.join(&v.image).join(&v.version);
+            let r = c.record_imported(
+                &v.manifest,
+                &origin,
+                &root.display().to_string(),
+                &artifacts,
+                &kiln_catalog::Publication {
+                    target: format!("file://{}", root.display()),
+                    kind: "tree".into(),
+                    location: root.join(&v.document.strip_prefix(t).unwrap_or(&v.document)).display().to_string(),
+                    digest: None,
+                    channel: Some(v.channel.clone()),
+                    published_at: 0,
+                },
+            );
+            match r {
+                Ok(true) => new += 1,
+                Ok(false) => known += 1,
+                Err(e) => refused.push(format!("{e}")),
+            }
+        }
+    }
+    for d in dirs.iter().filter(|d| !is_tree(d)) {
         let mut stack = vec![d.clone()];
         while let Some(dir) = stack.pop() {
             let meta = std::fs::symlink_metadata(&dir)?;

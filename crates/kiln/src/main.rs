@@ -66,9 +66,12 @@ struct Cli {
 enum CatalogCommand {
     /// Record every build output directory found below each DIR (the catalog is an index: this rebuilds it).
     Import {
-        /// Directories to search for build outputs (links are not followed).
+        /// Directories to search for build outputs (links are not followed), or download trees written by kiln publish.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+        /// The public key (SPKI PEM) that signs the download trees among DIRS; required for trees.
+        #[arg(long, value_name = "KEY.pub")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -462,7 +465,7 @@ fn main() -> ExitCode {
             json,
             sources,
         } => {
-            if !dir.join(kiln_model::MANIFEST_FILE).exists() && dir.join("channels").is_dir() {
+            if catalog::is_tree(&dir) {
                 publish::cmd_verify_tree(reporter, &dir, key.as_deref(), &channels, json)
             } else if !channels.is_empty() {
                 Err(cmd::Usage::new(
@@ -630,8 +633,8 @@ fn main() -> ExitCode {
                 json,
             },
         ),
-        Command::Catalog(CatalogCommand::Import { dirs }) => {
-            catalog::cmd_import(&ui, cli.catalog.as_deref(), &dirs)
+        Command::Catalog(CatalogCommand::Import { dirs, key }) => {
+            catalog::cmd_import(&ui, cli.catalog.as_deref(), &dirs, key.as_deref())
         }
         Command::Shell {
             target,

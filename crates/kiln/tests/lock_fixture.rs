@@ -2557,3 +2557,86 @@ fn the_catalog_can_be_a_postgresql_server() {
     from_lite["images"][0]["publications"] = images[0]["publications"].clone();
     assert_eq!(from_pg["images"], from_lite["images"]);
 }
+
+/// `kiln catalog import TREE --key`: a published tree rebuilds the catalog
+/// when it verifies, and adds nothing when it does not.
+#[test]
+fn a_download_tree_is_imported_only_when_it_verifies() {
+    let f = Fixture::new();
+    let out = f.work.path().join("out");
+    tar_and_oci_build(&f, &out, "1");
+    let (pem, public) = ed25519_pair(f.work.path(), "signer");
+    let (_, other) = ed25519_pair(f.work.path(), "other");
+    let tree = f.work.path().join("tree");
+    let o = f.kiln(&[
+        "publish",
+        out.to_str().unwrap(),
+        "--to",
+        &format!("file://{}", tree.display()),
+        "--sign-key",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let import = |catalog: &Path, key: Option<&Path>| {
+        let mut args = vec!["catalog", "import", tree.to_str().unwrap()];
+        if let Some(k) = key {
+            args.extend(["--key", k.to_str().unwrap()]);
+        }
+        kiln_command(f.cache.path(), &args, &[("KILN_CATALOG", catalog.to_str().unwrap())])
+            .output()
+            .unwrap()
+    };
+    let find = |catalog: &Path| {
+        let o = kiln_command(
+            f.cache.path(),
+            &["find", "--json"],
+            &[("KILN_CATALOG", catalog.to_str().unwrap())],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        json_of(&o)
+    };
+    let fresh = f.work.path().join("fresh.sqlite");
+    let o = import(&fresh, None);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    let o = import(&fresh, Some(&public));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 new build(s)"), "{}", stderr(&o));
+    let j = find(&fresh);
+    assert_matches_schema("find", &j);
+    let image = &j["images"][0];
+    assert_eq!(image["image"], "test");
+    // The manifest's identity, and the artifacts where the tree has them.
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+    assert_eq!(image["manifest-sha256"], kiln_testkit::sha256_hex(&manifest));
+    let tar = image["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "tar")
+        .unwrap();
+    let at = Path::new(image["location"].as_str().unwrap()).join(tar["path"].as_str().unwrap());
+    assert_eq!(std::fs::read(at).unwrap(), std::fs::read(out.join("rootfs.tar")).unwrap());
+    assert_eq!(image["publications"][0]["channel"], "stable");
+    let o = import(&fresh, Some(&public));
+    assert!(stderr(&o).contains("0 new build(s), 1 already known"), "{}", stderr(&o));
+    // Another key: nothing imported.
+    let second = f.work.path().join("second.sqlite");
+    let o = import(&second, Some(&other));
+    assert!(stderr(&o).contains("signature does not verify"), "{}", stderr(&o));
+    assert!(find(&second)["images"].as_array().unwrap().is_empty());
+    // A pool manifest changed under the signed document: nothing imported.
+    let doc = json_file(&tree.join("streams/v1/org.kiln.images:stable.json")).to_string();
+    assert!(doc.contains("manifest.json"), "{doc}");
+    let manifest_in_pool = std::fs::read_dir(tree.join("pool/test"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("manifest.json"))
+        .find(|p| p.exists())
+        .unwrap();
+    std::fs::write(&manifest_in_pool, manifest.iter().rev().copied().collect::<Vec<u8>>()).unwrap();
+    let o = import(&second, Some(&public));
+    assert!(stderr(&o).contains("manifest.json"), "{}", stderr(&o));
+    assert!(find(&second)["images"].as_array().unwrap().is_empty());
+}

@@ -463,22 +463,42 @@ impl Catalog {
                 .map_err(db)?
                 .map(|r| r.i(0))
                 .unwrap_or_default();
-            for p in &m.packages {
-                conn.exec(
+            // Many rows per statement: one round trip per 500 packages on a
+            // server, not one per package.
+            for chunk in m.packages.chunks(500) {
+                let mut sql = String::from(
                     "INSERT INTO package (image_id, name, version, architecture, target, source, \
-                     source_version, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    args![
-                        id,
-                        &p.name,
-                        &p.version,
-                        &p.architecture,
-                        &p.target,
-                        &p.source,
-                        &p.source_version,
-                        &p.sha256
-                    ],
-                )
-                .map_err(db)?;
+                     source_version, sha256) VALUES ",
+                );
+                let mut values: Vec<V> = Vec::with_capacity(chunk.len() * 8);
+                for (k, p) in chunk.iter().enumerate() {
+                    let b = k * 8;
+                    if k > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!(
+                        "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    ));
+                    values.extend([
+                        V::I(id),
+                        (&p.name).into(),
+                        (&p.version).into(),
+                        (&p.architecture).into(),
+                        (&p.target).into(),
+                        (&p.source).into(),
+                        (&p.source_version).into(),
+                        (&p.sha256).into(),
+                    ]);
+                }
+                conn.exec(&sql, &values).map_err(db)?;
             }
             let artifact = "INSERT INTO artifact (image_id, kind, path, architecture, size, sha256) \
                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -620,72 +640,99 @@ impl Catalog {
                 publications: Vec::new(),
             })
             .collect();
-        let order_runs = match conn.dialect() {
+        let order_rows = match conn.dialect() {
             Dialect::Sqlite => "rowid",
             Dialect::Postgres => "ctid",
         };
-        let tests_sql = format!(
-            "SELECT artifact, passed, seconds, report, at FROM test_run \
-             WHERE image_id = ?1 ORDER BY at DESC, {order_runs} DESC"
-        );
-        for f in &mut found {
+        // The details of all found versions in a few statements (not a
+        // statement per version), 500 ids at a time.
+        let at: std::collections::HashMap<i64, usize> =
+            found.iter().enumerate().map(|(k, f)| (f.id, k)).collect();
+        let ids: Vec<i64> = found.iter().map(|f| f.id).collect();
+        for chunk in ids.chunks(500) {
+            // Integers from the database itself: no quoting to get wrong.
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             if let Some(p) = &q.package {
-                let rows = conn.query(
-                        "SELECT name, version, target FROM package WHERE image_id = ?1 AND name = ?2",
-                        args![f.id, &p.name],
+                let rows = conn
+                    .query(
+                        &format!(
+                            "SELECT image_id, name, version, target FROM package \
+                             WHERE name = ?1 AND image_id IN ({list}) ORDER BY image_id, {order_rows}"
+                        ),
+                        args![&p.name],
                     )
                     .map_err(db)?;
-                f.packages = rows
-                    .iter()
-                    .map(|r| FoundPackage {
-                        name: r.t(0),
-                        version: r.t(1),
-                        architecture: r.t(2),
-                    })
-                    .filter(|x| p.matches(&x.version))
-                    .collect();
+                for r in rows {
+                    let x = FoundPackage {
+                        name: r.t(1),
+                        version: r.t(2),
+                        architecture: r.t(3),
+                    };
+                    if p.matches(&x.version) {
+                        found[at[&r.i(0)]].packages.push(x);
+                    }
+                }
             }
-            f.artifacts = conn.query(
-                    "SELECT kind, path, architecture, size, sha256 FROM artifact WHERE image_id = ?1",
-                    args![f.id],
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT image_id, kind, path, architecture, size, sha256 FROM artifact \
+                         WHERE image_id IN ({list}) ORDER BY image_id, {order_rows}"
+                    ),
+                    &[],
                 )
-                .map_err(db)?
-                .iter()
-                .map(|r| FoundArtifact {
-                    kind: r.t(0),
-                    path: r.t(1),
-                    architecture: r.ot(2),
-                    size: r.i(3) as u64,
-                    sha256: r.t(4),
-                })
-                .collect();
-            f.tests = conn.query(&tests_sql, args![f.id])
-                .map_err(db)?
-                .iter()
-                .map(|r| FoundTest {
-                    artifact: r.t(0),
-                    passed: r.b(1),
-                    seconds: r.f(2),
-                    report: r.t(3),
-                    at: r.i(4),
-                })
-                .collect();
-            f.publications = conn.query(
-                    "SELECT target, kind, location, digest, channel, published_at FROM publication \
-                     WHERE image_id = ?1 ORDER BY published_at DESC, id DESC",
-                    args![f.id],
-                )
-                .map_err(db)?
-                .iter()
-                .map(|r| Publication {
-                    target: r.t(0),
+                .map_err(db)?;
+            for r in rows {
+                found[at[&r.i(0)]].artifacts.push(FoundArtifact {
                     kind: r.t(1),
-                    location: r.t(2),
-                    digest: r.ot(3),
-                    channel: r.ot(4),
-                    published_at: r.i(5),
-                })
-                .collect();
+                    path: r.t(2),
+                    architecture: r.ot(3),
+                    size: r.i(4) as u64,
+                    sha256: r.t(5),
+                });
+            }
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT image_id, artifact, passed, seconds, report, at FROM test_run \
+                         WHERE image_id IN ({list}) ORDER BY at DESC, {order_rows} DESC"
+                    ),
+                    &[],
+                )
+                .map_err(db)?;
+            for r in rows {
+                found[at[&r.i(0)]].tests.push(FoundTest {
+                    artifact: r.t(1),
+                    passed: r.b(2),
+                    seconds: r.f(3),
+                    report: r.t(4),
+                    at: r.i(5),
+                });
+            }
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT image_id, target, kind, location, digest, channel, published_at \
+                         FROM publication WHERE image_id IN ({list}) \
+                         ORDER BY published_at DESC, id DESC"
+                    ),
+                    &[],
+                )
+                .map_err(db)?;
+            for r in rows {
+                found[at[&r.i(0)]].publications.push(Publication {
+                    target: r.t(1),
+                    kind: r.t(2),
+                    location: r.t(3),
+                    digest: r.ot(4),
+                    channel: r.ot(5),
+                    published_at: r.i(6),
+                });
+            }
         }
         if q.package.is_some() {
             found.retain(|f| !f.packages.is_empty());

@@ -306,3 +306,45 @@ pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `kiln serve`: the finder over the catalog, served until Ctrl-C, or
+/// exported as static files.
+pub fn cmd_serve(ui: &Ui, catalog: Option<&Path>, listen: &str, export: Option<&Path>) -> Result<()> {
+    let path = location(catalog).ok_or_else(|| {
+        kiln_model::Hinted::new("--catalog none: there is no catalog to serve", "give a catalog path")
+    })?;
+    if let Some(dir) = export {
+        let r = kiln_serve::export(&path, dir)?;
+        for n in &r.unsafe_names {
+            ui.warn(&format!("image name {n:?} is not a safe file name: listed, but given no page of its own"));
+        }
+        if r.without_packages > 0 {
+            ui.warn(&format!(
+                "{} version(s) whose build directory moved or changed cannot be searched by package in the export",
+                r.without_packages
+            ));
+        }
+        ui.status(
+            "Exported",
+            &format!(
+                "the finder ({} images, {} versions) to {}; serve it beside the download tree",
+                r.images,
+                r.versions,
+                r.dir.display()
+            ),
+        );
+        return Ok(());
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    kiln_serve::serve(
+        &path,
+        listen,
+        &|addr| {
+            ui.status("Serving", &format!("the image finder on http://{addr}/ (Ctrl-C stops)"));
+            // Scripts and tests read the address from stdout.
+            outln!("http://{addr}/");
+        },
+        &stop,
+    )?;
+    Ok(())
+}

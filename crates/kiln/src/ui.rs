@@ -218,6 +218,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_qemu::QemuError>() {
             return x.hint();
         }
+        if let Some(x) = c.downcast_ref::<kiln_serve::ServeError>() {
+            return x.hint();
+        }
         if let Some(x) = c.downcast_ref::<kiln_publish::PublishError>() {
             return x.hint();
         }

@@ -2640,3 +2640,61 @@ fn a_download_tree_is_imported_only_when_it_verifies() {
     assert!(stderr(&o).contains("manifest.json"), "{}", stderr(&o));
     assert!(find(&second)["images"].as_array().unwrap().is_empty());
 }
+
+/// A GET on 127.0.0.1: (status, body).
+fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// `kiln serve` answers from the catalog builds went into; `--export`
+/// writes the same finder as files.
+#[test]
+fn serve_answers_from_the_catalog_and_exports_static_files() {
+    use std::io::BufRead;
+    let f = Fixture::new();
+    let out = f.work.path().join("out");
+    let o = f.build(&f.distroless_recipe(), &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut child = kiln_command(f.cache.path(), &["serve", "--listen", "127.0.0.1:0"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().trim_end_matches('/').to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line:?}");
+    let (status, page) = http_get(&format!("{base}/"));
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+    let (status, body) = http_get(&format!("{base}/api/v1/images?package=nginx%3E%3D1.26"));
+    assert_eq!(status, 200, "{body}");
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["images"][0]["image"], "test");
+    assert_eq!(j["images"][0]["packages"][0]["version"], "1.26.0-1");
+    let (status, body) = http_get(&format!("{base}/api/v1/images?package=nginx%3E%3E"));
+    assert_eq!(status, 400, "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let site = f.work.path().join("site");
+    let o = f.kiln(&["serve", "--export", site.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(site.join("index.html").is_file());
+    let all = json_file(&site.join("api/v1/images.json"));
+    assert_eq!(all["images"][0]["image"], "test");
+    // A directory that is not an earlier export is not replaced.
+    let o = f.kiln(&["serve", "--export", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(out.join("manifest.json").is_file(), "the build was replaced");
+}

@@ -138,7 +138,7 @@ fn lock_tree(tree: &Path, progress: &dyn Fn(&str)) -> Result<Lock, PublishError>
 /// Publishes `builds` into the tree at `tree` under `opts.channel`.
 pub fn publish(
     tree: &Path,
-    builds: &[Build],
+    builds: &[&Build],
     opts: &TreeOptions<'_>,
 ) -> Result<TreeReport, PublishError> {
     document::check_channel(opts.channel).map_err(|m| PublishError::Target {

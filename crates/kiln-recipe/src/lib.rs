@@ -10,5 +10,5 @@ pub use lock::{Lock, LockedPackage, LockedRelease, Reason};
 pub use recipe::{
     did_you_mean, host_architecture, lock_path_for, parse_size, Customize, Disk, FileContent,
     FileEntry, Group, Headroom, Image, Output, Packages, Priority, Recipe, SignedBy, SourceSpec,
-    TestEntry, User,
+    PublishTarget, TestEntry, User,
 };

@@ -55,6 +55,7 @@ struct Layer {
     container: Option<ContainerLayer>,
     disk: Option<DiskLayer>,
     test: Option<Vec<TestEntry>>,
+    publish: Option<Vec<PublishTarget>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -110,6 +111,18 @@ pub struct TestEntry {
     pub command: String,
     /// Text the output must contain (default: only the exit status counts).
     pub expect: Option<String>,
+}
+
+/// `[[publish]]`: where `kiln publish OUT` sends a build of this recipe
+/// when no `--to` is given. A class may carry its own (a provider class its
+/// registry); entries of every file are kept, the same `to` once.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PublishTarget {
+    /// `file:///PATH`, `docker://HOST/REPOSITORY[:TAG]` or `HOST/REPOSITORY[:TAG]`.
+    pub to: String,
+    /// The channel of a download tree (default `stable`).
+    pub channel: Option<String>,
 }
 
 /// Parses `512M`, `2G`, `1048576`, `64K` (binary units) into bytes.
@@ -374,6 +387,7 @@ pub struct Recipe {
     pub container: Container,
     pub disk: Disk,
     pub tests: Vec<TestEntry>,
+    pub publish: Vec<PublishTarget>,
 }
 
 impl Recipe {
@@ -670,6 +684,7 @@ struct Merged {
     compression_at: Option<At<String>>,
     disk: DiskAt,
     tests: Vec<TestEntry>,
+    publish: Vec<PublishTarget>,
 }
 
 #[derive(Default)]
@@ -834,6 +849,7 @@ impl Merged {
         Ok(Merged {
             disk,
             tests: l.test.unwrap_or_default(),
+            publish: l.publish.unwrap_or_default(),
             container,
             compression_at,
             customize,
@@ -892,6 +908,12 @@ impl Merged {
             match self.tests.iter_mut().find(|x| x.name == t.name) {
                 Some(x) => *x = t,
                 None => self.tests.push(t),
+            }
+        }
+        for p in o.publish {
+            match self.publish.iter_mut().find(|x| x.to == p.to) {
+                Some(x) => *x = p,
+                None => self.publish.push(p),
             }
         }
         {
@@ -1103,6 +1125,15 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
         }
         seen.insert(t.name.clone());
     }
+    for p in &m.publish {
+        if p.to.trim().is_empty() {
+            return Err(RecipeError::Invalid {
+                path: path.to_path_buf(),
+                message: "a [[publish]] needs a non-empty `to`".into(),
+                hint: Some("e.g. [[publish]] to = \"file:///srv/images\" channel = \"stable\"".into()),
+            });
+        }
+    }
     let default_sources = m.default_sources.unwrap_or(true);
     if !default_sources && m.sources.is_empty() {
         return Err(RecipeError::Invalid {
@@ -1153,6 +1184,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
         customize: m.customize,
         disk,
         tests: m.tests,
+        publish: m.publish,
         container: Container {
             distroless,
             entrypoint: m.container.entrypoint,
@@ -1311,6 +1343,7 @@ pub fn recipe_keys() -> BTreeMap<&'static str, Vec<String>> {
                     "container",
                     "disk",
                     "test",
+                    "publish",
                 ],
             ),
         ),
@@ -1331,6 +1364,7 @@ pub fn recipe_keys() -> BTreeMap<&'static str, Vec<String>> {
         ("container", accepted_keys::<ContainerLayer>()),
         ("disk", accepted_keys::<DiskLayer>()),
         ("test", accepted_keys::<TestEntry>()),
+        ("publish", accepted_keys::<PublishTarget>()),
     ])
 }
 
@@ -1494,7 +1528,7 @@ mod tests {
         assert!(keys[""].contains(&"include".to_string()));
         for (table, keys) in keys {
             if !table.is_empty() {
-                let heading = if table == "source" || table == "test" || table.contains('.') {
+                let heading = if table == "source" || table == "test" || table == "publish" || table.contains('.') {
                     format!("## `[[{table}]]`")
                 } else {
                     format!("## `[{table}]`")

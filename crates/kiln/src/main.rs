@@ -200,10 +200,10 @@ enum Command {
         /// Build output directories (of `kiln build`).
         #[arg(required = true)]
         outputs: Vec<PathBuf>,
-        /// Where to: file:///PATH (a signed download tree), docker://HOST/REPOSITORY[:TAG] or HOST/REPOSITORY[:TAG] (a registry; the image plus its SBOMs, provenance and test report as OCI 1.1 referrers); repeatable.
-        #[arg(long = "to", value_name = "TARGET", required = true, value_parser = publish::parse_target)]
+        /// Where to: file:///PATH (a signed download tree), docker://HOST/REPOSITORY[:TAG] or HOST/REPOSITORY[:TAG] (a registry; the image plus its SBOMs, provenance and test report as OCI 1.1 referrers); repeatable. Default: the [[publish]] entries of each build's recipe.
+        #[arg(long = "to", value_name = "TARGET", value_parser = publish::parse_target)]
         targets: Vec<kiln_publish::Target>,
-        /// The download tree's channel the builds join.
+        /// The download tree's channel the builds join (with --to; [[publish]] entries name their own).
         #[arg(long, default_value = "stable")]
         channel: String,
         /// Ed25519 private key (PKCS#8 PEM) that signs the channel document; required for file:// targets.

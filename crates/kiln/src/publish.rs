@@ -47,15 +47,6 @@ pub fn cmd_publish(
     a: &PublishArgs,
 ) -> Result<()> {
     // Everything the command line can get wrong, before any work.
-    let has_tree = a.targets.iter().any(|t| matches!(t, Target::Tree(_)));
-    if has_tree && a.sign_key.is_none() {
-        return Err(Usage::new(
-            "a file:// target needs a key to sign its channel document",
-            "give --sign-key KEY.pem (or set KILN_SIGN_KEY); make one with \
-             `openssl genpkey -algorithm ed25519 -out KEY.pem`",
-        )
-        .into());
-    }
     kiln_publish::document::check_channel(&a.channel).map_err(|m| {
         Usage::new(
             format!("--channel {}: {m}", a.channel),
@@ -69,11 +60,42 @@ pub fn cmd_publish(
         )
         .into());
     }
-    for t in &a.targets {
-        if let Target::Registry(r) = t {
-            if a.outputs.len() > 1 && kiln_publish::registry::split_tag(r).1.is_some() {
+    let progress = |m: &str| reporter.step(Stage::Publish, m);
+    // Every build is checked against its manifest before anything is sent.
+    let builds = a
+        .outputs
+        .iter()
+        .map(|d| Build::open(d, &progress))
+        .collect::<Result<Vec<_>, _>>()?;
+    let jobs = if a.targets.is_empty() {
+        recipe_jobs(&builds)?
+    } else {
+        a.targets
+            .iter()
+            .map(|t| Job {
+                target: t.clone(),
+                channel: a.channel.clone(),
+                builds: (0..builds.len()).collect(),
+            })
+            .collect()
+    };
+    let has_tree = jobs.iter().any(|j| matches!(j.target, Target::Tree(_)));
+    if has_tree && a.sign_key.is_none() {
+        return Err(Usage::new(
+            "a file:// target needs a key to sign its channel document",
+            "give --sign-key KEY.pem (or set KILN_SIGN_KEY); make one with \
+             `openssl genpkey -algorithm ed25519 -out KEY.pem`",
+        )
+        .into());
+    }
+    for j in &jobs {
+        if let Target::Registry(r) = &j.target {
+            if j.builds.len() > 1 && kiln_publish::registry::split_tag(r).1.is_some() {
                 return Err(Usage::new(
-                    format!("{} builds to the one tag of {r}: each would replace the last", a.outputs.len()),
+                    format!(
+                        "{} builds to the one tag of {r}: each would replace the last",
+                        j.builds.len()
+                    ),
                     "leave the tag out (each build gets its own version tag) or publish one build per call",
                 )
                 .into());
@@ -84,41 +106,29 @@ pub fn cmd_publish(
         Some(p) if has_tree => Some(SigningKey::from_pem_file(p)?),
         _ => None,
     };
-    let progress = |m: &str| reporter.step(Stage::Publish, m);
-    // Every build is checked against its manifest before anything is sent.
-    let builds = a
-        .outputs
-        .iter()
-        .map(|d| Build::open(d, &progress))
-        .collect::<Result<Vec<_>, _>>()?;
-    let credentials = if a.targets.iter().any(|t| matches!(t, Target::Registry(_))) {
-        let first = a.targets.iter().find_map(|t| match t {
-            Target::Registry(r) => Some(r.clone()),
-            _ => None,
-        });
-        let registry = first
-            .as_deref()
-            .map(|r| {
-                let (base, _) = kiln_publish::registry::split_tag(r);
-                kiln_registry::Reference::parse(&format!("{base}:x")).map(|x| x.registry)
-            })
-            .transpose()?;
-        match registry {
-            Some(reg) => crate::cmd::registry_credentials(a.username.clone(), &reg)?,
-            None => None,
+    let first_registry = jobs.iter().find_map(|j| match &j.target {
+        Target::Registry(r) => Some(r.clone()),
+        _ => None,
+    });
+    let credentials = match first_registry {
+        Some(r) => {
+            let (base, _) = kiln_publish::registry::split_tag(&r);
+            let registry = kiln_registry::Reference::parse(&format!("{base}:x"))?.registry;
+            crate::cmd::registry_credentials(a.username.clone(), &registry)?
         }
-    } else {
-        None
+        None => None,
     };
     let mut published = Vec::new();
-    for t in &a.targets {
+    for job in &jobs {
+        let t = &job.target;
+        let bs: Vec<&Build> = job.builds.iter().map(|&i| &builds[i]).collect();
         match t {
             Target::Tree(dir) => {
                 let r = kiln_publish::tree::publish(
                     dir,
-                    &builds,
+                    &bs,
                     &TreeOptions {
-                        channel: &a.channel,
+                        channel: &job.channel,
                         key: key.as_ref().expect("checked above"),
                         valid_for: i64::from(a.valid_days) * 86_400,
                         now: kiln_publish::unix_now(),
@@ -127,7 +137,7 @@ pub fn cmd_publish(
                     },
                 )?;
                 let doc = dir.join(&r.document);
-                for (b, pb) in builds.iter().zip(&r.builds) {
+                for (b, pb) in bs.iter().zip(&r.builds) {
                     crate::catalog::record_publication(
                         ui,
                         catalog,
@@ -137,7 +147,7 @@ pub fn cmd_publish(
                             kind: "tree".into(),
                             location: doc.display().to_string(),
                             digest: None,
-                            channel: Some(a.channel.clone()),
+                            channel: Some(job.channel.clone()),
                             published_at: 0,
                         },
                     );
@@ -182,7 +192,7 @@ pub fn cmd_publish(
                 }));
             }
             Target::Registry(reference) => {
-                for b in &builds {
+                for b in &bs {
                     let r = kiln_publish::registry::publish(
                         b,
                         reference,
@@ -264,6 +274,79 @@ pub fn cmd_publish(
         );
     }
     Ok(())
+}
+
+/// One target with the channel and the builds it gets.
+struct Job {
+    target: Target,
+    channel: String,
+    /// Indexes into the builds.
+    builds: Vec<usize>,
+}
+
+/// Without `--to`: each build goes where its recipe's `[[publish]]`
+/// entries say. The recipe is `NAME.toml` beside the build's lock, and
+/// must still be the one the build was made from.
+fn recipe_jobs(builds: &[Build]) -> Result<Vec<Job>> {
+    let mut jobs: Vec<Job> = Vec::new();
+    for (i, b) in builds.iter().enumerate() {
+        let recipe_path = b.manifest.lock_path(&b.dir).with_extension("toml");
+        let no_targets = || {
+            Usage::new(
+                format!(
+                    "{}: no --to given and no [[publish]] in its recipe {}",
+                    b.dir.display(),
+                    recipe_path.display()
+                ),
+                "give --to TARGET, or add [[publish]] to = \"file:///srv/images\" to the recipe (or a class it includes)",
+            )
+        };
+        if !recipe_path.is_file() {
+            return Err(no_targets().into());
+        }
+        let recipe = kiln_recipe::Recipe::load(&recipe_path)?;
+        if recipe.resolution_hash() != b.manifest.lock.recipe_sha256 {
+            return Err(Hinted::new(
+                format!(
+                    "{} was built from another version of {}: its [[publish]] targets may not be this build's",
+                    b.dir.display(),
+                    recipe_path.display()
+                ),
+                "rebuild it, or give --to TARGET",
+            )
+            .into());
+        }
+        if recipe.publish.is_empty() {
+            return Err(no_targets().into());
+        }
+        for p in &recipe.publish {
+            let target = Target::parse(&p.to).map_err(|e| {
+                Hinted::new(
+                    format!("{}: [[publish]] to = {:?}: {e}", recipe_path.display(), p.to),
+                    e.hint().unwrap_or_default(),
+                )
+            })?;
+            let channel = p.channel.clone().unwrap_or_else(|| "stable".into());
+            kiln_publish::document::check_channel(&channel).map_err(|m| {
+                Hinted::new(
+                    format!("{}: [[publish]] channel: {m}", recipe_path.display()),
+                    "e.g. channel = \"stable\"",
+                )
+            })?;
+            match jobs
+                .iter_mut()
+                .find(|j| j.target == target && j.channel == channel)
+            {
+                Some(j) => j.builds.push(i),
+                None => jobs.push(Job {
+                    target,
+                    channel,
+                    builds: vec![i],
+                }),
+            }
+        }
+    }
+    Ok(jobs)
 }
 
 /// `kiln verify TREE`: a download tree's channel documents and files.

@@ -2698,3 +2698,46 @@ fn serve_answers_from_the_catalog_and_exports_static_files() {
     assert!(!o.status.success());
     assert!(out.join("manifest.json").is_file(), "the build was replaced");
 }
+
+/// Without `--to`, a build goes where its recipe's `[[publish]]` says; a
+/// recipe without one, or changed since the build, is named.
+#[test]
+fn publish_without_to_uses_the_recipes_publish_targets() {
+    let f = Fixture::new();
+    let recipe = f.distroless_recipe();
+    let tree = f.work.path().join("tree");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let out = f.work.path().join("out");
+    let (pem, _) = ed25519_pair(f.work.path(), "signer");
+    let publish = || {
+        f.kiln(&["publish", out.to_str().unwrap(), "--sign-key", pem.to_str().unwrap()])
+    };
+    let o = f.build(&recipe, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = publish();
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert_fails_with(&o, &["no --to given and no [[publish]]", "[[publish]] to ="]);
+    std::fs::write(
+        &recipe,
+        format!(
+            "{text}\n[[publish]]\nto = \"file://{}\"\nchannel = \"daily\"\n",
+            tree.display()
+        ),
+    )
+    .unwrap();
+    // Publish targets do not change the build's packages: no rebuild needed.
+    let o = publish();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(tree.join("channels/daily.json").is_file());
+    // The recipe now resolves differently: its targets are not trusted.
+    std::fs::write(
+        &recipe,
+        std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("include = [\"nginx\"]", "include = [\"nginx\", \"curl\"]"),
+    )
+    .unwrap();
+    let o = publish();
+    assert!(!o.status.success());
+    assert_fails_with(&o, &["was built from another version of", "give --to TARGET"]);
+}

@@ -28,8 +28,10 @@ mkdir -p "$pgdir" && [ "$(id -u)" != 0 ] || chown postgres: "$pgdir" "$work"
 echo kiln > "$pgdir/pw" && { [ "$(id -u)" != 0 ] || chown postgres: "$pgdir/pw"; }
 as_pg "$pgbin/initdb" -U kiln --auth=scram-sha-256 --pwfile="$pgdir/pw" -E UTF8 --locale=C -D "$pgdir/data" >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-as_pg "$pgbin/postgres" -D "$pgdir/data" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$pgdir" -p "$port" \
-  2>"$pgdir/log" &
+server=("$pgbin/postgres" -D "$pgdir/data" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$pgdir" -p "$port")
+[ "$(id -u)" != 0 ] || server=(setpriv --reuid=postgres --regid=postgres --init-groups -- "${server[@]}")
+# exec: $! is the server itself, which the trap stops.
+(exec "${server[@]}" 2>"$pgdir/log") &
 pgpid=$!
 trap 'kill $pgpid 2>/dev/null; wait $pgpid 2>/dev/null; rm -rf "$work"' EXIT
 until "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$port"; do sleep 0.1; done
@@ -42,7 +44,7 @@ echo "generating $versions versions of 200 packages (SQLite, PostgreSQL, manifes
 "$populate" "$pg" "$versions" 200 2>/dev/null
 
 peer() { grep -rl --include=manifest.json -F "\"name\":\"$1\"" "$work/manifests" | wc -l; }
-printf '%-34s %10s %12s %10s %14s\n' what sqlite_s postgres_s grep_s ratio_sqlite/pg
+printf '%-34s %10s %12s %10s %s\n' what sqlite_s postgres_s grep_s "ratio kiln/grep (sqlite/postgres)"
 for q in rare 'openssl<<3.5.4-1'; do
   name=${q%%<*}
   s=$(times "$runs" "$kiln" --catalog "$lite" find --package "$q" --json)

@@ -608,14 +608,16 @@ impl Catalog {
         if let Some(f) = &q.format {
             args.push(f.into());
             sql += &format!(
-                " AND EXISTS (SELECT 1 FROM artifact a WHERE a.image_id = image.id AND a.kind = ?{})",
+                " AND id IN (SELECT image_id FROM artifact WHERE kind = ?{})",
                 args.len()
             );
         }
         if let Some(p) = &q.package {
             args.push((&p.name).into());
+            // Through the index on package names (a correlated EXISTS
+            // made SQLite walk every image's packages).
             sql += &format!(
-                " AND EXISTS (SELECT 1 FROM package p WHERE p.image_id = image.id AND p.name = ?{})",
+                " AND id IN (SELECT image_id FROM package WHERE name = ?{})",
                 args.len()
             );
         }

@@ -56,7 +56,11 @@ fn main() {
             // A build output directory as kiln build leaves it.
             let out = dir.path().join(format!("b{r}"));
             std::fs::create_dir_all(&out).unwrap();
-            std::fs::write(out.join("manifest.json"), manifest(10_000_000 + r, packages)).unwrap();
+            std::fs::write(
+                out.join("manifest.json"),
+                manifest(10_000_000 + r, packages),
+            )
+            .unwrap();
             std::fs::write(out.join("sbom.spdx.json"), "{}").unwrap();
             std::fs::write(out.join("provenance.json"), "{}").unwrap();
             let t = Instant::now();

@@ -35,15 +35,32 @@ fn build_dir(root: &Path, name: &str, epoch: i64, packages: &[(&str, &str)]) -> 
 /// Records the same history into `c` and returns every answer as JSON
 /// (without the times of recording, which differ).
 fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
-    let web1 = build_dir(root, "web", 100, &[("openssl", "3.5.1-1"), ("curl", "8.14.1-2")]);
-    let web2 = build_dir(root, "web", 200, &[("openssl", "3.5.4-1~deb13u1"), ("curl", "8.14.1-2")]);
-    let py = build_dir(root, "python-distroless", 150, &[("openssl", "3.5.10-1"), ("python3", "3.13.5-1")]);
+    let web1 = build_dir(
+        root,
+        "web",
+        100,
+        &[("openssl", "3.5.1-1"), ("curl", "8.14.1-2")],
+    );
+    let web2 = build_dir(
+        root,
+        "web",
+        200,
+        &[("openssl", "3.5.4-1~deb13u1"), ("curl", "8.14.1-2")],
+    );
+    let py = build_dir(
+        root,
+        "python-distroless",
+        150,
+        &[("openssl", "3.5.10-1"), ("python3", "3.13.5-1")],
+    );
     assert!(c.record_build(&web1).unwrap());
     assert!(c.record_build(&web2).unwrap());
     assert!(c.record_build(&py).unwrap());
     assert!(!c.record_build(&web1).unwrap(), "recorded twice");
-    c.record_test(&web2, "rootfs.tar", false, 3.25, Path::new("/r1.xml")).unwrap();
-    c.record_test(&web2, "rootfs.tar", true, 4.5, Path::new("/r2.xml")).unwrap();
+    c.record_test(&web2, "rootfs.tar", false, 3.25, Path::new("/r1.xml"))
+        .unwrap();
+    c.record_test(&web2, "rootfs.tar", true, 4.5, Path::new("/r2.xml"))
+        .unwrap();
     let publication = |digest: &str| Publication {
         target: "docker://127.0.0.1:5000/py".into(),
         kind: "registry".into(),
@@ -52,8 +69,10 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
         channel: None,
         published_at: 0,
     };
-    c.record_publication(&py, &publication("sha256:aa")).unwrap();
-    c.record_publication(&py, &publication("sha256:bb")).unwrap();
+    c.record_publication(&py, &publication("sha256:aa"))
+        .unwrap();
+    c.record_publication(&py, &publication("sha256:bb"))
+        .unwrap();
     let queries = [
         Query::default(),
         Query {
@@ -107,7 +126,10 @@ fn postgres_gives_the_same_answers_as_sqlite() {
     let mut lite = Catalog::open(&d.path().join("catalog.sqlite")).unwrap();
     let mut server = Catalog::open(Path::new(&url)).unwrap();
     assert_eq!((lite.backend(), server.backend()), ("sqlite", "postgres"));
-    assert!(!server.path().display().to_string().contains("kiln:kiln@"), "the password is shown");
+    assert!(
+        !server.path().display().to_string().contains("kiln:kiln@"),
+        "the password is shown"
+    );
     let a = history(&mut lite, &d.path().join("a"));
     let b = history(&mut server, &d.path().join("b"));
     assert_eq!(a, b);
@@ -118,7 +140,11 @@ fn postgres_gives_the_same_answers_as_sqlite() {
         .iter()
         .map(|i| i["packages"][0]["version"].as_str().unwrap())
         .collect();
-    assert_eq!(old_openssl, ["3.5.4-1~deb13u1", "3.5.1-1"], "dpkg order, newest build first");
+    assert_eq!(
+        old_openssl,
+        ["3.5.4-1~deb13u1", "3.5.1-1"],
+        "dpkg order, newest build first"
+    );
     assert_eq!(a[2][0]["image"], "python-distroless");
     assert_eq!(a[2][0]["publications"].as_array().unwrap().len(), 1);
     assert_eq!(a[2][0]["publications"][0]["digest"], "sha256:bb");
@@ -144,7 +170,10 @@ fn postgres_refuses_a_foreign_database_and_a_newer_schema_and_leaves_them() {
     let e = Catalog::open(Path::new(&foreign)).err().unwrap();
     assert!(e.to_string().contains("not a Kiln catalog"), "{e}");
     let mut c = postgres::Client::connect(&foreign, postgres::NoTls).unwrap();
-    let n: i64 = c.query_one("SELECT count(*) FROM customers", &[]).unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM customers", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     let tables: i64 = c
         .query_one(
@@ -166,11 +195,20 @@ fn postgres_refuses_a_foreign_database_and_a_newer_schema_and_leaves_them() {
     let gone = format!("postgres://kiln:kiln@127.0.0.1:{}/x", pg.port + 1);
     let e = Catalog::open(Path::new(&gone)).err().unwrap();
     assert!(e.to_string().contains("cannot connect"), "{e}");
-    assert!(e.hint().unwrap().contains("postgres://USER:PASSWORD@HOST:PORT/DATABASE"));
+    assert!(e
+        .hint()
+        .unwrap()
+        .contains("postgres://USER:PASSWORD@HOST:PORT/DATABASE"));
     let wrong = newer.replace("kiln:kiln@", "kiln:wrong@");
     let e = Catalog::open(Path::new(&wrong)).err().unwrap();
-    assert!(e.to_string().contains("password authentication failed"), "{e}");
-    assert!(!e.to_string().contains("wrong"), "the password is in the message: {e}");
+    assert!(
+        e.to_string().contains("password authentication failed"),
+        "{e}"
+    );
+    assert!(
+        !e.to_string().contains("wrong"),
+        "the password is in the message: {e}"
+    );
 }
 
 #[test]
@@ -186,8 +224,9 @@ fn postgres_writers_do_not_interleave() {
             std::thread::spawn(move || {
                 let mut c = Catalog::open(Path::new(&url)).unwrap();
                 for i in 0..5 {
-                    let pkgs: Vec<(String, String)> =
-                        (0..50).map(|k| (format!("p{k}"), format!("{t}.{i}"))).collect();
+                    let pkgs: Vec<(String, String)> = (0..50)
+                        .map(|k| (format!("p{k}"), format!("{t}.{i}")))
+                        .collect();
                     let refs: Vec<(&str, &str)> =
                         pkgs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                     let dir = build_dir(&root, &format!("img{t}"), i, &refs);

@@ -9,6 +9,6 @@ pub use error::RecipeError;
 pub use lock::{Lock, LockedPackage, LockedRelease, Reason};
 pub use recipe::{
     did_you_mean, host_architecture, lock_path_for, parse_size, Customize, Disk, FileContent,
-    FileEntry, Group, Headroom, Image, Output, Packages, Priority, Recipe, SignedBy, SourceSpec,
-    PublishTarget, TestEntry, User,
+    FileEntry, Group, Headroom, Image, Output, Packages, Priority, PublishTarget, Recipe, SignedBy,
+    SourceSpec, TestEntry, User,
 };

@@ -1130,7 +1130,9 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             return Err(RecipeError::Invalid {
                 path: path.to_path_buf(),
                 message: "a [[publish]] needs a non-empty `to`".into(),
-                hint: Some("e.g. [[publish]] to = \"file:///srv/images\" channel = \"stable\"".into()),
+                hint: Some(
+                    "e.g. [[publish]] to = \"file:///srv/images\" channel = \"stable\"".into(),
+                ),
             });
         }
     }
@@ -1528,7 +1530,11 @@ mod tests {
         assert!(keys[""].contains(&"include".to_string()));
         for (table, keys) in keys {
             if !table.is_empty() {
-                let heading = if table == "source" || table == "test" || table == "publish" || table.contains('.') {
+                let heading = if table == "source"
+                    || table == "test"
+                    || table == "publish"
+                    || table.contains('.')
+                {
                     format!("## `[[{table}]]`")
                 } else {
                     format!("## `[{table}]`")

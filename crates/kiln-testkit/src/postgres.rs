@@ -41,8 +41,13 @@ fn is_root() -> bool {
 fn command(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
-            .arg(program);
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(program);
         c
     } else {
         Command::new(program)
@@ -65,16 +70,32 @@ impl Postgres {
                 .arg(&dir)
                 .output()
                 .unwrap();
-            assert!(o.status.success(), "chown: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "chown: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
         let data = dir.join("data");
         let pwfile = dir.join("pw");
         std::fs::write(&pwfile, "kiln\n").unwrap();
         if is_root() {
-            Command::new("chown").arg("postgres:postgres").arg(&pwfile).status().unwrap();
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pwfile)
+                .status()
+                .unwrap();
         }
         let o = command(&bin.join("initdb"))
-            .args(["-U", "kiln", "--auth=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .args([
+                "-U",
+                "kiln",
+                "--auth=scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .arg("-D")
             .arg(&data)
@@ -123,7 +144,11 @@ impl Postgres {
             if let Some(st) = pg.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("postgres exited with {st}: {}", pg.log());
             }
-            assert!(Instant::now() < deadline, "postgres did not start: {}", pg.log());
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                pg.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         pg
@@ -132,11 +157,23 @@ impl Postgres {
     /// A connection URL for a new, empty database `name`.
     pub fn database(&self, name: &str) -> String {
         let o = Command::new(bin_dir().join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "kiln", name])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "kiln",
+                name,
+            ])
             .env("PGPASSWORD", "kiln")
             .output()
             .unwrap();
-        assert!(o.status.success(), "createdb {name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "createdb {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         format!("postgres://kiln:kiln@127.0.0.1:{}/{name}", self.port)
     }
 

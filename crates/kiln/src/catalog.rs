@@ -157,7 +157,10 @@ pub fn cmd_import(
                 &kiln_catalog::Publication {
                     target: format!("file://{}", root.display()),
                     kind: "tree".into(),
-                    location: root.join(&v.document.strip_prefix(t).unwrap_or(&v.document)).display().to_string(),
+                    location: root
+                        .join(&v.document.strip_prefix(t).unwrap_or(&v.document))
+                        .display()
+                        .to_string(),
                     digest: None,
                     channel: Some(v.channel.clone()),
                     published_at: 0,
@@ -309,14 +312,24 @@ pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
 
 /// `kiln serve`: the finder over the catalog, served until Ctrl-C, or
 /// exported as static files.
-pub fn cmd_serve(ui: &Ui, catalog: Option<&Path>, listen: &str, export: Option<&Path>) -> Result<()> {
+pub fn cmd_serve(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    listen: &str,
+    export: Option<&Path>,
+) -> Result<()> {
     let path = location(catalog).ok_or_else(|| {
-        kiln_model::Hinted::new("--catalog none: there is no catalog to serve", "give a catalog path")
+        kiln_model::Hinted::new(
+            "--catalog none: there is no catalog to serve",
+            "give a catalog path",
+        )
     })?;
     if let Some(dir) = export {
         let r = kiln_serve::export(&path, dir)?;
         for n in &r.unsafe_names {
-            ui.warn(&format!("image name {n:?} is not a safe file name: listed, but given no page of its own"));
+            ui.warn(&format!(
+                "image name {n:?} is not a safe file name: listed, but given no page of its own"
+            ));
         }
         if r.without_packages > 0 {
             ui.warn(&format!(
@@ -340,7 +353,10 @@ pub fn cmd_serve(ui: &Ui, catalog: Option<&Path>, listen: &str, export: Option<&
         &path,
         listen,
         &|addr| {
-            ui.status("Serving", &format!("the image finder on http://{addr}/ (Ctrl-C stops)"));
+            ui.status(
+                "Serving",
+                &format!("the image finder on http://{addr}/ (Ctrl-C stops)"),
+            );
             // Scripts and tests read the address from stdout.
             outln!("http://{addr}/");
         },

@@ -377,7 +377,12 @@ enum Command {
     /// The image finder: a web page and a JSON API over the catalog, or the same as static files.
     Serve {
         /// Address to listen on (loopback by default; 0 as the port picks a free one).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", conflicts_with = "export")]
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "127.0.0.1:8080",
+            conflicts_with = "export"
+        )]
         listen: String,
         /// Write the finder as static files into DIR (a new directory, or an earlier export) instead of serving.
         #[arg(long, value_name = "DIR")]
@@ -645,7 +650,9 @@ fn main() -> ExitCode {
         Command::Catalog(CatalogCommand::Import { dirs, key }) => {
             catalog::cmd_import(&ui, cli.catalog.as_deref(), &dirs, key.as_deref())
         }
-        Command::Serve { listen, export } => catalog::cmd_serve(&ui, cli.catalog.as_deref(), &listen, export.as_deref()),
+        Command::Serve { listen, export } => {
+            catalog::cmd_serve(&ui, cli.catalog.as_deref(), &listen, export.as_deref())
+        }
         Command::Shell {
             target,
             arch,

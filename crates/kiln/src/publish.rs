@@ -322,7 +322,11 @@ fn recipe_jobs(builds: &[Build]) -> Result<Vec<Job>> {
         for p in &recipe.publish {
             let target = Target::parse(&p.to).map_err(|e| {
                 Hinted::new(
-                    format!("{}: [[publish]] to = {:?}: {e}", recipe_path.display(), p.to),
+                    format!(
+                        "{}: [[publish]] to = {:?}: {e}",
+                        recipe_path.display(),
+                        p.to
+                    ),
                     e.hint().unwrap_or_default(),
                 )
             })?;

@@ -2493,7 +2493,12 @@ fn the_catalog_can_be_a_postgresql_server() {
     let out = f.work.path().join("out");
     let o = kiln_command(
         f.cache.path(),
-        &["build", f.distroless_recipe().to_str().unwrap(), "--output", out.to_str().unwrap()],
+        &[
+            "build",
+            f.distroless_recipe().to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
         &[("KILN_CATALOG", &url)],
     )
     .output()
@@ -2582,9 +2587,13 @@ fn a_download_tree_is_imported_only_when_it_verifies() {
         if let Some(k) = key {
             args.extend(["--key", k.to_str().unwrap()]);
         }
-        kiln_command(f.cache.path(), &args, &[("KILN_CATALOG", catalog.to_str().unwrap())])
-            .output()
-            .unwrap()
+        kiln_command(
+            f.cache.path(),
+            &args,
+            &[("KILN_CATALOG", catalog.to_str().unwrap())],
+        )
+        .output()
+        .unwrap()
     };
     let find = |catalog: &Path| {
         let o = kiln_command(
@@ -2609,7 +2618,10 @@ fn a_download_tree_is_imported_only_when_it_verifies() {
     assert_eq!(image["image"], "test");
     // The manifest's identity, and the artifacts where the tree has them.
     let manifest = std::fs::read(out.join("manifest.json")).unwrap();
-    assert_eq!(image["manifest-sha256"], kiln_testkit::sha256_hex(&manifest));
+    assert_eq!(
+        image["manifest-sha256"],
+        kiln_testkit::sha256_hex(&manifest)
+    );
     let tar = image["artifacts"]
         .as_array()
         .unwrap()
@@ -2617,14 +2629,25 @@ fn a_download_tree_is_imported_only_when_it_verifies() {
         .find(|a| a["kind"] == "tar")
         .unwrap();
     let at = Path::new(image["location"].as_str().unwrap()).join(tar["path"].as_str().unwrap());
-    assert_eq!(std::fs::read(at).unwrap(), std::fs::read(out.join("rootfs.tar")).unwrap());
+    assert_eq!(
+        std::fs::read(at).unwrap(),
+        std::fs::read(out.join("rootfs.tar")).unwrap()
+    );
     assert_eq!(image["publications"][0]["channel"], "stable");
     let o = import(&fresh, Some(&public));
-    assert!(stderr(&o).contains("0 new build(s), 1 already known"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 new build(s), 1 already known"),
+        "{}",
+        stderr(&o)
+    );
     // Another key: nothing imported.
     let second = f.work.path().join("second.sqlite");
     let o = import(&second, Some(&other));
-    assert!(stderr(&o).contains("signature does not verify"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("signature does not verify"),
+        "{}",
+        stderr(&o)
+    );
     assert!(find(&second)["images"].as_array().unwrap().is_empty());
     // A pool manifest changed under the signed document: nothing imported.
     let doc = json_file(&tree.join("streams/v1/org.kiln.images:stable.json")).to_string();
@@ -2635,7 +2658,11 @@ fn a_download_tree_is_imported_only_when_it_verifies() {
         .map(|e| e.path().join("manifest.json"))
         .find(|p| p.exists())
         .unwrap();
-    std::fs::write(&manifest_in_pool, manifest.iter().rev().copied().collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &manifest_in_pool,
+        manifest.iter().rev().copied().collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let o = import(&second, Some(&public));
     assert!(stderr(&o).contains("manifest.json"), "{}", stderr(&o));
     assert!(find(&second)["images"].as_array().unwrap().is_empty());
@@ -2647,11 +2674,18 @@ fn http_get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -2696,7 +2730,10 @@ fn serve_answers_from_the_catalog_and_exports_static_files() {
     // A directory that is not an earlier export is not replaced.
     let o = f.kiln(&["serve", "--export", out.to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(out.join("manifest.json").is_file(), "the build was replaced");
+    assert!(
+        out.join("manifest.json").is_file(),
+        "the build was replaced"
+    );
 }
 
 /// Without `--to`, a build goes where its recipe's `[[publish]]` says; a
@@ -2710,13 +2747,21 @@ fn publish_without_to_uses_the_recipes_publish_targets() {
     let out = f.work.path().join("out");
     let (pem, _) = ed25519_pair(f.work.path(), "signer");
     let publish = || {
-        f.kiln(&["publish", out.to_str().unwrap(), "--sign-key", pem.to_str().unwrap()])
+        f.kiln(&[
+            "publish",
+            out.to_str().unwrap(),
+            "--sign-key",
+            pem.to_str().unwrap(),
+        ])
     };
     let o = f.build(&recipe, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = publish();
     assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
-    assert_fails_with(&o, &["no --to given and no [[publish]]", "[[publish]] to ="]);
+    assert_fails_with(
+        &o,
+        &["no --to given and no [[publish]]", "[[publish]] to ="],
+    );
     std::fs::write(
         &recipe,
         format!(
@@ -2739,5 +2784,8 @@ fn publish_without_to_uses_the_recipes_publish_targets() {
     .unwrap();
     let o = publish();
     assert!(!o.status.success());
-    assert_fails_with(&o, &["was built from another version of", "give --to TARGET"]);
+    assert_fails_with(
+        &o,
+        &["was built from another version of", "give --to TARGET"],
+    );
 }

@@ -798,10 +798,23 @@ fn pushed_digest_equals_the_local_one() {
     assert_eq!(images.len(), 1, "{found}");
     assert_eq!(images[0]["image"], "py");
     let pubs = images[0]["publications"].as_array().unwrap();
-    let registry = pubs.iter().find(|p| p["kind"] == "registry").expect("registry publication");
+    let registry = pubs
+        .iter()
+        .find(|p| p["kind"] == "registry")
+        .expect("registry publication");
     assert_eq!(registry["digest"].as_str(), v["Digest"].as_str());
-    assert!(pubs.iter().any(|p| p["kind"] == "tree" && p["channel"] == "stable"));
-    let o = kiln(&["verify", tree.to_str().unwrap(), "--key", public.to_str().unwrap()], &env);
+    assert!(pubs
+        .iter()
+        .any(|p| p["kind"] == "tree" && p["channel"] == "stable"));
+    let o = kiln(
+        &[
+            "verify",
+            tree.to_str().unwrap(),
+            "--key",
+            public.to_str().unwrap(),
+        ],
+        &env,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     // Unreachable registry: clear error, nothing pushed.
     drop(reg);

@@ -158,7 +158,7 @@ pub fn cmd_import(
                     target: format!("file://{}", root.display()),
                     kind: "tree".into(),
                     location: root
-                        .join(&v.document.strip_prefix(t).unwrap_or(&v.document))
+                        .join(v.document.strip_prefix(t).unwrap_or(&v.document))
                         .display()
                         .to_string(),
                     digest: None,

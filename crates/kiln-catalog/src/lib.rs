@@ -943,30 +943,8 @@ pub struct FoundArtifact {
 mod tests {
     use super::*;
 
-    /// A build output directory with a manifest of `packages`.
     fn build_dir(root: &Path, name: &str, epoch: i64, packages: &[(&str, &str)]) -> PathBuf {
-        let dir = root.join(format!("{name}-{epoch}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("rootfs.tar"), format!("{name}{epoch}")).unwrap();
-        let pk: Vec<_> = packages
-            .iter()
-            .map(|(n, v)| {
-                serde_json::json!({"name": n, "version": v, "architecture": "amd64", "target": "amd64",
-                    "source": n, "source-version": v, "sha256": "0".repeat(64)})
-            })
-            .collect();
-        let m = serde_json::json!({
-            "schema-version": 1, "image": name, "version": "1", "suite": "trixie",
-            "architectures": ["amd64"], "distroless": false, "source-date-epoch": epoch,
-            "lock": {"path": "../x.lock", "recipe-sha256": "1".repeat(64)},
-            "packages": pk,
-            "outputs": [{"path": "rootfs.tar", "format": "tar", "architecture": "amd64",
-                "size": 3, "sha256": "2".repeat(64)}],
-            "disk": {}, "tests": [], "users": [], "generator": "kiln test"
-        });
-        std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
-        std::fs::write(dir.join("sbom.spdx.json"), "{}").unwrap();
-        dir
+        kiln_testkit::fake_build(root, name, epoch, packages)
     }
 
     #[test]

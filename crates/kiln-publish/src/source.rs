@@ -76,21 +76,6 @@ pub struct Build {
     root: Root,
 }
 
-fn hash_reader(r: &mut impl Read) -> std::io::Result<(u64, String)> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((n, hex::encode(h.finalize())))
-}
-
 impl Build {
     /// Reads `dir`'s manifest and checks every artifact's size and sha256
     /// against it (the OCI layout: every blob against its name and the top
@@ -262,7 +247,7 @@ fn file_name(rel: &str) -> String {
 
 fn file_digest(root: &Root, rel: &str) -> std::io::Result<(u64, String)> {
     let mut f = root.open_file(rel)?;
-    hash_reader(&mut f)
+    crate::verify::hash(&mut f)
 }
 
 struct HashingWriter<'a> {

@@ -325,12 +325,9 @@ fn put(
     }
     let mut failure = None;
     let r = root.write_with(Path::new(rel), 0o644, &mut |out| {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut w = Sparse::new(out);
         match b.write_file(f, &mut w) {
-            Ok((n, h)) if n == size && h == sha => {
-                use std::io::Write;
-                w.flush()
-            }
+            Ok((n, h)) if n == size && h == sha => w.finish(),
             Ok(_) => Err(std::io::Error::other(
                 "the archive came out different the second time",
             )),
@@ -349,4 +346,84 @@ fn put(
     )))?;
     progress(&format!("copied {} ({size} bytes) to {rel}", f.rel));
     Ok(true)
+}
+
+/// Writes into a file leaving holes where whole 4 KiB blocks are zero: a
+/// raw disk image is mostly holes, and copied plainly a 2 GiB `disk.raw`
+/// would take 2 GiB in the pool.
+struct Sparse<'a> {
+    file: &'a mut std::fs::File,
+    buf: Vec<u8>,
+    /// Zero bytes not written yet (skipped over with a seek).
+    hole: u64,
+    len: u64,
+}
+
+const BLOCK: usize = 4096;
+
+impl<'a> Sparse<'a> {
+    fn new(file: &'a mut std::fs::File) -> Sparse<'a> {
+        Sparse {
+            file,
+            buf: Vec::with_capacity(1 << 20),
+            hole: 0,
+            len: 0,
+        }
+    }
+
+    /// Writes out `buf`'s first `n` bytes, runs of data as one write.
+    fn drain(&mut self, n: usize) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        let mut k = 0;
+        while k < n {
+            let end = (k + BLOCK).min(n);
+            if self.buf[k..end].iter().all(|&b| b == 0) {
+                self.hole += (end - k) as u64;
+                k = end;
+                continue;
+            }
+            if self.hole > 0 {
+                self.file
+                    .seek(std::io::SeekFrom::Current(self.hole as i64))?;
+                self.hole = 0;
+            }
+            let mut stop = end;
+            while stop < n {
+                let next = (stop + BLOCK).min(n);
+                if self.buf[stop..next].iter().all(|&b| b == 0) {
+                    break;
+                }
+                stop = next;
+            }
+            self.file.write_all(&self.buf[k..stop])?;
+            k = stop;
+        }
+        self.buf.drain(..n);
+        Ok(())
+    }
+
+    /// Writes what is left and gives the file its whole length (a hole at
+    /// the end included).
+    fn finish(mut self) -> std::io::Result<()> {
+        let n = self.buf.len();
+        self.drain(n)?;
+        self.file.set_len(self.len)?;
+        Ok(())
+    }
+}
+
+impl std::io::Write for Sparse<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.len += data.len() as u64;
+        if self.buf.len() >= 1 << 20 {
+            let whole = self.buf.len() / BLOCK * BLOCK;
+            self.drain(whole)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

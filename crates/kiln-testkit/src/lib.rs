@@ -645,3 +645,33 @@ pub fn host_tools_root(root: &Path, tools: &[&str]) {
         }
     }
 }
+
+/// A build output directory as `kiln build` leaves it, for catalog tests:
+/// `ROOT/NAME-EPOCH` with a valid `manifest.json` listing `packages`
+/// (amd64, trixie, version 1; distroless when the name says so), a
+/// `rootfs.tar` and an SPDX SBOM.
+pub fn fake_build(root: &Path, name: &str, epoch: i64, packages: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(format!("{name}-{epoch}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rootfs.tar"), format!("{name}{epoch}")).unwrap();
+    let pk: Vec<_> = packages
+        .iter()
+        .map(|(n, v)| {
+            serde_json::json!({"name": n, "version": v, "architecture": "amd64", "target": "amd64",
+                "source": n, "source-version": v, "sha256": "0".repeat(64)})
+        })
+        .collect();
+    let m = serde_json::json!({
+        "schema-version": 1, "image": name, "version": "1", "suite": "trixie",
+        "architectures": ["amd64"], "distroless": name.contains("distroless"),
+        "source-date-epoch": epoch,
+        "lock": {"path": "../x.lock", "recipe-sha256": "1".repeat(64)},
+        "packages": pk,
+        "outputs": [{"path": "rootfs.tar", "format": "tar", "architecture": "amd64",
+            "size": 3, "sha256": "2".repeat(64)}],
+        "disk": {}, "tests": [], "users": [], "generator": "kiln test"
+    });
+    std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
+    std::fs::write(dir.join("sbom.spdx.json"), "{}").unwrap();
+    dir
+}

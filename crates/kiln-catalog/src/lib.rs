@@ -212,7 +212,100 @@ impl Catalog {
         Ok(c)
     }
 
-    fn open_postgres(url: &str) -> Result<Catalog, CatalogError> {
+    /// Opens the catalog at `path` for reading only (`kiln serve` by a user
+    /// who may not write it): nothing is created or migrated, so the
+    /// catalog must exist with this Kiln's schema.
+    pub fn open_read_only(path: &Path) -> Result<Catalog, CatalogError> {
+        let c = if is_url(path) {
+            Self::connect_postgres(path.to_str().unwrap_or_default())?
+        } else {
+            let db = db_err(path);
+            match file_head(path) {
+                None => {
+                    return Err(CatalogError::Refused {
+                        path: path.to_path_buf(),
+                        message: "does not exist (yet)".into(),
+                        hint: "a kiln build or `kiln catalog import DIR` creates it".into(),
+                    })
+                }
+                Some(h) if h != b"SQLite format 3\0" => {
+                    return Err(CatalogError::Refused {
+                        path: path.to_path_buf(),
+                        message: "is not a Kiln catalog (not an SQLite database)".into(),
+                        hint: "give the --catalog that kiln build writes".into(),
+                    })
+                }
+                Some(_) => {}
+            }
+            let mut conn = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| db(e.into()))?;
+            conn.busy_handler(Some(busy)).map_err(|e| db(e.into()))?;
+            Catalog {
+                conn: std::cell::RefCell::new(Conn::Sqlite(conn)),
+                path: path.to_path_buf(),
+            }
+        };
+        let version = {
+            let mut conn = c.conn.borrow_mut();
+            let tables = conn.tables().map_err(db_err(&c.path))?;
+            if tables.iter().any(|t| t == "kiln_catalog") {
+                conn.query_one(
+                    "SELECT value FROM kiln_catalog WHERE key = 'schema-version'",
+                    &[],
+                )
+                .map_err(db_err(&c.path))?
+                .and_then(|r| r.t(0).parse::<i64>().ok())
+            } else {
+                None
+            }
+        };
+        match version {
+            Some(SCHEMA_VERSION) => Ok(c),
+            Some(v) => Err(CatalogError::Refused {
+                path: c.path.clone(),
+                message: format!("has schema version {v}, this kiln reads {SCHEMA_VERSION}"),
+                hint: if v < SCHEMA_VERSION {
+                    "run a kiln command that writes it once (kiln catalog import DIR) to migrate it"
+                        .into()
+                } else {
+                    "use the kiln that wrote it (or a newer one)".into()
+                },
+            }),
+            None => Err(CatalogError::Refused {
+                path: c.path.clone(),
+                message: "is not a Kiln catalog".into(),
+                hint: "give the --catalog that kiln build writes".into(),
+            }),
+        }
+    }
+
+    /// Every package of the image version whose `manifest.json` has this
+    /// sha256, by name (empty when the catalog does not know it).
+    pub fn packages(&self, manifest_sha256: &str) -> Result<Vec<FoundPackage>, CatalogError> {
+        let rows = self
+            .conn
+            .borrow_mut()
+            .query(
+                "SELECT p.name, p.version, p.target FROM package p JOIN image i ON i.id = p.image_id \
+                 WHERE i.manifest_sha256 = ?1 ORDER BY p.name, p.target",
+                args![manifest_sha256],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(rows
+            .iter()
+            .map(|r| FoundPackage {
+                name: r.t(0),
+                version: r.t(1),
+                architecture: r.t(2),
+            })
+            .collect())
+    }
+
+    fn connect_postgres(url: &str) -> Result<Catalog, CatalogError> {
         let shown = PathBuf::from(redact(url));
         let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
             CatalogError::Refused {
@@ -223,10 +316,14 @@ impl Catalog {
                     .into(),
             }
         })?;
-        let mut c = Catalog {
+        Ok(Catalog {
             conn: std::cell::RefCell::new(Conn::Postgres(Box::new(db::Pg::new(client)))),
             path: shown,
-        };
+        })
+    }
+
+    fn open_postgres(url: &str) -> Result<Catalog, CatalogError> {
+        let mut c = Self::connect_postgres(url)?;
         c.migrate()?;
         Ok(c)
     }
@@ -945,6 +1042,47 @@ mod tests {
 
     fn build_dir(root: &Path, name: &str, epoch: i64, packages: &[(&str, &str)]) -> PathBuf {
         kiln_testkit::fake_build(root, name, epoch, packages)
+    }
+
+    #[test]
+    fn a_read_only_catalog_is_read_and_never_written() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("catalog.sqlite");
+        assert!(
+            Catalog::open_read_only(&path).is_err(),
+            "a missing catalog was created"
+        );
+        assert!(!path.exists());
+        let mut c = Catalog::open(&path).unwrap();
+        let b = build_dir(d.path(), "web", 100, &[("zlib", "1"), ("curl", "8")]);
+        c.record_build(&b).unwrap();
+        drop(c);
+        let before = std::fs::read(&path).unwrap();
+        let r = Catalog::open_read_only(&path).unwrap();
+        let f = r.find(&Query::default()).unwrap();
+        let names: Vec<String> = r
+            .packages(&f[0].manifest_sha256)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["curl", "zlib"]);
+        assert!(r.packages(&"0".repeat(64)).unwrap().is_empty());
+        drop(r);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // A catalog of an older schema is named, not migrated.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE kiln_catalog SET value = '2' WHERE key = 'schema-version'",
+                [],
+            )
+            .unwrap();
+        let e = Catalog::open_read_only(&path).err().unwrap();
+        assert!(
+            e.to_string().contains("schema version 2, this kiln reads"),
+            "{e}"
+        );
     }
 
     #[test]

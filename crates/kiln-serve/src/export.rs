@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use kiln_catalog::{Catalog, Found, Query};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::api::{self, SCHEMA_VERSION};
 use crate::page::{self, Mode};
@@ -32,8 +31,8 @@ pub struct ExportReport {
     /// Image names that are not safe file names: listed in `images.json`
     /// (and shown by the page) but given no `api/v1/images/NAME.json`.
     pub unsafe_names: Vec<String>,
-    /// Versions whose build directory no longer holds the manifest the
-    /// catalog recorded: the page cannot search them by package.
+    /// Versions the catalog records no packages of (the page finds them by
+    /// package in no search).
     pub without_packages: usize,
 }
 
@@ -48,7 +47,8 @@ pub fn export(catalog: &Path, dir: &Path) -> Result<ExportReport, ServeError> {
         let path = path.to_path_buf();
         move |source| ServeError::Io { path, source }
     };
-    let found = Catalog::open(catalog)?.find(&Query::default())?;
+    let catalog = crate::open_catalog(catalog)?;
+    let found = catalog.find(&Query::default())?;
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -86,7 +86,7 @@ pub fn export(catalog: &Path, dir: &Path) -> Result<ExportReport, ServeError> {
         .prefix(&format!(".{name}.kiln-export-"))
         .tempdir_in(&parent)
         .map_err(io(&parent))?;
-    let report = write_tree(tmp.path(), dir, &found)?;
+    let report = write_tree(tmp.path(), dir, &found, &catalog)?;
     // Readable by the web server, like any directory it serves.
     set_mode(tmp.path(), 0o755).map_err(io(tmp.path()))?;
     let staged = tmp.keep();
@@ -108,7 +108,12 @@ pub fn export(catalog: &Path, dir: &Path) -> Result<ExportReport, ServeError> {
     Ok(report)
 }
 
-fn write_tree(root: &Path, dir: &Path, found: &[Found]) -> Result<ExportReport, ServeError> {
+fn write_tree(
+    root: &Path,
+    dir: &Path,
+    found: &[Found],
+    catalog: &Catalog,
+) -> Result<ExportReport, ServeError> {
     let mut files = Vec::new();
     let mut put = |rel: &str, bytes: &[u8]| -> Result<(), ServeError> {
         let path = root.join(rel);
@@ -156,12 +161,11 @@ fn write_tree(root: &Path, dir: &Path, found: &[Found]) -> Result<ExportReport, 
     let mut packages = serde_json::Map::new();
     let mut missing = Vec::new();
     for f in found {
-        match recorded_packages(f) {
-            Some(list) => {
-                packages.insert(f.manifest_sha256.clone(), list);
-            }
-            None => missing.push(f.manifest_sha256.clone()),
+        let list = catalog.packages(&f.manifest_sha256)?;
+        if list.is_empty() {
+            missing.push(f.manifest_sha256.clone());
         }
+        packages.insert(f.manifest_sha256.clone(), json!(list));
     }
     let without_packages = missing.len();
     put(
@@ -180,30 +184,6 @@ fn write_tree(root: &Path, dir: &Path, found: &[Found]) -> Result<ExportReport, 
         unsafe_names,
         without_packages,
     })
-}
-
-/// Every package of the version `f`, read from its build directory's
-/// manifest, and only if that is still the manifest the catalog recorded
-/// (same sha256): the catalog's query API returns only the packages asked
-/// for by name.
-fn recorded_packages(f: &Found) -> Option<serde_json::Value> {
-    let path = Path::new(&f.location).join(kiln_model::manifest::MANIFEST_FILE);
-    let bytes = std::fs::read(&path).ok()?;
-    if hex(&Sha256::digest(&bytes)) != f.manifest_sha256 {
-        return None;
-    }
-    let m = kiln_model::Manifest::parse(&bytes, &path).ok()?;
-    Some(
-        m.packages
-            .iter()
-            // The catalog reports a package's image architecture (`target`).
-            .map(|p| json!({"name": p.name, "version": p.version, "architecture": p.target}))
-            .collect(),
-    )
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A name that is one plain file name on every web server: letters,

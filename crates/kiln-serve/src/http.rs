@@ -37,7 +37,7 @@ pub fn serve(
     stop: &AtomicBool,
 ) -> Result<(), ServeError> {
     // A path that is no catalog is refused now, not on the first request.
-    drop(Catalog::open(catalog)?);
+    drop(crate::open_catalog(catalog)?);
     let bind = |source| ServeError::Bind {
         addr: addr.to_string(),
         source,
@@ -114,11 +114,11 @@ impl App<'_> {
         let Some(now) = file_id(self.catalog) else {
             // Not a file (a database URL, or gone): open it for this request.
             *open = None;
-            return Ok(Catalog::open(self.catalog)?.find(q)?);
+            return Ok(Catalog::open_read_only(self.catalog)?.find(q)?);
         };
         if open.as_ref().map(|(id, _)| *id) != Some(now) {
             *open = None;
-            let c = Catalog::open(self.catalog)?;
+            let c = Catalog::open_read_only(self.catalog)?;
             *open = Some((now, c));
         }
         let (_, c) = open.as_ref().expect("opened above");

@@ -22,6 +22,15 @@ pub use api::SCHEMA_VERSION;
 pub use export::{export, ExportReport};
 pub use http::serve;
 
+/// The catalog for reading: opened (created or migrated) when this user
+/// may write it, else read-only, so a catalog owned by the build user can
+/// be served by another.
+pub(crate) fn open_catalog(
+    path: &std::path::Path,
+) -> Result<kiln_catalog::Catalog, kiln_catalog::CatalogError> {
+    kiln_catalog::Catalog::open_read_only(path).or_else(|_| kiln_catalog::Catalog::open(path))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]

@@ -333,7 +333,7 @@ pub fn cmd_serve(
         }
         if r.without_packages > 0 {
             ui.warn(&format!(
-                "{} version(s) whose build directory moved or changed cannot be searched by package in the export",
+                "{} version(s) have no packages in the catalog: the export finds them in no package search",
                 r.without_packages
             ));
         }

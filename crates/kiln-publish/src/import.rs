@@ -9,8 +9,8 @@ use kiln_rootfs::inroot::Root;
 use sha2::{Digest, Sha256};
 
 use crate::document::{self, File, MAX_DOCUMENT};
-use crate::tree::{document_path, read_channel, read_limited};
-use crate::verify::{verify, VerifyOptions, VerifyReport};
+use crate::tree::{document_path, read_limited};
+use crate::verify::{verify_documents, VerifyOptions, VerifyReport};
 use crate::PublishError;
 
 /// One image version listed in a verified channel document.
@@ -33,24 +33,18 @@ pub fn versions(
     tree: &Path,
     opts: &VerifyOptions<'_>,
 ) -> Result<(VerifyReport, Vec<TreeVersion>), PublishError> {
-    let report = verify(tree, opts)?;
+    let (report, documents) = verify_documents(tree, opts)?;
     let root = Root::open(tree).map_err(PublishError::io(format!("opening {}", tree.display())))?;
     let mut out = Vec::new();
-    for c in report.channels.iter().filter(|c| c.problems.is_empty()) {
+    // The documents as verified: not read again (they could change between).
+    for (c, doc) in report.channels.iter().zip(&documents) {
+        let Some(doc) = doc.as_ref().filter(|_| c.problems.is_empty()) else {
+            continue;
+        };
         let bad = |message: String| PublishError::Tree {
             path: tree.join(document_path(&c.channel)),
             message,
         };
-        let Some(doc) = read_channel(&root, &c.channel, opts.key)? else {
-            return Err(bad("disappeared while it was imported".into()));
-        };
-        if Some(doc.serial) != c.serial {
-            return Err(bad(format!(
-                "changed while it was imported (serial {} became {}); import again",
-                c.serial.unwrap_or(0),
-                doc.serial
-            )));
-        }
         for (image, i) in &doc.images {
             for (key, v) in &i.versions {
                 let what = format!("{image} {key}");

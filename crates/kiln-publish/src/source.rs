@@ -340,29 +340,29 @@ fn write_layout_tar(
 ) -> std::io::Result<()> {
     let files = layout_files_any(root, rel)?;
     let mut b = tar::Builder::new(out);
-    let dir = |b: &mut tar::Builder<&mut dyn Write>, name: &str| -> std::io::Result<()> {
+    // Every entry owned by 0:0 with the build's time: the same bytes anywhere.
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
         let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(mtime.max(0) as u64);
-        h.set_size(0);
-        b.append_data(&mut h, name, std::io::empty())
-    };
-    dir(&mut b, "blobs/")?;
-    dir(&mut b, "blobs/sha256/")?;
-    for f in files {
-        let name = f.strip_prefix(&format!("{rel}/")).unwrap_or(&f).to_string();
-        let mut input = root.open_file(&f)?;
-        let size = input.metadata()?.len();
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
+        h.set_entry_type(kind);
+        h.set_mode(mode);
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(mtime.max(0) as u64);
         h.set_size(size);
+        h
+    };
+    for d in ["blobs/", "blobs/sha256/"] {
+        b.append_data(
+            &mut header(tar::EntryType::Directory, 0o755, 0),
+            d,
+            std::io::empty(),
+        )?;
+    }
+    for f in files {
+        let name = f.strip_prefix(&format!("{rel}/")).unwrap_or(&f).to_string();
+        let mut input = root.open_file(&f)?;
+        let size = input.metadata()?.len();
+        let mut h = header(tar::EntryType::Regular, 0o644, size);
         if let Some(hex) = name.strip_prefix("blobs/sha256/") {
             // Hash while archiving: a blob changed since the check fails.
             let mut r = VerifyingReader {

@@ -94,6 +94,15 @@ fn read_seen(path: &Path) -> Option<(u64, String)> {
 }
 
 pub fn verify(tree: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, PublishError> {
+    verify_documents(tree, opts).map(|(report, _)| report)
+}
+
+/// [`verify`], also returning each channel's document as it was checked
+/// (`None` where it could not be read or verified).
+pub(crate) fn verify_documents(
+    tree: &Path,
+    opts: &VerifyOptions<'_>,
+) -> Result<(VerifyReport, Vec<Option<Channel>>), PublishError> {
     let root = Root::open(tree).map_err(|e| PublishError::Tree {
         path: tree.to_path_buf(),
         message: format!("cannot open the tree: {e}"),
@@ -126,12 +135,14 @@ pub fn verify(tree: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Pub
         ok: true,
         channels: Vec::new(),
     };
+    let mut documents = Vec::new();
     for c in &channels {
-        let r = verify_channel(&root, tree, c, opts, &keyid);
+        let (r, doc) = verify_channel(&root, tree, c, opts, &keyid);
         report.ok &= r.problems.is_empty();
         report.channels.push(r);
+        documents.push(doc);
     }
-    Ok(report)
+    Ok((report, documents))
 }
 
 fn verify_channel(
@@ -140,7 +151,7 @@ fn verify_channel(
     channel: &str,
     opts: &VerifyOptions<'_>,
     keyid: &str,
-) -> ChannelResult {
+) -> (ChannelResult, Option<Channel>) {
     let rel = document_path(channel);
     let mut r = ChannelResult {
         channel: channel.into(),
@@ -156,20 +167,20 @@ fn verify_channel(
     };
     if let Err(m) = crate::document::check_channel(channel) {
         r.problems.push(m);
-        return r;
+        return (r, None);
     }
     let bytes = match read_limited(root, &rel, crate::document::MAX_DOCUMENT) {
         Ok(b) => b,
         Err(e) => {
             r.problems.push(format!("{rel}: cannot read it: {e}"));
-            return r;
+            return (r, None);
         }
     };
     let doc = match Channel::open(&bytes, opts.key, &tree.join(&rel).display().to_string()) {
         Ok(d) => d,
         Err(e) => {
             r.problems.push(e.to_string());
-            return r;
+            return (r, None);
         }
     };
     (opts.progress)(&format!(
@@ -268,5 +279,5 @@ fn verify_channel(
             }
         }
     }
-    r
+    (r, Some(doc))
 }

@@ -196,35 +196,7 @@ enum Command {
         username: Option<String>,
     },
     /// Publish builds to download trees and registries, checked against their manifests first.
-    Publish {
-        /// Build output directories (of `kiln build`).
-        #[arg(required = true)]
-        outputs: Vec<PathBuf>,
-        /// Where to: file:///PATH (a signed download tree), docker://HOST/REPOSITORY[:TAG] or HOST/REPOSITORY[:TAG] (a registry; the image plus its SBOMs, provenance and test report as OCI 1.1 referrers); repeatable. Default: the [[publish]] entries of each build's recipe.
-        #[arg(long = "to", value_name = "TARGET", value_parser = publish::parse_target)]
-        targets: Vec<kiln_publish::Target>,
-        /// The download tree's channel the builds join (with --to; [[publish]] entries name their own).
-        #[arg(long, default_value = "stable")]
-        channel: String,
-        /// Ed25519 private key (PKCS#8 PEM) that signs the channel document; required for file:// targets.
-        #[arg(long, value_name = "KEY.pem", env = "KILN_SIGN_KEY")]
-        sign_key: Option<PathBuf>,
-        /// Days the channel document stays valid; clients refuse it after (a frozen tree is noticed).
-        #[arg(long, value_name = "DAYS", default_value_t = 30)]
-        valid_days: u32,
-        /// URL the download tree is served at, for the absolute locations in coreos/*.json.
-        #[arg(long, value_name = "URL")]
-        base_url: Option<String>,
-        /// Plain HTTP to registries (for registries on loopback).
-        #[arg(long)]
-        insecure: bool,
-        /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER; else the Docker client configuration).
-        #[arg(long)]
-        username: Option<String>,
-        /// Print what was published as JSON on stdout (schema: docs/schemas/publish.schema.json).
-        #[arg(long)]
-        json: bool,
-    },
+    Publish(publish::PublishArgs),
     /// Test a disk image: static checks, then a boot in QEMU running the recipe's [[test]] commands.
     Test {
         /// A disk image (disk.raw or disk.qcow2), a build's output directory, or a recipe (its image and [[test]] entries).
@@ -494,32 +466,9 @@ fn main() -> ExitCode {
                 cmd::cmd_verify(reporter, &dir, key, lock, json, &sources.options())
             }
         }
-        Command::Publish {
-            outputs,
-            targets,
-            channel,
-            sign_key,
-            valid_days,
-            base_url,
-            insecure,
-            username,
-            json,
-        } => publish::cmd_publish(
-            &ui,
-            cli.catalog.as_deref(),
-            reporter,
-            &publish::PublishArgs {
-                outputs,
-                targets,
-                channel,
-                sign_key,
-                valid_days,
-                base_url,
-                insecure,
-                username,
-                json,
-            },
-        ),
+        Command::Publish(args) => {
+            publish::cmd_publish(&ui, cli.catalog.as_deref(), reporter, &args)
+        }
         Command::Push {
             layout,
             reference,

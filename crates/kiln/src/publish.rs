@@ -28,15 +28,35 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     })
 }
 
+/// `kiln publish`'s command line.
+#[derive(clap::Args)]
 pub struct PublishArgs {
+    /// Build output directories (of `kiln build`).
+    #[arg(required = true)]
     pub outputs: Vec<PathBuf>,
-    pub targets: Vec<Target>,
+    /// Where to: file:///PATH (a signed download tree), docker://HOST/REPOSITORY[:TAG] or HOST/REPOSITORY[:TAG] (a registry; the image plus its SBOMs, provenance and test report as OCI 1.1 referrers); repeatable. Default: the [[publish]] entries of each build's recipe.
+    #[arg(long = "to", value_name = "TARGET", value_parser = parse_target)]
+    pub targets: Vec<kiln_publish::Target>,
+    /// The download tree's channel the builds join (with --to; [[publish]] entries name their own).
+    #[arg(long, default_value = "stable")]
     pub channel: String,
+    /// Ed25519 private key (PKCS#8 PEM) that signs the channel document; required for file:// targets.
+    #[arg(long, value_name = "KEY.pem", env = "KILN_SIGN_KEY")]
     pub sign_key: Option<PathBuf>,
+    /// Days the channel document stays valid; clients refuse it after (a frozen tree is noticed).
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
     pub valid_days: u32,
+    /// URL the download tree is served at, for the absolute locations in coreos/*.json.
+    #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    /// Plain HTTP to registries (for registries on loopback).
+    #[arg(long)]
     pub insecure: bool,
+    /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER; else the Docker client configuration).
+    #[arg(long)]
     pub username: Option<String>,
+    /// Print what was published as JSON on stdout (schema: docs/schemas/publish.schema.json).
+    #[arg(long)]
     pub json: bool,
 }
 

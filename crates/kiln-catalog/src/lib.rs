@@ -19,7 +19,7 @@ use kiln_model::Manifest;
 use serde::Serialize;
 
 /// The schema this Kiln writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each migration takes the schema from its index to the next version.
 const MIGRATIONS: &[&str] = &[
@@ -85,6 +85,13 @@ CREATE TABLE publication (
     UNIQUE (image_id, target, location)
 );
 CREATE INDEX publication_image ON publication(image_id);
+"#,
+    // `kiln find --package` reads a package's versions from the index alone
+    // (the table's rows are scattered: one page read per image before).
+    r#"
+CREATE INDEX package_name_image ON package(name, image_id, version, target);
+DROP INDEX package_name;
+CREATE INDEX publication_channel ON publication(channel);
 "#,
 ];
 
@@ -303,6 +310,50 @@ impl Catalog {
                 architecture: r.t(2),
             })
             .collect())
+    }
+
+    /// What the catalog's image versions can be searched by: every suite,
+    /// architecture, artifact format and channel, with counts, for the
+    /// finder's suggestions (without listing every version).
+    pub fn facets(&self) -> Result<Facets, CatalogError> {
+        let db = db_err(&self.path);
+        let mut conn = self.conn.borrow_mut();
+        let mut column = |sql: &str| -> Result<Vec<String>, CatalogError> {
+            Ok(conn
+                .query(sql, &[])
+                .map_err(db)?
+                .iter()
+                .map(|r| r.t(0))
+                .collect())
+        };
+        let suites = column("SELECT DISTINCT suite FROM image ORDER BY suite")?;
+        let mut architectures: Vec<String> = column("SELECT DISTINCT architectures FROM image")?
+            .iter()
+            .flat_map(|a| a.split(' ').map(str::to_string))
+            .filter(|a| !a.is_empty())
+            .collect();
+        architectures.sort();
+        architectures.dedup();
+        let formats = column(
+            "SELECT DISTINCT kind FROM artifact \
+             WHERE kind NOT IN ('spdx', 'cyclonedx', 'provenance') ORDER BY kind",
+        )?;
+        let channels = column(
+            "SELECT DISTINCT channel FROM publication WHERE channel IS NOT NULL ORDER BY channel",
+        )?;
+        let counts = conn
+            .query_one("SELECT COUNT(DISTINCT name), COUNT(*) FROM image", &[])
+            .map_err(db)?
+            .map(|r| (r.i(0), r.i(1)))
+            .unwrap_or((0, 0));
+        Ok(Facets {
+            images: counts.0 as u64,
+            versions: counts.1 as u64,
+            suites,
+            architectures,
+            formats,
+            channels,
+        })
     }
 
     fn connect_postgres(url: &str) -> Result<Catalog, CatalogError> {
@@ -685,10 +736,8 @@ impl Catalog {
     pub fn find(&self, q: &Query) -> Result<Vec<Found>, CatalogError> {
         let db = db_err(&self.path);
         let mut conn = self.conn.borrow_mut();
-        let mut sql = String::from(
-            "SELECT id, name, version, suite, architectures, distroless, source_date_epoch, \
-             manifest_sha256, location, recorded_at FROM image WHERE 1 = 1",
-        );
+        // The WHERE clauses, kept apart to select the details by them too.
+        let mut sql = String::new();
         let mut args: Vec<V> = Vec::new();
         if let Some(n) = &q.image {
             args.push(n.into());
@@ -709,6 +758,13 @@ impl Catalog {
                 args.len()
             );
         }
+        if let Some(c) = &q.channel {
+            args.push(c.into());
+            sql += &format!(
+                " AND id IN (SELECT image_id FROM publication WHERE channel = ?{})",
+                args.len()
+            );
+        }
         if let Some(p) = &q.package {
             args.push((&p.name).into());
             // Through the index on package names (a correlated EXISTS
@@ -718,8 +774,17 @@ impl Catalog {
                 args.len()
             );
         }
-        sql += " ORDER BY source_date_epoch DESC, recorded_at DESC, id DESC";
-        let rows = conn.query(&sql, &args).map_err(db)?;
+        let filter = sql;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT id, name, version, suite, architectures, distroless, source_date_epoch, \
+                     manifest_sha256, location, recorded_at FROM image WHERE 1 = 1{filter} \
+                     ORDER BY source_date_epoch DESC, recorded_at DESC, id DESC"
+                ),
+                &args,
+            )
+            .map_err(db)?;
         let mut found: Vec<Found> = rows
             .iter()
             .map(|r| Found {
@@ -743,26 +808,22 @@ impl Catalog {
             Dialect::Sqlite => "rowid",
             Dialect::Postgres => "ctid",
         };
-        // The details of all found versions in a few statements (not a
-        // statement per version), 500 ids at a time.
+        // The details of all found versions in four statements, each
+        // selecting its rows by the same filter (not a statement per
+        // version, nor lists of ids that take longer to parse than to run).
         let at: std::collections::HashMap<i64, usize> =
             found.iter().enumerate().map(|(k, f)| (f.id, k)).collect();
-        let ids: Vec<i64> = found.iter().map(|f| f.id).collect();
-        for chunk in ids.chunks(500) {
-            // Integers from the database itself: no quoting to get wrong.
-            let list = chunk
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+        let list = format!("SELECT id FROM image WHERE 1 = 1{filter}");
+        {
             if let Some(p) = &q.package {
                 let rows = conn
                     .query(
                         &format!(
                             "SELECT image_id, name, version, target FROM package \
-                             WHERE name = ?1 AND image_id IN ({list}) ORDER BY image_id, {order_rows}"
+                             WHERE name = ?{} AND image_id IN ({list}) ORDER BY image_id, {order_rows}",
+                            args.len() + 1
                         ),
-                        args![&p.name],
+                        &[args.clone(), vec![(&p.name).into()]].concat(),
                     )
                     .map_err(db)?;
                 for r in rows {
@@ -782,7 +843,7 @@ impl Catalog {
                         "SELECT image_id, kind, path, architecture, size, sha256 FROM artifact \
                          WHERE image_id IN ({list}) ORDER BY image_id, {order_rows}"
                     ),
-                    &[],
+                    &args,
                 )
                 .map_err(db)?;
             for r in rows {
@@ -800,7 +861,7 @@ impl Catalog {
                         "SELECT image_id, artifact, passed, seconds, report, at FROM test_run \
                          WHERE image_id IN ({list}) ORDER BY at DESC, {order_rows} DESC"
                     ),
-                    &[],
+                    &args,
                 )
                 .map_err(db)?;
             for r in rows {
@@ -819,7 +880,7 @@ impl Catalog {
                          FROM publication WHERE image_id IN ({list}) \
                          ORDER BY published_at DESC, id DESC"
                     ),
-                    &[],
+                    &args,
                 )
                 .map_err(db)?;
             for r in rows {
@@ -895,6 +956,21 @@ fn file_digest(p: &Path) -> Option<(u64, String)> {
     Some((bytes.len() as u64, sha256_hex(&bytes)))
 }
 
+/// What the catalog holds, by the filters of [`Query`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Facets {
+    /// Distinct image names.
+    pub images: u64,
+    /// Image versions.
+    pub versions: u64,
+    pub suites: Vec<String>,
+    pub architectures: Vec<String>,
+    /// Artifact kinds (`tar`, `oci`, `disk`, `qcow2`).
+    pub formats: Vec<String>,
+    /// Download-tree channels versions were published to.
+    pub channels: Vec<String>,
+}
+
 /// What `kiln find` asks.
 #[derive(Clone, Debug, Default)]
 pub struct Query {
@@ -903,6 +979,8 @@ pub struct Query {
     pub architecture: Option<String>,
     pub format: Option<String>,
     pub package: Option<PackageQuery>,
+    /// Only versions published to this channel of a download tree.
+    pub channel: Option<String>,
     /// Only the newest version of each image.
     pub latest: bool,
 }
@@ -1121,6 +1199,30 @@ mod tests {
                 ("tree", "/srv/images/channels/stable.json", Some("x"))
             ]
         );
+        // --channel: only versions published to that channel of a tree.
+        let other = build_dir(d.path(), "web", 200, &[("curl", "9")]);
+        c.record_build(&other).unwrap();
+        tree.channel = Some("testing".into());
+        tree.location = "/srv/images/channels/testing.json".into();
+        c.record_publication(&other, &tree).unwrap();
+        let by = |channel: &str| -> Vec<i64> {
+            c.find(&Query {
+                channel: Some(channel.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|f| f.source_date_epoch)
+            .collect()
+        };
+        assert_eq!(by("stable"), [100]);
+        assert_eq!(by("testing"), [200]);
+        assert!(by("nightly").is_empty());
+        assert_eq!(c.find(&Query::default()).unwrap().len(), 2);
+        let f = c.facets().unwrap();
+        assert_eq!((f.images, f.versions), (1, 2));
+        assert_eq!(f.channels, ["stable", "testing"]);
+        assert_eq!(f.suites.len(), 1);
     }
 
     #[test]

@@ -51,6 +51,12 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
         .unwrap();
     c.record_publication(&py, &publication("sha256:bb"))
         .unwrap();
+    let mut tree = publication("x");
+    tree.kind = "tree".into();
+    tree.target = "file:///srv/images".into();
+    tree.location = "/srv/images/channels/stable.json".into();
+    tree.channel = Some("stable".into());
+    c.record_publication(&web1, &tree).unwrap();
     let queries = [
         Query::default(),
         Query {
@@ -75,7 +81,21 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
             suite: Some("trixie".into()),
             ..Default::default()
         },
+        Query {
+            channel: Some("stable".into()),
+            ..Default::default()
+        },
     ];
+    let facets = serde_json::to_value(c.facets().unwrap()).unwrap();
+    assert_eq!(
+        facets["channels"],
+        serde_json::json!(["stable"]),
+        "{facets}"
+    );
+    assert_eq!(
+        (facets["images"].as_u64(), facets["versions"].as_u64()),
+        (Some(2), Some(3))
+    );
     queries
         .iter()
         .map(|q| {
@@ -93,6 +113,7 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
             }
             v
         })
+        .chain(std::iter::once(facets))
         .collect()
 }
 

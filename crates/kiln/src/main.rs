@@ -307,29 +307,7 @@ enum Command {
         command: Vec<String>,
     },
     /// Find image versions in the catalog by name, suite, architecture, format or package version.
-    Find {
-        /// Only images of this name ([image] name).
-        #[arg(long)]
-        image: Option<String>,
-        /// Only images of this suite.
-        #[arg(long)]
-        suite: Option<String>,
-        /// Only images for this architecture.
-        #[arg(long)]
-        arch: Option<String>,
-        /// Only images with an artifact of this format (tar, oci, disk, qcow2).
-        #[arg(long)]
-        format: Option<String>,
-        /// Only images with this package, optionally at versions that satisfy OP VERSION in dpkg's order (e.g. 'openssl<<3.5.4').
-        #[arg(long, value_name = "NAME[OPVERSION]")]
-        package: Option<String>,
-        /// Only the newest version of each image.
-        #[arg(long)]
-        latest: bool,
-        /// Print the images as JSON on stdout (schema: docs/schemas/find.schema.json).
-        #[arg(long)]
-        json: bool,
-    },
+    Find(catalog::FindArgs),
     /// Manage the catalog of images.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -575,27 +553,7 @@ fn main() -> ExitCode {
                 let _ = std::io::stdout().write_all(&out);
             })
         }
-        Command::Find {
-            image,
-            suite,
-            arch,
-            format,
-            package,
-            latest,
-            json,
-        } => catalog::cmd_find(
-            &ui,
-            cli.catalog.as_deref(),
-            &catalog::FindArgs {
-                image,
-                suite,
-                arch,
-                format,
-                package,
-                latest,
-                json,
-            },
-        ),
+        Command::Find(a) => catalog::cmd_find(&ui, cli.catalog.as_deref(), &a),
         Command::Catalog(CatalogCommand::Import { dirs, key }) => {
             catalog::cmd_import(&ui, cli.catalog.as_deref(), &dirs, key.as_deref())
         }

@@ -2183,6 +2183,14 @@ fn publish_to_a_tree_is_signed_idempotent_and_verified() {
     assert_eq!(pubs.len(), 1, "{found}");
     assert_eq!(pubs[0]["target"], to.as_str());
     assert_eq!(pubs[0]["channel"], "stable");
+    let in_channel = |c: &str| {
+        json_of(&f.kiln(&["find", "--channel", c, "--json"]))["images"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(in_channel("stable"), 1);
+    assert_eq!(in_channel("beta"), 0, "not published to beta");
 
     // Another key may not take the channel over.
     let (other_pem, other_pub) = ed25519_pair(f.work.path(), "other");

@@ -8,7 +8,20 @@ use serde_json::{json, Map, Value};
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The query parameters `/api/v1/images` takes.
-pub(crate) const PARAMETERS: [&str; 5] = ["suite", "arch", "format", "package", "latest"];
+pub(crate) const PARAMETERS: [&str; 7] = [
+    "suite", "arch", "format", "package", "channel", "latest", "limit",
+];
+
+/// The most versions one answer lists when `limit` is given larger.
+pub(crate) const MAX_LIMIT: usize = 10_000;
+
+/// A search: the catalog query, and how many of its results to send.
+#[derive(Debug, Default)]
+pub(crate) struct Search {
+    pub query: Query,
+    /// At most this many versions (newest first); all when `None`.
+    pub limit: Option<usize>,
+}
 
 /// A request the API refuses, with the HTTP status to say it with.
 #[derive(Debug)]
@@ -57,8 +70,9 @@ impl From<kiln_catalog::CatalogError> for ApiError {
 /// The catalog query for `/api/v1/images?…` (already percent-decoded pairs).
 /// Empty values mean "any"; unknown or repeated parameters are refused so
 /// a typo does not silently widen the search.
-pub(crate) fn query(pairs: &[(String, String)]) -> Result<Query, ApiError> {
+pub(crate) fn query(pairs: &[(String, String)]) -> Result<Search, ApiError> {
     let mut q = Query::default();
+    let mut limit = None;
     let mut seen: Vec<&str> = Vec::new();
     for (k, v) in pairs {
         let bad = |message: String| ApiError {
@@ -84,6 +98,17 @@ pub(crate) fn query(pairs: &[(String, String)]) -> Result<Query, ApiError> {
             "suite" => q.suite = Some(v.to_string()),
             "arch" => q.architecture = Some(v.to_string()),
             "format" => q.format = Some(v.to_string()),
+            "channel" => q.channel = Some(v.to_string()),
+            "limit" => {
+                limit = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            bad(format!("`limit={v}`: give a number from 1 to {MAX_LIMIT}"))
+                        })?,
+                )
+            }
             "package" => {
                 q.package = Some(PackageQuery::parse(v).map_err(|e| {
                     let mut b = bad(e.to_string());
@@ -104,7 +129,7 @@ pub(crate) fn query(pairs: &[(String, String)]) -> Result<Query, ApiError> {
             _ => unreachable!("every parameter is handled"),
         }
     }
-    Ok(q)
+    Ok(Search { query: q, limit })
 }
 
 /// One image version as the finder publishes it: the catalog's entry plus
@@ -117,12 +142,25 @@ pub(crate) fn entry(f: &Found) -> Value {
     v
 }
 
-/// `GET /api/v1/images` and `api/v1/images.json`.
-pub(crate) fn images_document(found: &[Found]) -> Value {
+/// `GET /api/v1/images` and `api/v1/images.json`: the first `limit` of
+/// the versions found, and how many were found.
+pub(crate) fn images_document(found: &[Found], limit: Option<usize>) -> Value {
+    let shown = &found[..limit.unwrap_or(usize::MAX).min(found.len())];
     json!({
         "schema-version": SCHEMA_VERSION,
-        "images": found.iter().map(entry).collect::<Vec<_>>(),
+        "total": found.len(),
+        "images": shown.iter().map(entry).collect::<Vec<_>>(),
     })
+}
+
+/// `GET /api/v1/facets` and `api/v1/facets.json`: what there is to search
+/// by, without listing every version.
+pub(crate) fn facets_document(f: &kiln_catalog::Facets) -> Value {
+    let mut v = serde_json::to_value(f).expect("facets serialise");
+    if let Value::Object(m) = &mut v {
+        m.insert("schema-version".into(), SCHEMA_VERSION.into());
+    }
+    v
 }
 
 /// `GET /api/v1/images/NAME` and `api/v1/images/NAME.json`: its versions,
@@ -152,9 +190,14 @@ mod tests {
             ("arch", "arm64"),
             ("format", ""),
             ("package", "openssl<<3.5.4-1"),
+            ("channel", "stable"),
             ("latest", "1"),
+            ("limit", "100"),
         ]))
         .unwrap();
+        assert_eq!(q.limit, Some(100));
+        let q = q.query;
+        assert_eq!(q.channel.as_deref(), Some("stable"));
         assert_eq!(q.suite.as_deref(), Some("trixie"));
         assert_eq!(q.architecture.as_deref(), Some("arm64"));
         assert_eq!(q.format, None, "an empty value is no filter");
@@ -176,5 +219,9 @@ mod tests {
         assert!(e.message.contains("twice"), "{}", e.message);
         let e = query(&pairs(&[("latest", "maybe")])).unwrap_err();
         assert_eq!(e.parameter.as_deref(), Some("latest"));
+        for bad in ["0", "-1", "x", "10001"] {
+            let e = query(&pairs(&[("limit", bad)])).unwrap_err();
+            assert_eq!(e.parameter.as_deref(), Some("limit"), "{bad}");
+        }
     }
 }

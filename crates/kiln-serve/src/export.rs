@@ -140,7 +140,14 @@ fn write_tree(
         b"Written by the kiln image finder's export; the next export replaces this directory whole.\n",
     )?;
     put("index.html", page::html(Mode::Static).as_bytes())?;
-    put("api/v1/images.json", &json(&api::images_document(found)))?;
+    put(
+        "api/v1/images.json",
+        &json(&api::images_document(found, None)),
+    )?;
+    put(
+        "api/v1/facets.json",
+        &json(&api::facets_document(&catalog.facets()?)),
+    )?;
 
     let mut by_name: BTreeMap<&str, Vec<&Found>> = BTreeMap::new();
     for f in found {

@@ -110,11 +110,18 @@ impl App<'_> {
     /// Runs `q` on the catalog, one request at a time: the catalog's
     /// connection is not shared between threads.
     fn find(&self, q: &Query) -> Result<Vec<Found>, ApiError> {
+        self.with_catalog(|c| c.find(q))
+    }
+
+    fn with_catalog<T>(
+        &self,
+        read: impl FnOnce(&Catalog) -> Result<T, kiln_catalog::CatalogError>,
+    ) -> Result<T, ApiError> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let Some(now) = file_id(self.catalog) else {
             // Not a file (a database URL, or gone): open it for this request.
             *open = None;
-            return Ok(Catalog::open_read_only(self.catalog)?.find(q)?);
+            return Ok(read(&Catalog::open_read_only(self.catalog)?)?);
         };
         if open.as_ref().map(|(id, _)| *id) != Some(now) {
             *open = None;
@@ -122,7 +129,7 @@ impl App<'_> {
             *open = Some((now, c));
         }
         let (_, c) = open.as_ref().expect("opened above");
-        Ok(c.find(q)?)
+        Ok(read(c)?)
     }
 }
 
@@ -430,9 +437,14 @@ impl App<'_> {
                 })
             }
             "/api/v1/images" => {
-                let q = api::query(&req.query)?;
-                let found = self.find(&q)?;
-                Ok(Response::json(200, &api::images_document(&found)))
+                let s = api::query(&req.query)?;
+                let found = self.find(&s.query)?;
+                Ok(Response::json(200, &api::images_document(&found, s.limit)))
+            }
+            "/api/v1/facets" => {
+                no_query()?;
+                let f = self.with_catalog(|c| c.facets())?;
+                Ok(Response::json(200, &api::facets_document(&f)))
             }
             p => {
                 let Some(raw) = p.strip_prefix("/api/v1/images/").filter(|r| !r.is_empty()) else {

@@ -79,6 +79,43 @@ fn images_are_found_by_suite_arch_format_and_latest() {
         ])
     );
     assert!(images(&get(a, "/api/v1/images?suite=sid")).is_empty());
+    assert_eq!(
+        images(&get(a, "/api/v1/images?channel=stable")),
+        pairs(&[("web", "2")]),
+        "only web 2 went to the stable channel"
+    );
+    assert!(images(&get(a, "/api/v1/images?channel=beta")).is_empty());
+
+    // `limit`: the newest N, and how many matched (the page's first render
+    // lists 100, not every version).
+    let first = get(a, "/api/v1/images?limit=2");
+    assert_eq!(images(&first), pairs(&[("web", "2"), ("db", "7")]));
+    assert_eq!(first.json()["total"], 5);
+    assert_eq!(get(a, "/api/v1/images?limit=0").status, 400);
+
+    // Facets: what there is to search by, without the versions.
+    let f = get(a, "/api/v1/facets").json();
+    assert_eq!(
+        f["suites"],
+        serde_json::json!(["bookworm", "trixie"]),
+        "{f}"
+    );
+    assert_eq!(
+        f["architectures"],
+        serde_json::json!(["amd64", "arm64"]),
+        "{f}"
+    );
+    assert_eq!(
+        f["formats"],
+        serde_json::json!(["disk", "oci", "qcow2", "tar"]),
+        "{f}"
+    );
+    assert_eq!(f["channels"], serde_json::json!(["stable"]), "{f}");
+    assert_eq!(
+        (f["images"].as_u64(), f["versions"].as_u64()),
+        (Some(4), Some(5))
+    );
+    assert_eq!(get(a, "/api/v1/facets?suite=x").status, 400);
 
     // Every entry has the catalog's fields and a status slot.
     let v = get(a, "/api/v1/images?suite=trixie&format=oci").json();
@@ -386,7 +423,20 @@ fn the_json_shape_is_stable() {
         k
     };
     let doc = get(finder.addr, "/api/v1/images?package=openssl").json();
-    assert_eq!(keys(&doc), ["images", "schema-version"]);
+    assert_eq!(keys(&doc), ["images", "schema-version", "total"]);
+    let facets = get(finder.addr, "/api/v1/facets").json();
+    assert_eq!(
+        keys(&facets),
+        [
+            "architectures",
+            "channels",
+            "formats",
+            "images",
+            "schema-version",
+            "suites",
+            "versions"
+        ]
+    );
     let web2 = &doc["images"][0];
     assert_eq!(
         keys(web2),

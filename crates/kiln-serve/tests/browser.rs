@@ -274,3 +274,89 @@ fn the_finder_page_works_served_and_exported() {
     );
     drop(chromium);
 }
+
+/// A catalog of 130 versions: the first render lists the newest 100 (not
+/// every version), "Show more" lists the rest, and the suggestions come
+/// from the facets.
+#[test]
+fn many_versions_are_listed_100_at_a_time() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("catalog.sqlite");
+    let mut c = kiln_catalog::Catalog::open(&path).unwrap();
+    let builds = d.path().join("builds");
+    for n in 0..130 {
+        let version = n.to_string();
+        let dir = build_dir(
+            &builds,
+            &Build {
+                name: "daily",
+                version: &version,
+                suite: "forky",
+                arch: if n % 2 == 0 { "amd64" } else { "riscv64" },
+                distroless: false,
+                epoch: 1_700_000_000 + n * 86_400,
+                packages: &[("openssl", "3.5.4-1")],
+                formats: &["tar"],
+            },
+        );
+        assert!(c.record_build(&dir).unwrap());
+    }
+    drop(c);
+    let chromium = Chromium::launch();
+    let finder = Finder::start(&path);
+    let www = d.path().join("www");
+    kiln_serve::export(&path, &www.join("finder")).unwrap();
+    let files = StaticServer::start(&www);
+    for (mode, url) in [
+        ("served", format!("{}/", finder.url())),
+        ("exported", format!("{}/finder/", files.url())),
+    ] {
+        let mut tab = chromium.tab();
+        tab.navigate(&url);
+        tab.wait_for(
+            "document.body.dataset.state === 'results'",
+            "the first listing",
+        );
+        let cards = "document.querySelectorAll('#results .result').length";
+        assert_eq!(tab.eval(cards), 100, "{mode}: the first render lists 100");
+        let first = results(&mut tab, "#results");
+        assert_eq!(
+            first[0],
+            json!(["daily", "129", []]),
+            "{mode}: newest first"
+        );
+        assert!(
+            tab.eval("document.getElementById('summary').textContent")
+                .as_str()
+                .unwrap()
+                .contains("The newest 100 of 130 image versions"),
+            "{mode}"
+        );
+        tab.click("#more");
+        tab.wait_for(
+            &format!("document.body.dataset.state === 'results' && {cards} === 130"),
+            "all 130 after Show more",
+        );
+        assert_eq!(tab.eval("document.getElementById('more').hidden"), true);
+        // Suggestions from the facets.
+        tab.wait_for(
+            "document.querySelectorAll('#archs option').length === 2",
+            "the architecture suggestions",
+        );
+        assert_eq!(
+            tab.eval("[...document.querySelectorAll('#archs option')].map(o => o.value)"),
+            json!(["amd64", "riscv64"]),
+            "{mode}"
+        );
+        assert_eq!(
+            tab.eval("[...document.querySelectorAll('#suites option')].map(o => o.value)"),
+            json!(["forky"]),
+            "{mode}"
+        );
+        assert!(
+            tab.cdp.problems.is_empty(),
+            "{mode}: {:?}",
+            tab.cdp.problems
+        );
+    }
+}

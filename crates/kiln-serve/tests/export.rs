@@ -41,6 +41,7 @@ fn the_export_holds_what_the_api_serves() {
         files,
         [
             ".kiln-finder",
+            "api/v1/facets.json",
             "api/v1/images.json",
             "api/v1/images/db.json",
             "api/v1/images/tiny.json",
@@ -57,6 +58,10 @@ fn the_export_holds_what_the_api_serves() {
         read_json(&out.join("api/v1/images.json")),
         get(finder.addr, "/api/v1/images").json(),
         "images.json is the unfiltered API answer"
+    );
+    assert_eq!(
+        read_json(&out.join("api/v1/facets.json")),
+        get(finder.addr, "/api/v1/facets").json()
     );
     assert_eq!(
         read_json(&out.join("api/v1/images/web.json")),

@@ -29,28 +29,31 @@ fi
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-serve() { # CATALOG: prints the URL kiln serve listens on
+# Servers start here, not in $(…), so that the trap knows their pids.
+serve() { # CATALOG NAME: kiln serve on it, its URL in $work/url.NAME
   "$kiln" --catalog "$1" serve --listen 127.0.0.1:0 > "$work/url.$2" 2>/dev/null &
   pids+=($!)
-  until [ -s "$work/url.$2" ]; do sleep 0.1; done
-  local url; url=$(head -c 200 "$work/url.$2" | tr -d '\n')
+}
+url_of() { # NAME
+  until [ -s "$work/url.$1" ]; do sleep 0.1; done
+  local url; url=$(head -c 200 "$work/url.$1" | tr -d '\n')
   echo "${url%/}/"
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-static() { # CATALOG NAME: exports and serves it, prints the page's URL
-  mkdir -p "$work/www"
-  "$kiln" --catalog "$1" serve --export "$work/www/$2" >/dev/null 2>&1
-  local port; port=$(free_port)
-  python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$port" >/dev/null 2>&1 &
-  pids+=($!)
-  until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null; do sleep 0.1; done
-  echo "http://127.0.0.1:$port/$2/"
-}
+mkdir -p "$work/www"
+"$kiln" --catalog "$big" serve --export "$work/www/big" >/dev/null 2>&1
+"$kiln" --catalog "$work/small.sqlite" serve --export "$work/www/small" >/dev/null 2>&1
+port=$(free_port)
+python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$port" >/dev/null 2>&1 &
+pids+=($!)
+until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null; do sleep 0.1; done
 found=$("$kiln" --catalog "$big" find --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["images"]))')
-s_big=$(serve "$big" big)
-s_small=$(serve "$work/small.sqlite" small)
-e_big=$(static "$big" big)
-e_small=$(static "$work/small.sqlite" small)
+serve "$big" big
+serve "$work/small.sqlite" small
+s_big=$(url_of big)
+s_small=$(url_of small)
+e_big=http://127.0.0.1:$port/big/
+e_small=http://127.0.0.1:$port/small/
 "$render" "$runs" "$s_big" "$s_small" "$e_big" "$e_small" > "$work/times"
 ms() { awk -v u="$1" '$2 == u { print $1 }' "$work/times"; }
 printf '%-28s %12s %12s %s\n' "first render ($found versions)" big_ms small_ms "ratio big/small"

@@ -6,7 +6,7 @@ use kiln_model::manifest::Format;
 use kiln_registry::attach::{self, Attachment, Discovery, Referrer, Subject};
 use kiln_registry::{Credentials, PushOptions, Reference};
 
-use crate::source::{Build, Role};
+use crate::source::{Build, BuildFile, Role};
 use crate::PublishError;
 
 pub struct RegistryOptions<'a> {
@@ -54,18 +54,41 @@ pub fn publish(
     reference: &str,
     opts: &RegistryOptions<'_>,
 ) -> Result<RegistryReport, PublishError> {
-    let progress = opts.progress;
-    let oci = build
+    let push_opts = PushOptions {
+        insecure: opts.insecure,
+        credentials: opts.credentials.clone(),
+        progress: opts.progress,
+    };
+    let (mut report, reference, subject) =
+        match build.files.iter().find(|f| f.format == Some(Format::Oci)) {
+            Some(oci) => push_image(build, oci, reference, &push_opts)?,
+            None => push_files(build, reference, &push_opts)?,
+        };
+    let items: Vec<Attachment> = build
         .files
         .iter()
-        .find(|f| f.format == Some(Format::Oci))
-        .ok_or_else(|| PublishError::Target {
-            target: format!("docker://{reference}"),
-            message: format!(
-                "{} holds no OCI image; a registry takes only OCI images (build with [output] formats = [\"oci\"], or publish it to a file:// tree)",
-                build.dir.display()
-            ),
-        })?;
+        .filter(|f| f.role != Role::Artifact)
+        .map(|f| Attachment {
+            artifact_type: f.role.media_type().into(),
+            path: build.path_of(f),
+        })
+        .collect();
+    let created = crate::rfc3339(build.manifest.source_date_epoch);
+    let a = attach::attach(&reference, &subject, &items, &created, &push_opts)?;
+    report.referrers = a.referrers;
+    report.discovery = a.discovery;
+    report.artifact_bytes_uploaded = a.bytes_uploaded;
+    Ok(report)
+}
+
+/// Pushes the OCI image of `build` (the layout `oci`); returns the report,
+/// the reference pushed and the image as a subject for attachments.
+fn push_image(
+    build: &Build,
+    oci: &BuildFile,
+    reference: &str,
+    push_opts: &PushOptions<'_>,
+) -> Result<(RegistryReport, Reference, Subject), PublishError> {
     let layout = build.path_of(oci);
     let (base, tag) = split_tag(reference);
     let mut tags: Vec<String> = tag.map(str::to_string).into_iter().collect();
@@ -75,16 +98,11 @@ pub fn publish(
             tags.push("latest".into());
         }
     }
-    let push_opts = PushOptions {
-        insecure: opts.insecure,
-        credentials: opts.credentials.clone(),
-        progress,
-    };
     let mut report = None::<RegistryReport>;
     let mut first_ref = None;
     for t in &tags {
         let r = Reference::parse(&format!("{base}:{t}"))?;
-        let pushed = kiln_registry::push(&layout, &r, &push_opts)?;
+        let pushed = kiln_registry::push(&layout, &r, push_opts)?;
         match &mut report {
             None => {
                 report = Some(RegistryReport {
@@ -108,7 +126,7 @@ pub fn publish(
             }
         }
     }
-    let mut report = report.expect("at least one tag");
+    let report = report.expect("at least one tag");
     let reference = first_ref.expect("at least one tag");
     // The subject: the image's top index or manifest, from the layout.
     let hex = report.digest.trim_start_matches("sha256:");
@@ -132,19 +150,88 @@ pub fn publish(
         media_type,
         size: top.len() as u64,
     };
-    let items: Vec<Attachment> = build
-        .files
-        .iter()
-        .filter(|f| f.role != Role::Artifact)
-        .map(|f| Attachment {
-            artifact_type: f.role.media_type().into(),
+    Ok((report, reference, subject))
+}
+
+/// The media type of a tarball or disk pushed as a layer of an artifact.
+fn layer_media_type(format: Format) -> &'static str {
+    match format {
+        Format::Tar => "application/vnd.kiln.rootfs.tar",
+        Format::Disk => "application/vnd.kiln.disk.raw",
+        Format::Qcow2 => "application/vnd.kiln.disk.qcow2",
+        Format::Oci => unreachable!("an OCI image is pushed as an image"),
+    }
+}
+
+/// The artifact type of a build without an OCI image.
+pub const ROOTFS_ARTIFACT: &str = "application/vnd.kiln.rootfs.v1";
+pub const DISK_ARTIFACT: &str = "application/vnd.kiln.disk.v1";
+
+/// Pushes a build without an OCI image (a root filesystem tarball, disk
+/// images) as one OCI 1.1 artifact whose layers are its files, each by the
+/// size and sha256 the build's check found; tagged as given, else with the
+/// image's version, else `latest`.
+fn push_files(
+    build: &Build,
+    reference: &str,
+    push_opts: &PushOptions<'_>,
+) -> Result<(RegistryReport, Reference, Subject), PublishError> {
+    let (base, tag) = split_tag(reference);
+    let tag = tag
+        .map(str::to_string)
+        .or_else(|| build.manifest.version.clone().filter(|v| valid_tag(v)))
+        .unwrap_or_else(|| "latest".into());
+    let mut layers = Vec::new();
+    for f in build.files.iter().filter(|f| f.role == Role::Artifact) {
+        let (Some(format), Some((size, sha))) = (f.format, &f.digest) else {
+            continue;
+        };
+        layers.push(attach::FileLayer {
+            media_type: layer_media_type(format).into(),
+            title: f.name.clone(),
             path: build.path_of(f),
-        })
-        .collect();
+            size: *size,
+            digest: format!("sha256:{sha}"),
+        });
+    }
+    if layers.is_empty() {
+        return Err(PublishError::Target {
+            target: format!("docker://{reference}"),
+            message: format!("{} holds no artifact to push", build.dir.display()),
+        });
+    }
+    let artifact_type = if layers.iter().any(|l| l.media_type.contains(".disk.")) {
+        DISK_ARTIFACT
+    } else {
+        ROOTFS_ARTIFACT
+    };
+    let r = Reference::parse(&format!("{base}:{tag}"))?;
     let created = crate::rfc3339(build.manifest.source_date_epoch);
-    let a = attach::attach(&reference, &subject, &items, &created, &push_opts)?;
-    report.referrers = a.referrers;
-    report.discovery = a.discovery;
-    report.artifact_bytes_uploaded = a.bytes_uploaded;
-    Ok(report)
+    let pushed = attach::push_files(&r, artifact_type, &layers, &created, push_opts)?;
+    let size = attach::files_manifest(artifact_type, &layers, &created).len() as u64;
+    let subject = Subject {
+        digest: pushed.digest.clone(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        size,
+    };
+    let report = RegistryReport {
+        repository: base.to_string(),
+        tags: vec![tag],
+        digest: pushed.digest,
+        blobs_uploaded: pushed.blobs_uploaded,
+        blobs_skipped: pushed.blobs_skipped,
+        manifests_pushed: pushed.manifests_pushed + usize::from(!pushed.tag_unchanged),
+        referrers: Vec::new(),
+        discovery: Discovery::TagFallback,
+        artifact_bytes_uploaded: 0,
+    };
+    Ok((report, r, subject))
+}
+
+/// A tag the distribution spec allows: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+fn valid_tag(t: &str) -> bool {
+    (1..=128).contains(&t.len())
+        && t.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-'))
+        })
 }

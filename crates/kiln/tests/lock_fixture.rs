@@ -2491,6 +2491,123 @@ fn publish_to_a_registry_attaches_sboms_and_provenance_as_referrers() {
     );
 }
 
+/// A build without an OCI image (a rootfs tarball) goes to a registry as an
+/// OCI 1.1 artifact whose layer is the tarball, tagged with the image's
+/// version, with its SBOMs and provenance attached to it.
+#[test]
+fn publish_pushes_a_tarball_to_a_registry_as_an_artifact() {
+    let f = Fixture::new();
+    let out = f.work.path().join("out");
+    let recipe = f.distroless_recipe();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replacen("[image]\n", "[image]\nversion = \"7.1\"\n", 1),
+    )
+    .unwrap();
+    let o = f.build(&recipe, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.join("oci").exists(), "a tar-only build");
+    let reg = Registry::start(None);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let publish = || {
+        f.kiln(&[
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            &format!("{host}/team/rootfs"),
+            "--insecure",
+            "--json",
+        ])
+    };
+    let o = publish();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = json_of(&o);
+    assert_matches_schema("publish", &j);
+    let p = j["published"][0].clone();
+    assert_eq!(p["tags"], serde_json::json!(["7.1"]), "{p}");
+    let digest = p["digest"].as_str().unwrap().to_string();
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{host}/team/rootfs:7.1"))
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", stderr(&raw));
+    assert_eq!(
+        format!("sha256:{}", kiln_testkit::sha256_hex(&raw.stdout)),
+        digest,
+        "the tag names the digest kiln printed"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(m["artifactType"], "application/vnd.kiln.rootfs.v1", "{m}");
+    let tarball = std::fs::read(out.join("rootfs.tar")).unwrap();
+    assert_eq!(m["layers"].as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.kiln.rootfs.tar"
+    );
+    assert_eq!(
+        m["layers"][0]["annotations"]["org.opencontainers.image.title"],
+        "rootfs.tar"
+    );
+    assert_eq!(
+        m["layers"][0]["digest"],
+        format!("sha256:{}", kiln_testkit::sha256_hex(&tarball))
+    );
+    // The registry serves the very bytes back.
+    let blob = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
+        ])
+        .arg(format!(
+            "http://{host}/v2/team/rootfs/blobs/{}",
+            m["layers"][0]["digest"].as_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        blob.status.success() && blob.stdout == tarball,
+        "the blob differs"
+    );
+    // The SBOMs and provenance are about the artifact.
+    let fallback = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!(
+            "docker://{host}/team/rootfs:sha256-{}",
+            digest.trim_start_matches("sha256:")
+        ))
+        .output()
+        .unwrap();
+    assert!(fallback.status.success(), "{}", stderr(&fallback));
+    let listed: serde_json::Value = serde_json::from_slice(&fallback.stdout).unwrap();
+    assert!(
+        listed["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["artifactType"] == "application/spdx+json"),
+        "{listed}"
+    );
+    // Again: nothing sent.
+    let o = publish();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = json_of(&o)["published"][0].clone();
+    assert_eq!(
+        (
+            q["blobs-uploaded"].as_u64(),
+            q["manifests-pushed"].as_u64(),
+            q["artifact-bytes-uploaded"].as_u64(),
+            q["digest"].as_str()
+        ),
+        (Some(0), Some(0), Some(0), Some(digest.as_str())),
+        "{q}"
+    );
+    let found = json_of(&f.kiln(&["find", "--format", "tar", "--json"]));
+    let pubs = found["images"][0]["publications"].as_array().unwrap();
+    assert_eq!(pubs[0]["location"], format!("{host}/team/rootfs@{digest}"));
+}
+
 /// `--catalog postgres://…`: builds, publications and `kiln find` on a real
 /// PostgreSQL server give what the SQLite catalog gives.
 #[test]

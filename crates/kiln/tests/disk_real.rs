@@ -622,3 +622,346 @@ fn every_example_recipe_resolves() {
         }
     }
 }
+
+#[path = "../../kiln-serve/tests/common/browser.rs"]
+#[allow(dead_code)]
+mod browser;
+
+/// `sha256:…` of what a registry serves for `reference` (skopeo, not Kiln).
+fn registry_digest(reference: &str) -> String {
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo is installed");
+    assert!(o.status.success(), "{reference}: {}", stderr(&o));
+    format!("sha256:{}", kiln_testkit::sha256_hex(&o.stdout))
+}
+
+/// The catalog-and-publish issue's proof on real builds: minbase (a
+/// tarball), python-distroless (an OCI image) and the generic cloud image
+/// (disks) are published to a registry and a signed download tree; `kiln
+/// find` names each with the digest the registry serves; the finder page
+/// lists all three with their locations; a PostgreSQL catalog answers as
+/// the SQLite one; `kiln verify` passes and catches a flipped byte, a
+/// replayed older document and an expired one.
+#[test]
+fn three_images_are_published_found_and_verified() {
+    if skip() {
+        return;
+    }
+    let r = recipes();
+    let work = r.path();
+    let lite = work.join("catalog.sqlite");
+    let k = |catalog: &str, args: &[&str]| kiln(args, &[("KILN_CATALOG", catalog)]);
+    let lite_s = lite.to_str().unwrap().to_string();
+    let images = [
+        ("minbase", "minbase.toml"),
+        ("python-distroless", "python-distroless.toml"),
+        ("debian-cloud", "debian-cloud.toml"),
+    ];
+    for (name, recipe) in images {
+        let out = work.join("out").join(name);
+        let o = k(
+            &lite_s,
+            &[
+                "build",
+                work.join(recipe).to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{name}: {}", text(&o));
+    }
+    let pem = work.join("tree.pem");
+    let public = work.join("tree.pub");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            pem.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            pem.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        assert!(Command::new("openssl")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let reg = Registry::start(None);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let tree = work.join("tree");
+    let tree_url = format!("file://{}", tree.display());
+    // The channel document after each publish.
+    let docs = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
+    let publish_all = |catalog: &str| -> Vec<serde_json::Value> {
+        images
+            .iter()
+            .map(|(name, _)| {
+                let out = work.join("out").join(name);
+                let o = k(
+                    catalog,
+                    &[
+                        "publish",
+                        out.to_str().unwrap(),
+                        "--to",
+                        &format!("{host}/debian/{name}:proof"),
+                        "--to",
+                        &tree_url,
+                        "--sign-key",
+                        pem.to_str().unwrap(),
+                        "--insecure",
+                        "--json",
+                    ],
+                );
+                assert!(o.status.success(), "publish {name}: {}", text(&o));
+                let j = json_of(&o);
+                assert_matches_schema("publish", &j);
+                docs.borrow_mut()
+                    .push(std::fs::read(tree.join("channels/stable.json")).unwrap());
+                j
+            })
+            .collect()
+    };
+    let first = publish_all(&lite_s);
+    // The registry serves what Kiln says it pushed, for all three.
+    for ((name, _), j) in images.iter().zip(&first) {
+        let reg_pub = j["published"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == "registry")
+            .unwrap();
+        assert_eq!(
+            reg_pub["digest"].as_str().unwrap(),
+            registry_digest(&format!("{host}/debian/{name}:proof")),
+            "{name}"
+        );
+    }
+
+    // `kiln find --package python3` names the distroless image, with the
+    // digest skopeo sees.
+    let found = json_of(&k(&lite_s, &["find", "--package", "python3", "--json"]));
+    assert_matches_schema("find", &found);
+    let mut names: Vec<&str> = found["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    names.sort();
+    // The cloud image ships python3 too (cloud-init); minbase does not.
+    assert_eq!(names, ["debian-cloud", "python-distroless"], "{found}");
+    let py = found["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["image"] == "python-distroless")
+        .unwrap();
+    let py_digest = registry_digest(&format!("{host}/debian/python-distroless:proof"));
+    let location = format!("{host}/debian/python-distroless@{py_digest}");
+    assert!(
+        py["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["location"] == location.as_str() && p["digest"] == py_digest.as_str()),
+        "{found}"
+    );
+    // Each image: one registry and one tree publication.
+    let all = json_of(&k(&lite_s, &["find", "--json"]));
+    for (name, _) in images {
+        let me = all["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["image"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in the catalog: {all}"));
+        let mut kinds: Vec<&str> = me["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap())
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["registry", "tree"], "{name}: {me}");
+    }
+    let disk = json_of(&k(
+        &lite_s,
+        &["find", "--format", "disk", "--channel", "stable", "--json"],
+    ));
+    assert_eq!(disk["images"][0]["image"], "debian-cloud", "{disk}");
+
+    // The finder page, in a real browser, lists all three with where they are.
+    let mut serve = kiln_command(
+        &cache(),
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("KILN_CATALOG", &lite_s)],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line.trim().to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "kiln serve printed {line:?}"
+    );
+    let chromium = browser::Chromium::launch();
+    let mut tab = chromium.tab();
+    tab.navigate(&url);
+    tab.wait_for(
+        "document.body.dataset.state === 'results' && document.querySelectorAll('#results .result').length === 3",
+        "the three images",
+    );
+    let cards = tab.eval(
+        "[...document.querySelectorAll('#results .result')].map(r => [r.dataset.image, \
+         [...r.querySelectorAll('.publication input')].map(i => i.value).sort()])",
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+    for (name, _) in images {
+        let card = cards
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == name)
+            .unwrap_or_else(|| panic!("{name} is not on the page: {cards}"));
+        let digest = registry_digest(&format!("{host}/debian/{name}:proof"));
+        let places = card[1].as_array().unwrap();
+        assert!(
+            places
+                .iter()
+                .any(|p| p == &format!("{host}/debian/{name}@{digest}")),
+            "{name}: {card}"
+        );
+        assert!(
+            places
+                .iter()
+                .any(|p| p.as_str().unwrap().ends_with("channels/stable.json")),
+            "{name}: {card}"
+        );
+    }
+    assert!(tab.cdp.problems.is_empty(), "{:?}", tab.cdp.problems);
+    drop(chromium);
+
+    // PostgreSQL: the builds imported, the publications recorded by
+    // publishing again (nothing is sent), and the same answers.
+    let pg = kiln_testkit::postgres::Postgres::start();
+    let url = pg.database("proof");
+    let mut dirs = vec!["catalog", "import"];
+    let outs: Vec<String> = images
+        .iter()
+        .map(|(n, _)| work.join("out").join(n).display().to_string())
+        .collect();
+    dirs.extend(outs.iter().map(String::as_str));
+    let o = k(&url, &dirs);
+    assert!(o.status.success(), "{}", text(&o));
+    let again = publish_all(&url);
+    for j in &again {
+        for p in j["published"].as_array().unwrap() {
+            if p["kind"] == "registry" {
+                assert_eq!(p["blobs-uploaded"], 0, "{p}");
+                assert_eq!(p["artifact-bytes-uploaded"], 0, "{p}");
+            } else {
+                assert_eq!(p["bytes-copied"], 0, "{p}");
+            }
+        }
+    }
+    let answers = |catalog: &str| -> Vec<serde_json::Value> {
+        [
+            vec!["find", "--package", "python3", "--json"],
+            vec!["find", "--format", "disk", "--json"],
+            vec!["find", "--json"],
+        ]
+        .iter()
+        .map(|q| {
+            let mut j = json_of(&k(catalog, q));
+            j.as_object_mut().unwrap().remove("catalog");
+            for i in j["images"].as_array_mut().unwrap() {
+                let o = i.as_object_mut().unwrap();
+                o.remove("recorded-at");
+                for p in o["publications"].as_array_mut().unwrap() {
+                    p.as_object_mut().unwrap().remove("published-at");
+                }
+            }
+            j
+        })
+        .collect()
+    };
+    assert_eq!(
+        answers(&url),
+        answers(&lite_s),
+        "PostgreSQL and SQLite differ"
+    );
+
+    // kiln verify TREE: passes; then a flipped byte, an older document
+    // and an expired one each fail.
+    let verify = |envs: &[&str]| -> Output {
+        let mut c = Command::new(if envs.is_empty() { "env" } else { "faketime" });
+        c.args(envs)
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "verify",
+                tree.to_str().unwrap(),
+                "--key",
+                public.to_str().unwrap(),
+            ])
+            .env("KILN_CACHE_DIR", cache())
+            .env("XDG_STATE_HOME", work.join("state"))
+            .env("NO_COLOR", "1");
+        c.output().unwrap()
+    };
+    let o = verify(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = verify(&["+400 days"]);
+    assert!(!o.status.success(), "an expired tree verified");
+    assert!(text(&o).contains("expired"), "{}", text(&o));
+    let doc = tree.join("channels/stable.json");
+    let newest = std::fs::read(&doc).unwrap();
+    let oldest = docs.borrow()[0].clone();
+    assert_ne!(newest, oldest, "publishing three builds grew the serial");
+    std::fs::write(&doc, &oldest).unwrap();
+    let o = verify(&[]);
+    assert!(!o.status.success(), "an older document verified");
+    assert!(text(&o).contains("rollback"), "{}", text(&o));
+    std::fs::write(&doc, &newest).unwrap();
+    let qcow2 = walk_files(&tree.join("pool"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "qcow2"))
+        .expect("the disk's qcow2 is in the pool");
+    flip_byte(&qcow2, 4096);
+    let o = verify(&[]);
+    assert!(!o.status.success(), "a flipped byte verified");
+    assert!(text(&o).contains("disk.qcow2"), "{}", text(&o));
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    out
+}

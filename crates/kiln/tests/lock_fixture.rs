@@ -2491,6 +2491,103 @@ fn publish_to_a_registry_attaches_sboms_and_provenance_as_referrers() {
     );
 }
 
+/// A loopback proxy to `upstream` that, while `cut` is set, closes a
+/// connection the moment a manifest is sent (`PUT /v2/…/manifests/…`): a
+/// target that dies after taking the blobs.
+fn cutting_proxy(upstream: u16, cut: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Both);
+            });
+            let cut = cut.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    let has = |pat: &[u8]| chunk.windows(pat.len()).any(|w| w == pat);
+                    if cut.load(Ordering::SeqCst) && has(b"PUT /v2/") && has(b"/manifests/") {
+                        break;
+                    }
+                    if server.write_all(chunk).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(Shutdown::Both);
+                let _ = client.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+/// A registry that dies midway (after the blobs, before the manifest): the
+/// publish fails, nothing is recorded as published and no tag exists; the
+/// next run sends only what is missing and records it.
+#[test]
+fn a_publish_cut_midway_records_nothing_and_the_next_run_resumes() {
+    let f = Fixture::new();
+    let out = f.work.path().join("out");
+    tar_and_oci_build(&f, &out, "1");
+    let reg = Registry::start(None);
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let proxy = cutting_proxy(reg.port, cut.clone());
+    let target = format!("127.0.0.1:{proxy}/team/img:1");
+    let publish = || {
+        f.kiln(&[
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            &target,
+            "--insecure",
+            "--json",
+        ])
+    };
+    let o = publish();
+    assert!(!o.status.success(), "a publish cut midway succeeded");
+    let found = json_of(&f.kiln(&["find", "--json"]));
+    assert_eq!(
+        found["images"][0]["publications"],
+        serde_json::json!([]),
+        "a cut publish was recorded"
+    );
+    let tag = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://127.0.0.1:{}/team/img:1", reg.port))
+        .output()
+        .unwrap();
+    assert!(!tag.status.success(), "the tag exists after a cut publish");
+
+    // The target is back: the blobs it took are not sent again.
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    let o = publish();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = json_of(&o)["published"][0].clone();
+    assert_eq!(p["blobs-uploaded"], 0, "the blobs were sent again: {p}");
+    assert!(p["blobs-skipped"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["manifests-pushed"].as_u64().unwrap() > 0, "{p}");
+    let found = json_of(&f.kiln(&["find", "--json"]));
+    assert_eq!(
+        found["images"][0]["publications"][0]["digest"], p["digest"],
+        "{found}"
+    );
+}
+
 /// A build without an OCI image (a rootfs tarball) goes to a registry as an
 /// OCI 1.1 artifact whose layer is the tarball, tagged with the image's
 /// version, with its SBOMs and provenance attached to it.

@@ -808,32 +808,43 @@ impl Catalog {
             Dialect::Sqlite => "rowid",
             Dialect::Postgres => "ctid",
         };
-        // The details of all found versions in four statements, each
-        // selecting its rows by the same filter (not a statement per
-        // version, nor lists of ids that take longer to parse than to run).
+        // The details of all found versions in four statements (not a
+        // statement per version): by a list of their ids when they are few;
+        // when they are many, every row, skipping those of other versions
+        // (cheaper than a long list or a subquery each statement re-runs).
+        if found.is_empty() {
+            return Ok(found);
+        }
         let at: std::collections::HashMap<i64, usize> =
             found.iter().enumerate().map(|(k, f)| (f.id, k)).collect();
-        let list = format!("SELECT id FROM image WHERE 1 = 1{filter}");
+        let list = if found.len() <= 500 {
+            // Integers from the database itself: no quoting to get wrong.
+            let ids: Vec<String> = found.iter().map(|f| f.id.to_string()).collect();
+            format!("image_id IN ({})", ids.join(","))
+        } else {
+            "1 = 1".to_string()
+        };
+        let mine = |r: &db::Row| at.get(&r.i(0)).copied();
         {
             if let Some(p) = &q.package {
                 let rows = conn
                     .query(
                         &format!(
                             "SELECT image_id, name, version, target FROM package \
-                             WHERE name = ?{} AND image_id IN ({list}) ORDER BY image_id, {order_rows}",
-                            args.len() + 1
+                             WHERE name = ?1 AND {list} ORDER BY image_id, {order_rows}"
                         ),
-                        &[args.clone(), vec![(&p.name).into()]].concat(),
+                        args![&p.name],
                     )
                     .map_err(db)?;
                 for r in rows {
+                    let Some(k) = mine(&r) else { continue };
                     let x = FoundPackage {
                         name: r.t(1),
                         version: r.t(2),
                         architecture: r.t(3),
                     };
                     if p.matches(&x.version) {
-                        found[at[&r.i(0)]].packages.push(x);
+                        found[k].packages.push(x);
                     }
                 }
             }
@@ -841,13 +852,14 @@ impl Catalog {
                 .query(
                     &format!(
                         "SELECT image_id, kind, path, architecture, size, sha256 FROM artifact \
-                         WHERE image_id IN ({list}) ORDER BY image_id, {order_rows}"
+                         WHERE {list} ORDER BY image_id, {order_rows}"
                     ),
-                    &args,
+                    &[],
                 )
                 .map_err(db)?;
             for r in rows {
-                found[at[&r.i(0)]].artifacts.push(FoundArtifact {
+                let Some(k) = mine(&r) else { continue };
+                found[k].artifacts.push(FoundArtifact {
                     kind: r.t(1),
                     path: r.t(2),
                     architecture: r.ot(3),
@@ -859,13 +871,14 @@ impl Catalog {
                 .query(
                     &format!(
                         "SELECT image_id, artifact, passed, seconds, report, at FROM test_run \
-                         WHERE image_id IN ({list}) ORDER BY at DESC, {order_rows} DESC"
+                         WHERE {list} ORDER BY at DESC, {order_rows} DESC"
                     ),
-                    &args,
+                    &[],
                 )
                 .map_err(db)?;
             for r in rows {
-                found[at[&r.i(0)]].tests.push(FoundTest {
+                let Some(k) = mine(&r) else { continue };
+                found[k].tests.push(FoundTest {
                     artifact: r.t(1),
                     passed: r.b(2),
                     seconds: r.f(3),
@@ -877,14 +890,15 @@ impl Catalog {
                 .query(
                     &format!(
                         "SELECT image_id, target, kind, location, digest, channel, published_at \
-                         FROM publication WHERE image_id IN ({list}) \
+                         FROM publication WHERE {list} \
                          ORDER BY published_at DESC, id DESC"
                     ),
-                    &args,
+                    &[],
                 )
                 .map_err(db)?;
             for r in rows {
-                found[at[&r.i(0)]].publications.push(Publication {
+                let Some(k) = mine(&r) else { continue };
+                found[k].publications.push(Publication {
                     target: r.t(1),
                     kind: r.t(2),
                     location: r.t(3),
@@ -1095,7 +1109,7 @@ pub struct FoundTest {
     pub at: i64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct FoundPackage {
     pub name: String,
@@ -1223,6 +1237,48 @@ mod tests {
         assert_eq!((f.images, f.versions), (1, 2));
         assert_eq!(f.channels, ["stable", "testing"]);
         assert_eq!(f.suites.len(), 1);
+    }
+
+    /// Over 500 versions found, the details are read by a scan instead of
+    /// an id list: each version still gets its own and only its own.
+    #[test]
+    fn many_versions_get_the_same_details_as_few() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("catalog.sqlite")).unwrap();
+        for n in 0..520 {
+            let name = if n % 2 == 0 { "even" } else { "odd" };
+            let version = format!("1.{n}-1");
+            let b = build_dir(
+                &d.path().join(n.to_string()),
+                name,
+                n,
+                &[("zlib", &version)],
+            );
+            c.record_build(&b).unwrap();
+            if n % 7 == 0 {
+                c.record_test(&b, "rootfs.tar", n % 2 == 0, 1.0, Path::new("/r.xml"))
+                    .unwrap();
+            }
+        }
+        let q = |image: Option<&str>| Query {
+            image: image.map(str::to_string),
+            package: Some(PackageQuery::parse("zlib").unwrap()),
+            ..Default::default()
+        };
+        let all = c.find(&q(None)).unwrap();
+        assert_eq!(all.len(), 520);
+        let few = c.find(&q(Some("odd"))).unwrap();
+        assert_eq!(few.len(), 260);
+        for f in &few {
+            let same = all.iter().find(|a| a.id == f.id).unwrap();
+            assert_eq!(same.packages, f.packages);
+            assert_eq!(same.tests.len(), f.tests.len());
+            assert_eq!(
+                same.packages[0].version,
+                format!("1.{}-1", f.source_date_epoch)
+            );
+            assert_eq!(f.tests.len(), usize::from(f.source_date_epoch % 7 == 0));
+        }
     }
 
     #[test]

@@ -736,31 +736,31 @@ impl Catalog {
     pub fn find(&self, q: &Query) -> Result<Vec<Found>, CatalogError> {
         let db = db_err(&self.path);
         let mut conn = self.conn.borrow_mut();
-        // The WHERE clauses, kept apart to select the details by them too.
-        let mut sql = String::new();
+        // The WHERE clauses after `WHERE 1 = 1`.
+        let mut filter = String::new();
         let mut args: Vec<V> = Vec::new();
         if let Some(n) = &q.image {
             args.push(n.into());
-            sql += &format!(" AND name = ?{}", args.len());
+            filter += &format!(" AND name = ?{}", args.len());
         }
         if let Some(s) = &q.suite {
             args.push(s.into());
-            sql += &format!(" AND suite = ?{}", args.len());
+            filter += &format!(" AND suite = ?{}", args.len());
         }
         if let Some(a) = &q.architecture {
             args.push(format!("% {a} %").into());
-            sql += &format!(" AND (' ' || architectures || ' ') LIKE ?{}", args.len());
+            filter += &format!(" AND (' ' || architectures || ' ') LIKE ?{}", args.len());
         }
         if let Some(f) = &q.format {
             args.push(f.into());
-            sql += &format!(
+            filter += &format!(
                 " AND id IN (SELECT image_id FROM artifact WHERE kind = ?{})",
                 args.len()
             );
         }
         if let Some(c) = &q.channel {
             args.push(c.into());
-            sql += &format!(
+            filter += &format!(
                 " AND id IN (SELECT image_id FROM publication WHERE channel = ?{})",
                 args.len()
             );
@@ -769,12 +769,11 @@ impl Catalog {
             args.push((&p.name).into());
             // Through the index on package names (a correlated EXISTS
             // made SQLite walk every image's packages).
-            sql += &format!(
+            filter += &format!(
                 " AND id IN (SELECT image_id FROM package WHERE name = ?{})",
                 args.len()
             );
         }
-        let filter = sql;
         let rows = conn
             .query(
                 &format!(
@@ -825,88 +824,86 @@ impl Catalog {
             "1 = 1".to_string()
         };
         let mine = |r: &db::Row| at.get(&r.i(0)).copied();
-        {
-            if let Some(p) = &q.package {
-                let rows = conn
-                    .query(
-                        &format!(
-                            "SELECT image_id, name, version, target FROM package \
-                             WHERE name = ?1 AND {list} ORDER BY image_id, {order_rows}"
-                        ),
-                        args![&p.name],
-                    )
-                    .map_err(db)?;
-                for r in rows {
-                    let Some(k) = mine(&r) else { continue };
-                    let x = FoundPackage {
-                        name: r.t(1),
-                        version: r.t(2),
-                        architecture: r.t(3),
-                    };
-                    if p.matches(&x.version) {
-                        found[k].packages.push(x);
-                    }
+        if let Some(p) = &q.package {
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT image_id, name, version, target FROM package \
+                         WHERE name = ?1 AND {list} ORDER BY image_id, {order_rows}"
+                    ),
+                    args![&p.name],
+                )
+                .map_err(db)?;
+            for r in rows {
+                let Some(k) = mine(&r) else { continue };
+                let x = FoundPackage {
+                    name: r.t(1),
+                    version: r.t(2),
+                    architecture: r.t(3),
+                };
+                if p.matches(&x.version) {
+                    found[k].packages.push(x);
                 }
             }
-            let rows = conn
-                .query(
-                    &format!(
-                        "SELECT image_id, kind, path, architecture, size, sha256 FROM artifact \
-                         WHERE {list} ORDER BY image_id, {order_rows}"
-                    ),
-                    &[],
-                )
-                .map_err(db)?;
-            for r in rows {
-                let Some(k) = mine(&r) else { continue };
-                found[k].artifacts.push(FoundArtifact {
-                    kind: r.t(1),
-                    path: r.t(2),
-                    architecture: r.ot(3),
-                    size: r.i(4) as u64,
-                    sha256: r.t(5),
-                });
-            }
-            let rows = conn
-                .query(
-                    &format!(
-                        "SELECT image_id, artifact, passed, seconds, report, at FROM test_run \
-                         WHERE {list} ORDER BY at DESC, {order_rows} DESC"
-                    ),
-                    &[],
-                )
-                .map_err(db)?;
-            for r in rows {
-                let Some(k) = mine(&r) else { continue };
-                found[k].tests.push(FoundTest {
-                    artifact: r.t(1),
-                    passed: r.b(2),
-                    seconds: r.f(3),
-                    report: r.t(4),
-                    at: r.i(5),
-                });
-            }
-            let rows = conn
-                .query(
-                    &format!(
-                        "SELECT image_id, target, kind, location, digest, channel, published_at \
-                         FROM publication WHERE {list} \
-                         ORDER BY published_at DESC, id DESC"
-                    ),
-                    &[],
-                )
-                .map_err(db)?;
-            for r in rows {
-                let Some(k) = mine(&r) else { continue };
-                found[k].publications.push(Publication {
-                    target: r.t(1),
-                    kind: r.t(2),
-                    location: r.t(3),
-                    digest: r.ot(4),
-                    channel: r.ot(5),
-                    published_at: r.i(6),
-                });
-            }
+        }
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT image_id, kind, path, architecture, size, sha256 FROM artifact \
+                     WHERE {list} ORDER BY image_id, {order_rows}"
+                ),
+                &[],
+            )
+            .map_err(db)?;
+        for r in rows {
+            let Some(k) = mine(&r) else { continue };
+            found[k].artifacts.push(FoundArtifact {
+                kind: r.t(1),
+                path: r.t(2),
+                architecture: r.ot(3),
+                size: r.i(4) as u64,
+                sha256: r.t(5),
+            });
+        }
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT image_id, artifact, passed, seconds, report, at FROM test_run \
+                     WHERE {list} ORDER BY at DESC, {order_rows} DESC"
+                ),
+                &[],
+            )
+            .map_err(db)?;
+        for r in rows {
+            let Some(k) = mine(&r) else { continue };
+            found[k].tests.push(FoundTest {
+                artifact: r.t(1),
+                passed: r.b(2),
+                seconds: r.f(3),
+                report: r.t(4),
+                at: r.i(5),
+            });
+        }
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT image_id, target, kind, location, digest, channel, published_at \
+                     FROM publication WHERE {list} \
+                     ORDER BY published_at DESC, id DESC"
+                ),
+                &[],
+            )
+            .map_err(db)?;
+        for r in rows {
+            let Some(k) = mine(&r) else { continue };
+            found[k].publications.push(Publication {
+                target: r.t(1),
+                kind: r.t(2),
+                location: r.t(3),
+                digest: r.ot(4),
+                channel: r.ot(5),
+                published_at: r.i(6),
+            });
         }
         if q.package.is_some() {
             found.retain(|f| !f.packages.is_empty());

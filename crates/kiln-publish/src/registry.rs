@@ -32,6 +32,22 @@ pub struct RegistryReport {
 }
 
 impl RegistryReport {
+    /// The report of the push of `pushed` to `repository` under `tag`,
+    /// before anything is attached.
+    fn pushed(repository: &str, tag: &str, pushed: &kiln_registry::PushReport) -> RegistryReport {
+        RegistryReport {
+            repository: repository.to_string(),
+            tags: vec![tag.to_string()],
+            digest: pushed.digest.clone(),
+            blobs_uploaded: pushed.blobs_uploaded,
+            blobs_skipped: pushed.blobs_skipped,
+            manifests_pushed: pushed.manifests_pushed + usize::from(!pushed.tag_unchanged),
+            referrers: Vec::new(),
+            discovery: Discovery::TagFallback,
+            artifact_bytes_uploaded: 0,
+        }
+    }
+
     /// Whether this publish sent nothing at all.
     pub fn nothing_sent(&self) -> bool {
         self.blobs_uploaded == 0 && self.manifests_pushed == 0 && self.artifact_bytes_uploaded == 0
@@ -105,17 +121,7 @@ fn push_image(
         let pushed = kiln_registry::push(&layout, &r, push_opts)?;
         match &mut report {
             None => {
-                report = Some(RegistryReport {
-                    repository: base.to_string(),
-                    tags: vec![t.clone()],
-                    digest: pushed.digest.clone(),
-                    blobs_uploaded: pushed.blobs_uploaded,
-                    blobs_skipped: pushed.blobs_skipped,
-                    manifests_pushed: pushed.manifests_pushed + usize::from(!pushed.tag_unchanged),
-                    referrers: Vec::new(),
-                    discovery: Discovery::TagFallback,
-                    artifact_bytes_uploaded: 0,
-                });
+                report = Some(RegistryReport::pushed(base, t, &pushed));
                 first_ref = Some(r);
             }
             Some(rep) => {
@@ -170,68 +176,57 @@ pub const DISK_ARTIFACT: &str = "application/vnd.kiln.disk.v1";
 /// Pushes a build without an OCI image (a root filesystem tarball, disk
 /// images) as one OCI 1.1 artifact whose layers are its files, each by the
 /// size and sha256 the build's check found; tagged as given, else with the
-/// image's version, else `latest`.
+/// image's version (when it is a valid tag), else `latest`.
 fn push_files(
     build: &Build,
     reference: &str,
     push_opts: &PushOptions<'_>,
 ) -> Result<(RegistryReport, Reference, Subject), PublishError> {
     let (base, tag) = split_tag(reference);
-    let tag = tag
-        .map(str::to_string)
-        .or_else(|| build.manifest.version.clone().filter(|v| valid_tag(v)))
-        .unwrap_or_else(|| "latest".into());
-    let mut layers = Vec::new();
-    for f in build.files.iter().filter(|f| f.role == Role::Artifact) {
-        let (Some(format), Some((size, sha))) = (f.format, &f.digest) else {
-            continue;
-        };
-        layers.push(attach::FileLayer {
-            media_type: layer_media_type(format).into(),
-            title: f.name.clone(),
-            path: build.path_of(f),
-            size: *size,
-            digest: format!("sha256:{sha}"),
-        });
-    }
-    if layers.is_empty() {
+    let r = match tag {
+        Some(t) => Reference::parse(&format!("{base}:{t}"))?,
+        None => build
+            .manifest
+            .version
+            .as_ref()
+            .and_then(|v| Reference::parse(&format!("{base}:{v}")).ok())
+            .map_or_else(|| Reference::parse(&format!("{base}:latest")), Ok)?,
+    };
+    let files: Vec<(Format, &BuildFile, u64, &str)> = build
+        .files
+        .iter()
+        .filter(|f| f.role == Role::Artifact)
+        .filter_map(|f| {
+            let (size, sha) = f.digest.as_ref()?;
+            Some((f.format?, f, *size, sha.as_str()))
+        })
+        .collect();
+    if files.is_empty() {
         return Err(PublishError::Target {
             target: format!("docker://{reference}"),
             message: format!("{} holds no artifact to push", build.dir.display()),
         });
     }
-    let artifact_type = if layers.iter().any(|l| l.media_type.contains(".disk.")) {
+    let artifact_type = if files
+        .iter()
+        .any(|(format, ..)| matches!(format, Format::Disk | Format::Qcow2))
+    {
         DISK_ARTIFACT
     } else {
         ROOTFS_ARTIFACT
     };
-    let r = Reference::parse(&format!("{base}:{tag}"))?;
-    let created = crate::rfc3339(build.manifest.source_date_epoch);
-    let pushed = attach::push_files(&r, artifact_type, &layers, &created, push_opts)?;
-    let size = attach::files_manifest(artifact_type, &layers, &created).len() as u64;
-    let subject = Subject {
-        digest: pushed.digest.clone(),
-        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-        size,
-    };
-    let report = RegistryReport {
-        repository: base.to_string(),
-        tags: vec![tag],
-        digest: pushed.digest,
-        blobs_uploaded: pushed.blobs_uploaded,
-        blobs_skipped: pushed.blobs_skipped,
-        manifests_pushed: pushed.manifests_pushed + usize::from(!pushed.tag_unchanged),
-        referrers: Vec::new(),
-        discovery: Discovery::TagFallback,
-        artifact_bytes_uploaded: 0,
-    };
-    Ok((report, r, subject))
-}
-
-/// A tag the distribution spec allows: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
-    (1..=128).contains(&t.len())
-        && t.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-'))
+    let layers: Vec<attach::FileLayer> = files
+        .iter()
+        .map(|(format, f, size, sha)| attach::FileLayer {
+            media_type: layer_media_type(*format).into(),
+            title: f.name.clone(),
+            path: build.path_of(f),
+            size: *size,
+            digest: format!("sha256:{sha}"),
         })
+        .collect();
+    let created = crate::rfc3339(build.manifest.source_date_epoch);
+    let (pushed, subject) = attach::push_files(&r, artifact_type, &layers, &created, push_opts)?;
+    let report = RegistryReport::pushed(base, &r.tag, &pushed);
+    Ok((report, r, subject))
 }

@@ -75,6 +75,26 @@ fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The empty config descriptor every artifact manifest carries.
+fn empty_config() -> Value {
+    json!({
+        "mediaType": EMPTY_MEDIA_TYPE,
+        "digest": sha256_digest(EMPTY_DATA),
+        "size": EMPTY_DATA.len(),
+        "data": "e30=",
+    })
+}
+
+/// Sends the empty config unless the registry has it; whether it was sent.
+fn ensure_empty_config(client: &Client<'_>) -> Result<bool, RegistryError> {
+    let empty = sha256_digest(EMPTY_DATA);
+    if client.has_blob_digest(&empty)? {
+        return Ok(false);
+    }
+    client.upload_bytes(&empty, EMPTY_DATA)?;
+    Ok(true)
+}
+
 /// The artifact manifest for `file` (its digest and size known), as bytes.
 /// `created` (RFC 3339) makes it reproducible: the same inputs give the
 /// same digest on every machine.
@@ -90,12 +110,7 @@ pub fn artifact_manifest(
         "schemaVersion": 2,
         "mediaType": MANIFEST_V1,
         "artifactType": artifact_type,
-        "config": {
-            "mediaType": EMPTY_MEDIA_TYPE,
-            "digest": sha256_digest(EMPTY_DATA),
-            "size": EMPTY_DATA.len(),
-            "data": "e30=",
-        },
+        "config": empty_config(),
         "layers": [{
             "mediaType": artifact_type,
             "digest": file_digest,
@@ -156,7 +171,6 @@ pub fn attach(
         discovery,
         bytes_uploaded: 0,
     };
-    let empty = sha256_digest(EMPTY_DATA);
     let mut fallback_changed = false;
     for item in items {
         let (size, hex) = {
@@ -186,8 +200,7 @@ pub fn attach(
         let digest = sha256_digest(&bytes);
         let present = client.manifest_digest(&digest)?.is_some();
         if !present {
-            if !client.has_blob_digest(&empty)? {
-                client.upload_bytes(&empty, EMPTY_DATA)?;
+            if ensure_empty_config(&client)? {
                 report.bytes_uploaded += EMPTY_DATA.len() as u64;
             }
             let blob = layout::Blob {
@@ -330,6 +343,89 @@ pub fn list(
     Ok(out)
 }
 
+/// One file of an artifact pushed by [`push_files`], its size and
+/// `sha256:…` digest known (checked by the caller).
+#[derive(Clone, Debug)]
+pub struct FileLayer {
+    pub media_type: String,
+    /// The name it is pulled as (`org.opencontainers.image.title`).
+    pub title: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub digest: String,
+}
+
+/// The manifest of an artifact holding `files` (no subject), as bytes:
+/// reproducible from the same inputs and `created`.
+pub fn files_manifest(artifact_type: &str, files: &[FileLayer], created: &str) -> Vec<u8> {
+    let layers: Vec<Value> = files
+        .iter()
+        .map(|f| {
+            json!({
+                "mediaType": f.media_type,
+                "digest": f.digest,
+                "size": f.size,
+                "annotations": { "org.opencontainers.image.title": f.title },
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_V1,
+        "artifactType": artifact_type,
+        "config": empty_config(),
+        "layers": layers,
+        "annotations": { "org.opencontainers.image.created": created },
+    }))
+    .expect("JSON")
+}
+
+/// Pushes `files` (a root filesystem tarball, disk images) as one OCI 1.1
+/// artifact tagged `reference`'s tag, for registries as a general artifact
+/// store (`oras pull` and the like fetch them by title), the way an image
+/// is pushed: what the registry has is not sent again, the tag goes last.
+/// Returns the report and the artifact as the subject of attachments.
+pub fn push_files(
+    reference: &Reference,
+    artifact_type: &str,
+    files: &[FileLayer],
+    created: &str,
+    opts: &PushOptions<'_>,
+) -> Result<(crate::PushReport, Subject), RegistryError> {
+    let client = Client::new(reference, opts);
+    client.ping()?;
+    let bytes = files_manifest(artifact_type, files, created);
+    let subject = Subject {
+        digest: sha256_digest(&bytes),
+        media_type: MANIFEST_V1.into(),
+        size: bytes.len() as u64,
+    };
+    let plan = layout::Plan {
+        blobs: files
+            .iter()
+            .map(|f| layout::Blob {
+                digest: f.digest.clone(),
+                size: f.size,
+                path: f.path.clone(),
+            })
+            .collect(),
+        children: Vec::new(),
+        top: Manifest {
+            digest: subject.digest.clone(),
+            media_type: MANIFEST_V1.into(),
+            bytes,
+        },
+    };
+    let empty_sent = ensure_empty_config(&client)?;
+    let mut report = crate::send(&client, &plan, reference, opts.progress)?;
+    if empty_sent {
+        report.blobs_uploaded += 1;
+    } else {
+        report.blobs_skipped += 1;
+    }
+    Ok((report, subject))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,113 +480,4 @@ mod tests {
         assert_eq!(v["config"]["digest"], sha256_digest(b"{}"));
         assert_eq!(v["layers"][0]["digest"], d);
     }
-}
-
-/// One file of an artifact pushed by [`push_files`], its size and
-/// `sha256:…` digest known (checked by the caller).
-#[derive(Clone, Debug)]
-pub struct FileLayer {
-    pub media_type: String,
-    /// The name it is pulled as (`org.opencontainers.image.title`).
-    pub title: String,
-    pub path: PathBuf,
-    pub size: u64,
-    pub digest: String,
-}
-
-/// The manifest of an artifact holding `files` (no subject), as bytes:
-/// reproducible from the same inputs and `created`.
-pub fn files_manifest(artifact_type: &str, files: &[FileLayer], created: &str) -> Vec<u8> {
-    let layers: Vec<Value> = files
-        .iter()
-        .map(|f| {
-            json!({
-                "mediaType": f.media_type,
-                "digest": f.digest,
-                "size": f.size,
-                "annotations": { "org.opencontainers.image.title": f.title },
-            })
-        })
-        .collect();
-    serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_V1,
-        "artifactType": artifact_type,
-        "config": {
-            "mediaType": EMPTY_MEDIA_TYPE,
-            "digest": sha256_digest(EMPTY_DATA),
-            "size": EMPTY_DATA.len(),
-            "data": "e30=",
-        },
-        "layers": layers,
-        "annotations": { "org.opencontainers.image.created": created },
-    }))
-    .expect("JSON")
-}
-
-/// Pushes `files` (a root filesystem tarball, disk images) as one OCI 1.1
-/// artifact tagged `reference`'s tag, for registries as a general artifact
-/// store (`oras pull` and the like fetch them by title). Blobs and the
-/// manifest the registry has already are not sent again.
-pub fn push_files(
-    reference: &Reference,
-    artifact_type: &str,
-    files: &[FileLayer],
-    created: &str,
-    opts: &PushOptions<'_>,
-) -> Result<crate::PushReport, RegistryError> {
-    let progress = opts.progress;
-    let client = Client::new(reference, opts);
-    client.ping()?;
-    let bytes = files_manifest(artifact_type, files, created);
-    let m = Manifest {
-        digest: sha256_digest(&bytes),
-        media_type: MANIFEST_V1.into(),
-        bytes,
-    };
-    let mut report = crate::PushReport {
-        digest: m.digest.clone(),
-        blobs_uploaded: 0,
-        blobs_skipped: 0,
-        manifests_pushed: 0,
-        manifests_skipped: 0,
-        tag_unchanged: false,
-    };
-    let empty = sha256_digest(EMPTY_DATA);
-    if client.has_blob_digest(&empty)? {
-        report.blobs_skipped += 1;
-    } else {
-        client.upload_bytes(&empty, EMPTY_DATA)?;
-        report.blobs_uploaded += 1;
-    }
-    for f in files {
-        let blob = layout::Blob {
-            digest: f.digest.clone(),
-            size: f.size,
-            path: f.path.clone(),
-        };
-        if client.has_blob(&blob)? {
-            report.blobs_skipped += 1;
-            progress(&format!("{} already present as {}", f.title, f.digest));
-        } else {
-            client.upload_blob(&blob)?;
-            report.blobs_uploaded += 1;
-            progress(&format!("uploaded {} ({} bytes)", f.title, f.size));
-        }
-    }
-    if client.manifest_digest(&m.digest)?.is_some() {
-        report.manifests_skipped += 1;
-    } else {
-        client.put_manifest(&m, &m.digest)?;
-        report.manifests_pushed += 1;
-        progress(&format!("pushed the artifact manifest {}", m.digest));
-    }
-    if client.manifest_digest(&reference.tag)?.as_deref() == Some(m.digest.as_str()) {
-        report.tag_unchanged = true;
-        progress(&format!("{reference} already points at {}", m.digest));
-    } else {
-        client.put_manifest(&m, &reference.tag)?;
-        progress(&format!("tagged {reference} -> {}", m.digest));
-    }
-    Ok(report)
 }

@@ -124,6 +124,18 @@ pub fn push(
 
     let client = client::Client::new(reference, opts);
     client.ping()?;
+    send(&client, &plan, reference, progress)
+}
+
+/// Sends what of `plan` the registry lacks: blobs, then manifests (each by
+/// digest), then the tag, which is written last so that it never points
+/// at a partial upload.
+pub(crate) fn send(
+    client: &client::Client<'_>,
+    plan: &layout::Plan,
+    reference: &Reference,
+    progress: &dyn Fn(&str),
+) -> Result<PushReport, RegistryError> {
     let mut report = PushReport {
         digest: plan.top.digest.clone(),
         blobs_uploaded: 0,

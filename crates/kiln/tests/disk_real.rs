@@ -673,31 +673,7 @@ fn three_images_are_published_found_and_verified() {
         );
         assert!(o.status.success(), "{name}: {}", text(&o));
     }
-    let pem = work.join("tree.pem");
-    let public = work.join("tree.pub");
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            pem.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            pem.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        assert!(Command::new("openssl")
-            .args(&args)
-            .status()
-            .unwrap()
-            .success());
-    }
+    let (pem, public) = ed25519_pair(work, "tree");
     let reg = Registry::start(None);
     let host = format!("127.0.0.1:{}", reg.port);
     let tree = work.join("tree");

@@ -2013,36 +2013,6 @@ fn builds_are_recorded_and_found_by_package_version() {
     );
 }
 
-/// An Ed25519 key pair made with openssl: (KEY.pem, KEY.pub).
-fn ed25519_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let pem = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            pem.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            pem.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let o = std::process::Command::new("openssl")
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
-    (pem, public)
-}
-
 /// A distroless fixture build with a tarball and an OCI image, at `out`.
 fn tar_and_oci_build(f: &Fixture, out: &Path, version: &str) {
     let recipe = f.distroless_recipe();

@@ -569,26 +569,6 @@ fn distroless_python(dir: &Path, extra_args: &[&str]) -> (PathBuf, Output) {
     (out, o)
 }
 
-fn keypair(dir: &Path) -> (PathBuf, PathBuf) {
-    let key = dir.join("key.pem");
-    let public = dir.join("key.pub");
-    assert!(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap()
-        .success());
-    (key, public)
-}
-
 fn verify(out: &Path, key: Option<&Path>) -> Output {
     let mut args = vec!["verify".to_string(), out.display().to_string()];
     if let Some(k) = key {
@@ -605,7 +585,7 @@ fn sboms_validate_and_signed_provenance_catches_tampering() {
     }
     let _g = serial();
     let work = tempfile::tempdir().unwrap();
-    let (key, public) = keypair(work.path());
+    let (key, public) = ed25519_pair(work.path(), "key");
     let (out, o) = distroless_python(work.path(), &["--sign-key", key.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Independent validators.
@@ -661,7 +641,7 @@ fn sboms_validate_and_signed_provenance_catches_tampering() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     // Signed provenance needs the key; another key is refused.
     assert!(!verify(&out, None).status.success());
-    let (_, other) = keypair(&work.path().join("other").tap_mkdir());
+    let (_, other) = ed25519_pair(&work.path().join("other").tap_mkdir(), "key");
     let wrong = verify(&out, Some(&other));
     assert!(!wrong.status.success());
     // Tampering with an artifact, the SBOM or the provenance is caught.
@@ -774,7 +754,7 @@ fn pushed_digest_equals_the_local_one() {
     // the image by the digest the registry has.
     let catalog = work.path().join("catalog.sqlite");
     let env = [("KILN_CATALOG", catalog.to_str().unwrap())];
-    let (key, public) = keypair(work.path());
+    let (key, public) = ed25519_pair(work.path(), "key");
     let tree = work.path().join("tree");
     let o = kiln(
         &[

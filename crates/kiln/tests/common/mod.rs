@@ -221,3 +221,31 @@ pub fn assert_matches_schema(name: &str, value: &serde_json::Value) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// An Ed25519 key pair made with openssl: (KEY.pem, KEY.pub).
+#[allow(dead_code)]
+pub fn ed25519_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let pem = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            pem.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            pem.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let o = Command::new("openssl").args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    (pem, public)
+}

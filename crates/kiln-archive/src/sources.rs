@@ -96,6 +96,12 @@ pub fn suite_suggestion(suite: &str) -> Option<String> {
         .map(|(_, n)| n)
 }
 
+/// Whether `suite` is a Debian release (`bookworm`, `stable`, …) that has
+/// `-updates` and `-security` companions in the host's Debian archives.
+pub fn is_debian_release(suite: &str) -> bool {
+    DEBIAN_SUITES.contains(&suite) && !ROLLING.contains(&suite)
+}
+
 /// Suites that have no `-updates` or `-security` companions.
 const ROLLING: &[&str] = &["sid", "unstable", "experimental", "rc-buggy"];
 

@@ -55,6 +55,13 @@ impl Target {
     /// A build's output directory, a recipe (`NAME.toml`, with `NAME.lock`
     /// beside it) or a lock (with its recipe beside it, if there is one).
     pub fn from_path(path: &Path) -> Result<Target> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(Hinted::new(
+                format!("{} does not exist", path.display()),
+                "name a build's output directory, a recipe or its lock".to_string(),
+            )
+            .into());
+        }
         if path.is_dir() {
             let m = Manifest::read_dir(path).map_err(|e| match e.hint() {
                 Some(h) => anyhow::Error::from(Hinted::new(e.to_string(), h)),
@@ -156,9 +163,11 @@ fn main_suite_of(lock: &Lock) -> String {
     lock.releases
         .iter()
         .map(|r| r.suite.as_str())
-        .find(|s| !["-updates", "-security", "-backports"]
-            .iter()
-            .any(|x| s.ends_with(x)))
+        .find(|s| {
+            !["-updates", "-security", "-backports"]
+                .iter()
+                .any(|x| s.ends_with(x))
+        })
         .or(lock.releases.first().map(|r| r.suite.as_str()))
         .unwrap_or_default()
         .to_string()
@@ -190,6 +199,24 @@ pub struct ImageReport {
     pub open: Vec<OpenIssue>,
     /// The Release files read: `URI SUITE` with their `Date`.
     pub releases: Vec<CheckedRelease>,
+}
+
+impl ImageReport {
+    /// An image that could not be checked at all (its build or lock cannot be read).
+    pub fn unknown(name: &str, version: Option<String>, location: &str, error: String) -> Self {
+        ImageReport {
+            name: name.to_string(),
+            version,
+            architecture: String::new(),
+            location: location.to_string(),
+            manifest_sha256: None,
+            status: Status::Unknown,
+            error: Some(error),
+            updates: Vec::new(),
+            open: Vec::new(),
+            releases: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -259,6 +286,8 @@ pub struct OpenIssue {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Report {
+    /// 1: docs/schemas/watch.schema.json.
+    pub schema_version: u32,
     pub checked_at: i64,
     /// Where CVE data came from, and how many issues it holds.
     pub tracker: Option<TrackerInfo>,
@@ -447,8 +476,7 @@ pub fn watch(targets: &[Target], opts: &WatchOptions, reporter: &dyn Reporter) -
             .flat_map(|h| h.join().expect("index loader panicked"))
             .collect()
     });
-    let mut universes: HashMap<(Vec<SourceKey>, String), Result<Universe, String>> =
-        HashMap::new();
+    let mut universes: HashMap<(Vec<SourceKey>, String), Result<Universe, String>> = HashMap::new();
     let mut images = Vec::new();
     for (t, s) in targets.iter().zip(&sources) {
         for arch in t.lock_architectures() {
@@ -576,6 +604,7 @@ pub fn watch(targets: &[Target], opts: &WatchOptions, reporter: &dyn Reporter) -
         ))
     });
     Report {
+        schema_version: 1,
         checked_at: opts.now,
         tracker: opts.tracker.map(|t| TrackerInfo {
             origin: t.origin.clone(),
@@ -589,7 +618,12 @@ pub fn watch(targets: &[Target], opts: &WatchOptions, reporter: &dyn Reporter) -
 impl Target {
     /// The image architectures the lock has packages for.
     pub fn lock_architectures(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self.lock.packages.iter().map(|p| p.target.as_str()).collect();
+        let set: BTreeSet<&str> = self
+            .lock
+            .packages
+            .iter()
+            .map(|p| p.target.as_str())
+            .collect();
         set.into_iter().map(String::from).collect()
     }
 }
@@ -714,10 +748,22 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90"), Some(std::time::Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Some(std::time::Duration::from_secs(1800)));
-        assert_eq!(parse_duration("6h"), Some(std::time::Duration::from_secs(21600)));
-        assert_eq!(parse_duration("1d"), Some(std::time::Duration::from_secs(86400)));
+        assert_eq!(
+            parse_duration("90"),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("30m"),
+            Some(std::time::Duration::from_secs(1800))
+        );
+        assert_eq!(
+            parse_duration("6h"),
+            Some(std::time::Duration::from_secs(21600))
+        );
+        assert_eq!(
+            parse_duration("1d"),
+            Some(std::time::Duration::from_secs(86400))
+        );
         for bad in ["", "0", "5x", "h", "-1m", "1.5h"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }

@@ -26,9 +26,7 @@ pub enum TrackerError {
 impl TrackerError {
     pub fn hint(&self) -> String {
         match self {
-            TrackerError::Read { .. } => {
-                "check the path or URL given to --security-tracker".into()
-            }
+            TrackerError::Read { .. } => "check the path or URL given to --security-tracker".into(),
             TrackerError::Malformed { .. } => "fetch the tracker's data/json again (a truncated \
                  download looks like this); the watch goes on without CVE data"
                 .into(),
@@ -72,10 +70,13 @@ pub enum Standing<'a> {
     Open(&'a IssueState),
 }
 
+/// One issue's states, by release codename.
+type PerRelease = HashMap<String, IssueState>;
+
 /// The tracker's data, per source package.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    by_source: HashMap<String, Vec<(String, HashMap<String, IssueState>)>>,
+    by_source: HashMap<String, Vec<(String, PerRelease)>>,
     /// How many issues it holds, for reports.
     pub issues: usize,
     /// Where it was read from.
@@ -243,8 +244,14 @@ mod tests {
             ["CVE-2024-0001 fixed 3.0.15-1~deb12u1", "CVE-2024-0002 open"]
         );
         // The fixed version itself is not affected; `~` sorts before the release.
-        assert_eq!(t.standing("openssl", "3.0.15-1~deb12u1", "bookworm").len(), 1);
-        assert_eq!(t.standing("openssl", "3.0.15-1~deb12u0", "bookworm").len(), 2);
+        assert_eq!(
+            t.standing("openssl", "3.0.15-1~deb12u1", "bookworm").len(),
+            1
+        );
+        assert_eq!(
+            t.standing("openssl", "3.0.15-1~deb12u0", "bookworm").len(),
+            2
+        );
         // Another release, another package: nothing.
         assert!(t.standing("openssl", "1", "trixie").is_empty());
         assert!(t.standing("bash", "1", "bookworm").is_empty());

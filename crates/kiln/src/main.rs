@@ -30,6 +30,7 @@ mod shell;
 mod show;
 mod test;
 mod ui;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -308,6 +309,8 @@ enum Command {
     },
     /// Find image versions in the catalog by name, suite, architecture, format or package version.
     Find(catalog::FindArgs),
+    /// Which images have newer packages in their suite, -updates or -security; exits 0 (none), 1 (updates), 2 (security updates), 3 (could not check).
+    Watch(watch::WatchArgs),
     /// Manage the catalog of images.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -554,6 +557,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Find(a) => catalog::cmd_find(&ui, cli.catalog.as_deref(), &a),
+        Command::Watch(a) => {
+            return ExitCode::from(watch::cmd_watch(&ui, cli.catalog.as_deref(), &a))
+        }
         Command::Catalog(CatalogCommand::Import { dirs, key }) => {
             catalog::cmd_import(&ui, cli.catalog.as_deref(), &dirs, key.as_deref())
         }

@@ -1,0 +1,229 @@
+//! `kiln watch`: which images have fallen behind their suites.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use kiln_watch::{ImageReport, Report, Status, Target, Tracker, WatchOptions};
+
+use crate::ui::Ui;
+use crate::SourceArgs;
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Recipes, locks or build output directories to check (default: the newest version of every image in the catalog).
+    pub targets: Vec<PathBuf>,
+    /// The Debian security tracker's JSON (a file, or an http(s):// URL of its data/json), for CVE ids, urgencies and issues with no fix yet.
+    #[arg(long, value_name = "FILE|URL")]
+    pub security_tracker: Option<String>,
+    /// Keep running: one pass every DURATION (90s, 30m, 6h, 1d); see docs/watch.md for a systemd timer instead.
+    #[arg(long, value_name = "DURATION", value_parser = parse_every)]
+    pub every: Option<Duration>,
+    /// Print the report as JSON on stdout (schema: docs/schemas/watch.schema.json).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+fn parse_every(s: &str) -> Result<Duration, String> {
+    kiln_watch::parse_duration(s).ok_or_else(|| {
+        format!("{s:?} is no duration: write a whole number with s, m, h or d (30m, 6h)")
+    })
+}
+
+/// Runs one pass (or one every `--every`) and gives the exit status:
+/// 0 nothing to do, 1 updates, 2 security updates, 3 an image could not
+/// be checked or the watch failed.
+pub fn cmd_watch(ui: &Ui, catalog: Option<&Path>, a: &WatchArgs) -> u8 {
+    loop {
+        let code = match pass(ui, catalog, a) {
+            Ok(code) => code,
+            Err(e) => {
+                crate::ui::report_error(ui, &e);
+                kiln_watch::EXIT_UNKNOWN
+            }
+        };
+        let Some(every) = a.every else {
+            return code;
+        };
+        ui.status(
+            "Waiting",
+            &format!("{} until the next pass", humantime(every)),
+        );
+        std::thread::sleep(every);
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn pass(ui: &Ui, catalog: Option<&Path>, a: &WatchArgs) -> Result<u8> {
+    let reporter = crate::ui::reporter(ui, false);
+    let _lock = kiln_watch::WatchLock::acquire(&kiln_watch::state_dir(), reporter.as_ref())?;
+    let mut warnings = Vec::new();
+    let tracker = match &a.security_tracker {
+        None => None,
+        Some(loc) => match Tracker::load(loc) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let w = format!("{e}; {}", e.hint());
+                ui.warn(&w);
+                warnings.push(w);
+                None
+            }
+        },
+    };
+    let mut failed: Vec<ImageReport> = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+    if a.targets.is_empty() {
+        let path = crate::catalog::location(catalog).ok_or_else(|| {
+            kiln_model::Hinted::new(
+                "--catalog none: there is no catalog to take the images from",
+                "name the recipes, locks or build directories to check",
+            )
+        })?;
+        let c = kiln_catalog::Catalog::open_read_only(&path)?;
+        let found = c.find(&kiln_catalog::Query {
+            latest: true,
+            ..Default::default()
+        })?;
+        for f in found {
+            match Target::from_path(Path::new(&f.location)) {
+                Ok(t) => targets.push(t),
+                Err(e) => failed.push(ImageReport::unknown(
+                    &f.image,
+                    f.version.clone(),
+                    &f.location,
+                    format!("recorded in the catalog, but {e:#}"),
+                )),
+            }
+        }
+        if targets.is_empty() && failed.is_empty() {
+            ui.warn(&format!(
+                "the catalog {} has no images; build some, or name recipes, locks or build directories",
+                c.path().display()
+            ));
+        }
+    } else {
+        for p in &a.targets {
+            targets.push(Target::from_path(p)?);
+        }
+    }
+    let mut report = kiln_watch::watch(
+        &targets,
+        &WatchOptions {
+            sources: a.sources.options(),
+            tracker: tracker.as_ref(),
+            now: kiln_archive::now(),
+        },
+        reporter.as_ref(),
+    );
+    report.warnings.extend(warnings);
+    report.images.extend(failed);
+    let code = report.exit_code();
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(code)
+}
+
+fn print_table(r: &Report) {
+    let rows: Vec<[String; 5]> = r
+        .images
+        .iter()
+        .map(|i| {
+            let sec = i.updates.iter().filter(|u| u.security).count();
+            [
+                i.name.clone(),
+                i.version.clone().unwrap_or_else(|| "-".into()),
+                if i.architecture.is_empty() {
+                    "-".into()
+                } else {
+                    i.architecture.clone()
+                },
+                i.status.name().to_string(),
+                match i.status {
+                    Status::Unknown => "?".into(),
+                    _ if i.updates.is_empty() => "0".into(),
+                    _ => format!("{} ({sec} security)", i.updates.len()),
+                },
+            ]
+        })
+        .collect();
+    let head = ["IMAGE", "VERSION", "ARCH", "STATUS", "UPDATES"];
+    let mut w = head.map(str::len);
+    for row in &rows {
+        for (k, c) in row.iter().enumerate() {
+            w[k] = w[k].max(c.chars().count());
+        }
+    }
+    let line = |c: [&str; 5]| {
+        outln!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        )
+    };
+    line(head);
+    for (row, i) in rows.iter().zip(&r.images) {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+        if let Some(e) = &i.error {
+            outln!("    cannot be checked: {e}");
+        }
+        for u in &i.updates {
+            let cves = if u.cves.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  {}{}",
+                    u.cves.join(" "),
+                    u.urgency
+                        .as_deref()
+                        .map(|x| format!(" ({x})"))
+                        .unwrap_or_default()
+                )
+            };
+            outln!(
+                "    {} {} -> {}  {}{}",
+                u.package,
+                u.installed,
+                u.candidate,
+                u.suite,
+                cves
+            );
+        }
+        if !i.open.is_empty() {
+            let fixed = i.open.iter().filter(|o| o.fixed_version.is_some()).count();
+            outln!(
+                "    {} open issue(s) with no fix in these sources{}",
+                i.open.len(),
+                if fixed > 0 {
+                    format!(" ({fixed} fixed in a version not here yet)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    for w in &r.warnings {
+        outln!("warning: {w}");
+    }
+}

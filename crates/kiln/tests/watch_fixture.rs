@@ -1,0 +1,374 @@
+//! `kiln watch` against a signed fixture repository with a security suite:
+//! a fix lands for a library one image uses, and only that image is behind.
+//! Bad input: a forged or missing security signature, a truncated tracker
+//! file, two watchers at once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use kiln_testkit::{Pkg, ReleaseOpts, Repo};
+
+fn base() -> Vec<Pkg> {
+    vec![
+        Pkg::new("base-files", "13")
+            .field("Essential", "yes")
+            .field("Priority", "required")
+            .file("/etc/debian_version", b"13\n"),
+        Pkg::new("libfoo1", "1.2-1")
+            .arch("amd64")
+            .field("Source", "foo")
+            .file("/usr/lib/libfoo.so.1", b"vulnerable"),
+        Pkg::new("nginx", "1.26.0-1")
+            .arch("amd64")
+            .depends("libfoo1 (>= 1.0), nginx-common"),
+        Pkg::new("nginx-common", "1.26.0-1"),
+    ]
+}
+
+fn fixed_libfoo() -> Pkg {
+    Pkg::new("libfoo1", "1.2-1+deb1u1")
+        .arch("amd64")
+        .field("Source", "foo (1.2-1+deb1u1)")
+        .file("/usr/lib/libfoo.so.1", b"fixed")
+}
+
+fn security_opts(date: &str) -> ReleaseOpts {
+    ReleaseOpts {
+        suite: "kiln-test-security".into(),
+        codename: "kiln-test-security".into(),
+        date: date.into(),
+        ..ReleaseOpts::default()
+    }
+}
+
+struct Fx {
+    repo: Repo,
+    work: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Fx {
+    /// The repository with an empty security suite, and two recipes locked
+    /// against it: `web` (nginx, which needs libfoo1) and `plain`
+    /// (nginx-common only).
+    fn new() -> Fx {
+        let mut repo = Repo::build(&base(), "amd64", &ReleaseOpts::default());
+        repo.write(
+            &[],
+            "amd64",
+            &security_opts("Sat, 01 Nov 2025 12:00:00 UTC"),
+        );
+        let f = Fx {
+            repo,
+            work: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+        };
+        for (name, pkg) in [("web", "nginx"), ("plain", "nginx-common")] {
+            let o = f.kiln(&["lock", f.recipe(name, pkg).to_str().unwrap()]);
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        f
+    }
+
+    fn recipe(&self, name: &str, include: &str) -> PathBuf {
+        let path = self.work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[image]\nname = \"{name}\"\nversion = \"1\"\nsuite = \"kiln-test\"\narchitectures = [\"amd64\"]\n\
+                 default-sources = false\n\n[packages]\ninclude = [\"{include}\"]\n\n\
+                 [container]\ndistroless = true\n\n[output]\nformats = [\"tar\"]\n\n\
+                 [[source]]\nuri = \"{}\"\nsuites = [\"kiln-test\", \"kiln-test-security\"]\nsigned-by = \"{}\"\n",
+                self.repo.uri(),
+                self.repo.key.keyring.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.work.path().join(name).display().to_string()
+    }
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        self.kiln_command(args).output().unwrap()
+    }
+
+    fn kiln_command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = kiln_command(
+            self.cache.path(),
+            args,
+            &[
+                ("KILN_FETCH_ATTEMPTS", "2"),
+                ("XDG_STATE_HOME", self.state.path().to_str().unwrap()),
+            ],
+        );
+        c.current_dir(self.work.path());
+        c
+    }
+
+    /// A fix for libfoo1 lands in the security suite.
+    fn publish_fix(&mut self) {
+        self.repo.write(
+            &[fixed_libfoo()],
+            "amd64",
+            &security_opts("Mon, 01 Dec 2025 12:00:00 UTC"),
+        );
+    }
+
+    fn security_dists(&self) -> PathBuf {
+        self.repo.dists(&security_opts(""))
+    }
+
+    fn watch_json(&self, extra: &[&str]) -> (Output, serde_json::Value) {
+        let mut args = vec!["watch", "--json"];
+        args.extend_from_slice(extra);
+        let o = self.kiln(&args);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&o), stderr(&o)));
+        assert_matches_schema("watch", &v);
+        (o, v)
+    }
+}
+
+fn image<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {v:#}"))
+}
+
+fn tracker(dir: &Path) -> PathBuf {
+    let p = dir.join("tracker.json");
+    std::fs::write(
+        &p,
+        r#"{
+          "foo": {
+            "CVE-2026-1111": {"description": "overflow", "releases": {
+              "kiln-test": {"status": "resolved", "fixed_version": "1.2-1+deb1u1", "urgency": "high",
+                            "repositories": {"kiln-test-security": "1.2-1+deb1u1"}}}},
+            "CVE-2026-2222": {"releases": {"kiln-test": {"status": "open", "urgency": "low"}}},
+            "CVE-2019-0001": {"releases": {"kiln-test": {"status": "resolved", "fixed_version": "0.9-1"}}}
+          },
+          "nginx": {
+            "CVE-2026-3333": {"releases": {"kiln-test": {"status": "resolved", "fixed_version": "1.27.0-1", "urgency": "medium"}}}
+          }
+        }"#,
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_security_fix_marks_only_the_image_that_has_the_library() {
+    let mut f = Fx::new();
+    let (web, plain) = (f.path("web.toml"), f.path("plain.toml"));
+
+    // Before the fix: both current, exit 0, and the table says so.
+    let o = f.kiln(&["watch", &web, &plain]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", text(&o), stderr(&o));
+    assert!(text(&o).contains("up-to-date"), "{}", text(&o));
+
+    f.publish_fix();
+    let tracker = tracker(f.work.path());
+    let (o, v) = f.watch_json(&[
+        "--security-tracker",
+        tracker.to_str().unwrap(),
+        &web,
+        &plain,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{v:#}\n{}", stderr(&o));
+    assert_eq!(v["tracker"]["issues"], 4);
+    let w = image(&v, "web");
+    assert_eq!(w["status"], "security");
+    assert_eq!(w["architecture"], "amd64");
+    let updates = w["updates"].as_array().unwrap();
+    assert_eq!(updates.len(), 1, "{w:#}");
+    let u = &updates[0];
+    assert_eq!(u["package"], "libfoo1");
+    assert_eq!(u["installed"], "1.2-1");
+    assert_eq!(u["candidate"], "1.2-1+deb1u1");
+    assert_eq!(u["suite"], "kiln-test-security");
+    assert_eq!(u["security"], true);
+    assert_eq!(u["release-date"], "Mon, 01 Dec 2025 12:00:00 UTC");
+    assert_eq!(u["cves"], serde_json::json!(["CVE-2026-1111"]));
+    assert_eq!(u["urgency"], "high");
+    // Open: foo's issue with no fix, nginx's fix these sources lack. Not the
+    // one fixed before the installed version.
+    let open: Vec<String> = w["open"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| format!("{} {} {}", o["source"], o["cve"], o["fixed-version"]))
+        .collect();
+    assert_eq!(
+        open,
+        [
+            "\"foo\" \"CVE-2026-2222\" null",
+            "\"nginx\" \"CVE-2026-3333\" \"1.27.0-1\""
+        ]
+    );
+    let p = image(&v, "plain");
+    assert_eq!(p["status"], "up-to-date", "{p:#}");
+    assert!(p["updates"].as_array().unwrap().is_empty());
+
+    // Just the lock works too; the table names the update and the CVE.
+    let o = f.kiln(&[
+        "watch",
+        "--security-tracker",
+        tracker.to_str().unwrap(),
+        &f.path("web.lock"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let t = text(&o);
+    assert!(
+        t.contains("libfoo1 1.2-1 -> 1.2-1+deb1u1  kiln-test-security  CVE-2026-1111 (high)"),
+        "{t}"
+    );
+}
+
+#[test]
+fn built_images_are_taken_from_the_catalog() {
+    let mut f = Fx::new();
+    let catalog = f.work.path().join("catalog.sqlite");
+    let cat = catalog.to_str().unwrap();
+    for name in ["web", "plain"] {
+        let o = f.kiln(&["--catalog", cat, "build", &f.path(&format!("{name}.toml"))]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    f.publish_fix();
+    let (o, v) = f.watch_json(&["--catalog", cat]);
+    assert_eq!(o.status.code(), Some(2), "{v:#}");
+    assert_eq!(v["images"].as_array().unwrap().len(), 2);
+    assert_eq!(image(&v, "web")["status"], "security");
+    assert_eq!(image(&v, "plain")["status"], "up-to-date");
+    let loc = image(&v, "web")["location"].as_str().unwrap().to_string();
+    assert!(Path::new(&loc).join("manifest.json").is_file(), "{loc}");
+
+    // A catalogued build whose directory is gone cannot be checked: unknown.
+    std::fs::remove_dir_all(&loc).unwrap();
+    let (o, v) = f.watch_json(&["--catalog", cat]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(image(&v, "web")["status"], "unknown");
+    let e = image(&v, "web")["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("recorded in the catalog") && e.contains("does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_forged_or_missing_security_signature_makes_images_unknown_never_current() {
+    let mut f = Fx::new();
+    f.publish_fix();
+    let (web, plain) = (f.path("web.toml"), f.path("plain.toml"));
+    let dists = f.security_dists();
+    // Forged: the signed text altered after signing (the index claim too).
+    let signed = std::fs::read_to_string(dists.join("InRelease")).unwrap();
+    let forged = signed.replace("Kiln Tests", "Kiln Tezts");
+    assert_ne!(forged, signed);
+    std::fs::write(dists.join("InRelease"), &forged).unwrap();
+    let (o, v) = f.watch_json(&[&web, &plain]);
+    assert_eq!(o.status.code(), Some(3), "{v:#}");
+    for name in ["web", "plain"] {
+        let i = image(&v, name);
+        assert_eq!(i["status"], "unknown", "{i:#}");
+        let e = i["error"].as_str().unwrap();
+        assert!(e.contains("kiln-test-security"), "{e}");
+        assert!(i["updates"].as_array().unwrap().is_empty());
+    }
+    let o = f.kiln(&["watch", &web, &plain]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(!text(&o).contains("up-to-date"), "{}", text(&o));
+    assert!(text(&o).contains("cannot be checked"), "{}", text(&o));
+
+    // Missing: no InRelease and an unsigned Release.
+    std::fs::remove_file(dists.join("InRelease")).unwrap();
+    let (o, v) = f.watch_json(&[&plain]);
+    assert_eq!(o.status.code(), Some(3));
+    let e = image(&v, "plain")["error"].as_str().unwrap().to_string();
+    assert!(e.contains("neither InRelease nor Release.gpg"), "{e}");
+}
+
+#[test]
+fn a_truncated_tracker_file_is_named_and_the_watch_goes_on() {
+    let mut f = Fx::new();
+    f.publish_fix();
+    let good = std::fs::read_to_string(tracker(f.work.path())).unwrap();
+    let cut = f.work.path().join("cut.json");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    let (o, v) = f.watch_json(&[
+        "--security-tracker",
+        cut.to_str().unwrap(),
+        &f.path("web.toml"),
+    ]);
+    // Still the update, from the archive alone; no CVEs, and it says why.
+    assert_eq!(o.status.code(), Some(2), "{v:#}");
+    assert!(v["tracker"].is_null());
+    let w = v["warnings"].as_array().unwrap();
+    assert!(
+        w.iter().any(|w| w.as_str().unwrap().contains("cut.json")
+            && w.as_str().unwrap().contains("without CVE data")),
+        "{w:?}"
+    );
+    assert!(stderr(&o).contains("cut.json"), "{}", stderr(&o));
+    let web = image(&v, "web");
+    assert_eq!(web["updates"][0]["package"], "libfoo1");
+    assert_eq!(web["updates"][0]["cves"], serde_json::json!([]));
+}
+
+#[test]
+fn a_second_watcher_waits_for_the_first() {
+    let f = Fx::new();
+    let lock_dir = f.state.path().join("kiln");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    // Another watcher holds the lock for two seconds.
+    let mut holder = std::process::Command::new("flock")
+        .arg(lock_dir.join("watch.lock"))
+        .args(["sleep", "2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = f.kiln(&["watch", &f.path("plain.toml")]);
+    // It finished after the holder let go, not beside it.
+    let holder_done = holder.try_wait().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another kiln watch is running"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        holder_done.is_some(),
+        "kiln watch ran while the lock was held"
+    );
+}
+
+#[test]
+fn bad_arguments_are_usage_errors_not_watch_results() {
+    let f = Fx::new();
+    for args in [
+        vec!["watch", "--every", "soon"],
+        vec!["watch", "--no-such-flag"],
+    ] {
+        let o = f.kiln(&args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+    }
+    let o = f.kiln(&["watch", "--every", "0"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("no duration"), "{}", stderr(&o));
+    // A file that is no recipe, lock or build: a clear error, exit 3 (1 and 2 are results).
+    std::fs::write(f.path("web.txt"), "x").unwrap();
+    let o = f.kiln(&["watch", &f.path("web.txt")]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("neither a build"), "{}", stderr(&o));
+}

@@ -53,6 +53,23 @@ pub fn resolve_recipe(
     args: &SourceOptions,
     reporter: &dyn Reporter,
 ) -> Result<Lock> {
+    resolve_recipe_updating(recipe, args, reporter, None)
+}
+
+/// [`resolve_recipe`], keeping every package of the existing lock at its
+/// locked version except those named in `update` and whatever they need
+/// to change (`kiln lock --update PKG…`). With `None`, everything is
+/// resolved afresh.
+pub fn resolve_recipe_updating(
+    recipe: &Recipe,
+    args: &SourceOptions,
+    reporter: &dyn Reporter,
+    update: Option<&[String]>,
+) -> Result<Lock> {
+    let old = match update {
+        None => None,
+        Some(names) => Some(old_lock_for_update(recipe, names)?),
+    };
     let sources = recipe_sources(recipe, args)?;
     let cache = args.cache();
     let fetcher = Fetcher::new();
@@ -123,19 +140,52 @@ pub fn resolve_recipe(
         lap("build the candidate universe");
         let prio = recipe.packages.priority;
         let include = distroless_include(recipe, &universe);
-        let resolution = kiln_resolve::resolve(
-            &universe,
-            &Request {
-                include: &include,
-                exclude: &recipe.packages.exclude,
-                priority: &|p| prio.includes(p),
-                essential: !recipe.container.distroless,
-                ignore: &recipe.container.ignore_dependencies,
-                recommends: recipe.packages.recommends,
-            },
-        )
-        .with_context(|| format!("resolving {} for {arch}", recipe.path.display()))?;
+        let request = Request {
+            include: &include,
+            exclude: &recipe.packages.exclude,
+            priority: &|p| prio.includes(p),
+            essential: !recipe.container.distroless,
+            ignore: &recipe.container.ignore_dependencies,
+            recommends: recipe.packages.recommends,
+        };
+        let resolution = kiln_resolve::resolve(&universe, &request)
+            .with_context(|| format!("resolving {} for {arch}", recipe.path.display()))?;
         lap("resolve");
+        let (universe, resolution) = match (&old, update) {
+            (Some(old), Some(names)) => {
+                let keep: HashMap<String, String> = old
+                    .packages
+                    .iter()
+                    .filter(|p| &p.target == arch && !names.contains(&p.name))
+                    .map(|p| (p.name.clone(), p.version.clone()))
+                    .collect();
+                let kept = keep.len();
+                let (u, r, released) =
+                    resolve_keeping(&inputs, arch, keep, &request, &universe, &resolution)
+                        .with_context(|| {
+                            format!(
+                                "resolving {} for {arch} with --update {}",
+                                recipe.path.display(),
+                                names.join(" ")
+                            )
+                        })?;
+                let mut note = format!(
+                    "--update {}: the other {} packages for {arch} keep their locked versions",
+                    names.join(" "),
+                    kept - released.len()
+                );
+                if !released.is_empty() {
+                    note.push_str(&format!(
+                        "; these change too, as the update needs: {}",
+                        released.join(", ")
+                    ));
+                }
+                reporter.step(Stage::Lock, &note);
+                lap("resolve keeping the lock");
+                (u, r)
+            }
+            _ => (universe, resolution),
+        };
         for c in &resolution.packages {
             let p = &universe.pkgs[c.pkg];
             lock.packages.push(LockedPackage {
@@ -167,6 +217,147 @@ pub fn resolve_recipe(
     lock.canonicalize();
     crate::requirements::check(recipe, &lock)?;
     Ok(lock)
+}
+
+/// The existing lock `kiln lock --update NAMES` starts from; every name
+/// must be one of its packages.
+fn old_lock_for_update(recipe: &Recipe, names: &[String]) -> Result<Lock> {
+    let path = recipe.lock_path();
+    if !path.exists() {
+        return Err(Hinted::new(
+            format!(
+                "--update keeps the rest of the lock, but {} does not exist",
+                path.display()
+            ),
+            format!("run `kiln lock {}` first", recipe.path.display()),
+        )
+        .into());
+    }
+    let lock = Lock::read(&path)?;
+    let known: BTreeSet<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
+    let unknown: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !known.contains(n))
+        .collect();
+    if !unknown.is_empty() {
+        let near: Vec<&str> = unknown
+            .iter()
+            .filter_map(|u| {
+                known
+                    .iter()
+                    .copied()
+                    .map(|k| (strsim::jaro_winkler(u, k), k))
+                    .filter(|(s, _)| *s > 0.88)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, k)| k)
+            })
+            .collect();
+        return Err(Hinted::new(
+            format!(
+                "--update {}: not in {} (only locked packages can be updated)",
+                unknown.join(" "),
+                path.display()
+            ),
+            if near.is_empty() {
+                "add new packages to the recipe's [packages] include and run `kiln lock`"
+                    .to_string()
+            } else {
+                format!("did you mean {}?", near.join(", "))
+            },
+        )
+        .into());
+    }
+    Ok(lock)
+}
+
+/// Resolves with the packages of `keep` held at their versions. When that
+/// cannot be satisfied, a kept package that an updated (or new) package
+/// needs at another version — or that itself needs an updated one at its
+/// old version — is let go, and the resolution tried again. Gives the
+/// universe, the resolution and the names let go.
+fn resolve_keeping<'a>(
+    inputs: &[IndexInput<'a>],
+    arch: &str,
+    mut keep: HashMap<String, String>,
+    request: &Request,
+    full_universe: &Universe<'a>,
+    full: &kiln_resolve::Resolution,
+) -> Result<(Universe<'a>, kiln_resolve::Resolution, Vec<String>)> {
+    // The packages a fresh resolution installs, and the kept ones.
+    let mut domain: BTreeSet<String> = full
+        .packages
+        .iter()
+        .map(|c| full_universe.pkgs[c.pkg].name.to_string())
+        .collect();
+    domain.extend(keep.keys().cloned());
+    let mut released = Vec::new();
+    loop {
+        let u = Universe::build_keeping(inputs, arch, &keep)?;
+        let result = kiln_resolve::resolve(&u, request);
+        // A resolution that left out a kept package may have gone round a
+        // kept version that cannot be installed any more (an alternative
+        // instead of `perl` when `perl-base` was updated): look closer.
+        if let Ok(r) = &result {
+            let installed: BTreeSet<&str> = r.packages.iter().map(|c| u.pkgs[c.pkg].name).collect();
+            if keep.keys().all(|k| installed.contains(k.as_str())) {
+                return Ok((u, result.expect("checked"), released));
+            }
+        }
+        let mut must_change: BTreeSet<String> = BTreeSet::new();
+        for name in &domain {
+            let Some(p) = u.get(name) else { continue };
+            let kept = keep.contains_key(name.as_str());
+            let pkg = &u.pkgs[p];
+            for field in [pkg.pre_depends, pkg.depends] {
+                for group in u.relations(p, field)? {
+                    for d in &group {
+                        let Some(q) = u.get(d.name) else { continue };
+                        let q_kept = keep.contains_key(d.name);
+                        if kept == q_kept || u.satisfies_real(q, d) {
+                            continue;
+                        }
+                        // An update needs a kept package newer, or a kept
+                        // package needs an updated one as it was.
+                        must_change.insert(if q_kept {
+                            d.name.to_string()
+                        } else {
+                            name.clone()
+                        });
+                    }
+                }
+            }
+            if !kept {
+                for field in [pkg.breaks, pkg.conflicts] {
+                    for group in u.relations(p, field)? {
+                        for d in &group {
+                            if keep.contains_key(d.name)
+                                && u.get(d.name).is_some_and(|q| u.satisfies_real(q, d))
+                            {
+                                must_change.insert(d.name.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        must_change.retain(|n| keep.contains_key(n));
+        if must_change.is_empty() {
+            let err = match result {
+                // What it left out is no longer needed.
+                Ok(r) => return Ok((u, r, released)),
+                Err(e) => e,
+            };
+            return Err(anyhow::Error::from(err).context(
+                "the named packages cannot be updated while the rest keeps its locked versions \
+                 (name more packages to --update, or run `kiln lock` without --update)",
+            ));
+        }
+        for n in must_change {
+            keep.remove(&n);
+            released.push(n);
+        }
+    }
 }
 
 /// The recipe and its lock: read (and checked) when `locked`, otherwise
@@ -632,6 +823,10 @@ pub struct Change {
     pub from: Option<String>,
     /// Its version in the new lock (`None`: removed).
     pub to: Option<String>,
+    /// Its source package and version in the old lock.
+    pub from_source: Option<(String, String)>,
+    /// Its source package and version in the new lock.
+    pub to_source: Option<(String, String)>,
 }
 
 /// What changed between two locks: packages added, removed, and updated
@@ -664,6 +859,8 @@ pub fn diff(old: &Lock, new: &Lock) -> LockDiff {
         architecture: architecture.clone(),
         from: from.map(|p| p.version.clone()),
         to: to.map(|p| p.version.clone()),
+        from_source: from.map(|p| (p.source.clone(), p.source_version.clone())),
+        to_source: to.map(|p| (p.source.clone(), p.source_version.clone())),
     };
     let mut d = LockDiff::default();
     for (k, p) in &after {

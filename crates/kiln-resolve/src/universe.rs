@@ -117,6 +117,17 @@ fn relation_names<'a>(field: &'a str, mut f: impl FnMut(&'a str)) {
 
 impl<'a> Universe<'a> {
     pub fn build(inputs: &[IndexInput<'a>], arch: &str) -> Result<Universe<'a>, ResolveError> {
+        Self::build_keeping(inputs, arch, &Default::default())
+    }
+
+    /// [`Universe::build`], except that a package named in `keep` has the
+    /// version given there as its candidate whenever an index has it (as
+    /// `kiln lock --update` keeps every package it was not asked to update).
+    pub fn build_keeping(
+        inputs: &[IndexInput<'a>],
+        arch: &str,
+        keep: &std::collections::HashMap<String, String>,
+    ) -> Result<Universe<'a>, ResolveError> {
         let mut pkgs: Vec<Pkg<'a>> = Vec::new();
         let mut by_name: HashMap<&'a str, PkgId> =
             HashMap::with_capacity_and_hasher(80_000, Default::default());
@@ -221,10 +232,17 @@ impl<'a> Universe<'a> {
                     }
                     Some(&i) => {
                         let cur = &pkgs[i];
-                        let better = pkg.pin > cur.pin
-                            || (pkg.pin == cur.pin
-                                && kiln_deb::version::compare(pkg.version, cur.version)
-                                    == Ordering::Greater);
+                        let kept = keep.get(name).map(String::as_str);
+                        let better = if kept.is_some() && kept == Some(cur.version) {
+                            false
+                        } else if kept.is_some() && kept == Some(pkg.version) {
+                            true
+                        } else {
+                            pkg.pin > cur.pin
+                                || (pkg.pin == cur.pin
+                                    && kiln_deb::version::compare(pkg.version, cur.version)
+                                        == Ordering::Greater)
+                        };
                         let in_main = cur.in_main_suite || pkg.in_main_suite;
                         if better {
                             pkgs[i] = pkg;

@@ -75,6 +75,8 @@ impl Target {
                     lock_path.display()
                 )
             })?;
+            // What the build installed, even when the lock moved on since.
+            let (lock, _) = build_packages(&m, &lock);
             let sha = std::fs::read(path.join(kiln_model::manifest::MANIFEST_FILE))
                 .ok()
                 .map(|b| kiln_archive::sha256_hex(&b));
@@ -149,6 +151,53 @@ impl Target {
             .into()),
         }
     }
+}
+
+/// The packages a build holds, as a lock: the manifest's list (what was
+/// installed), with the lock's details (file, size, installed size) for
+/// those the lock still has, matched by sha256. The second value is false
+/// when some are no longer in the lock: it was locked again since the build.
+pub fn build_packages(m: &Manifest, lock: &Lock) -> (Lock, bool) {
+    let by_sha: HashMap<(&str, &str), &kiln_recipe::LockedPackage> = lock
+        .packages
+        .iter()
+        .map(|p| ((p.target.as_str(), p.sha256.as_str()), p))
+        .collect();
+    let mut complete = true;
+    let packages = m
+        .packages
+        .iter()
+        .map(
+            |r| match by_sha.get(&(r.target.as_str(), r.sha256.as_str())) {
+                Some(p) => (*p).clone(),
+                None => {
+                    complete = false;
+                    kiln_recipe::LockedPackage {
+                        name: r.name.clone(),
+                        version: r.version.clone(),
+                        architecture: r.architecture.clone(),
+                        target: r.target.clone(),
+                        source: r.source.clone(),
+                        source_version: r.source_version.clone(),
+                        filename: String::new(),
+                        size: 0,
+                        sha256: r.sha256.clone(),
+                        installed_size: 0,
+                        release: String::new(),
+                        reason: kiln_recipe::Reason::Dependency,
+                        required_by: Vec::new(),
+                    }
+                }
+            },
+        )
+        .collect();
+    (
+        Lock {
+            packages,
+            ..lock.clone()
+        },
+        complete,
+    )
 }
 
 /// The recipe `NAME.toml` beside `NAME.lock`, when it loads.

@@ -40,6 +40,7 @@ pub fn cmd_lock(
     reporter: &dyn Reporter,
     recipe_path: &Path,
     check: bool,
+    update: Option<&[String]>,
     json: bool,
     args: &SourceOptions,
 ) -> Result<()> {
@@ -75,7 +76,7 @@ pub fn cmd_lock(
         }
         return Ok(());
     }
-    let lock = kiln_build::lock::resolve_recipe(&recipe, args, reporter)?;
+    let lock = kiln_build::lock::resolve_recipe_updating(&recipe, args, reporter, update)?;
     let old = Lock::read(&lock_path).ok();
     if old.as_ref() != Some(&lock) {
         lock.write(&lock_path)?;

@@ -24,6 +24,7 @@ macro_rules! errw {
 
 mod catalog;
 mod cmd;
+mod diff;
 mod ls;
 mod publish;
 mod shell;
@@ -126,6 +127,9 @@ enum Command {
         /// Do not resolve: fail if the lock does not match the recipe.
         #[arg(long)]
         check: bool,
+        /// Update only these locked packages (and what they need at other versions); every other package keeps its locked version.
+        #[arg(long, value_name = "PKG", num_args = 1.., conflicts_with = "check")]
+        update: Vec<String>,
         /// Print the resolution as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -309,6 +313,16 @@ enum Command {
     },
     /// Find image versions in the catalog by name, suite, architecture, format or package version.
     Find(catalog::FindArgs),
+    /// What changed between two locks, recipes, build output directories or catalog versions (NAME@VERSION): packages, source versions, installed size, artifacts.
+    Diff {
+        /// The older side.
+        a: String,
+        /// The newer side.
+        b: String,
+        /// Print the changes as JSON on stdout (schema: docs/schemas/diff.schema.json).
+        #[arg(long)]
+        json: bool,
+    },
     /// Which images have newer packages in their suite, -updates or -security; exits 0 (none), 1 (updates), 2 (security updates), 3 (could not check).
     Watch(watch::WatchArgs),
     /// Manage the catalog of images.
@@ -396,9 +410,17 @@ fn main() -> ExitCode {
         Command::Lock {
             recipe,
             check,
+            update,
             json,
             sources,
-        } => cmd::cmd_lock(reporter, &recipe, check, json, &sources.options()),
+        } => cmd::cmd_lock(
+            reporter,
+            &recipe,
+            check,
+            (!update.is_empty()).then_some(update.as_slice()),
+            json,
+            &sources.options(),
+        ),
         Command::Build {
             recipe,
             output,
@@ -557,6 +579,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Find(a) => catalog::cmd_find(&ui, cli.catalog.as_deref(), &a),
+        Command::Diff { a, b, json } => diff::cmd_diff(&ui, cli.catalog.as_deref(), &a, &b, json),
         Command::Watch(a) => {
             return ExitCode::from(watch::cmd_watch(&ui, cli.catalog.as_deref(), &a))
         }

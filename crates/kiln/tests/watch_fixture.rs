@@ -20,7 +20,9 @@ fn base() -> Vec<Pkg> {
         Pkg::new("libfoo1", "1.2-1")
             .arch("amd64")
             .field("Source", "foo")
+            .depends("libbar1")
             .file("/usr/lib/libfoo.so.1", b"vulnerable"),
+        Pkg::new("libbar1", "1.0").arch("amd64"),
         Pkg::new("nginx", "1.26.0-1")
             .arch("amd64")
             .depends("libfoo1 (>= 1.0), nginx-common"),
@@ -371,4 +373,114 @@ fn bad_arguments_are_usage_errors_not_watch_results() {
     let o = f.kiln(&["watch", &f.path("web.txt")]);
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("neither a build"), "{}", stderr(&o));
+}
+
+#[test]
+fn lock_update_changes_only_the_named_package_and_what_it_needs_and_diff_shows_it() {
+    let mut f = Fx::new();
+    let catalog = f.work.path().join("catalog.sqlite");
+    let cat = catalog.to_str().unwrap();
+    let web = f.path("web.toml");
+    let o = f.kiln(&["--catalog", cat, "build", &web, "-o", &f.path("out1")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Fixes land: libfoo1 (now needing a newer libbar1) and nginx-common.
+    f.repo.write(
+        &[
+            Pkg::new("libfoo1", "1.2-1+deb1u2")
+                .arch("amd64")
+                .field("Source", "foo (1.2-1+deb1u2)")
+                .depends("libbar1 (>= 1.1)")
+                .file("/usr/lib/libfoo.so.1", b"fixed"),
+            Pkg::new("libbar1", "1.1").arch("amd64"),
+            Pkg::new("nginx-common", "1.26.0-1+deb1u1"),
+        ],
+        "amd64",
+        &security_opts("Mon, 01 Dec 2025 12:00:00 UTC"),
+    );
+    let before = std::fs::read(f.path("web.lock")).unwrap();
+    std::fs::write(f.path("old.lock"), &before).unwrap();
+
+    // Not a locked package: refused with a suggestion, the lock untouched.
+    let o = f.kiln(&["lock", &web, "--update", "libfoo"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("did you mean libfoo1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(f.path("web.lock")).unwrap(), before);
+
+    let o = f.kiln(&["lock", &web, "--update", "libfoo1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("these change too, as the update needs: libbar1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = f.kiln(&["diff", &f.path("old.lock"), &f.path("web.lock"), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = json_of(&o);
+    assert_matches_schema("diff", &d);
+    let changed: Vec<String> = d["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {} -> {}", c["name"], c["from"], c["to"]))
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "\"libbar1\" \"1.0\" -> \"1.1\"",
+            "\"libfoo1\" \"1.2-1\" -> \"1.2-1+deb1u2\""
+        ]
+    );
+    assert_eq!(d["changed"][1]["source"], "foo");
+    assert_eq!(d["changed"][1]["to-source-version"], "1.2-1+deb1u2");
+    assert!(d["added"].as_array().unwrap().is_empty());
+    assert!(d["artifacts"].is_null(), "locks have no artifacts");
+    assert_eq!(
+        d["installed-size"][0]["change"], 0,
+        "the fixture's packages are 1 KiB each"
+    );
+    assert_eq!(d["installed-size"][0]["from"], 5 * 1024);
+
+    // Built again as version 2: the catalog versions differ in exactly
+    // those packages, and in the root filesystem.
+    let text2 = std::fs::read_to_string(&web)
+        .unwrap()
+        .replace("version = \"1\"", "version = \"2\"");
+    std::fs::write(&web, text2).unwrap();
+    let o = f.kiln(&["--catalog", cat, "build", &web, "-o", &f.path("out2")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = f.kiln(&["--catalog", cat, "diff", "web@1", "web@2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = json_of(&o);
+    assert_matches_schema("diff", &d);
+    assert_eq!(d["changed"].as_array().unwrap().len(), 2);
+    let arts = d["artifacts"].as_array().unwrap();
+    let tar = arts.iter().find(|a| a["format"] == "tar").unwrap();
+    assert_eq!(tar["status"], "changed", "{arts:#?}");
+    let o = f.kiln(&["diff", &f.path("out1"), &f.path("out2")]);
+    let t = text(&o);
+    assert!(t.contains("0 added, 0 removed, 2 changed"), "{t}");
+    assert!(
+        t.contains("~ libfoo1 1.2-1 -> 1.2-1+deb1u2 (source foo 1.2-1 -> 1.2-1+deb1u2)"),
+        "{t}"
+    );
+    assert!(t.contains("Artifact rootfs.tar (tar): changed"), "{t}");
+    let o = f.kiln(&["--catalog", cat, "diff", "web@1", "web@7"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("it has: "), "{}", stderr(&o));
+
+    // A plain lock would have taken nginx-common's update as well.
+    let o = f.kiln(&["lock", &web]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = f.kiln(&["diff", &f.path("old.lock"), &f.path("web.lock"), "--json"]);
+    let names: Vec<&str> = json_of(&o)["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string().leak() as &str)
+        .collect();
+    assert_eq!(names, ["libbar1", "libfoo1", "nginx-common"]);
 }

@@ -427,19 +427,17 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
             .collect(),
         outputs: produced.artifacts.clone(),
         disk: produced.disk,
-        tests: if has_disk {
-            recipe
-                .tests
-                .iter()
-                .map(|t| TestSpec {
-                    name: t.name.clone(),
-                    command: t.command.clone(),
-                    expect: t.expect.clone(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        },
+        // `kiln test` runs them in a booted disk, or in the sandbox on a
+        // container build's image.
+        tests: recipe
+            .tests
+            .iter()
+            .map(|t| TestSpec {
+                name: t.name.clone(),
+                command: t.command.clone(),
+                expect: t.expect.clone(),
+            })
+            .collect(),
         users: if has_disk {
             recipe
                 .customize

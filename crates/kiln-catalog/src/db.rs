@@ -72,6 +72,12 @@ impl Row {
             _ => 0,
         }
     }
+    pub fn oi(&self, k: usize) -> Option<i64> {
+        match &self.0[k] {
+            V::Null => None,
+            _ => Some(self.i(k)),
+        }
+    }
     pub fn b(&self, k: usize) -> bool {
         self.i(k) != 0
     }
@@ -176,11 +182,20 @@ pub fn ddl(sql: &str, d: Dialect) -> String {
     }
 }
 
-fn pg_params(args: &[V]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+/// The values for a prepared statement: a NULL takes the type the server
+/// inferred for its parameter (an integer column refuses a text NULL).
+fn pg_params(st: &postgres::Statement, args: &[V]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+    use postgres::types::Type;
     args.iter()
-        .map(|a| -> Box<dyn postgres::types::ToSql + Sync> {
+        .enumerate()
+        .map(|(k, a)| -> Box<dyn postgres::types::ToSql + Sync> {
             match a {
-                V::Null => Box::new(None::<String>),
+                V::Null => match st.params().get(k) {
+                    Some(t) if *t == Type::INT8 => Box::new(None::<i64>),
+                    Some(t) if *t == Type::INT4 => Box::new(None::<i32>),
+                    Some(t) if *t == Type::FLOAT8 => Box::new(None::<f64>),
+                    _ => Box::new(None::<String>),
+                },
                 V::I(v) => Box::new(*v),
                 V::F(v) => Box::new(*v),
                 V::T(v) => Box::new(v.clone()),
@@ -247,7 +262,7 @@ impl Conn {
             }
             Conn::Postgres(p) => {
                 let st = p.statement(sql)?;
-                let params = pg_params(args);
+                let params = pg_params(&st, args);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     params.iter().map(|b| b.as_ref()).collect();
                 Ok(p.client.execute(&st, &refs)?)
@@ -281,7 +296,7 @@ impl Conn {
             }
             Conn::Postgres(p) => {
                 let st = p.statement(sql)?;
-                let params = pg_params(args);
+                let params = pg_params(&st, args);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     params.iter().map(|b| b.as_ref()).collect();
                 let rows = p.client.query(&st, &refs)?;

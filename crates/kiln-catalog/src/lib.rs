@@ -19,7 +19,7 @@ use kiln_model::Manifest;
 use serde::Serialize;
 
 /// The schema this Kiln writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Each migration takes the schema from its index to the next version.
 const MIGRATIONS: &[&str] = &[
@@ -92,6 +92,37 @@ CREATE INDEX publication_image ON publication(image_id);
 CREATE INDEX package_name_image ON package(name, image_id, version, target);
 DROP INDEX package_name;
 CREATE INDEX publication_channel ON publication(channel);
+"#,
+    // `kiln watch`: the last pass's finding per image version, and every
+    // rebuild it made (keyed by manifest digests: a version a rebuild failed
+    // to produce has none in `image`).
+    r#"
+CREATE TABLE watch_state (
+    manifest_sha256 TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    updates INTEGER NOT NULL,
+    security INTEGER NOT NULL,
+    cves TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    checked_at INTEGER NOT NULL
+);
+CREATE TABLE rebuild (
+    id INTEGER PRIMARY KEY,
+    image TEXT NOT NULL,
+    from_manifest TEXT,
+    to_manifest TEXT,
+    outcome TEXT NOT NULL,
+    packages TEXT NOT NULL,
+    cves TEXT NOT NULL,
+    release_date INTEGER,
+    output TEXT NOT NULL,
+    error TEXT,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    published_at INTEGER
+);
+CREATE INDEX rebuild_image ON rebuild(image);
+CREATE INDEX rebuild_to ON rebuild(to_manifest);
 "#,
 ];
 
@@ -732,6 +763,138 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records what a watch pass found for the version whose manifest has
+    /// this sha256 (replacing the last pass's finding).
+    pub fn record_watch(
+        &mut self,
+        manifest_sha256: &str,
+        w: &WatchState,
+    ) -> Result<(), CatalogError> {
+        let db = db_err(&self.path);
+        self.conn
+            .get_mut()
+            .exec(
+                "INSERT INTO watch_state (manifest_sha256, status, updates, security, cves, detail, checked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (manifest_sha256) DO UPDATE SET status = excluded.status, \
+                 updates = excluded.updates, security = excluded.security, cves = excluded.cves, \
+                 detail = excluded.detail, checked_at = excluded.checked_at",
+                args![
+                    manifest_sha256,
+                    &w.status,
+                    w.updates,
+                    w.security,
+                    w.cves.join(" "),
+                    &w.detail,
+                    w.checked_at
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Every version's last watch finding, by manifest sha256.
+    pub fn watch_states(&self) -> Result<Vec<(String, WatchState)>, CatalogError> {
+        let db = db_err(&self.path);
+        let rows = self
+            .conn
+            .borrow_mut()
+            .query(
+                "SELECT manifest_sha256, status, updates, security, cves, detail, checked_at FROM watch_state",
+                &[],
+            )
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.t(0),
+                    WatchState {
+                        status: r.t(1),
+                        updates: r.i(2) as u64,
+                        security: r.i(3) as u64,
+                        cves: words(&r.t(4)),
+                        detail: r.t(5),
+                        checked_at: r.i(6),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Records one rebuild, whatever its outcome. Call it after the work:
+    /// a `published` rebuild's publications are recorded already.
+    pub fn record_rebuild(&mut self, r: &Rebuild) -> Result<(), CatalogError> {
+        let db = db_err(&self.path);
+        let packages = serde_json::to_string(&r.packages).expect("packages serialise");
+        self.conn
+            .get_mut()
+            .exec(
+                "INSERT INTO rebuild (image, from_manifest, to_manifest, outcome, packages, cves, \
+                 release_date, output, error, started_at, finished_at, published_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                args![
+                    &r.image,
+                    r.from_manifest.clone(),
+                    r.to_manifest.clone(),
+                    &r.outcome,
+                    packages,
+                    r.cves.join(" "),
+                    r.release_date,
+                    &r.output,
+                    r.error.clone(),
+                    r.started_at,
+                    r.finished_at,
+                    r.published_at
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The rebuilds of `image` (of every image with `None`), newest first.
+    pub fn rebuilds(&self, image: Option<&str>) -> Result<Vec<Rebuild>, CatalogError> {
+        let db = db_err(&self.path);
+        let path = self.path.clone();
+        let (filter, a): (&str, Vec<V>) = match image {
+            Some(n) => ("WHERE image = ?1", vec![n.into()]),
+            None => ("", Vec::new()),
+        };
+        let rows = self
+            .conn
+            .borrow_mut()
+            .query(
+                &format!(
+                    "SELECT image, from_manifest, to_manifest, outcome, packages, cves, release_date, \
+                     output, error, started_at, finished_at, published_at FROM rebuild {filter} \
+                     ORDER BY finished_at DESC, id DESC"
+                ),
+                &a,
+            )
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Rebuild {
+                    image: r.t(0),
+                    from_manifest: r.ot(1),
+                    to_manifest: r.ot(2),
+                    outcome: r.t(3),
+                    packages: serde_json::from_str(&r.t(4)).map_err(|e| CatalogError::Input {
+                        path: path.clone(),
+                        message: format!("a rebuild's package list is damaged: {e}"),
+                    })?,
+                    cves: words(&r.t(5)),
+                    release_date: r.oi(6),
+                    output: r.t(7),
+                    error: r.ot(8),
+                    started_at: r.i(9),
+                    finished_at: r.i(10),
+                    published_at: r.oi(11),
+                })
+            })
+            .collect()
+    }
+
     /// The image versions that match `q`, newest first.
     pub fn find(&self, q: &Query) -> Result<Vec<Found>, CatalogError> {
         let db = db_err(&self.path);
@@ -801,6 +964,8 @@ impl Catalog {
                 artifacts: Vec::new(),
                 tests: Vec::new(),
                 publications: Vec::new(),
+                watch: None,
+                rebuild: None,
             })
             .collect();
         let order_rows = match conn.dialect() {
@@ -905,6 +1070,23 @@ impl Catalog {
                 published_at: r.i(6),
             });
         }
+        drop(conn);
+        let by_sha: std::collections::HashMap<String, usize> = found
+            .iter()
+            .enumerate()
+            .map(|(k, f)| (f.manifest_sha256.clone(), k))
+            .collect();
+        for (sha, w) in self.watch_states()? {
+            if let Some(&k) = by_sha.get(&sha) {
+                found[k].watch = Some(w);
+            }
+        }
+        // Oldest first: the newest rebuild that made a version is its own.
+        for r in self.rebuilds(None)?.into_iter().rev() {
+            if let Some(&k) = r.to_manifest.as_ref().and_then(|m| by_sha.get(m)) {
+                found[k].rebuild = Some(r);
+            }
+        }
         if q.package.is_some() {
             found.retain(|f| !f.packages.is_empty());
         }
@@ -931,6 +1113,10 @@ fn db_err(path: &Path) -> impl Fn(DbError) -> CatalogError + Copy + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
 }
 
 fn unix_now() -> i64 {
@@ -1074,6 +1260,81 @@ pub struct Found {
     pub tests: Vec<FoundTest>,
     /// Where it was published, newest first.
     pub publications: Vec<Publication>,
+    /// The last `kiln watch` pass's finding (none: never checked).
+    pub watch: Option<WatchState>,
+    /// The `kiln watch --rebuild` that made this version, if one did.
+    pub rebuild: Option<Rebuild>,
+}
+
+/// What a `kiln watch` pass found for one image version.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WatchState {
+    /// `up-to-date`, `updates`, `security` or `unknown`.
+    pub status: String,
+    /// Packages with a newer candidate.
+    pub updates: u64,
+    /// Of those, the ones from a `-security` suite.
+    pub security: u64,
+    /// CVE ids the pending updates fix (with a security tracker).
+    pub cves: Vec<String>,
+    /// The watch report's entries for this version (updates, open issues,
+    /// the error of an unknown one), as JSON.
+    #[serde(skip)]
+    pub detail: String,
+    pub checked_at: i64,
+}
+
+/// One rebuild `kiln watch --rebuild` made (or tried).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Rebuild {
+    pub image: String,
+    /// The manifest sha256 of the version that was behind.
+    pub from_manifest: Option<String>,
+    /// The manifest sha256 of the version built (none when no build was made).
+    pub to_manifest: Option<String>,
+    /// `published`, `built` (no `[[publish]]` targets), `test-failed`,
+    /// `build-failed`, `publish-failed` or `lock-failed`.
+    pub outcome: String,
+    /// The packages that changed, and why: `[{package, architecture, from,
+    /// to, suite, security}]`.
+    pub packages: Vec<RebuildPackage>,
+    pub cves: Vec<String>,
+    /// The newest Release `Date` (seconds) of the suites the fixes came from.
+    pub release_date: Option<i64>,
+    /// The rebuild's output directory.
+    pub output: String,
+    pub error: Option<String>,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub published_at: Option<i64>,
+}
+
+impl Rebuild {
+    /// Seconds from the fix's Release `Date` to the published image.
+    pub fn fix_to_publish(&self) -> Option<i64> {
+        Some(self.published_at? - self.release_date?)
+    }
+
+    /// Whether it gave a usable version (published, or built with nowhere
+    /// to publish): a version made by any other rebuild is not current.
+    pub fn succeeded(&self) -> bool {
+        matches!(self.outcome.as_str(), "published" | "built")
+    }
+}
+
+/// One package a rebuild changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RebuildPackage {
+    pub package: String,
+    pub architecture: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The suite the new version came from (when the watch saw it).
+    pub suite: Option<String>,
+    pub security: bool,
 }
 
 /// One place a build was published to by `kiln publish`.

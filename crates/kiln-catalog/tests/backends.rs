@@ -57,6 +57,62 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
     tree.location = "/srv/images/channels/stable.json".into();
     tree.channel = Some("stable".into());
     c.record_publication(&web1, &tree).unwrap();
+    // A watch pass found web1 behind; a rebuild made web2 (a first try
+    // failed its test and made no catalogued version).
+    let sha = |dir: &Path| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(dir.join("manifest.json")).unwrap(),
+        ))
+    };
+    let state = |status: &str, updates: u64| kiln_catalog::WatchState {
+        status: status.into(),
+        updates,
+        security: updates,
+        cves: if updates > 0 {
+            vec!["CVE-2026-1111".into()]
+        } else {
+            Vec::new()
+        },
+        detail: "[]".into(),
+        checked_at: 1000,
+    };
+    c.record_watch(&sha(&web1), &state("up-to-date", 0))
+        .unwrap();
+    c.record_watch(&sha(&web1), &state("security", 1)).unwrap();
+    c.record_watch(&sha(&web2), &state("up-to-date", 0))
+        .unwrap();
+    let rebuild = |outcome: &str, to: Option<String>, finished: i64| kiln_catalog::Rebuild {
+        image: "web".into(),
+        from_manifest: Some(sha(&web1)),
+        to_manifest: to,
+        outcome: outcome.into(),
+        packages: vec![kiln_catalog::RebuildPackage {
+            package: "openssl".into(),
+            architecture: "amd64".into(),
+            from: Some("3.5.1-1".into()),
+            to: Some("3.5.4-1~deb13u1".into()),
+            suite: Some("trixie-security".into()),
+            security: true,
+        }],
+        cves: vec!["CVE-2026-1111".into()],
+        release_date: Some(150),
+        output: "/out/web-2".into(),
+        error: None,
+        started_at: finished - 10,
+        finished_at: finished,
+        published_at: (outcome == "published").then_some(finished),
+    };
+    c.record_rebuild(&rebuild("test-failed", None, 400))
+        .unwrap();
+    c.record_rebuild(&rebuild("published", Some(sha(&web2)), 500))
+        .unwrap();
+    let rebuilds = c.rebuilds(Some("web")).unwrap();
+    assert_eq!(rebuilds.len(), 2);
+    assert_eq!(rebuilds[0].outcome, "published", "newest first");
+    assert_eq!(rebuilds[0].fix_to_publish(), Some(350));
+    assert_eq!(rebuilds[1].to_manifest, None);
+    assert!(c.rebuilds(Some("python-distroless")).unwrap().is_empty());
     let queries = [
         Query::default(),
         Query {
@@ -151,6 +207,16 @@ fn postgres_gives_the_same_answers_as_sqlite() {
     assert_eq!(a[3][0]["tests"][0]["passed"], true, "newest run first");
     assert_eq!(a[3][0]["tests"][1]["seconds"], 3.25);
     assert!(a[4].as_array().unwrap().is_empty());
+    // The watch's last finding per version, and the rebuild that made web2.
+    let web = a[0].as_array().unwrap();
+    let (web2, web1) = (&web[0], &web[2]);
+    assert_eq!(web1["watch"]["status"], "security", "the last pass wins");
+    assert_eq!(web1["watch"]["cves"], serde_json::json!(["CVE-2026-1111"]));
+    assert!(web1["rebuild"].is_null());
+    assert_eq!(web2["watch"]["status"], "up-to-date");
+    assert_eq!(web2["rebuild"]["outcome"], "published");
+    assert_eq!(web2["rebuild"]["packages"][0]["suite"], "trixie-security");
+    assert!(a[2][0]["watch"].is_null(), "never watched");
     // Reopening migrates nothing and keeps everything.
     drop(server);
     let again = Catalog::open(Path::new(&url)).unwrap();

@@ -133,13 +133,39 @@ pub(crate) fn query(pairs: &[(String, String)]) -> Result<Search, ApiError> {
 }
 
 /// One image version as the finder publishes it: the catalog's entry plus
-/// a `status` slot (null until the security watcher fills it).
+/// its `status` as `kiln watch` last found it (null: never checked):
+/// `{state, summary, updates, security, cves, checked-at}`.
 pub(crate) fn entry(f: &Found) -> Value {
     let mut v = serde_json::to_value(f).expect("catalog entries serialise");
     if let Value::Object(m) = &mut v {
-        m.insert("status".into(), Value::Null);
+        m.insert("status".into(), status(f));
     }
     v
+}
+
+fn status(f: &Found) -> Value {
+    let Some(w) = &f.watch else {
+        return Value::Null;
+    };
+    let cves = if w.cves.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", w.cves.join(", "))
+    };
+    let summary = match w.status.as_str() {
+        "up-to-date" => "up to date".to_string(),
+        "updates" => format!("{} update(s) available", w.updates),
+        "security" => format!("security updates pending: {} package(s){cves}", w.security),
+        _ => "could not be checked".to_string(),
+    };
+    json!({
+        "state": w.status,
+        "summary": summary,
+        "updates": w.updates,
+        "security": w.security,
+        "cves": w.cves,
+        "checked-at": w.checked_at,
+    })
 }
 
 /// `GET /api/v1/images` and `api/v1/images.json`: the first `limit` of

@@ -449,12 +449,14 @@ fn the_json_shape_is_stable() {
             "manifest-sha256",
             "packages",
             "publications",
+            "rebuild",
             "recorded-at",
             "source-date-epoch",
             "status",
             "suite",
             "tests",
-            "version"
+            "version",
+            "watch"
         ]
     );
     assert_eq!(

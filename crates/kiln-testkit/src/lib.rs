@@ -646,6 +646,49 @@ pub fn host_tools_root(root: &Path, tools: &[&str]) {
     }
 }
 
+/// A package (`arch`) holding the host's own `tools` (from `/usr/bin`) and
+/// the shared libraries they load, at the merged-`/usr` paths they are
+/// loaded from, with
+/// `/usr/bin/sh` a link to `dash` when it is among them: a fixture image
+/// that can run commands.
+pub fn host_tools_pkg(name: &str, arch: &str, tools: &[&str]) -> Pkg {
+    let mut p = Pkg::new(name, "1").arch(arch);
+    let mut libs: BTreeSet<PathBuf> = BTreeSet::new();
+    for t in tools {
+        let bin = std::fs::canonicalize(Path::new("/usr/bin").join(t)).unwrap();
+        p = p.executable(
+            &format!("/usr/bin/{t}"),
+            &std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display())),
+        );
+        let out = Command::new("ldd").arg(&bin).output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let lib = match line.split_once("=>") {
+                Some((_, r)) => r.trim().split(' ').next().unwrap_or(""),
+                None => line.trim().split(' ').next().unwrap_or(""),
+            };
+            if lib.starts_with('/') {
+                libs.insert(PathBuf::from(lib));
+            }
+        }
+    }
+    // Each library at the path the loader asks for (its soname), under
+    // merged /usr.
+    for lib in libs {
+        let real = std::fs::canonicalize(&lib).unwrap();
+        let named = lib.to_str().unwrap().to_string();
+        let at = if named.starts_with("/usr/") {
+            named
+        } else {
+            format!("/usr{named}")
+        };
+        p = p.executable(&at, &std::fs::read(&real).unwrap());
+    }
+    if tools.contains(&"dash") {
+        p = p.symlink("/usr/bin/sh", "dash");
+    }
+    p
+}
+
 /// A build output directory as `kiln build` leaves it, for catalog tests:
 /// `ROOT/NAME-EPOCH` with a valid `manifest.json` listing `packages`
 /// (amd64, trixie, version 1; distroless when the name says so), a

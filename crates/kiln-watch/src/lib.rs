@@ -203,6 +203,8 @@ pub fn build_packages(m: &Manifest, lock: &Lock) -> (Lock, bool) {
 /// The recipe `NAME.toml` beside `NAME.lock`, when it loads.
 fn recipe_beside(lock_path: &Path) -> Option<Recipe> {
     let p = lock_path.with_extension("toml");
+    // By its real path: a build's lock is `DIR/../../NAME.lock`.
+    let p = std::fs::canonicalize(&p).ok()?;
     p.is_file().then(|| Recipe::load(&p).ok()).flatten()
 }
 
@@ -356,12 +358,17 @@ impl Report {
     /// The documented exit status: [`EXIT_UNKNOWN`] when an image could not
     /// be checked, else [`EXIT_SECURITY`], [`EXIT_UPDATES`] or [`EXIT_CURRENT`].
     pub fn exit_code(&self) -> u8 {
-        match self.images.iter().map(|i| i.status).max() {
-            Some(Status::Unknown) => EXIT_UNKNOWN,
-            Some(Status::Security) => EXIT_SECURITY,
-            Some(Status::Updates) => EXIT_UPDATES,
-            _ => EXIT_CURRENT,
-        }
+        exit_code_of(&self.images)
+    }
+}
+
+/// The exit status for these images' findings: the worst of them.
+pub fn exit_code_of<'a>(images: impl IntoIterator<Item = &'a ImageReport>) -> u8 {
+    match images.into_iter().map(|i| i.status).max() {
+        Some(Status::Unknown) => EXIT_UNKNOWN,
+        Some(Status::Security) => EXIT_SECURITY,
+        Some(Status::Updates) => EXIT_UPDATES,
+        _ => EXIT_CURRENT,
     }
 }
 

@@ -27,6 +27,7 @@ mod cmd;
 mod diff;
 mod ls;
 mod publish;
+mod rebuild;
 mod shell;
 mod show;
 mod test;
@@ -116,7 +117,7 @@ impl SourceArgs {
 }
 
 /// EX_USAGE from sysexits.h: the command line was wrong.
-const EX_USAGE: u8 = 64;
+pub(crate) const EX_USAGE: u8 = 64;
 
 #[derive(Subcommand)]
 enum Command {
@@ -581,7 +582,7 @@ fn main() -> ExitCode {
         Command::Find(a) => catalog::cmd_find(&ui, cli.catalog.as_deref(), &a),
         Command::Diff { a, b, json } => diff::cmd_diff(&ui, cli.catalog.as_deref(), &a, &b, json),
         Command::Watch(a) => {
-            return ExitCode::from(watch::cmd_watch(&ui, cli.catalog.as_deref(), &a))
+            return ExitCode::from(watch::cmd_watch(&ui, cli.catalog.as_deref(), &cancel, &a))
         }
         Command::Catalog(CatalogCommand::Import { dirs, key }) => {
             catalog::cmd_import(&ui, cli.catalog.as_deref(), &dirs, key.as_deref())

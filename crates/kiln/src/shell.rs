@@ -24,7 +24,7 @@ pub struct ShellArgs {
 }
 
 /// What to unpack: a tarball, or an OCI image's layers (media type, blob).
-enum Source {
+pub(crate) enum Source {
     Tar(PathBuf),
     Layers(Vec<(String, PathBuf)>),
 }
@@ -133,26 +133,35 @@ fn source_of(a: &ShellArgs) -> Result<(Source, String)> {
             .unwrap_or_else(|| kiln_recipe::host_architecture().to_string());
         return Ok((Source::Layers(crate::ls::oci_layers(t, &arch)?), stem(t)));
     }
+    let (source, _) = image_of(t, a.arch.as_deref())?;
+    let m = Manifest::read_dir(t)?;
+    Ok((source, m.image))
+}
+
+/// The image of the build in `dir` for `arch` (default: the first): its
+/// rootfs tarball, else its OCI image's layers, and that file's or
+/// layout's path.
+pub(crate) fn image_of(dir: &Path, arch: Option<&str>) -> Result<(Source, PathBuf)> {
+    let t = dir;
     let m = Manifest::read_dir(t).map_err(|e| {
         anyhow::Error::from(Hinted::new(
             format!("{} is no image: {e}", t.display()),
             "give a build's output directory, its rootfs tarball, or an OCI layout",
         ))
     })?;
-    let arch = crate::ls::pick_arch(&m, t, a.arch.as_deref())?;
+    let arch = crate::ls::pick_arch(&m, t, arch)?;
     let of = |f: Format| {
         m.outputs
             .iter()
             .find(|o| o.format == f && o.architecture.as_deref().is_none_or(|x| x == arch))
     };
-    let name = m.image.clone();
     if let Some(o) = of(Format::Tar) {
-        return Ok((Source::Tar(t.join(&o.path)), name));
+        return Ok((Source::Tar(t.join(&o.path)), t.join(&o.path)));
     }
     if of(Format::Oci).is_some() {
         return Ok((
             Source::Layers(crate::ls::oci_layers(&t.join("oci"), &arch)?),
-            name,
+            t.join("oci"),
         ));
     }
     Err(Hinted::new(
@@ -172,7 +181,7 @@ fn scratch_dir() -> Result<tempfile::TempDir> {
 
 /// Unpacks the image into `root` as a package is unpacked: nothing lands
 /// outside it and the bytes are bounded by the input's size.
-fn unpack(source: &Source, root: &Path) -> Result<()> {
+pub(crate) fn unpack(source: &Source, root: &Path) -> Result<()> {
     match source {
         Source::Tar(p) => {
             let size = std::fs::metadata(p)?.len();

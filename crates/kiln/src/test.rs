@@ -43,6 +43,52 @@ fn print_outcome(ui: &Ui, o: &Outcome) {
     }
 }
 
+/// A finished test run: the report, and where its catalog record goes.
+pub struct Ran {
+    pub report: kiln_check::TestReport,
+    pub seconds: f64,
+}
+
+impl Ran {
+    /// The build's output directory and the tested artifact's name in it,
+    /// when the image is a build's output.
+    pub fn build_artifact(&self) -> Option<(&Path, String)> {
+        let r = &self.report;
+        let (dir, name) = (r.image.parent()?, r.image.file_name()?);
+        dir.join(kiln_model::manifest::MANIFEST_FILE)
+            .is_file()
+            .then(|| (dir, name.to_string_lossy().into_owned()))
+    }
+
+    /// Ok when every check passed; else the error naming the failed ones.
+    pub fn result(&self) -> Result<()> {
+        let r = &self.report;
+        if r.passed {
+            return Ok(());
+        }
+        let failed: Vec<&Outcome> = r.failed().collect();
+        Err(Hinted {
+            message: format!(
+                "{} of {} checks failed on {}: {}",
+                failed.len(),
+                r.outcomes.len(),
+                r.image.display(),
+                failed
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            hint: format!(
+                "details in {} and {}",
+                r.report.display(),
+                r.console.display()
+            ),
+        }
+        .into())
+    }
+}
+
 /// `kiln test TARGET`.
 pub fn cmd_test(
     ui: &Ui,
@@ -51,24 +97,33 @@ pub fn cmd_test(
     cancel: &Cancel,
     args: &TestArgs,
 ) -> Result<()> {
-    let start = std::time::Instant::now();
-    let r = kiln_check::test_image_with(&args.request(), reporter, cancel, &mut |o| {
-        print_outcome(ui, o)
-    })?;
+    let ran = run(ui, reporter, cancel, args)?;
     // A build output's image: the run goes into the catalog.
-    if let (Some(dir), Some(name)) = (r.image.parent(), r.image.file_name()) {
-        if dir.join(kiln_model::manifest::MANIFEST_FILE).is_file() {
-            crate::catalog::record_test(
-                ui,
-                catalog,
-                dir,
-                &name.to_string_lossy(),
-                r.passed,
-                start.elapsed().as_secs_f64(),
-                &r.report,
-            );
-        }
+    if let Some((dir, name)) = ran.build_artifact() {
+        crate::catalog::record_test(
+            ui,
+            catalog,
+            dir,
+            &name,
+            ran.report.passed,
+            ran.seconds,
+            &ran.report.report,
+        );
     }
+    ran.result()
+}
+
+/// Runs the tests and shows their results (nothing is recorded): a disk
+/// image is checked and booted; a build with no disk but a rootfs tarball
+/// or an OCI image gets its `[[test]]` commands run in the build sandbox.
+pub fn run(ui: &Ui, reporter: &dyn Reporter, cancel: &Cancel, args: &TestArgs) -> Result<Ran> {
+    let start = std::time::Instant::now();
+    let r = match container_build(&args.target)? {
+        Some(dir) => test_container(ui, cancel, &dir, args)?,
+        None => kiln_check::test_image_with(&args.request(), reporter, cancel, &mut |o| {
+            print_outcome(ui, o)
+        })?,
+    };
     if let Some(t) = r.timing {
         ui.status(
             "Timing",
@@ -98,35 +153,193 @@ pub fn cmd_test(
             "Passed",
             &format!("{} checks on {}", r.outcomes.len(), r.image.display()),
         );
-        return Ok(());
-    }
-    if !r.console_tail.is_empty() {
+    } else if !r.console_tail.is_empty() {
         errln!(
             "--- last console lines ({}) ---\n{}\n---",
             r.console.display(),
             kiln_check::tail(&r.console_tail, 25)
         );
     }
-    let failed: Vec<&Outcome> = r.failed().collect();
-    Err(Hinted {
-        message: format!(
-            "{} of {} checks failed on {}: {}",
-            failed.len(),
-            r.outcomes.len(),
-            r.image.display(),
-            failed
-                .iter()
-                .map(|o| o.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        hint: format!(
-            "details in {} and {}",
-            r.report.display(),
-            r.console.display()
-        ),
+    Ok(Ran {
+        report: r,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The build output directory `target` names (itself, or a recipe's
+/// output) when it has no disk image but a rootfs tarball or OCI image.
+fn container_build(target: &Path) -> Result<Option<PathBuf>> {
+    let dir = if target.extension().is_some_and(|e| e == "toml") {
+        kiln_recipe::Recipe::load(target)?.output_dir()
+    } else if target.is_dir() {
+        target.to_path_buf()
+    } else {
+        return Ok(None);
+    };
+    if kiln_check::find_image(&dir).is_file() || !dir.join(kiln_model::MANIFEST_FILE).is_file() {
+        return Ok(None);
     }
-    .into())
+    let m = kiln_model::Manifest::read_dir(&dir)?;
+    let container = m
+        .outputs
+        .iter()
+        .any(|o| matches!(o.format, kiln_model::Format::Tar | kiln_model::Format::Oci));
+    Ok(container.then_some(dir))
+}
+
+/// `kiln test` of a container build: its `[[test]]` commands (from the
+/// manifest), each run with `/bin/sh -c` as root in the build sandbox (no
+/// network) on one throwaway copy of the host architecture's image. The
+/// JUnit report is `STEM.test.xml` beside the tested tarball or layout.
+fn test_container(
+    ui: &Ui,
+    cancel: &Cancel,
+    dir: &Path,
+    args: &TestArgs,
+) -> Result<kiln_check::TestReport> {
+    if args.skip_static && args.skip_boot {
+        return Err(crate::cmd::Usage::new(
+            "--skip-static with --skip-boot leaves nothing to test",
+            "give one of them",
+        )
+        .into());
+    }
+    let m = kiln_model::Manifest::read_dir(dir)?;
+    // The commands run here: the host architecture's image.
+    let host = kiln_recipe::host_architecture();
+    if !m.architectures.iter().any(|a| a == host) {
+        return Err(Hinted::new(
+            format!(
+                "{} has no {host} image ({}): its test commands cannot run on this machine",
+                dir.display(),
+                m.architectures.join(", ")
+            ),
+            format!(
+                "run kiln test on a {} machine",
+                m.architectures.join(" or ")
+            ),
+        )
+        .into());
+    }
+    let (source, image) = crate::shell::image_of(dir, Some(host))?;
+    let stem = image
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image")
+        .to_string();
+    let report = dir.join(format!("{stem}.test.xml"));
+    let console = dir.join(format!("{stem}.console.log"));
+    let _ = std::fs::remove_file(&report);
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    if m.tests.is_empty() {
+        let o = Outcome::skip(
+            "container",
+            "commands",
+            "the recipe has no [[test]] entries",
+        );
+        print_outcome(ui, &o);
+        outcomes.push(o);
+    } else if args.skip_boot {
+        for t in &m.tests {
+            let o = Outcome::skip("container", &t.name, "--skip-boot");
+            print_outcome(ui, &o);
+            outcomes.push(o);
+        }
+    } else {
+        let scratch = tempfile::Builder::new()
+            .prefix("kiln-test-")
+            .tempdir()
+            .map_err(|e| anyhow::anyhow!("creating a scratch directory: {e}"))?;
+        cancel.track_dir(scratch.path());
+        let root = scratch.path().join("root");
+        std::fs::create_dir(&root)?;
+        ui.status("Unpacking", &image.display().to_string());
+        let ran = crate::shell::unpack(&source, &root)
+            .map_err(|e| e.context(format!("unpacking {}", image.display())))
+            .and_then(|()| run_commands(ui, cancel, &root, &m.tests, &console, &mut outcomes));
+        cancel.untrack_dir(scratch.path());
+        ran?;
+    }
+    let tail = std::fs::read_to_string(&console).unwrap_or_default();
+    let tail = kiln_check::tail(&tail, 60);
+    let xml = kiln_check::junit(&image, &outcomes, &tail);
+    kiln_model::fsutil::write_atomic(&report, xml.as_bytes())?;
+    let passed = !outcomes.iter().any(Outcome::failed);
+    Ok(kiln_check::TestReport {
+        image,
+        report,
+        console,
+        boot: !args.skip_boot,
+        outcomes,
+        console_tail: if passed { String::new() } else { tail },
+        timing: None,
+        passed,
+    })
+}
+
+/// Each test in `root`, its output appended to `console`.
+fn run_commands(
+    ui: &Ui,
+    cancel: &Cancel,
+    root: &Path,
+    tests: &[kiln_model::manifest::TestSpec],
+    console: &Path,
+    outcomes: &mut Vec<Outcome>,
+) -> Result<()> {
+    use std::io::Write;
+    let mut log = std::fs::File::create(console)?;
+    let env = kiln_rootfs::sandbox::script_env(0);
+    let out = root.parent().unwrap_or(root).join("test.out");
+    for t in tests {
+        let started = std::time::Instant::now();
+        let _ = std::fs::remove_file(&out);
+        let status = kiln_rootfs::sandbox::run_in_root_with(
+            root,
+            &["/bin/sh", "-c", &t.command],
+            &env,
+            &out,
+            cancel,
+            kiln_rootfs::sandbox::Options::default(),
+        );
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        writeln!(log, "=== {} ({})", t.name, t.command)?;
+        log.write_all(text.as_bytes())?;
+        let mut o = match status {
+            Err(kiln_rootfs::sandbox::SandboxError::NoEnv { .. }) => Outcome::fail(
+                "container",
+                &t.name,
+                "the image has no /usr/bin/env and /bin/sh to run test commands with".into(),
+            ),
+            Err(e) => return Err(e.into()),
+            Ok(s) if !s.success() => Outcome::fail(
+                "container",
+                &t.name,
+                format!("exited with {s}: {}", last_line(&text)),
+            ),
+            Ok(_) => match &t.expect {
+                Some(want) if !text.contains(want.as_str()) => Outcome::fail(
+                    "container",
+                    &t.name,
+                    format!("the output lacks {want:?}: {}", last_line(&text)),
+                ),
+                _ => Outcome::pass("container", &t.name),
+            },
+        };
+        o.seconds = started.elapsed().as_secs_f64();
+        print_outcome(ui, &o);
+        outcomes.push(o);
+    }
+    Ok(())
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no output)")
+        .chars()
+        .take(200)
+        .collect()
 }
 
 pub struct BootArgs {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use kiln_model::Cancel;
 use kiln_watch::{ImageReport, Report, Status, Target, Tracker, WatchOptions};
+
+use crate::rebuild::RebuildOptions;
 
 use crate::ui::Ui;
 use crate::SourceArgs;
@@ -23,6 +26,31 @@ pub struct WatchArgs {
     /// Print the report as JSON on stdout (schema: docs/schemas/watch.schema.json).
     #[arg(long)]
     pub json: bool,
+    /// Rebuild what is behind: re-lock with --update of the fixed packages, build, test (when the recipe has tests), publish to its [[publish]] targets, record why in the catalog. `security` (the default) acts on security updates only, `updates` on every update.
+    #[arg(long, value_name = "WHAT", num_args = 0..=1, default_missing_value = "security")]
+    pub rebuild: Option<crate::rebuild::RebuildOn>,
+    /// Ed25519 private key (PKCS#8 PEM) for rebuilds: signs their provenance and download-tree channel documents.
+    #[arg(
+        long,
+        value_name = "KEY.pem",
+        env = "KILN_SIGN_KEY",
+        requires = "rebuild"
+    )]
+    pub sign_key: Option<PathBuf>,
+    /// Plain HTTP to registries rebuilds publish to (for registries on loopback).
+    #[arg(long, requires = "rebuild")]
+    pub insecure: bool,
+    /// Registry user for rebuilds' publications (password from $KILN_REGISTRY_PASSWORD).
+    #[arg(long, requires = "rebuild")]
+    pub username: Option<String>,
+    /// Seconds a rebuilt disk image's boot test may take.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 900,
+        requires = "rebuild"
+    )]
+    pub test_timeout: u64,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
@@ -35,13 +63,18 @@ fn parse_every(s: &str) -> Result<Duration, String> {
 
 /// Runs one pass (or one every `--every`) and gives the exit status:
 /// 0 nothing to do, 1 updates, 2 security updates, 3 an image could not
-/// be checked or the watch failed.
-pub fn cmd_watch(ui: &Ui, catalog: Option<&Path>, a: &WatchArgs) -> u8 {
+/// be checked or the watch failed, 4 a rebuild failed. With `--rebuild`,
+/// an image rebuilt and published counts as done.
+pub fn cmd_watch(ui: &Ui, catalog: Option<&Path>, cancel: &Cancel, a: &WatchArgs) -> u8 {
     loop {
-        let code = match pass(ui, catalog, a) {
+        let code = match pass(ui, catalog, cancel, a) {
             Ok(code) => code,
             Err(e) => {
                 crate::ui::report_error(ui, &e);
+                // What the command line got wrong stays wrong: no next pass.
+                if e.downcast_ref::<crate::cmd::Usage>().is_some() {
+                    return crate::EX_USAGE;
+                }
                 kiln_watch::EXIT_UNKNOWN
             }
         };
@@ -66,7 +99,7 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-fn pass(ui: &Ui, catalog: Option<&Path>, a: &WatchArgs) -> Result<u8> {
+fn pass(ui: &Ui, catalog: Option<&Path>, cancel: &Cancel, a: &WatchArgs) -> Result<u8> {
     let reporter = crate::ui::reporter(ui, false);
     let _lock = kiln_watch::WatchLock::acquire(&kiln_watch::state_dir(), reporter.as_ref())?;
     let mut warnings = Vec::new();
@@ -92,11 +125,14 @@ fn pass(ui: &Ui, catalog: Option<&Path>, a: &WatchArgs) -> Result<u8> {
             )
         })?;
         let c = kiln_catalog::Catalog::open_read_only(&path)?;
-        let found = c.find(&kiln_catalog::Query {
-            latest: true,
-            ..Default::default()
-        })?;
+        // Each image's newest version, passing over versions a rebuild
+        // made but could not test or publish: they are not current.
+        let found = c.find(&kiln_catalog::Query::default())?;
+        let mut seen = std::collections::HashSet::new();
         for f in found {
+            if f.rebuild.as_ref().is_some_and(|r| !r.succeeded()) || !seen.insert(f.image.clone()) {
+                continue;
+            }
             match Target::from_path(Path::new(&f.location)) {
                 Ok(t) => targets.push(t),
                 Err(e) => failed.push(ImageReport::unknown(
@@ -118,6 +154,17 @@ fn pass(ui: &Ui, catalog: Option<&Path>, a: &WatchArgs) -> Result<u8> {
             targets.push(Target::from_path(p)?);
         }
     }
+    let rebuild = a.rebuild.map(|on| RebuildOptions {
+        on,
+        sign_key: a.sign_key.as_deref(),
+        insecure: a.insecure,
+        username: a.username.clone(),
+        sources: a.sources.options(),
+        test_timeout: a.test_timeout,
+    });
+    if let Some(o) = &rebuild {
+        crate::rebuild::check_before(&targets, o)?;
+    }
     let mut report = kiln_watch::watch(
         &targets,
         &WatchOptions {
@@ -129,13 +176,118 @@ fn pass(ui: &Ui, catalog: Option<&Path>, a: &WatchArgs) -> Result<u8> {
     );
     report.warnings.extend(warnings);
     report.images.extend(failed);
-    let code = report.exit_code();
+    record_states(ui, catalog, &report);
+    let rebuilds = match &rebuild {
+        Some(o) => crate::rebuild::rebuild_all(
+            ui,
+            catalog,
+            reporter.as_ref(),
+            cancel,
+            &targets,
+            &report.images,
+            o,
+        ),
+        None => Vec::new(),
+    };
+    let code = if rebuilds.iter().any(|r| !r.succeeded()) {
+        crate::rebuild::EXIT_REBUILD_FAILED
+    } else {
+        // What is left to do: images rebuilt are done.
+        let done: std::collections::HashSet<&str> = rebuilds
+            .iter()
+            .filter_map(|r| r.from_manifest.as_deref())
+            .collect();
+        let rebuilt_targets: std::collections::HashSet<String> = targets
+            .iter()
+            .filter(|t| {
+                t.manifest_sha256
+                    .as_deref()
+                    .is_some_and(|m| done.contains(m))
+                    || (t.manifest_sha256.is_none()
+                        && rebuilds.iter().any(|r| r.image == t.name && r.succeeded()))
+            })
+            .map(|t| t.location.display().to_string())
+            .collect();
+        kiln_watch::exit_code_of(
+            report
+                .images
+                .iter()
+                .filter(|i| !rebuilt_targets.contains(&i.location)),
+        )
+    };
     if a.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if a.rebuild.is_some() {
+            v["rebuilds"] = serde_json::to_value(&rebuilds)?;
+        }
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_table(&report);
+        for r in &rebuilds {
+            outln!(
+                "rebuilt {}: {}{}{}",
+                r.image,
+                r.outcome,
+                if r.output.is_empty() {
+                    String::new()
+                } else {
+                    format!(" -> {}", r.output)
+                },
+                r.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
     }
     Ok(code)
+}
+
+/// Each checked version's finding, into the catalog (when there is one),
+/// for the finder and the next `kiln find`.
+fn record_states(ui: &Ui, catalog: Option<&Path>, report: &Report) {
+    let mut by: std::collections::BTreeMap<&str, Vec<&ImageReport>> = Default::default();
+    for i in &report.images {
+        if let Some(sha) = &i.manifest_sha256 {
+            by.entry(sha).or_default().push(i);
+        }
+    }
+    let Some(path) = crate::catalog::location(catalog) else {
+        return;
+    };
+    if by.is_empty() || !(kiln_catalog::is_url(&path) || path.exists()) {
+        return;
+    }
+    let r = kiln_catalog::Catalog::open(&path).and_then(|mut c| {
+        for (sha, reports) in &by {
+            let updates = reports.iter().flat_map(|i| &i.updates);
+            let cves: std::collections::BTreeSet<String> = updates
+                .clone()
+                .flat_map(|u| u.cves.iter().cloned())
+                .collect();
+            c.record_watch(
+                sha,
+                &kiln_catalog::WatchState {
+                    status: reports
+                        .iter()
+                        .map(|i| i.status)
+                        .max()
+                        .unwrap_or(Status::Unknown)
+                        .name()
+                        .to_string(),
+                    updates: updates.clone().count() as u64,
+                    security: updates.clone().filter(|u| u.security).count() as u64,
+                    cves: cves.into_iter().collect(),
+                    detail: serde_json::to_string(reports).unwrap_or_default(),
+                    checked_at: report.checked_at,
+                },
+            )?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        ui.warn(&format!("the watch's findings are not in the catalog: {e}"));
+    }
 }
 
 fn print_table(r: &Report) {

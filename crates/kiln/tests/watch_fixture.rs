@@ -484,3 +484,262 @@ fn lock_update_changes_only_the_named_package_and_what_it_needs_and_diff_shows_i
         .collect();
     assert_eq!(names, ["libbar1", "libfoo1", "nginx-common"]);
 }
+
+/// The two images of [`Fx`], each with a shell to run its `[[test]]`
+/// commands in, publishing to a signed download tree.
+fn tested_fixture() -> (Fx, PathBuf) {
+    let mut f = Fx::new();
+    let mut pkgs = base();
+    pkgs.push(kiln_testkit::host_tools_pkg(
+        "kiln-test-tools",
+        "amd64",
+        &["dash", "env", "grep", "cat"],
+    ));
+    f.repo.write(&pkgs, "amd64", &ReleaseOpts::default());
+    let tree = f.work.path().join("tree");
+    for (name, pkg, test) in [
+        (
+            "web",
+            "nginx",
+            "command = \"grep -q fixed /usr/lib/libfoo.so.1 && echo libfoo-ok\"\nexpect = \"libfoo-ok\"",
+        ),
+        (
+            "plain",
+            "nginx-common",
+            "command = \"cat /etc/debian_version\"\nexpect = \"13\"",
+        ),
+    ] {
+        let recipe = f.recipe(name, pkg);
+        let text = std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace(
+                &format!("include = [\"{pkg}\"]"),
+                &format!("include = [\"{pkg}\", \"kiln-test-tools\"]"),
+            )
+            + &format!(
+                "\n[[test]]\nname = \"{name}-works\"\n{test}\n\n[[publish]]\nto = \"file://{}\"\n",
+                tree.display()
+            );
+        std::fs::write(&recipe, text).unwrap();
+        let o = f.kiln(&["lock", recipe.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    (f, tree)
+}
+
+/// The versions of each image the tree's simplestreams products list.
+fn tree_versions(tree: &Path) -> std::collections::BTreeMap<String, usize> {
+    let p = tree.join("streams/v1/org.kiln.images:stable.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["products"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, p)| {
+            // NAME:SUITE:ARCH
+            let name = id.split(':').next().unwrap();
+            (name.to_string(), p["versions"].as_object().unwrap().len())
+        })
+        .fold(Default::default(), |mut m, (n, c)| {
+            *m.entry(n).or_default() += c;
+            m
+        })
+}
+
+#[test]
+fn rebuild_tests_and_publishes_only_the_affected_image_and_a_failed_test_is_not_published() {
+    let (mut f, tree) = tested_fixture();
+    let (pem, _) = common::ed25519_pair(f.work.path(), "signer");
+    let pem = pem.to_str().unwrap().to_string();
+    let (web, plain) = (f.path("web.toml"), f.path("plain.toml"));
+    for r in [&web, &plain] {
+        let o = f.kiln(&["build", r]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = f.kiln(&[
+        "publish",
+        "--sign-key",
+        &pem,
+        &f.path("out/web"),
+        &f.path("out/plain"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = tree_versions(&tree);
+    assert_eq!(first.get("web"), Some(&1), "{first:?}");
+    std::fs::copy(f.path("web.lock"), f.path("web-1.lock")).unwrap();
+
+    // A tree needs a key: refused before any work.
+    let o = f.kiln(&["watch", "--rebuild"]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--sign-key"), "{}", stderr(&o));
+
+    // A broken fix: the rebuild's test fails; nothing is published, and the
+    // failure is recorded.
+    f.repo.write(
+        &[Pkg::new("libfoo1", "1.2-1+deb1u1")
+            .arch("amd64")
+            .depends("libbar1")
+            .field("Source", "foo (1.2-1+deb1u1)")
+            .file("/usr/lib/libfoo.so.1", b"broken")],
+        "amd64",
+        &security_opts("Mon, 01 Dec 2025 12:00:00 UTC"),
+    );
+    let (o, v) = f.watch_json(&["--rebuild", "--sign-key", &pem]);
+    assert_eq!(o.status.code(), Some(4), "{v:#}\n{}", stderr(&o));
+    let rebuilds = v["rebuilds"].as_array().unwrap();
+    assert_eq!(rebuilds.len(), 1, "only web: {v:#}");
+    assert_eq!(rebuilds[0]["image"], "web");
+    assert_eq!(rebuilds[0]["outcome"], "test-failed");
+    let e = rebuilds[0]["error"].as_str().unwrap();
+    assert!(e.contains("web-works"), "{e}");
+    assert_eq!(
+        tree_versions(&tree),
+        first,
+        "a failed rebuild was published"
+    );
+    let failed_out = PathBuf::from(rebuilds[0]["output"].as_str().unwrap());
+    let xml = std::fs::read_to_string(failed_out.join("rootfs.test.xml")).unwrap();
+    assert!(xml.contains("failures=\"1\""), "{xml}");
+
+    // The real fix: the next pass tries again, from the version still
+    // current (the failed build was never catalogued), and publishes.
+    f.repo.write(
+        &[Pkg::new("libfoo1", "1.2-1+deb1u2")
+            .arch("amd64")
+            .depends("libbar1")
+            .field("Source", "foo (1.2-1+deb1u2)")
+            .file("/usr/lib/libfoo.so.1", b"fixed")],
+        "amd64",
+        &security_opts("Tue, 02 Dec 2025 08:00:00 UTC"),
+    );
+    let (o, v) = f.watch_json(&["--rebuild", "--sign-key", &pem]);
+    assert_eq!(o.status.code(), Some(0), "{v:#}\n{}", stderr(&o));
+    let rebuilds = v["rebuilds"].as_array().unwrap();
+    assert_eq!(rebuilds.len(), 1, "{v:#}");
+    let r = &rebuilds[0];
+    assert_eq!(r["outcome"], "published", "{r:#}");
+    assert_eq!(
+        r["packages"],
+        serde_json::json!([{"package": "libfoo1", "architecture": "amd64", "from": "1.2-1",
+            "to": "1.2-1+deb1u2", "suite": "kiln-test-security", "security": true}])
+    );
+    // Tue, 02 Dec 2025 08:00:00 UTC
+    assert_eq!(r["release-date"], 1764662400);
+    assert!(r["published-at"].as_i64().unwrap() >= r["started-at"].as_i64().unwrap());
+    let after = tree_versions(&tree);
+    assert_eq!(after.get("web"), Some(&2), "{after:?}");
+    assert_eq!(after.get("plain"), Some(&1), "plain was not rebuilt");
+    let new_out = PathBuf::from(r["output"].as_str().unwrap());
+    assert_eq!(
+        new_out.file_name().unwrap().to_str().unwrap(),
+        "web-20251202T080000Z"
+    );
+
+    // The locks differ in the fixed package alone.
+    let o = f.kiln(&[
+        "diff",
+        &f.path("web-1.lock"),
+        &web.replace(".toml", ".lock"),
+        "--json",
+    ]);
+    let d = json_of(&o);
+    let changed: Vec<&str> = d["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["libfoo1"], "{d:#}");
+    assert!(d["added"].as_array().unwrap().is_empty());
+
+    // The catalog: both versions of web, the new one with its reason and
+    // test, the old one as the pass found it.
+    let found = json_of(&f.kiln(&["find", "--image", "web", "--json"]));
+    assert_matches_schema("find", &found);
+    let versions = found["images"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{found:#}");
+    let (new, old) = (&versions[0], &versions[1]);
+    assert_eq!(new["location"], new_out.to_str().unwrap());
+    assert_eq!(new["rebuild"]["outcome"], "published");
+    assert_eq!(new["rebuild"]["from-manifest"], old["manifest-sha256"]);
+    assert_eq!(new["tests"][0]["passed"], true);
+    assert!(!new["publications"].as_array().unwrap().is_empty());
+    assert!(old["rebuild"].is_null());
+    assert_eq!(old["watch"]["status"], "security");
+    assert_eq!(old["watch"]["security"], 1);
+
+    // Current now: a pass rebuilds nothing and says so.
+    let (o, v) = f.watch_json(&["--rebuild", "--sign-key", &pem]);
+    assert_eq!(o.status.code(), Some(0), "{v:#}");
+    assert!(v["rebuilds"].as_array().unwrap().is_empty());
+    assert_eq!(image(&v, "web")["location"], new_out.to_str().unwrap());
+
+    // The finder shows each version's status and the rebuild's reason.
+    let site = f.work.path().join("site");
+    let o = f.kiln(&["serve", "--export", site.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.join("api/v1/images.json")).unwrap()).unwrap();
+    let webs: Vec<&serde_json::Value> = all["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["image"] == "web")
+        .collect();
+    assert_eq!(webs[0]["status"]["state"], "up-to-date", "{:#}", webs[0]);
+    assert_eq!(webs[0]["rebuild"]["packages"][0]["package"], "libfoo1");
+    assert_eq!(webs[1]["status"]["state"], "security");
+    assert!(
+        webs[1]["status"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("security updates pending"),
+        "{:#}",
+        webs[1]
+    );
+}
+
+#[test]
+fn no_rebuild_from_a_forged_security_suite_nor_of_a_recipe_changed_since_its_build() {
+    let (mut f, _tree) = tested_fixture();
+    let (pem, _) = common::ed25519_pair(f.work.path(), "signer");
+    let pem = pem.to_str().unwrap().to_string();
+    let web = f.path("web.toml");
+    let o = f.kiln(&["build", &web]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    f.publish_fix();
+    let dists = f.security_dists();
+    let signed = std::fs::read_to_string(dists.join("InRelease")).unwrap();
+    std::fs::write(
+        dists.join("InRelease"),
+        signed.replace("Kiln Tests", "Kiln Tezts"),
+    )
+    .unwrap();
+    let lock_before = std::fs::read(f.path("web.lock")).unwrap();
+    let (o, v) = f.watch_json(&["--rebuild", "--sign-key", &pem]);
+    assert_eq!(o.status.code(), Some(3), "{v:#}");
+    assert!(v["rebuilds"].as_array().unwrap().is_empty(), "{v:#}");
+    assert_eq!(std::fs::read(f.path("web.lock")).unwrap(), lock_before);
+
+    // Signed again, but the recipe's packages were edited since the build:
+    // a rebuild would take the edit along, so it is refused and recorded.
+    std::fs::write(dists.join("InRelease"), &signed).unwrap();
+    let text = std::fs::read_to_string(&web).unwrap();
+    std::fs::write(
+        &web,
+        text.replace("\"nginx\", ", "\"nginx\", \"libbar1\", "),
+    )
+    .unwrap();
+    let (o, v) = f.watch_json(&["--rebuild", "--sign-key", &pem]);
+    assert_eq!(o.status.code(), Some(4), "{v:#}");
+    let r = &v["rebuilds"][0];
+    assert_eq!(r["outcome"], "lock-failed");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("was changed since this build"),
+        "{r:#}"
+    );
+    assert_eq!(std::fs::read(f.path("web.lock")).unwrap(), lock_before);
+}

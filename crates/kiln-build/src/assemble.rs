@@ -267,6 +267,31 @@ pub fn outgrew_ram(e: &anyhow::Error) -> Option<(u64, u64)> {
         })
 }
 
+/// The key of the tree after the Essential phase: everything it is made
+/// of (each Essential-phase package's name, version, architecture and
+/// sha256), the image architecture, the epoch the scripts saw, and this
+/// Kiln (whose install steps made it).
+pub fn essential_key(
+    pkgs: &[&LockedPackage],
+    essential: &HashSet<String>,
+    arch: &str,
+    epoch: i64,
+) -> String {
+    use sha2::Digest;
+    let mut lines: Vec<String> = pkgs
+        .iter()
+        .filter(|p| essential.contains(&p.name))
+        .map(|p| format!("{} {} {} {}", p.name, p.version, p.architecture, p.sha256))
+        .collect();
+    lines.sort();
+    let text = format!(
+        "kiln essential tree 1\n{}\n{arch}\n{epoch}\n{}\n",
+        env!("CARGO_PKG_VERSION"),
+        lines.join("\n")
+    );
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// Builds the root filesystem in a fresh temporary area.
 #[allow(clippy::too_many_arguments)]
 pub fn assemble(
@@ -278,6 +303,7 @@ pub fn assemble(
     reporter: &dyn Reporter,
     cancel: &Cancel,
     ram: bool,
+    essential_cache: Option<&Path>,
 ) -> Result<BuildArea> {
     let area = BuildArea::new(pkgs, cancel, ram)?;
     let root = area.root();
@@ -285,6 +311,7 @@ pub fn assemble(
     let essential = essential_closure(pkgs);
     let files = package_files(pkgs, debs, |n| essential.contains(n));
     let arch = pkgs.first().map(|p| p.target.clone()).unwrap_or_default();
+    let entry = essential_cache.map(|c| c.join(essential_key(pkgs, &essential, &arch, epoch)));
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -299,6 +326,7 @@ pub fn assemble(
             cancel,
             jobs,
             room: area.room(),
+            essential_cache: entry.as_deref(),
         },
     )?;
     let sources_dir = root.join("etc/apt/sources.list.d");

@@ -226,6 +226,7 @@ struct Produced {
 }
 
 /// Assembles each architecture's root and hands it to every output.
+#[allow(clippy::too_many_arguments)]
 fn produce(
     recipe: &Recipe,
     lock: &Lock,
@@ -234,6 +235,7 @@ fn produce(
     out_dir: &Path,
     reporter: &dyn Reporter,
     cancel: &Cancel,
+    essential_cache: Option<&Path>,
 ) -> Result<Produced> {
     let cx = Context {
         recipe,
@@ -257,7 +259,17 @@ fn produce(
                 if recipe.container.distroless {
                     assemble_distroless(recipe, arch, pkgs, debs, reporter, cancel, ram)
                 } else {
-                    assemble(recipe, lock, pkgs, debs, epoch, reporter, cancel, ram)
+                    assemble(
+                        recipe,
+                        lock,
+                        pkgs,
+                        debs,
+                        epoch,
+                        reporter,
+                        cancel,
+                        ram,
+                        essential_cache,
+                    )
                 }
             };
             let area = match assemble_in(true) {
@@ -394,8 +406,19 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
     let stage_dir = staging.path.clone();
     let marker = stage_dir.join(INCOMPLETE_MARKER);
     std::fs::write(&marker, b"a kiln build is writing here\n")?;
+    // Builds that share an Essential set share its installed tree
+    // (KILN_ESSENTIAL_CACHE=off: install it afresh every time).
+    let essential_cache = (std::env::var("KILN_ESSENTIAL_CACHE").as_deref() != Ok("off"))
+        .then(|| req.sources.cache().root().join("essential"));
     let produced = produce(
-        &recipe, &lock, &per_arch, epoch, &stage_dir, reporter, cancel,
+        &recipe,
+        &lock,
+        &per_arch,
+        epoch,
+        &stage_dir,
+        reporter,
+        cancel,
+        essential_cache.as_deref(),
     )?;
     let all_pkgs: Vec<&LockedPackage> = per_arch.iter().flat_map(|a| a.1.iter().copied()).collect();
     let has_disk = !produced.disk.is_empty();
@@ -509,7 +532,10 @@ fn check_reproducible(
     let again_dir = out_dir.join("rebuild");
     let _ = std::fs::remove_dir_all(&again_dir);
     std::fs::create_dir_all(&again_dir)?;
-    let again = produce(recipe, lock, per_arch, epoch, &again_dir, reporter, cancel)?;
+    // From scratch: a cached Essential tree would hide what differs there.
+    let again = produce(
+        recipe, lock, per_arch, epoch, &again_dir, reporter, cancel, None,
+    )?;
     let artifacts = &manifest.outputs;
     let differ: Vec<String> = artifacts
         .iter()

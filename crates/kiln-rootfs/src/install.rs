@@ -65,6 +65,10 @@ pub struct InstallOptions<'a> {
     pub jobs: usize,
     /// The build area's payload room (when it is in RAM).
     pub room: Option<Arc<Room>>,
+    /// Where the tree after the Essential phase is kept for these exact
+    /// inputs (the caller's key): taken from there when it is, put there
+    /// when it is not. `None`: always installed afresh.
+    pub essential_cache: Option<&'a Path>,
 }
 
 /// Unpacks the data of `pkgs` natively into `root` (no scripts), each
@@ -246,15 +250,32 @@ fn install_measured(
 ) -> Result<(), RootfsError> {
     let essential: Vec<&PackageFile> = pkgs.iter().filter(|p| p.essential_phase).collect();
     let rest: Vec<&PackageFile> = pkgs.iter().filter(|p| !p.essential_phase).collect();
-    opts.reporter.step(
-        Stage::Unpack,
-        &format!("{} Essential packages", essential.len()),
-    );
-    extract_natively(root, &essential, opts.jobs, opts.room.clone())?;
+    let cached = opts
+        .essential_cache
+        .filter(|c| !essential.is_empty() && c.join(ESSENTIAL_TREE).is_dir());
+    if let Some(c) = cached {
+        opts.reporter.step(
+            Stage::Unpack,
+            &format!(
+                "{} Essential packages: their installed tree from the cache ({})",
+                essential.len(),
+                c.display()
+            ),
+        );
+        copy_tree(&c.join(ESSENTIAL_TREE), root)?;
+    } else {
+        opts.reporter.step(
+            Stage::Unpack,
+            &format!("{} Essential packages", essential.len()),
+        );
+        extract_natively(root, &essential, opts.jobs, opts.room.clone())?;
+    }
     // The Essential packages are unpacked: from here on every path in the
     // root is opened inside it (their links resolve as in a chroot).
     let r = Root::open(root).map_err(|e| RootfsError::io(&root.display().to_string(), e))?;
-    prepare_dpkg(&r, opts.arch)?;
+    if cached.is_none() {
+        prepare_dpkg(&r, opts.arch)?;
+    }
     // The .debs are handed to the root's dpkg from inside the root.
     let debdir = "var/cache/kiln-debs";
     // A fresh, real directory: whatever a package put there goes first.
@@ -280,9 +301,25 @@ fn install_measured(
         inside.insert(p.name.as_str(), format!("/var/cache/kiln-debs/{file}"));
     }
     let env = script_env(opts.epoch);
+    let store = cached.is_none() && !essential.is_empty();
+    let essential = if cached.is_some() {
+        Vec::new()
+    } else {
+        essential
+    };
     for (label, set) in [("Essential", essential), ("remaining", rest)] {
         if label == "remaining" {
             measured()?;
+            if let (Some(c), true) = (opts.essential_cache, store) {
+                // Best effort: a cache that cannot be written costs the
+                // next build the time, nothing else.
+                if let Err(e) = store_tree(root, debdir, c) {
+                    opts.reporter.warn(&format!(
+                        "the tree after the Essential phase was not cached in {}: {e}",
+                        c.display()
+                    ));
+                }
+            }
         }
         if set.is_empty() {
             continue;
@@ -326,6 +363,84 @@ fn install_measured(
         .map_err(|e| RootfsError::io(debdir, e))?;
     let _ = r.remove_file("usr/sbin/policy-rc.d");
     Ok(())
+}
+
+/// The installed tree in an Essential-phase cache entry.
+const ESSENTIAL_TREE: &str = "root";
+
+/// `cp -a SRC/. DEST/`: every file with its mode, owner, times, hard links
+/// and extended attributes, links copied as links (never followed).
+fn copy_tree(src: &Path, dest: &Path) -> Result<(), RootfsError> {
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--no-target-directory"])
+        .arg(src)
+        .arg(dest)
+        .output()
+        .map_err(|e| RootfsError::io("cp", e))?;
+    if !out.status.success() {
+        // Its first complaint (a full disk repeats one per file).
+        let text = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or("cp failed")
+            .to_string();
+        // A full disk stays a full disk (its hint), not a copying error.
+        let source = if text.contains("No space left on device") {
+            std::io::Error::from_raw_os_error(28)
+        } else {
+            std::io::Error::other(text.clone())
+        };
+        return Err(RootfsError::io(
+            &format!("copying {} to {} ({text})", src.display(), dest.display()),
+            source,
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps the tree in `root` (without the `.deb`s in `debdir`) as the cache
+/// entry `entry`: copied beside it under a private name and renamed into
+/// place, so a reader sees a whole entry or none.
+fn store_tree(root: &Path, debdir: &str, entry: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |e| RootfsError::io(&what, e)
+    };
+    let parent = entry.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(io(parent))?;
+    let tmp = parent.join(format!(
+        ".{}.{}",
+        entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("entry"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(io(&tmp))?;
+    let done = (|| {
+        let tree = tmp.join(ESSENTIAL_TREE);
+        copy_tree(root, &tree)?;
+        Root::open(&tree)
+            .and_then(|r| r.remove_tree(debdir))
+            .map_err(io(&tree))?;
+        match std::fs::rename(&tmp, entry) {
+            Ok(()) => Ok(()),
+            // Another build kept the same tree first.
+            Err(_) if entry.join(ESSENTIAL_TREE).is_dir() => Ok(()),
+            Err(e) => Err(io(entry)(e)),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    done
 }
 
 fn script_failure(log: &Path, code: Option<i32>) -> RootfsError {

@@ -608,3 +608,58 @@ fn unwritable_output_directory_fails_before_building() {
         "{err}"
     );
 }
+
+/// Images that share an Essential set share its installed tree: the second
+/// image takes it from the cache, and is byte for byte the image a build
+/// without the cache makes.
+#[test]
+fn a_cached_essential_tree_gives_the_bytes_of_a_clean_build() {
+    if skip() {
+        return;
+    }
+    let _g = serial();
+    let work = tempfile::tempdir().unwrap();
+    let build = |name: &str, include: &str, envs: &[(&str, &str)]| {
+        let dir = work.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let recipe = minbase(&dir, "");
+        let text = std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("include = [\"apt\"]", include);
+        std::fs::write(&recipe, text).unwrap();
+        let out = dir.join("out");
+        let started = std::time::Instant::now();
+        let o = kiln(
+            &[
+                "build",
+                recipe.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            envs,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let tar = std::fs::read(out.join("rootfs.tar")).unwrap();
+        (
+            stderr(&o),
+            kiln_testkit::sha256_hex(&tar),
+            started.elapsed(),
+        )
+    };
+    // The first image leaves its Essential tree in the cache (unless an
+    // earlier build did); another image with the same Essential set and
+    // more packages takes it from there.
+    let (_, _, first) = build("a", "include = [\"apt\"]", &[]);
+    let more = "include = [\"apt\", \"less\"]";
+    let (log, cached, t_cached) = build("b", more, &[]);
+    assert!(log.contains("their installed tree from the cache"), "{log}");
+    let (log, clean, t_clean) = build("c", more, &[("KILN_ESSENTIAL_CACHE", "off")]);
+    assert!(!log.contains("from the cache"), "{log}");
+    assert_eq!(cached, clean, "the cached Essential tree changed the image");
+    eprintln!(
+        "minbase: first {:.1}s; minbase + less from the cached Essential tree {:.1}s, clean {:.1}s",
+        first.as_secs_f64(),
+        t_cached.as_secs_f64(),
+        t_clean.as_secs_f64()
+    );
+}

@@ -294,8 +294,10 @@ fn base_suite(s: &str) -> &str {
     s
 }
 
-fn is_security(s: &str) -> bool {
-    s.ends_with("-security") || s.ends_with("/updates")
+/// Whether `suite` is a security suite (`SUITE-security`, or the old
+/// `SUITE/updates`): what comes from it is a security update.
+pub fn is_security_suite(suite: &str) -> bool {
+    suite.ends_with("-security") || suite.ends_with("/updates")
 }
 
 /// Overrides for the default sources, from the command line.
@@ -322,11 +324,11 @@ pub fn default_sources(
     let main = entries
         .iter()
         .filter(debian)
-        .find(|e| e.suites.iter().any(|s| !is_security(s)));
+        .find(|e| e.suites.iter().any(|s| !is_security_suite(s)));
     let security = entries
         .iter()
         .filter(debian)
-        .find(|e| e.suites.iter().any(|s| is_security(s)));
+        .find(|e| e.suites.iter().any(|s| is_security_suite(s)));
     let keyring_of = |e: Option<&AptEntry>| {
         e.and_then(|e| e.signed_by.clone())
             .unwrap_or_else(|| default_apt_keyring(root))

@@ -15,7 +15,7 @@ use kiln_resolve::{IndexInput, Request, Universe};
 use crate::sources::{recipe_sources, SourceOptions};
 
 /// kiln-archive's "Get URL" and "warning: …" lines, reported.
-fn index_progress(reporter: &dyn Reporter) -> impl Fn(&str) + Sync + '_ {
+pub fn index_progress(reporter: &dyn Reporter) -> impl Fn(&str) + Sync + '_ {
     move |m: &str| {
         if let Some(w) = m.strip_prefix("warning: ") {
             reporter.warn(w)

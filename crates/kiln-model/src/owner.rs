@@ -41,6 +41,28 @@ pub fn try_lock(f: &File) -> io::Result<bool> {
     }
 }
 
+/// Opens (creating, never through a link) the lock file `path` and takes
+/// its exclusive lock, calling `on_wait` first when another holds it and
+/// then waiting. The lock lasts as long as the returned file is open.
+pub fn lock_waiting(path: &Path, on_wait: impl FnOnce()) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !try_lock(&f)? {
+        on_wait();
+        // SAFETY: flock on an fd this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(f)
+}
+
 /// A build area's owner record, locked for as long as this value lives.
 #[derive(Debug)]
 pub struct OwnerLock {

@@ -14,7 +14,6 @@
 //! goes on. Nothing is followed out of the tree: it is opened as a
 //! [`Root`].
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use kiln_attest::SigningKey;
@@ -113,25 +112,13 @@ struct Lock(#[allow(dead_code)] std::fs::File);
 
 fn lock_tree(tree: &Path, progress: &dyn Fn(&str)) -> Result<Lock, PublishError> {
     let path = tree.join(".kiln-publish.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(PublishError::io(format!("opening {}", path.display())))?;
-    use std::os::fd::AsRawFd;
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let f = kiln_model::owner::lock_waiting(&path, || {
         progress(&format!(
             "waiting for another publish into {}",
             tree.display()
-        ));
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(PublishError::io(format!("locking {}", path.display()))(
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
+        ))
+    })
+    .map_err(PublishError::io(format!("locking {}", path.display())))?;
     Ok(Lock(f))
 }
 

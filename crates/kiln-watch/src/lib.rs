@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use kiln_archive::{Fetcher, Indexes, LoadOptions, SeenRelease, Source};
 use kiln_build::SourceOptions;
-use kiln_model::event::Stage;
 use kiln_model::{Hinted, Manifest, Reporter};
 use kiln_recipe::{Lock, Recipe};
 use kiln_resolve::{IndexInput, Universe};
 use serde::Serialize;
 
+pub use kiln_archive::sources::is_security_suite;
 pub use tracker::Tracker;
 
 /// Exit status of a watch that found nothing to do.
@@ -63,20 +63,12 @@ impl Target {
             .into());
         }
         if path.is_dir() {
-            let m = Manifest::read_dir(path).map_err(|e| match e.hint() {
-                Some(h) => anyhow::Error::from(Hinted::new(e.to_string(), h)),
-                None => e.into(),
-            })?;
-            let lock_path = m.lock_path(path);
-            let lock = Lock::read(&lock_path).with_context(|| {
-                format!(
-                    "the lock of the build in {} ({})",
-                    path.display(),
-                    lock_path.display()
-                )
-            })?;
-            // What the build installed, even when the lock moved on since.
-            let (lock, _) = build_packages(&m, &lock);
+            let Installed {
+                manifest: m,
+                lock,
+                lock_path,
+                ..
+            } = read_build(path)?;
             let sha = std::fs::read(path.join(kiln_model::manifest::MANIFEST_FILE))
                 .ok()
                 .map(|b| kiln_archive::sha256_hex(&b));
@@ -153,6 +145,42 @@ impl Target {
     }
 }
 
+/// A build output directory as read for a watch or a diff.
+pub struct Installed {
+    pub manifest: Manifest,
+    /// What the build installed ([`build_packages`]).
+    pub lock: Lock,
+    /// The lock file the build names.
+    pub lock_path: PathBuf,
+    /// False when the lock was locked again since the build (some packages'
+    /// sizes and files are unknown).
+    pub complete: bool,
+}
+
+/// Reads the build in `dir`: its manifest (strictly), and what it installed.
+pub fn read_build(dir: &Path) -> Result<Installed> {
+    let m = Manifest::read_dir(dir).map_err(|e| match e.hint() {
+        Some(h) => anyhow::Error::from(Hinted::new(e.to_string(), h)),
+        None => e.into(),
+    })?;
+    let lock_path = m.lock_path(dir);
+    let lock = Lock::read(&lock_path).with_context(|| {
+        format!(
+            "the lock of the build in {} ({})",
+            dir.display(),
+            lock_path.display()
+        )
+    })?;
+    // What the build installed, even when the lock moved on since.
+    let (lock, complete) = build_packages(&m, &lock);
+    Ok(Installed {
+        manifest: m,
+        lock,
+        lock_path,
+        complete,
+    })
+}
+
 /// The packages a build holds, as a lock: the manifest's list (what was
 /// installed), with the lock's details (file, size, installed size) for
 /// those the lock still has, matched by sha256. The second value is false
@@ -222,11 +250,6 @@ fn main_suite_of(lock: &Lock) -> String {
         .or(lock.releases.first().map(|r| r.suite.as_str()))
         .unwrap_or_default()
         .to_string()
-}
-
-/// Whether packages from `suite` are security updates.
-pub fn is_security_suite(suite: &str) -> bool {
-    suite.ends_with("-security") || suite.ends_with("/updates")
 }
 
 /// What a watch found for one image and architecture.
@@ -485,13 +508,7 @@ pub fn watch(targets: &[Target], opts: &WatchOptions, reporter: &dyn Reporter) -
             }
         }
     }
-    let progress = |m: &str| {
-        if let Some(w) = m.strip_prefix("warning: ") {
-            reporter.warn(w)
-        } else {
-            reporter.step(Stage::Index, m.strip_prefix("Get ").unwrap_or(m))
-        }
-    };
+    let progress = kiln_build::lock::index_progress(reporter);
     let load_opts = LoadOptions {
         offline: opts.sources.offline,
         now: opts.now,
@@ -747,25 +764,13 @@ impl WatchLock {
     pub fn acquire(dir: &Path, reporter: &dyn Reporter) -> Result<WatchLock> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("watch.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        if !kiln_model::owner::try_lock(&f)? {
+        let f = kiln_model::owner::lock_waiting(&path, || {
             reporter.warn(&format!(
                 "another kiln watch is running (lock {}); waiting for it to finish",
                 path.display()
-            ));
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on an fd this function owns.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("locking {}", path.display()));
-            }
-        }
+            ))
+        })
+        .with_context(|| format!("locking {}", path.display()))?;
         Ok(WatchLock { _file: f })
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use kiln_build::lock::Change;
-use kiln_model::{human_size, Hinted, Manifest};
+use kiln_model::{human_size, Hinted};
 use kiln_recipe::Lock;
 use serde::Serialize;
 
@@ -53,18 +53,12 @@ fn side(arg: &str, catalog: Option<&Path>) -> Result<Side> {
 }
 
 fn build_side(dir: &Path, shown: String) -> Result<Side> {
-    let m = Manifest::read_dir(dir).map_err(|e| match e.hint() {
-        Some(h) => anyhow::Error::from(Hinted::new(e.to_string(), h)),
-        None => e.into(),
-    })?;
-    let lock = Lock::read(&m.lock_path(dir))?;
-    // What the build installed: its lock file may have been locked again since.
-    let (lock, complete) = kiln_watch::build_packages(&m, &lock);
+    let b = kiln_watch::read_build(dir)?;
     Ok(Side {
         shown,
-        lock,
-        sizes_known: complete,
-        artifacts: Some(m.outputs),
+        lock: b.lock,
+        sizes_known: b.complete,
+        artifacts: Some(b.manifest.outputs),
     })
 }
 
@@ -259,21 +253,16 @@ pub fn cmd_diff(_ui: &Ui, catalog: Option<&Path>, a: &str, b: &str, json: bool) 
             String::new()
         }
     };
-    for c in &report.added {
-        outln!(
-            "  + {} {}{}",
-            c.name,
-            c.to.as_deref().unwrap_or(""),
-            arch(c)
-        );
-    }
-    for c in &report.removed {
-        outln!(
-            "  - {} {}{}",
-            c.name,
-            c.from.as_deref().unwrap_or(""),
-            arch(c)
-        );
+    for (mark, list) in [("+", &report.added), ("-", &report.removed)] {
+        for c in list {
+            let version = if mark == "+" { &c.to } else { &c.from };
+            outln!(
+                "  {mark} {} {}{}",
+                c.name,
+                version.as_deref().unwrap_or(""),
+                arch(c)
+            );
+        }
     }
     for c in &report.changed {
         let source = match (&c.from_source_version, &c.to_source_version) {

@@ -244,6 +244,25 @@ fn steps(
     let update = names(updates);
     let lock =
         kiln_build::lock::resolve_recipe_updating(recipe, &o.sources, reporter, Some(&update))?;
+    // The watch reads SUITE-updates and -security even when the recipe
+    // does not: a lock from the recipe's own sources may not reach a fix.
+    let reached = |u: &&&Update| {
+        lock.packages
+            .iter()
+            .any(|p| p.name == u.package && p.target == u.architecture && p.version == u.candidate)
+    };
+    if !updates.iter().any(|u| reached(&u)) {
+        let suites: BTreeSet<&str> = updates.iter().map(|u| u.suite.as_str()).collect();
+        return Err(Hinted::new(
+            format!(
+                "the fixes are in {}, which {} does not take packages from: locking it again cannot reach them",
+                suites.into_iter().collect::<Vec<_>>().join(", "),
+                recipe.path.display()
+            ),
+            "add those suites to its [[source]] suites, or use the default sources (default-sources = true)",
+        )
+        .into());
+    }
     if lock != old {
         lock.write(&lock_path)?;
     }

@@ -342,6 +342,8 @@ pub struct Update {
     pub cves: Vec<String>,
     /// The most urgent of their urgencies.
     pub urgency: Option<String>,
+    /// The DSAs and DLAs the update brings (with `--advisories`).
+    pub advisories: Vec<String>,
 }
 
 /// A tracker issue against an installed source version that no candidate fixes.
@@ -645,6 +647,7 @@ pub fn watch(targets: &[Target], opts: &WatchOptions, reporter: &dyn Reporter) -
                     release_date: rel.release.date.clone(),
                     cves: Vec::new(),
                     urgency: None,
+                    advisories: Vec::new(),
                 });
             }
             if let Some(tr) = opts.tracker {
@@ -750,6 +753,12 @@ fn add_cves(report: &mut ImageReport, t: &Target, arch: &str, tr: &Tracker, rele
     }
     for u in &mut report.updates {
         u.cves.sort();
+        u.advisories = tr.advisories_for(
+            release,
+            &u.source,
+            &u.installed_source_version,
+            &u.candidate_source_version,
+        );
     }
     report.open = open.into_iter().collect();
 }

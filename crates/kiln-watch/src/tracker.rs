@@ -81,6 +81,8 @@ pub struct Tracker {
     pub issues: usize,
     /// Where it was read from.
     pub origin: String,
+    /// DSAs and DLAs added with [`Tracker::load_advisories`].
+    pub advisories: Vec<Advisory>,
 }
 
 impl Tracker {
@@ -281,5 +283,228 @@ mod tests {
         assert!(urgency_rank("high") > urgency_rank("medium"));
         assert!(urgency_rank("medium**") > urgency_rank("low"));
         assert!(urgency_rank("low") > urgency_rank("unimportant"));
+    }
+}
+
+/// One Debian security advisory (a DSA, or an LTS team's DLA) as the
+/// tracker's `data/DSA/list` and `data/DLA/list` give it: its id, the
+/// issues it fixes and, per release codename, the source version that
+/// fixes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Advisory {
+    /// `DSA-6050-1`, `DLA-4300-1`.
+    pub id: String,
+    /// The source package it is about.
+    pub source: String,
+    pub cves: Vec<String>,
+    /// (release codename, source package, fixed source version).
+    pub fixed: Vec<(String, String, String)>,
+}
+
+/// A list of advisories is far smaller than this.
+pub const MAX_ADVISORIES_SIZE: u64 = 256 << 20;
+
+/// Parses a `DSA/list` or `DLA/list`:
+///
+/// ```text
+/// [05 Dec 2025] DSA-6070-1 libxml2 - security update
+///     {CVE-2025-1111 CVE-2025-2222}
+///     [trixie] - libxml2 2.12.7+dfsg-3+deb13u2
+///     [bookworm] - libxml2 2.9.14+dfsg-1.3~deb12u5
+///     NOTE: …
+/// ```
+///
+/// A line that fits none of these shapes is an error naming its number: a
+/// damaged list must not pass for one that lists fewer fixes.
+pub fn parse_advisories(text: &str, origin: &str) -> Result<Vec<Advisory>, TrackerError> {
+    let bad = |n: usize, why: &str| TrackerError::Malformed {
+        what: origin.to_string(),
+        message: format!("line {n}: {why}"),
+    };
+    let mut out: Vec<Advisory> = Vec::new();
+    for (k, line) in text.lines().enumerate() {
+        let n = k + 1;
+        let t = line.trim();
+        if t.is_empty() || t.starts_with("NOTE:") || t.starts_with("TODO:") {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            // [DD Mon YYYY] ID SOURCE - TEXT
+            let rest = t
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .map(|(_, r)| r.trim())
+                .ok_or_else(|| bad(n, "an advisory starts with its [date]"))?;
+            let mut w = rest.split_whitespace();
+            let (Some(id), Some(source)) = (w.next(), w.next()) else {
+                return Err(bad(n, "an advisory names its id and source package"));
+            };
+            let well_formed = (id.starts_with("DSA-") || id.starts_with("DLA-"))
+                && id[4..].chars().all(|c| c.is_ascii_digit() || c == '-');
+            if !well_formed {
+                return Err(bad(n, &format!("{id:?} is no DSA or DLA id")));
+            }
+            out.push(Advisory {
+                id: id.to_string(),
+                source: source.to_string(),
+                cves: Vec::new(),
+                fixed: Vec::new(),
+            });
+            continue;
+        }
+        let Some(a) = out.last_mut() else {
+            return Err(bad(n, "an indented line before any advisory"));
+        };
+        if let Some(ids) = t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+            a.cves.extend(ids.split_whitespace().map(str::to_string));
+        } else if let Some((rel, rest)) = t.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            // [RELEASE] - SOURCE VERSION [(notes)], or [RELEASE] - SOURCE <not-affected> …
+            let mut w = rest.trim().trim_start_matches('-').split_whitespace();
+            let (Some(source), Some(version)) = (w.next(), w.next()) else {
+                return Err(bad(
+                    n,
+                    "a release line names the source package and its version",
+                ));
+            };
+            if !version.starts_with('<') {
+                a.fixed
+                    .push((rel.to_string(), source.to_string(), version.to_string()));
+            }
+        } else {
+            return Err(bad(n, "neither {CVE ids} nor a [release] line"));
+        }
+    }
+    Ok(out)
+}
+
+impl Tracker {
+    /// Adds the advisories of a `DSA/list` or `DLA/list` (a file, or an
+    /// http(s) URL): an update that brings a fixed version an advisory
+    /// names for its release is reported with the advisory's id.
+    pub fn load_advisories(&mut self, location: &str) -> Result<usize, TrackerError> {
+        let read = |message: String| TrackerError::Read {
+            what: location.to_string(),
+            message,
+        };
+        let bytes = if location.starts_with("http://") || location.starts_with("https://") {
+            kiln_archive::Fetcher::new()
+                .get(
+                    location,
+                    kiln_archive::Limit::stated(MAX_ADVISORIES_SIZE, "a list of advisories"),
+                )
+                .map_err(|e| read(e.to_string()))?
+        } else {
+            use std::io::Read;
+            let mut v = Vec::new();
+            std::fs::File::open(location)
+                .and_then(|f| f.take(MAX_ADVISORIES_SIZE + 1).read_to_end(&mut v))
+                .map_err(|e| read(e.to_string()))?;
+            if v.len() as u64 > MAX_ADVISORIES_SIZE {
+                return Err(read(format!("larger than {MAX_ADVISORIES_SIZE} bytes")));
+            }
+            v
+        };
+        let text = String::from_utf8(bytes).map_err(|_| TrackerError::Malformed {
+            what: location.to_string(),
+            message: "not UTF-8 text".into(),
+        })?;
+        let list = parse_advisories(&text, location)?;
+        let n = list.len();
+        self.advisories.extend(list);
+        Ok(n)
+    }
+
+    /// The advisories an update of `source` in `release` from source
+    /// version `installed` to `candidate` brings: each names a fixed
+    /// version above the installed one and at most the candidate.
+    pub fn advisories_for(
+        &self,
+        release: &str,
+        source: &str,
+        installed: &str,
+        candidate: &str,
+    ) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .advisories
+            .iter()
+            .filter(|a| {
+                a.fixed.iter().any(|(r, s, v)| {
+                    r == release
+                        && s == source
+                        && kiln_deb::version::compare(v, installed) == Ordering::Greater
+                        && kiln_deb::version::compare(v, candidate) != Ordering::Greater
+                })
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod advisory_tests {
+    use super::*;
+
+    const LIST: &str = "\
+[02 Dec 2025] DSA-9002-1 foo - security update
+\t{CVE-2026-1111 CVE-2026-4444}
+\t[kiln-test] - foo 1.2-1+deb1u2
+\t[other] - foo 1.2-1+deb9u1
+\tNOTE: a note the tracker keeps
+[01 Nov 2025] DSA-9001-1 foo - security update
+\t{CVE-2019-0001}
+\t[kiln-test] - foo 0.9-1
+[01 Oct 2025] DLA-4001-1 bar - regression update
+\t[kiln-test] - bar <not-affected> (fixed before release)
+";
+
+    fn tracker() -> Tracker {
+        Tracker {
+            advisories: parse_advisories(LIST, "DSA/list").unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_update_is_named_by_the_advisories_whose_fix_it_brings() {
+        let t = tracker();
+        assert_eq!(t.advisories.len(), 3);
+        assert_eq!(t.advisories[0].cves, ["CVE-2026-1111", "CVE-2026-4444"]);
+        // 1.2-1 -> 1.2-1+deb1u2: DSA-9002-1 only (9001 fixed it long before).
+        assert_eq!(
+            t.advisories_for("kiln-test", "foo", "1.2-1", "1.2-1+deb1u2"),
+            ["DSA-9002-1"]
+        );
+        // A candidate below the advisory's fix does not bring it.
+        assert!(t
+            .advisories_for("kiln-test", "foo", "1.2-1", "1.2-1+deb1u1")
+            .is_empty());
+        // Another release's fix is not this release's.
+        assert!(t.advisories_for("bookworm", "foo", "1.2-1", "9").is_empty());
+        // <not-affected> names no fix.
+        assert!(t.advisories[2].fixed.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_list_is_refused_with_the_line_and_no_prefix_panics() {
+        for (text, line) in [
+            ("DSA-1-1 foo\n", "line 1"),
+            ("[01 Oct 2025] XSA-1-1 foo - x\n", "line 1"),
+            ("\t{CVE-1}\n", "line 1"),
+            (
+                "[01 Oct 2025] DSA-1-1 foo - x\n\t[bookworm] - foo\n",
+                "line 2",
+            ),
+            ("[01 Oct 2025] DSA-1-1 foo - x\n\tgarbage\n", "line 2"),
+        ] {
+            let e = parse_advisories(text, "list").unwrap_err().to_string();
+            assert!(e.contains(line), "{text:?}: {e}");
+        }
+        // A download cut anywhere: an error or fewer advisories, never a panic.
+        for (k, _) in LIST.char_indices() {
+            let _ = parse_advisories(&LIST[..k], "cut");
+        }
     }
 }

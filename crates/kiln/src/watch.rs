@@ -20,6 +20,13 @@ pub struct WatchArgs {
     /// The Debian security tracker's JSON (a file, or an http(s):// URL of its data/json), for CVE ids, urgencies and issues with no fix yet.
     #[arg(long, value_name = "FILE|URL")]
     pub security_tracker: Option<String>,
+    /// The tracker's list of DSAs or DLAs (data/DSA/list, data/DLA/list; a file or URL; repeatable), to name the advisories each update brings.
+    #[arg(
+        long = "advisories",
+        value_name = "FILE|URL",
+        requires = "security_tracker"
+    )]
+    pub advisories: Vec<String>,
     /// Keep running: one pass every DURATION (90s, 30m, 6h, 1d); see docs/watch.md for a systemd timer instead.
     #[arg(long, value_name = "DURATION", value_parser = parse_every)]
     pub every: Option<Duration>,
@@ -103,18 +110,27 @@ fn pass(ui: &Ui, catalog: Option<&Path>, cancel: &Cancel, a: &WatchArgs) -> Resu
     let reporter = crate::ui::reporter(ui, false);
     let _lock = kiln_watch::WatchLock::acquire(&kiln_watch::state_dir(), reporter.as_ref())?;
     let mut warnings = Vec::new();
-    let tracker = match &a.security_tracker {
+    let mut warn = |w: String| {
+        ui.warn(&w);
+        warnings.push(w);
+    };
+    let mut tracker = match &a.security_tracker {
         None => None,
         Some(loc) => match Tracker::load(loc) {
             Ok(t) => Some(t),
             Err(e) => {
-                let w = format!("{e}; {}", e.hint());
-                ui.warn(&w);
-                warnings.push(w);
+                warn(format!("{e}; {}", e.hint()));
                 None
             }
         },
     };
+    if let Some(t) = &mut tracker {
+        for loc in &a.advisories {
+            if let Err(e) = t.load_advisories(loc) {
+                warn(format!("{e}; the watch goes on without its advisory ids"));
+            }
+        }
+    }
     let mut failed: Vec<ImageReport> = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
     if a.targets.is_empty() {

@@ -181,9 +181,21 @@ fn a_security_fix_marks_only_the_image_that_has_the_library() {
 
     f.publish_fix();
     let tracker = tracker(f.work.path());
+    // The tracker's DSA list: the advisory for this fix, one for a fix
+    // the installed version has already, one for another release.
+    let dsa = f.work.path().join("DSA-list");
+    std::fs::write(
+        &dsa,
+        "[01 Dec 2025] DSA-9002-1 foo - security update\n\t{CVE-2026-1111}\n\t[kiln-test] - foo 1.2-1+deb1u1\n\
+         [01 Jan 2019] DSA-4001-1 foo - security update\n\t{CVE-2019-0001}\n\t[kiln-test] - foo 0.9-1\n\
+         [01 Dec 2025] DSA-9003-1 foo - security update\n\t[bookworm] - foo 1.2-1+deb12u1\n",
+    )
+    .unwrap();
     let (o, v) = f.watch_json(&[
         "--security-tracker",
         tracker.to_str().unwrap(),
+        "--advisories",
+        dsa.to_str().unwrap(),
         &web,
         &plain,
     ]);
@@ -203,6 +215,7 @@ fn a_security_fix_marks_only_the_image_that_has_the_library() {
     assert_eq!(u["release-date"], "Mon, 01 Dec 2025 12:00:00 UTC");
     assert_eq!(u["cves"], serde_json::json!(["CVE-2026-1111"]));
     assert_eq!(u["urgency"], "high");
+    assert_eq!(u["advisories"], serde_json::json!(["DSA-9002-1"]));
     // Open: foo's issue with no fix, nginx's fix these sources lack. Not the
     // one fixed before the installed version.
     let open: Vec<String> = w["open"]
@@ -307,6 +320,8 @@ fn a_truncated_tracker_file_is_named_and_the_watch_goes_on() {
     let good = std::fs::read_to_string(tracker(f.work.path())).unwrap();
     let cut = f.work.path().join("cut.json");
     std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    let list = f.work.path().join("DLA-list");
+    std::fs::write(&list, "[01 Dec 2025] DLA-1-1 foo - x\n\t[kiln-test] - fo").unwrap();
     let (o, v) = f.watch_json(&[
         "--security-tracker",
         cut.to_str().unwrap(),
@@ -325,6 +340,30 @@ fn a_truncated_tracker_file_is_named_and_the_watch_goes_on() {
     let web = image(&v, "web");
     assert_eq!(web["updates"][0]["package"], "libfoo1");
     assert_eq!(web["updates"][0]["cves"], serde_json::json!([]));
+
+    // A list of advisories cut mid-line: named, and the CVEs still come.
+    let full = tracker(f.work.path());
+    let (o, v) = f.watch_json(&[
+        "--security-tracker",
+        full.to_str().unwrap(),
+        "--advisories",
+        list.to_str().unwrap(),
+        &f.path("web.toml"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{v:#}");
+    let w = v["warnings"].as_array().unwrap();
+    assert!(
+        w.iter()
+            .any(|w| w.as_str().unwrap().contains("DLA-list")
+                && w.as_str().unwrap().contains("line 2")),
+        "{w:?}"
+    );
+    let web = image(&v, "web");
+    assert_eq!(
+        web["updates"][0]["cves"],
+        serde_json::json!(["CVE-2026-1111"])
+    );
+    assert_eq!(web["updates"][0]["advisories"], serde_json::json!([]));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn images(reply: &Reply) -> Vec<(String, String)> {
     assert_eq!(
@@ -137,8 +137,18 @@ fn images_are_found_by_suite_arch_format_and_latest() {
     ] {
         assert!(web2.get(key).is_some(), "no {key} in {web2}");
     }
-    assert_eq!(web2["status"], Value::Null);
+    assert_eq!(web2["status"], Value::Null, "never watched");
     assert!(web2.as_object().unwrap().contains_key("status"));
+    assert_eq!(web2["rebuild"]["outcome"], "published");
+    assert_eq!(web2["rebuild"]["packages"][0]["package"], "openssl");
+    let web1 = &get(a, "/api/v1/images/web").json()["versions"][1];
+    assert_eq!(web1["status"]["state"], "security", "{web1}");
+    assert_eq!(
+        web1["status"]["summary"],
+        format!("security updates pending: 1 package(s) ({WEB1_CVE})")
+    );
+    assert_eq!(web1["status"]["cves"], json!([WEB1_CVE]));
+    assert!(web1["rebuild"].is_null());
     let kinds: Vec<_> = web2["publications"]
         .as_array()
         .unwrap()

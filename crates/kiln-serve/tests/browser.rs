@@ -103,7 +103,28 @@ fn search_and_open_an_image(tab: &mut Tab, mode: &str) {
     );
     assert_eq!(web1["date"], "2025-01-01", "{mode}: {web1}");
     assert_eq!(web1["test"], "tests passed", "{mode}");
-    assert_eq!(web1["status"], "not checked yet", "{mode}");
+    assert_eq!(
+        web1["status"],
+        format!("security updates pending: 1 package(s) ({WEB1_CVE})"),
+        "{mode}"
+    );
+    // The version the watch rebuilt says why, and how fast.
+    let reason = tab.eval(
+        "document.querySelectorAll('#results .result')[0].querySelector('.rebuild-reason').textContent",
+    );
+    assert_eq!(
+        reason,
+        format!(
+            "Rebuilt by the security watch: openssl 3.5.1-1 \u{2192} 3.5.4-1~deb13u1 (security); \
+             fixes {WEB1_CVE}; published 3.0 h after the fix's Release"
+        ),
+        "{mode}"
+    );
+    assert_eq!(
+        tab.eval("document.querySelectorAll('#results .result')[1].querySelector('.rebuild-reason') === null"),
+        true,
+        "{mode}: web 1 was built by hand"
+    );
     assert_eq!(web1["sha"], json!(["a".repeat(64)]), "{mode}");
     assert_eq!(
         web1["refs"],

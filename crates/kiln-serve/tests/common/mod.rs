@@ -187,7 +187,54 @@ pub fn catalog(root: &Path) -> PathBuf {
         ),
     )
     .unwrap();
+    // The watch found web 1 behind, and its rebuild made web 2 (published
+    // 3 h after the fix's Release); web 2 was not checked since.
+    c.record_watch(
+        &manifest_sha256(&web1),
+        &kiln_catalog::WatchState {
+            status: "security".into(),
+            updates: 2,
+            security: 1,
+            cves: vec![WEB1_CVE.into()],
+            detail: "[]".into(),
+            checked_at: 1_740_000_000,
+        },
+    )
+    .unwrap();
+    c.record_rebuild(&kiln_catalog::Rebuild {
+        image: "web".into(),
+        from_manifest: Some(manifest_sha256(&web1)),
+        to_manifest: Some(manifest_sha256(&web2)),
+        outcome: "published".into(),
+        packages: vec![kiln_catalog::RebuildPackage {
+            package: "openssl".into(),
+            architecture: "amd64".into(),
+            from: Some("3.5.1-1".into()),
+            to: Some("3.5.4-1~deb13u1".into()),
+            suite: Some("trixie-security".into()),
+            security: true,
+        }],
+        cves: vec![WEB1_CVE.into()],
+        release_date: Some(1_740_000_000 - 3 * 3600),
+        output: web2.display().to_string(),
+        error: None,
+        started_at: 1_739_999_900,
+        finished_at: 1_740_000_000,
+        published_at: Some(1_740_000_000),
+    })
+    .unwrap();
     path
+}
+
+/// The CVE the catalog's watch found web 1 lacking the fix of.
+pub const WEB1_CVE: &str = "CVE-2026-1111";
+
+fn manifest_sha256(dir: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(dir.join("manifest.json")).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The finder served on a free loopback port until dropped.

@@ -595,6 +595,20 @@ fn handle(stream: TcpStream, root: &Path, fail: &AtomicUsize, log: &Mutex<Vec<St
     }
 }
 
+/// The shared libraries (and the loader) `bin` loads, as `ldd` names them.
+fn libraries_of(bin: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| match line.split_once("=>") {
+            Some((_, r)) => r.trim().split(' ').next().unwrap_or(""),
+            None => line.trim().split(' ').next().unwrap_or(""),
+        })
+        .filter(|lib| lib.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
 /// A minimal merged-/usr root at `root` holding the host's own `tools`
 /// (looked up in `/usr/bin`) and the shared libraries they load, for tests
 /// that run commands in a root without building one from packages.
@@ -615,16 +629,7 @@ pub fn host_tools_root(root: &Path, tools: &[&str]) {
         let bin = Path::new("/usr/bin").join(t);
         assert!(bin.exists(), "the host has no {}", bin.display());
         files.push(bin.clone());
-        let out = Command::new("ldd").arg(&bin).output().unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let lib = match line.split_once("=>") {
-                Some((_, r)) => r.trim().split(' ').next().unwrap_or(""),
-                None => line.trim().split(' ').next().unwrap_or(""),
-            };
-            if lib.starts_with('/') {
-                files.push(PathBuf::from(lib));
-            }
-        }
+        files.extend(libraries_of(&bin));
     }
     for f in files {
         // Under merged /usr, /lib/… is /usr/lib/…: copy to the real path.
@@ -660,16 +665,7 @@ pub fn host_tools_pkg(name: &str, arch: &str, tools: &[&str]) -> Pkg {
             &format!("/usr/bin/{t}"),
             &std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display())),
         );
-        let out = Command::new("ldd").arg(&bin).output().unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let lib = match line.split_once("=>") {
-                Some((_, r)) => r.trim().split(' ').next().unwrap_or(""),
-                None => line.trim().split(' ').next().unwrap_or(""),
-            };
-            if lib.starts_with('/') {
-                libs.insert(PathBuf::from(lib));
-            }
-        }
+        libs.extend(libraries_of(&bin));
     }
     // Each library at the path the loader asks for (its soname), under
     // merged /usr.

@@ -123,7 +123,14 @@ pub fn rebuild_all(
                 names(&updates).join(", ")
             ),
         );
-        let r = rebuild_one(ui, catalog, reporter, cancel, t, recipe, &updates, o);
+        let wave = Wave {
+            ui,
+            catalog,
+            reporter,
+            cancel,
+            o,
+        };
+        let r = rebuild_one(&wave, t, recipe, &updates);
         match &r.error {
             None => ui.status(
                 "Rebuilt",
@@ -158,17 +165,17 @@ fn names(updates: &[&Update]) -> Vec<String> {
     set.into_iter().map(str::to_string).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn rebuild_one(
-    ui: &Ui,
-    catalog: Option<&Path>,
-    reporter: &dyn Reporter,
-    cancel: &Cancel,
-    t: &Target,
-    recipe: &Recipe,
-    updates: &[&Update],
-    o: &RebuildOptions,
-) -> Rebuild {
+/// What every rebuild of a pass works with.
+#[derive(Clone, Copy)]
+struct Wave<'a> {
+    ui: &'a Ui,
+    catalog: Option<&'a Path>,
+    reporter: &'a dyn Reporter,
+    cancel: &'a Cancel,
+    o: &'a RebuildOptions<'a>,
+}
+
+fn rebuild_one(w: &Wave, t: &Target, recipe: &Recipe, updates: &[&Update]) -> Rebuild {
     let started = kiln_archive::now();
     let cves: BTreeSet<String> = updates
         .iter()
@@ -202,7 +209,7 @@ fn rebuild_one(
         finished_at: started,
         published_at: None,
     };
-    let step = steps(ui, catalog, reporter, cancel, t, recipe, updates, o, &mut r);
+    let step = steps(w, t, recipe, updates, &mut r);
     if let Err(e) = step {
         r.error = Some(format!("{e:#}"));
     }
@@ -212,18 +219,20 @@ fn rebuild_one(
 
 /// The rebuild's steps; each sets `r.outcome` to what a failure from
 /// there on means, and the last to what was achieved.
-#[allow(clippy::too_many_arguments)]
 fn steps(
-    ui: &Ui,
-    catalog: Option<&Path>,
-    reporter: &dyn Reporter,
-    cancel: &Cancel,
+    w: &Wave,
     t: &Target,
     recipe: &Recipe,
     updates: &[&Update],
-    o: &RebuildOptions,
     r: &mut Rebuild,
 ) -> Result<()> {
+    let Wave {
+        ui,
+        catalog,
+        reporter,
+        cancel,
+        o,
+    } = *w;
     // A build made from another recipe than the one beside its lock now
     // would take the recipe's changes along: not a targeted rebuild.
     if t.manifest_sha256.is_some() {
@@ -333,17 +342,7 @@ fn steps(
     // Only a tested build joins the catalog.
     crate::catalog::record_after_build(ui, catalog, &out);
     if let Some(ran) = &tested {
-        if let Some((dir, name)) = ran.build_artifact() {
-            crate::catalog::record_test(
-                ui,
-                catalog,
-                dir,
-                &name,
-                true,
-                ran.seconds,
-                &ran.report.report,
-            );
-        }
+        ran.record(ui, catalog);
     }
     if recipe.publish.is_empty() {
         r.outcome = "built".into();

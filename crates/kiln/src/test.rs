@@ -60,6 +60,22 @@ impl Ran {
             .then(|| (dir, name.to_string_lossy().into_owned()))
     }
 
+    /// A build output's image: the run goes into the catalog (a warning
+    /// when it cannot).
+    pub fn record(&self, ui: &Ui, catalog: Option<&Path>) {
+        if let Some((dir, name)) = self.build_artifact() {
+            crate::catalog::record_test(
+                ui,
+                catalog,
+                dir,
+                &name,
+                self.report.passed,
+                self.seconds,
+                &self.report.report,
+            );
+        }
+    }
+
     /// Ok when every check passed; else the error naming the failed ones.
     pub fn result(&self) -> Result<()> {
         let r = &self.report;
@@ -98,18 +114,7 @@ pub fn cmd_test(
     args: &TestArgs,
 ) -> Result<()> {
     let ran = run(ui, reporter, cancel, args)?;
-    // A build output's image: the run goes into the catalog.
-    if let Some((dir, name)) = ran.build_artifact() {
-        crate::catalog::record_test(
-            ui,
-            catalog,
-            dir,
-            &name,
-            ran.report.passed,
-            ran.seconds,
-            &ran.report.report,
-        );
-    }
+    ran.record(ui, catalog);
     ran.result()
 }
 

@@ -292,6 +292,52 @@ pub fn essential_key(
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// How many Essential trees the cache keeps (the most recently used).
+pub const ESSENTIAL_KEEP: usize = 8;
+
+/// Marks the cache entry `entry` as just used (its directory's time), so
+/// [`prune_essential`] keeps the trees builds take.
+fn touch(entry: &Path) {
+    if let Ok(f) = std::fs::File::open(entry) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes all but the `keep` most recently used Essential trees from the
+/// cache directory `dir`, and what builds that died while writing one
+/// left (`.KEY.PID` of a process that is gone). Best effort: a cache it
+/// cannot tidy is left as it is.
+pub fn prune_essential(dir: &Path, keep: usize) {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for e in list.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_dir() {
+            continue;
+        }
+        if let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+            continue;
+        }
+        if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            entries.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), e.path()));
+        }
+    }
+    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, p) in entries.into_iter().skip(keep) {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
 /// Builds the root filesystem in a fresh temporary area.
 #[allow(clippy::too_many_arguments)]
 pub fn assemble(
@@ -312,6 +358,9 @@ pub fn assemble(
     let files = package_files(pkgs, debs, |n| essential.contains(n));
     let arch = pkgs.first().map(|p| p.target.clone()).unwrap_or_default();
     let entry = essential_cache.map(|c| c.join(essential_key(pkgs, &essential, &arch, epoch)));
+    if let Some(e) = &entry {
+        touch(e);
+    }
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -329,6 +378,9 @@ pub fn assemble(
             essential_cache: entry.as_deref(),
         },
     )?;
+    if let Some(c) = essential_cache {
+        prune_essential(c, ESSENTIAL_KEEP);
+    }
     let sources_dir = root.join("etc/apt/sources.list.d");
     if root.join("usr/bin/apt-get").exists() {
         std::fs::create_dir_all(&sources_dir)?;
@@ -427,4 +479,43 @@ pub fn assemble_distroless(
     cancel.check()?;
     kiln_rootfs::customize::apply(&root, &custom, 0, &area.log(), cancel)?;
     Ok(area)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_trees_and_drops_dead_writers_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let key = |n: u8| format!("{:064x}", n);
+        for n in 0..5u8 {
+            let e = d.path().join(key(n));
+            std::fs::create_dir_all(e.join("root")).unwrap();
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + u64::from(n));
+            std::fs::File::open(&e).unwrap().set_modified(t).unwrap();
+        }
+        // Used just now: kept although the oldest by creation.
+        touch(&d.path().join(key(0)));
+        // A writer that died, one still running (this process), other files.
+        let dead = d.path().join(format!(".{}.{}", key(9), u32::MAX));
+        let alive = d.path().join(format!(".{}.{}", key(8), std::process::id()));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&alive).unwrap();
+        std::fs::write(d.path().join("notes"), "mine").unwrap();
+        prune_essential(d.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            alive.file_name().unwrap().to_string_lossy().into_owned(),
+            key(0),
+            key(4),
+            "notes".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+    }
 }

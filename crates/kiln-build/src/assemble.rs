@@ -332,7 +332,7 @@ pub fn prune_essential(dir: &Path, keep: usize) {
             entries.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), e.path()));
         }
     }
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, p) in entries.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(p);
     }

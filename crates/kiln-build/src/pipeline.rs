@@ -407,8 +407,18 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
     let marker = stage_dir.join(INCOMPLETE_MARKER);
     std::fs::write(&marker, b"a kiln build is writing here\n")?;
     // Builds that share an Essential set share its installed tree
-    // (KILN_ESSENTIAL_CACHE=off: install it afresh every time).
-    let essential_cache = (std::env::var("KILN_ESSENTIAL_CACHE").as_deref() != Ok("off"))
+    // (KILN_ESSENTIAL_CACHE=off: install it afresh every time). Not for
+    // disks: a filesystem image lays files out in the order they were
+    // created in the root, and a copied tree creates them in another, so
+    // the disk would differ from a clean build's (the tarball and OCI
+    // writers sort, and do not).
+    let disk = recipe
+        .output
+        .formats
+        .iter()
+        .any(|f| f == "disk" || f == "qcow2");
+    let essential_cache = (std::env::var("KILN_ESSENTIAL_CACHE").as_deref() != Ok("off")
+        && !disk)
         .then(|| req.sources.cache().root().join("essential"));
     let produced = produce(
         &recipe,

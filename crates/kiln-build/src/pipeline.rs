@@ -417,8 +417,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         .formats
         .iter()
         .any(|f| f == "disk" || f == "qcow2");
-    let essential_cache = (std::env::var("KILN_ESSENTIAL_CACHE").as_deref() != Ok("off")
-        && !disk)
+    let essential_cache = (std::env::var("KILN_ESSENTIAL_CACHE").as_deref() != Ok("off") && !disk)
         .then(|| req.sources.cache().root().join("essential"));
     let produced = produce(
         &recipe,

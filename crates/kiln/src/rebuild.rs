@@ -50,7 +50,13 @@ pub fn check_before(targets: &[Target], o: &RebuildOptions) -> Result<()> {
     }
     for t in targets {
         let Some(r) = &t.recipe else { continue };
-        if r.publish.iter().any(|p| p.to.starts_with("file://")) {
+        let tree = |to: &str| {
+            matches!(
+                kiln_publish::Target::parse(to),
+                Ok(kiln_publish::Target::Tree(_))
+            )
+        };
+        if r.publish.iter().any(|p| tree(&p.to)) {
             return Err(crate::cmd::Usage::new(
                 format!(
                     "--rebuild: {} publishes to a download tree, and its channel document needs a signing key",
@@ -77,8 +83,9 @@ fn wanted<'a>(reports: &[&'a ImageReport], on: RebuildOn) -> Vec<&'a Update> {
         .collect()
 }
 
-/// Rebuilds every target the pass found behind; returns what each rebuild
-/// did, in the targets' order.
+/// Rebuilds every target the pass found behind; returns, in the targets'
+/// order, each rebuilt target's location (as its reports give it) and what
+/// the rebuild did.
 pub fn rebuild_all(
     ui: &Ui,
     catalog: Option<&Path>,
@@ -87,8 +94,15 @@ pub fn rebuild_all(
     targets: &[Target],
     reports: &[ImageReport],
     o: &RebuildOptions,
-) -> Vec<Rebuild> {
-    let mut done: Vec<Rebuild> = Vec::new();
+) -> Vec<(String, Rebuild)> {
+    let wave = Wave {
+        ui,
+        catalog,
+        reporter,
+        cancel,
+        o,
+    };
+    let mut done: Vec<(String, Rebuild)> = Vec::new();
     let mut recipes_built: HashSet<PathBuf> = HashSet::new();
     for t in targets {
         let location = t.location.display().to_string();
@@ -123,13 +137,6 @@ pub fn rebuild_all(
                 names(&updates).join(", ")
             ),
         );
-        let wave = Wave {
-            ui,
-            catalog,
-            reporter,
-            cancel,
-            o,
-        };
         let r = rebuild_one(&wave, t, recipe, &updates);
         match &r.error {
             None => ui.status(
@@ -155,7 +162,7 @@ pub fn rebuild_all(
                 ui.warn(&format!("the rebuild is not in the catalog: {e}"));
             }
         }
-        done.push(r);
+        done.push((location, r));
     }
     done
 }

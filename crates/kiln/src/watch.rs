@@ -205,32 +205,20 @@ fn pass(ui: &Ui, catalog: Option<&Path>, cancel: &Cancel, a: &WatchArgs) -> Resu
         ),
         None => Vec::new(),
     };
-    let code = if rebuilds.iter().any(|r| !r.succeeded()) {
+    let code = if rebuilds.iter().any(|(_, r)| !r.succeeded()) {
         crate::rebuild::EXIT_REBUILD_FAILED
     } else {
         // What is left to do: images rebuilt are done.
-        let done: std::collections::HashSet<&str> = rebuilds
-            .iter()
-            .filter_map(|r| r.from_manifest.as_deref())
-            .collect();
-        let rebuilt_targets: std::collections::HashSet<String> = targets
-            .iter()
-            .filter(|t| {
-                t.manifest_sha256
-                    .as_deref()
-                    .is_some_and(|m| done.contains(m))
-                    || (t.manifest_sha256.is_none()
-                        && rebuilds.iter().any(|r| r.image == t.name && r.succeeded()))
-            })
-            .map(|t| t.location.display().to_string())
-            .collect();
+        let done: std::collections::HashSet<&str> =
+            rebuilds.iter().map(|(at, _)| at.as_str()).collect();
         kiln_watch::exit_code_of(
             report
                 .images
                 .iter()
-                .filter(|i| !rebuilt_targets.contains(&i.location)),
+                .filter(|i| !done.contains(i.location.as_str())),
         )
     };
+    let rebuilds: Vec<&kiln_catalog::Rebuild> = rebuilds.iter().map(|(_, r)| r).collect();
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         if a.rebuild.is_some() {

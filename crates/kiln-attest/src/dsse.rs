@@ -293,6 +293,11 @@ impl VerifyingKey {
             .expect("an Ed25519 key encodes as PEM")
     }
 
+    /// The raw 32-byte Ed25519 public key.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.inner.to_bytes()
+    }
+
     /// Whether `signature` is a valid Ed25519 signature of `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         ed25519_dalek::Signature::from_slice(signature)

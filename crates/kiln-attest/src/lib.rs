@@ -26,6 +26,7 @@
 mod dsse;
 mod error;
 mod license;
+pub mod openpgp;
 mod provenance;
 mod sbom;
 mod util;

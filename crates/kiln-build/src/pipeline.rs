@@ -42,6 +42,9 @@ pub struct BuildRequest {
     /// Ed25519 private key (PKCS#8 PEM) to sign provenance.json with.
     #[serde(default)]
     pub sign_key: Option<PathBuf>,
+    /// The image version (default: [image] version).
+    #[serde(default)]
+    pub image_version: Option<String>,
     #[serde(default)]
     pub sources: SourceOptions,
 }
@@ -122,7 +125,7 @@ pub fn is_build_output(name: &str) -> bool {
     };
     matches!(
         name,
-        "manifest.json" | "provenance.json" | "oci" | "rebuild" | INCOMPLETE_MARKER
+        "manifest.json" | "provenance.json" | "oci" | "update" | "rebuild" | INCOMPLETE_MARKER
     ) || (name.starts_with("sbom.")
         && (name.ends_with(".spdx.json") || name.ends_with(".cdx.json")))
         || ext("rootfs", &[".tar", ".rebuild.tar"])
@@ -236,6 +239,7 @@ fn produce(
     reporter: &dyn Reporter,
     cancel: &Cancel,
     essential_cache: Option<&Path>,
+    update_keyring: Option<&[u8]>,
 ) -> Result<Produced> {
     let cx = Context {
         recipe,
@@ -245,6 +249,7 @@ fn produce(
         multi_arch: per_arch.len() > 1,
         reporter,
         cancel,
+        update_keyring,
     };
     let mut outputs = outputs_for(recipe)?;
     let mut done = Produced {
@@ -330,6 +335,40 @@ fn produce(
 /// Refuses, with the fix, a recipe this machine cannot build: a full image
 /// for another architecture (its maintainer scripts would need emulation),
 /// or a full image without root.
+/// An `[update]` recipe needs a version (`[image] version` or
+/// `--image-version`) that can be one, and the signing key, which the
+/// image carries as its OpenPGP keyring. Returns that keyring.
+fn check_update(recipe: &Recipe, key: Option<&kiln_attest::SigningKey>) -> Result<Option<Vec<u8>>> {
+    if recipe.update.is_none() {
+        return Ok(None);
+    }
+    match recipe.image.version.as_deref() {
+        None => {
+            return Err(Hinted::new(
+                "an [update] image needs a version: the machine updates to newer ones",
+                "set [image] version, or give kiln build --image-version VERSION (e.g. 20261207.1)",
+            )
+            .into())
+        }
+        Some(v) if !kiln_recipe::valid_image_version(v) => {
+            return Err(Hinted::new(
+                format!("image version `{v}` cannot be an update version"),
+                "use letters, digits and '.~^+-' (no '_'), at most 24 characters, e.g. 20261207.1",
+            )
+            .into())
+        }
+        Some(_) => {}
+    }
+    let Some(key) = key else {
+        return Err(Hinted::new(
+            "an [update] image carries the key its updates are signed with, but no key was given",
+            "give --sign-key KEY.pem (or KILN_SIGN_KEY); kiln publish signs the channel with the same key",
+        )
+        .into());
+    };
+    Ok(Some(kiln_attest::openpgp::public_keyring(key)))
+}
+
 fn can_build_here(recipe: &Recipe) -> Result<()> {
     if recipe.container.distroless {
         return Ok(());
@@ -365,7 +404,10 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
     let start = Instant::now();
     // Everything that can refuse the build does so before any work: no
     // download, no lock written, no output directory made.
-    let planned = Recipe::load(&req.recipe)?;
+    let mut planned = Recipe::load(&req.recipe)?;
+    if let Some(v) = &req.image_version {
+        planned.image.version = Some(v.clone());
+    }
     can_build_here(&planned)?;
     if let Err(v) = kiln_rootfs::extract::limit_override() {
         return Err(Hinted::new(
@@ -375,6 +417,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         .into());
     }
     let key = crate::records::load_signing_key(req.sign_key.as_deref())?;
+    let update_keyring = check_update(&planned, key.as_ref())?;
     // The output directory must be usable before any work is done.
     let out_dir = match &req.output {
         Some(o) => o.clone(),
@@ -428,6 +471,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         reporter,
         cancel,
         essential_cache.as_deref(),
+        update_keyring.as_deref(),
     )?;
     let all_pkgs: Vec<&LockedPackage> = per_arch.iter().flat_map(|a| a.1.iter().copied()).collect();
     let has_disk = !produced.disk.is_empty();
@@ -468,6 +512,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
                 name: t.name.clone(),
                 command: t.command.clone(),
                 expect: t.expect.clone(),
+                health: t.health,
             })
             .collect(),
         users: if has_disk {
@@ -519,7 +564,15 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
 
     if req.check_reproducible {
         check_reproducible(
-            &recipe, &lock, &per_arch, epoch, &out_dir, &manifest, reporter, cancel,
+            &recipe,
+            &lock,
+            &per_arch,
+            epoch,
+            &out_dir,
+            &manifest,
+            reporter,
+            cancel,
+            update_keyring.as_deref(),
         )?;
     }
     Ok(manifest)
@@ -536,6 +589,7 @@ fn check_reproducible(
     manifest: &Manifest,
     reporter: &dyn Reporter,
     cancel: &Cancel,
+    update_keyring: Option<&[u8]>,
 ) -> Result<()> {
     reporter.step(Stage::Reproduce, "to check reproducibility");
     let again_dir = out_dir.join("rebuild");
@@ -543,7 +597,15 @@ fn check_reproducible(
     std::fs::create_dir_all(&again_dir)?;
     // From scratch: a cached Essential tree would hide what differs there.
     let again = produce(
-        recipe, lock, per_arch, epoch, &again_dir, reporter, cancel, None,
+        recipe,
+        lock,
+        per_arch,
+        epoch,
+        &again_dir,
+        reporter,
+        cancel,
+        None,
+        update_keyring,
     )?;
     let artifacts = &manifest.outputs;
     let differ: Vec<String> = artifacts

@@ -314,6 +314,7 @@ mod tests {
             name: "ssh".into(),
             command: "systemctl is-active ssh".into(),
             expect: Some("active".into()),
+            health: false,
         }]
     }
 

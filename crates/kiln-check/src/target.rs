@@ -81,6 +81,7 @@ impl Target {
                             name: t.name.clone(),
                             command: t.command.clone(),
                             expect: t.expect.clone(),
+                            health: t.health,
                         })
                         .collect()
                 })

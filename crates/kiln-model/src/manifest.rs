@@ -68,10 +68,19 @@ pub enum Format {
     Oci,
     Disk,
     Qcow2,
+    /// A split update artifact of an immutable disk (the `/usr` image, its
+    /// verity hash tree or the UKI), what systemd-sysupdate downloads.
+    Update,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [Format::Tar, Format::Oci, Format::Disk, Format::Qcow2];
+    pub const ALL: [Format; 5] = [
+        Format::Tar,
+        Format::Oci,
+        Format::Disk,
+        Format::Qcow2,
+        Format::Update,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -79,6 +88,7 @@ impl Format {
             Format::Oci => "oci",
             Format::Disk => "disk",
             Format::Qcow2 => "qcow2",
+            Format::Update => "update",
         }
     }
 
@@ -149,6 +159,9 @@ pub struct TestSpec {
     pub name: String,
     pub command: String,
     pub expect: Option<String>,
+    /// A health check of an updating image (its boot is blessed only when it passes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub health: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

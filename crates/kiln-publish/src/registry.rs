@@ -165,6 +165,7 @@ fn layer_media_type(format: Format) -> &'static str {
         Format::Tar => "application/vnd.kiln.rootfs.tar",
         Format::Disk => "application/vnd.kiln.disk.raw",
         Format::Qcow2 => "application/vnd.kiln.disk.qcow2",
+        Format::Update => "application/vnd.kiln.update.v1",
         Format::Oci => unreachable!("an OCI image is pushed as an image"),
     }
 }

@@ -56,6 +56,42 @@ struct Layer {
     disk: Option<DiskLayer>,
     test: Option<Vec<TestEntry>>,
     publish: Option<Vec<PublishTarget>>,
+    update: Option<UpdateLayer>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct UpdateLayer {
+    url: Option<Spanned<String>>,
+    channel: Option<Spanned<String>>,
+    tries: Option<u32>,
+}
+
+/// `[update]`: an immutable image that updates itself with
+/// systemd-sysupdate from a channel of a download tree.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Update {
+    /// Base URL of the download tree (`kiln publish --to file://TREE`
+    /// served over HTTP); the machine reads `URL/sysupdate/CHANNEL/`.
+    pub url: String,
+    /// The channel the image follows (default `stable`).
+    pub channel: String,
+    /// Boots a new version gets to reach `boot-complete.target` before
+    /// systemd-boot goes back to the previous one (default 3).
+    pub tries: u32,
+}
+
+/// Whether `v` can be an image version: what systemd-sysupdate's `@v`
+/// matches and a GPT label holds (letters, digits, `.~^+-`, starting with
+/// a letter or digit, at most 24 characters). `_` is the separator of the
+/// file names and labels, so it is not allowed.
+pub fn valid_image_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 24
+        && v.as_bytes()[0].is_ascii_alphanumeric()
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".~^+-".contains(&c))
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -111,6 +147,11 @@ pub struct TestEntry {
     pub command: String,
     /// Text the output must contain (default: only the exit status counts).
     pub expect: Option<String>,
+    /// Also a health check of an updating image: a new version whose
+    /// health check fails at boot is not blessed, and the machine goes
+    /// back to the previous version ([update]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub health: bool,
 }
 
 /// `[[publish]]`: where `kiln publish OUT` sends a build of this recipe
@@ -388,6 +429,7 @@ pub struct Recipe {
     pub disk: Disk,
     pub tests: Vec<TestEntry>,
     pub publish: Vec<PublishTarget>,
+    pub update: Option<Update>,
 }
 
 impl Recipe {
@@ -685,6 +727,16 @@ struct Merged {
     disk: DiskAt,
     tests: Vec<TestEntry>,
     publish: Vec<PublishTarget>,
+    update: UpdateAt,
+}
+
+#[derive(Default)]
+struct UpdateAt {
+    url: Option<At<String>>,
+    channel: Option<At<String>>,
+    tries: Option<u32>,
+    /// Where the table was first seen (for errors about the whole table).
+    seen: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -846,8 +898,18 @@ impl Merged {
             cmdline: d.cmdline.unwrap_or_default(),
             ab_slots: d.ab_slots,
         };
+        let update = match l.update {
+            None => UpdateAt::default(),
+            Some(u) => UpdateAt {
+                url: u.url.map(at),
+                channel: u.channel.map(at),
+                tries: u.tries,
+                seen: Some(path.to_path_buf()),
+            },
+        };
         Ok(Merged {
             disk,
+            update,
             tests: l.test.unwrap_or_default(),
             publish: l.publish.unwrap_or_default(),
             container,
@@ -903,6 +965,13 @@ impl Merged {
                 ab_slots
             );
             append_plain(&mut a.cmdline, b.cmdline);
+        }
+        {
+            let (a, b) = (&mut self.update, o.update);
+            macro_rules! later {
+                ($($f:ident),*) => { $( if b.$f.is_some() { a.$f = b.$f; } )* };
+            }
+            later!(url, channel, tries, seen);
         }
         for t in o.tests {
             match self.tests.iter_mut().find(|x| x.name == t.name) {
@@ -1136,6 +1205,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
             });
         }
     }
+    let update = finish_update(&m.update, &disk, m.version.as_deref())?;
     let default_sources = m.default_sources.unwrap_or(true);
     if !default_sources && m.sources.is_empty() {
         return Err(RecipeError::Invalid {
@@ -1187,6 +1257,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, m: Merged) -> Result<Recipe, RecipeE
         disk,
         tests: m.tests,
         publish: m.publish,
+        update,
         container: Container {
             distroless,
             entrypoint: m.container.entrypoint,
@@ -1236,6 +1307,87 @@ fn size_of(v: &At<String>, what: &str) -> Result<u64, RecipeError> {
             Some("write a size such as \"512M\" or \"2G\"".into()),
         )
     })
+}
+
+fn finish_update(
+    u: &UpdateAt,
+    disk: &Disk,
+    version: Option<&str>,
+) -> Result<Option<Update>, RecipeError> {
+    let Some(seen) = &u.seen else {
+        return Ok(None);
+    };
+    let invalid = |message: String, hint: &str| RecipeError::Invalid {
+        path: seen.clone(),
+        message,
+        hint: Some(hint.into()),
+    };
+    let Some(url) = &u.url else {
+        return Err(invalid(
+            "[update] needs `url`, where the machine finds its channel".into(),
+            "e.g. [update] url = \"https://images.example.org/\" (a tree written by kiln publish --to file://…, served over HTTP)",
+        ));
+    };
+    let v = url.value.trim_end_matches('/');
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"));
+    if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+        return Err(url.err(
+            format!(
+                "[update] url `{}` is not an http:// or https:// URL",
+                url.value
+            ),
+            Some(
+                "systemd-sysupdate downloads over HTTP(S); the signature makes plain HTTP safe"
+                    .into(),
+            ),
+        ));
+    }
+    let channel = match &u.channel {
+        None => "stable".to_string(),
+        Some(c) => {
+            if c.value.is_empty()
+                || !c
+                    .value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                || c.value.starts_with('.')
+            {
+                return Err(c.err(
+                    format!("invalid [update] channel `{}`", c.value),
+                    Some("use letters, digits, '.', '_' and '-', e.g. \"stable\"".into()),
+                ));
+            }
+            c.value.clone()
+        }
+    };
+    let tries = u.tries.unwrap_or(3);
+    if !(1..=9).contains(&tries) {
+        return Err(invalid(
+            format!("[update] tries = {tries} is out of range"),
+            "give 1 to 9 boots (systemd-boot's boot counting; 3 is usual)",
+        ));
+    }
+    if disk.layout != "immutable" || !disk.ab_slots {
+        return Err(invalid(
+            "[update] needs the immutable disk layout with its second /usr slot".into(),
+            "include classes/immutable.toml (or set [disk] layout = \"immutable\" and keep ab-slots = true)",
+        ));
+    }
+    if let Some(v) = version {
+        if !valid_image_version(v) {
+            return Err(invalid(
+                format!("[image] version `{v}` cannot be an update version"),
+                "use letters, digits and '.~^+-' (no '_'), at most 24 characters, e.g. \"13.2\" or \"20261207.1\"",
+            ));
+        }
+    }
+    Ok(Some(Update {
+        url: format!("{v}/"),
+        channel,
+        tries,
+    }))
 }
 
 fn finish_disk(d: &DiskAt) -> Result<Disk, RecipeError> {
@@ -1346,6 +1498,7 @@ pub fn recipe_keys() -> BTreeMap<&'static str, Vec<String>> {
                     "disk",
                     "test",
                     "publish",
+                    "update",
                 ],
             ),
         ),
@@ -1367,6 +1520,7 @@ pub fn recipe_keys() -> BTreeMap<&'static str, Vec<String>> {
         ("disk", accepted_keys::<DiskLayer>()),
         ("test", accepted_keys::<TestEntry>()),
         ("publish", accepted_keys::<PublishTarget>()),
+        ("update", accepted_keys::<UpdateLayer>()),
     ])
 }
 
@@ -1517,6 +1671,73 @@ mod tests {
         assert!(e.to_string().contains("bad [disk] root-size"), "{e}");
         assert_eq!(parse_size("1G"), Some(1 << 30));
         assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn update_section_defaults_and_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let base = "[image]\nname = \"x\"\nsuite = \"trixie\"\nversion = \"2\"\n[disk]\nlayout = \"immutable\"\n";
+        let p = write(
+            d.path(),
+            "a.toml",
+            &format!("{base}[update]\nurl = \"http://10.0.2.2:8470\"\n[[test]]\nname = \"h\"\ncommand = \"true\"\nhealth = true\n"),
+        );
+        let r = Recipe::load(&p).unwrap();
+        let u = r.update.unwrap();
+        assert_eq!(u.url, "http://10.0.2.2:8470/");
+        assert_eq!((u.channel.as_str(), u.tries), ("stable", 3));
+        assert!(r.tests[0].health);
+        for (name, text, want) in [
+            (
+                "b.toml",
+                format!("{base}[update]\nchannel = \"beta\"\n"),
+                "needs `url`",
+            ),
+            (
+                "c.toml",
+                format!("{base}[update]\nurl = \"ftp://x/\"\n"),
+                "not an http",
+            ),
+            (
+                "d.toml",
+                format!("{base}[update]\nurl = \"http://x/\"\ntries = 0\n"),
+                "tries = 0",
+            ),
+            (
+                "e.toml",
+                format!("{base}[update]\nurl = \"http://x/\"\nchannel = \"../x\"\n"),
+                "invalid [update] channel",
+            ),
+            (
+                "f.toml",
+                "[image]\nname = \"x\"\nsuite = \"trixie\"\n[update]\nurl = \"http://x/\"\n"
+                    .to_string(),
+                "immutable disk layout",
+            ),
+            (
+                "g.toml",
+                format!(
+                    "{}[update]\nurl = \"http://x/\"\n",
+                    base.replace("\"2\"", "\"2_1\"")
+                ),
+                "cannot be an update version",
+            ),
+            (
+                "h.toml",
+                format!("{base}[update]\nurl = \"http://x/\"\nkeep = 2\n"),
+                "keep",
+            ),
+        ] {
+            let p = write(d.path(), name, &text);
+            let e = Recipe::load(&p).unwrap_err();
+            let full = format!("{e} {}", e.hint().unwrap_or_default());
+            assert!(full.contains(want), "{name}: {full}");
+        }
+        assert!(valid_image_version("20261207.1"));
+        assert!(
+            !valid_image_version("-1") && !valid_image_version("1_2") && !valid_image_version("")
+        );
+        assert!(!valid_image_version(&"1".repeat(25)));
     }
 
     #[test]

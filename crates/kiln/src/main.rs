@@ -156,6 +156,9 @@ enum Command {
         /// Ed25519 private key (PKCS#8 PEM) to sign provenance.json with.
         #[arg(long, value_name = "KEY.pem", env = "KILN_SIGN_KEY")]
         sign_key: Option<PathBuf>,
+        /// The image version (default: [image] version); an [update] image's machines take newer versions, ordered as systemd orders them.
+        #[arg(long, value_name = "VERSION")]
+        image_version: Option<String>,
         /// Print the build's manifest.json on stdout (docs/manifest.md; schema: docs/schemas/manifest.schema.json).
         #[arg(long)]
         json: bool,
@@ -429,24 +432,33 @@ fn main() -> ExitCode {
             check_reproducible,
             source_date_epoch,
             sign_key,
+            image_version,
             json,
             sources,
-        } => cmd::cmd_build(
-            &ui,
-            cli.catalog.as_deref(),
-            reporter,
-            &cancel,
-            json,
-            &kiln_build::BuildRequest {
-                recipe,
-                output,
-                locked,
-                check_reproducible,
-                source_date_epoch,
-                sign_key,
-                sources: sources.options(),
-            },
-        ),
+        } => match image_version.as_deref() {
+            Some(v) if !kiln_recipe::valid_image_version(v) => Err(cmd::Usage::new(
+                format!("--image-version `{v}` is not a version"),
+                "use letters, digits and '.~^+-' (no '_'), at most 24 characters, e.g. 20261207.1",
+            )
+            .into()),
+            _ => cmd::cmd_build(
+                &ui,
+                cli.catalog.as_deref(),
+                reporter,
+                &cancel,
+                json,
+                &kiln_build::BuildRequest {
+                    recipe,
+                    output,
+                    locked,
+                    check_reproducible,
+                    source_date_epoch,
+                    sign_key,
+                    image_version,
+                    sources: sources.options(),
+                },
+            ),
+        },
         Command::Verify {
             dir,
             key,

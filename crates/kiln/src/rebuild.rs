@@ -317,6 +317,7 @@ fn steps(
             check_reproducible: false,
             source_date_epoch: None,
             sign_key: o.sign_key.map(Path::to_path_buf),
+            image_version: update_version(recipe, epoch),
             sources: o.sources.clone(),
         },
         reporter,
@@ -381,6 +382,22 @@ fn steps(
 /// the image and its build date (`out/web-20251201T120000Z`), so the
 /// version it replaces stays where the catalog knows it, and the same lock
 /// is built into the same place.
+/// The version of a rebuilt `[update]` image: the recipe's version with the
+/// new lock's time, `13.20261207101500`, newer (as systemd orders versions)
+/// than the recipe's own and than every earlier rebuild, so the machines
+/// take it. Other images keep the recipe's version.
+fn update_version(recipe: &Recipe, epoch: i64) -> Option<String> {
+    recipe.update.as_ref()?;
+    let stamp: String = kiln_publish::rfc3339(epoch)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    Some(match &recipe.image.version {
+        Some(v) => format!("{v}.{stamp}"),
+        None => stamp,
+    })
+}
+
 fn rebuild_dir(recipe: &Recipe, epoch: i64) -> PathBuf {
     let dir = recipe.output_dir();
     let stamp: String = kiln_publish::rfc3339(epoch)

@@ -13,8 +13,9 @@ use kiln_model::{DiskFacts, Format, Hinted, PartitionFact, UsrFacts};
 use kiln_recipe::{Disk, Headroom, Recipe};
 
 use super::plan::{
-    arch_info, derived_guid, kernel_cmdline, plan, uuid_from_hex, Content, UsrImages,
+    arch_info, derived_guid, kernel_cmdline, plan, root_guid, uuid_from_hex, Content, UsrImages,
 };
+use super::update::{self, UpdateSpec};
 use super::{file_artifact, BuiltRoot, Context, Output, Produced};
 use crate::fetch::human_size;
 
@@ -246,6 +247,45 @@ fn factory_defaults(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sizes of the `/usr` and verity slots of an updating image, from the
+/// `/usr` tree: half as large again (at least 256 MiB more), in 64 MiB
+/// steps, so later versions fit; the hash tree needs under 1/127 of that.
+fn slot_sizes(tree: u64) -> (u64, u64) {
+    let usr = (tree + (tree / 2).max(256 * MIB)).div_ceil(64 * MIB) * 64 * MIB;
+    let verity = (usr / 100 + MIB).div_ceil(MIB) * MIB;
+    (usr, verity)
+}
+
+/// Names the image and its version in os-release (`IMAGE_ID`,
+/// `IMAGE_VERSION`: systemd-sysupdate's `%A`, systemd-boot's sort key), and
+/// makes every boot say on the console which version runs.
+fn stamp_version(tree: &kiln_rootfs::inroot::Root, name: &str, version: &str) -> Result<()> {
+    let rel = "usr/lib/os-release";
+    let text = tree.read_to_string(rel).map_err(|e| {
+        Hinted::new(
+            format!("the image has no readable /{rel} ({e})"),
+            "it comes from base-files, which every Debian image has",
+        )
+    })?;
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("IMAGE_ID=") && !l.starts_with("IMAGE_VERSION="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("IMAGE_ID={name}\nIMAGE_VERSION={version}\n"));
+    tree.write(rel, out.as_bytes(), 0o644)?;
+    tree.write(
+        "usr/lib/systemd/system/kiln-version.service",
+        b"# Written by kiln: every boot's console log says which image version runs.\n[Unit]\nDescription=Announce the running image version\nDefaultDependencies=no\nAfter=systemd-journald.socket\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c '. /usr/lib/os-release; echo \"kiln: running $IMAGE_ID $IMAGE_VERSION\"'\nStandardOutput=journal+console\n\n[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    )?;
+    tree.symlink(
+        "../kiln-version.service",
+        "usr/lib/systemd/system/sysinit.target.wants/kiln-version.service",
+    )?;
+    Ok(())
+}
+
 /// Builds `DIR/<stem>.raw` (and `.qcow2` when asked) from the tree.
 fn build(
     cx: &Context,
@@ -290,6 +330,13 @@ fn build(
     let mut usr_facts = None;
     let mut usr_images = None;
     let mut usr_files = None;
+    let mut update_slots = None;
+    let version = job.recipe.image.version.as_deref().unwrap_or("0");
+    let root_uuid = root_guid(
+        d,
+        &job.identity,
+        &format!("{}:{}", job.recipe.image.name, job.arch),
+    );
 
     // /usr first: its verity root hash goes on the kernel command line.
     let usr_tree = job.work.join("usr-tree");
@@ -298,6 +345,49 @@ fn build(
             Stage::Seal,
             "/usr: factory defaults, read-only image, dm-verity hash tree",
         );
+        let tree = kiln_rootfs::inroot::Root::open(root)?;
+        stamp_version(&tree, &job.recipe.image.name, version)?;
+        if let Some(u) = &job.recipe.update {
+            for (path, package, why) in [
+                (
+                    "/usr/lib/systemd/systemd-sysupdate",
+                    "systemd-container",
+                    "installs the updates ([update])",
+                ),
+                (
+                    "/usr/lib/systemd/systemd-bless-boot",
+                    "systemd-boot",
+                    "marks a healthy boot of a new version good ([update])",
+                ),
+                (
+                    "/usr/bin/gpg",
+                    "gpg",
+                    "checks the channel's signature for systemd-sysupdate ([update])",
+                ),
+            ] {
+                need_file(root, path, package, why)?;
+            }
+            let keyring = cx.update_keyring.ok_or_else(|| {
+                Hinted::new(
+                    "an [update] image carries the key its updates are signed with, but no key was given",
+                    "give --sign-key KEY.pem (or KILN_SIGN_KEY); kiln publish signs the channel with the same key",
+                )
+            })?;
+            let tree_len = disk::tree_size(&root.join("usr"))?;
+            let slots = slot_sizes(tree_len);
+            let spec = UpdateSpec {
+                name: &job.recipe.image.name,
+                version,
+                dps: info.dps,
+                update: u,
+                health: job.recipe.tests.iter().filter(|t| t.health).collect(),
+                keyring,
+                usr_slot: slots.0,
+                verity_slot: slots.1,
+            };
+            update::install(&tree, &spec)?;
+            update_slots = Some(slots);
+        }
         factory_defaults(root)?;
         let usr_img = job.work.join("usr.img");
         let usr_size_tree = disk::tree_size(&root.join("usr"))?;
@@ -329,6 +419,17 @@ fn build(
         )?;
         let usr_len = std::fs::metadata(&usr_img)?.len();
         let hash_len = std::fs::metadata(&hash_img)?.len();
+        if let Some((a, b)) = update_slots {
+            if usr_len > a || hash_len > b {
+                return Err(DiskError::TooSmall {
+                    what: "the /usr slot of an updating image".into(),
+                    setting: "the slot size Kiln derives from the /usr tree".into(),
+                    need: usr_len.max(hash_len),
+                    have: a,
+                }
+                .into());
+            }
+        }
         usr_facts = Some(UsrFacts {
             filesystem: d.usr_filesystem.clone(),
             roothash: roothash.clone(),
@@ -341,12 +442,13 @@ fn build(
             usr_len,
             hash_len,
             roothash,
+            slots: update_slots,
         });
         usr_files = Some((usr_img, hash_img));
     }
     let cmdline = kernel_cmdline(
         d,
-        &job.identity,
+        &root_uuid,
         usr_images.as_ref().map(|u| u.roothash.as_str()),
     );
     cx.cancel.check()?;
@@ -388,8 +490,15 @@ fn build(
                 dest: format!("EFI/BOOT/{}", info.boot_file),
             },
             FatFile {
-                source: uki,
-                dest: format!("EFI/Linux/{}-{kver}.efi", job.recipe.image.name),
+                source: uki.clone(),
+                dest: if immutable {
+                    format!(
+                        "EFI/Linux/{}",
+                        update::uki_file(&job.recipe.image.name, version)
+                    )
+                } else {
+                    format!("EFI/Linux/{}-{kver}.efi", job.recipe.image.name)
+                },
             },
             FatFile {
                 source: loader_conf,
@@ -506,6 +615,7 @@ fn build(
         d,
         &info,
         &job.identity,
+        &root_uuid,
         job.recipe.image.version.as_deref(),
         usr_images.as_ref(),
         root_size,
@@ -554,6 +664,32 @@ fn build(
             .collect(),
     };
     let mut artifacts = vec![file_artifact(out_dir, &raw_name, Format::Disk, job.arch)?];
+    if job.recipe.update.is_some() {
+        if let (Some((usr_img, hash_img)), Some(u)) = (&usr_files, &facts.usr) {
+            reporter.step(
+                Stage::Write,
+                "update artifacts: /usr, its verity hash tree and the UKI (xz)",
+            );
+            let names = update::payload_names(
+                &job.recipe.image.name,
+                version,
+                info.dps,
+                &u.partuuid,
+                &u.verity_partuuid,
+            );
+            let dir = out_dir.join(update::UPDATE_DIR);
+            std::fs::create_dir_all(&dir)?;
+            update::write_xz(usr_img, &dir.join(&names.usr))?;
+            update::write_xz(hash_img, &dir.join(&names.verity))?;
+            let uki_dest = dir.join(&names.uki);
+            std::fs::copy(&uki, &uki_dest)
+                .with_context(|| format!("writing {}", uki_dest.display()))?;
+            for n in [&names.usr, &names.verity, &names.uki] {
+                let rel = format!("{}/{n}", update::UPDATE_DIR);
+                artifacts.push(file_artifact(out_dir, &rel, Format::Update, job.arch)?);
+            }
+        }
+    }
     if qcow2 {
         let name = format!("{}.qcow2", job.stem);
         let dest = out_dir.join(&name);

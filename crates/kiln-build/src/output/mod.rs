@@ -14,6 +14,7 @@ pub mod disk;
 pub mod oci;
 pub mod plan;
 pub mod tar;
+pub mod update;
 
 /// What every output of one build shares.
 pub struct Context<'a> {
@@ -25,6 +26,8 @@ pub struct Context<'a> {
     pub multi_arch: bool,
     pub reporter: &'a dyn Reporter,
     pub cancel: &'a Cancel,
+    /// The signing key as an OpenPGP keyring, for an `[update]` image.
+    pub update_keyring: Option<&'a [u8]>,
 }
 
 /// One architecture's finished root, read-only for outputs.
@@ -91,6 +94,8 @@ pub fn outputs_for(recipe: &Recipe) -> Result<Vec<Box<dyn Output>>> {
                 }))
             }
             Format::Disk | Format::Qcow2 => {}
+            // Written by the disk output of an updating image.
+            Format::Update => {}
         }
     }
     Ok(out)
@@ -131,6 +136,7 @@ pub fn planned_files(recipe: &Recipe) -> Vec<String> {
                 }
             }
             Format::Disk | Format::Qcow2 => {}
+            Format::Update => {}
         }
     }
     out.push("manifest.json".into());

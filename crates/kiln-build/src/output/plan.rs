@@ -75,6 +75,10 @@ pub struct UsrImages {
     pub usr_len: u64,
     pub hash_len: u64,
     pub roothash: String,
+    /// Fixed sizes of both slots (`/usr`, verity) of an updating image, so
+    /// every later version fits wherever it is installed; None: slot A is
+    /// the image's size and the free B slot a quarter larger.
+    pub slots: Option<(u64, u64)>,
 }
 
 /// What a partition holds.
@@ -110,10 +114,22 @@ const GROWFS: u64 = 1 << 59;
 const READ_ONLY: u64 = 1 << 60;
 const NO_AUTO: u64 = 1 << 63;
 
+/// The root partition's UUID. In the immutable layout it comes from the
+/// image's lineage (name and architecture) alone: the root partition
+/// stays while `/usr` and the UKI are updated, and every later version's
+/// command line must still find it. Otherwise from the image identity.
+pub fn root_guid(disk: &Disk, identity: &str, lineage: &str) -> String {
+    if disk.layout == "immutable" {
+        gpt::guid_from(format!("kiln-disk-lineage:{lineage}:root").as_bytes())
+    } else {
+        derived_guid(identity, "root")
+    }
+}
+
 /// The kernel command line: root by PARTUUID, ro/rw, the /usr root hash, then
 /// the recipe's own arguments.
-pub fn kernel_cmdline(disk: &Disk, identity: &str, roothash: Option<&str>) -> String {
-    let mut c = vec![format!("root=PARTUUID={}", derived_guid(identity, "root"))];
+pub fn kernel_cmdline(disk: &Disk, root_guid: &str, roothash: Option<&str>) -> String {
+    let mut c = vec![format!("root=PARTUUID={root_guid}")];
     c.push(
         if disk.filesystem == "erofs" {
             "ro"
@@ -134,6 +150,7 @@ pub fn plan(
     disk: &Disk,
     info: &ArchInfo,
     identity: &str,
+    root_guid: &str,
     version: Option<&str>,
     usr: Option<&UsrImages>,
     root_size: u64,
@@ -148,21 +165,22 @@ pub fn plan(
         attributes: 0,
     }];
     if let Some(u) = usr {
-        let label = format!("usr-{}", version.unwrap_or("0"));
+        let v = version.unwrap_or("0");
+        let (usr_slot, hash_slot) = u.slots.unwrap_or((u.usr_len, u.hash_len));
         parts.push(Planned {
             content: Content::Usr,
             type_guid: info.usr.into(),
             guid: uuid_from_hex(&u.roothash[..32]),
-            label: label.clone(),
-            size: u.usr_len,
+            label: super::update::usr_label(v),
+            size: usr_slot,
             attributes: READ_ONLY,
         });
         parts.push(Planned {
             content: Content::UsrVerity,
             type_guid: info.usr_verity.into(),
             guid: uuid_from_hex(&u.roothash[32..64]),
-            label: format!("{label}-verity"),
-            size: u.hash_len,
+            label: super::update::verity_label(v),
+            size: hash_slot,
             attributes: READ_ONLY,
         });
         if disk.ab_slots {
@@ -173,12 +191,16 @@ pub fn plan(
                 .into_iter()
                 .enumerate()
             {
+                let size = match u.slots {
+                    Some((a, b)) => [a, b][i],
+                    None => size + size / 4,
+                };
                 parts.push(Planned {
                     content: Content::Empty,
                     type_guid: t.into(),
                     guid: guid(&format!("usr-b-{i}")),
                     label: "_empty".into(),
-                    size: size + size / 4,
+                    size,
                     attributes: NO_AUTO,
                 });
             }
@@ -188,7 +210,7 @@ pub fn plan(
     parts.push(Planned {
         content: Content::Root,
         type_guid: info.root.into(),
-        guid: guid("root"),
+        guid: root_guid.into(),
         label: format!("root-{}", info.dps),
         size: root_size,
         attributes: GROWFS,
@@ -196,7 +218,7 @@ pub fn plan(
     DiskPlan {
         disk_guid: guid("disk"),
         partitions: parts,
-        cmdline: kernel_cmdline(disk, identity, usr.map(|u| u.roothash.as_str())),
+        cmdline: kernel_cmdline(disk, root_guid, usr.map(|u| u.roothash.as_str())),
     }
 }
 
@@ -226,6 +248,7 @@ mod tests {
             hash_len: 4 * MIB,
             roothash: "0123456789abcdef0123456789abcdef".to_string()
                 + "fedcba9876543210fedcba9876543210",
+            slots: None,
         }
     }
 
@@ -236,6 +259,7 @@ mod tests {
             &settings("immutable", true),
             &info,
             "id",
+            "root-guid",
             Some("13"),
             Some(&usr()),
             300 * MIB,
@@ -245,8 +269,8 @@ mod tests {
             labels,
             [
                 "esp",
-                "usr-13",
-                "usr-13-verity",
+                "usr_13",
+                "usr-verity_13",
                 "_empty",
                 "_empty",
                 "root-x86-64"
@@ -276,6 +300,7 @@ mod tests {
             &settings("immutable", false),
             &info,
             "id",
+            "root-guid",
             None,
             Some(&usr()),
             300 * MIB,
@@ -283,7 +308,7 @@ mod tests {
         assert_eq!(p.partitions.len(), 4);
         assert_eq!(p.partitions[1].guid, "01234567-89ab-cdef-0123-456789abcdef");
         assert_eq!(p.partitions[2].guid, "fedcba98-7654-3210-fedc-ba9876543210");
-        assert_eq!(p.partitions[1].label, "usr-0");
+        assert_eq!(p.partitions[1].label, "usr_0");
         assert!(p.partitions[1].attributes & READ_ONLY != 0);
         let root = p.partitions.last().unwrap();
         assert!(p
@@ -299,6 +324,7 @@ mod tests {
             &settings("standard", true),
             &info,
             "id",
+            "root-guid",
             None,
             None,
             300 * MIB,
@@ -314,11 +340,39 @@ mod tests {
     fn the_same_identity_gives_the_same_plan_and_another_a_different_one() {
         let info = arch_info("amd64").unwrap();
         let s = settings("standard", false);
-        let a = plan(&s, &info, "one", None, None, 300 * MIB);
-        assert_eq!(a, plan(&s, &info, "one", None, None, 300 * MIB));
-        let b = plan(&s, &info, "two", None, None, 300 * MIB);
+        let ra = root_guid(&s, "one", "img:amd64");
+        let a = plan(&s, &info, "one", &ra, None, None, 300 * MIB);
+        assert_eq!(a, plan(&s, &info, "one", &ra, None, None, 300 * MIB));
+        let rb = root_guid(&s, "two", "img:amd64");
+        let b = plan(&s, &info, "two", &rb, None, None, 300 * MIB);
         assert_ne!(a.disk_guid, b.disk_guid);
         assert_ne!(a.partitions[1].guid, b.partitions[1].guid);
+    }
+
+    #[test]
+    fn an_updating_image_keeps_its_root_and_sizes_both_slots_alike() {
+        let info = arch_info("amd64").unwrap();
+        let d = settings("immutable", true);
+        // Another lock (identity), the same lineage: the same root UUID.
+        assert_eq!(
+            root_guid(&d, "v1-identity", "img:amd64"),
+            root_guid(&d, "v2-identity", "img:amd64")
+        );
+        assert_ne!(
+            root_guid(&d, "v1-identity", "img:amd64"),
+            root_guid(&d, "v1-identity", "other:amd64")
+        );
+        let std = settings("standard", false);
+        assert_ne!(
+            root_guid(&std, "v1-identity", "img:amd64"),
+            root_guid(&std, "v2-identity", "img:amd64")
+        );
+        let mut u = usr();
+        u.slots = Some((640 * MIB, 8 * MIB));
+        let p = plan(&d, &info, "id", "r", Some("2"), Some(&u), 300 * MIB);
+        let sizes: Vec<u64> = p.partitions[1..5].iter().map(|x| x.size).collect();
+        assert_eq!(sizes, [640 * MIB, 8 * MIB, 640 * MIB, 8 * MIB]);
+        assert!(p.cmdline.starts_with("root=PARTUUID=r "));
     }
 
     #[test]

@@ -130,6 +130,7 @@ pub fn is_build_output(name: &str) -> bool {
         && (name.ends_with(".spdx.json") || name.ends_with(".cdx.json")))
         || ext("rootfs", &[".tar", ".rebuild.tar"])
         || ext("disk", &[".raw", ".qcow2", ".test.xml", ".console.log"])
+        || name == "upgrade.console.log"
         || (name.starts_with("disk") && name.contains(".console.") && name.ends_with(".log"))
 }
 
@@ -239,7 +240,7 @@ fn produce(
     reporter: &dyn Reporter,
     cancel: &Cancel,
     essential_cache: Option<&Path>,
-    update_keyring: Option<&[u8]>,
+    update_key: Option<&kiln_attest::SigningKey>,
 ) -> Result<Produced> {
     let cx = Context {
         recipe,
@@ -249,7 +250,7 @@ fn produce(
         multi_arch: per_arch.len() > 1,
         reporter,
         cancel,
-        update_keyring,
+        update_key,
     };
     let mut outputs = outputs_for(recipe)?;
     let mut done = Produced {
@@ -332,15 +333,12 @@ fn produce(
     Ok(done)
 }
 
-/// Refuses, with the fix, a recipe this machine cannot build: a full image
-/// for another architecture (its maintainer scripts would need emulation),
-/// or a full image without root.
 /// An `[update]` recipe needs a version (`[image] version` or
 /// `--image-version`) that can be one, and the signing key, which the
-/// image carries as its OpenPGP keyring. Returns that keyring.
-fn check_update(recipe: &Recipe, key: Option<&kiln_attest::SigningKey>) -> Result<Option<Vec<u8>>> {
+/// image carries as its OpenPGP keyring.
+fn check_update(recipe: &Recipe, key: Option<&kiln_attest::SigningKey>) -> Result<()> {
     if recipe.update.is_none() {
-        return Ok(None);
+        return Ok(());
     }
     match recipe.image.version.as_deref() {
         None => {
@@ -359,16 +357,19 @@ fn check_update(recipe: &Recipe, key: Option<&kiln_attest::SigningKey>) -> Resul
         }
         Some(_) => {}
     }
-    let Some(key) = key else {
+    if key.is_none() {
         return Err(Hinted::new(
             "an [update] image carries the key its updates are signed with, but no key was given",
             "give --sign-key KEY.pem (or KILN_SIGN_KEY); kiln publish signs the channel with the same key",
         )
         .into());
-    };
-    Ok(Some(kiln_attest::openpgp::public_keyring(key)))
+    }
+    Ok(())
 }
 
+/// Refuses, with the fix, a recipe this machine cannot build: a full image
+/// for another architecture (its maintainer scripts would need emulation),
+/// or a full image without root.
 fn can_build_here(recipe: &Recipe) -> Result<()> {
     if recipe.container.distroless {
         return Ok(());
@@ -417,7 +418,8 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         .into());
     }
     let key = crate::records::load_signing_key(req.sign_key.as_deref())?;
-    let update_keyring = check_update(&planned, key.as_ref())?;
+    check_update(&planned, key.as_ref())?;
+    let update_key = key.as_ref().filter(|_| planned.update.is_some());
     // The output directory must be usable before any work is done.
     let out_dir = match &req.output {
         Some(o) => o.clone(),
@@ -471,7 +473,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         reporter,
         cancel,
         essential_cache.as_deref(),
-        update_keyring.as_deref(),
+        update_key,
     )?;
     let all_pkgs: Vec<&LockedPackage> = per_arch.iter().flat_map(|a| a.1.iter().copied()).collect();
     let has_disk = !produced.disk.is_empty();
@@ -564,15 +566,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
 
     if req.check_reproducible {
         check_reproducible(
-            &recipe,
-            &lock,
-            &per_arch,
-            epoch,
-            &out_dir,
-            &manifest,
-            reporter,
-            cancel,
-            update_keyring.as_deref(),
+            &recipe, &lock, &per_arch, epoch, &out_dir, &manifest, reporter, cancel, update_key,
         )?;
     }
     Ok(manifest)
@@ -589,7 +583,7 @@ fn check_reproducible(
     manifest: &Manifest,
     reporter: &dyn Reporter,
     cancel: &Cancel,
-    update_keyring: Option<&[u8]>,
+    update_key: Option<&kiln_attest::SigningKey>,
 ) -> Result<()> {
     reporter.step(Stage::Reproduce, "to check reproducibility");
     let again_dir = out_dir.join("rebuild");
@@ -597,15 +591,7 @@ fn check_reproducible(
     std::fs::create_dir_all(&again_dir)?;
     // From scratch: a cached Essential tree would hide what differs there.
     let again = produce(
-        recipe,
-        lock,
-        per_arch,
-        epoch,
-        &again_dir,
-        reporter,
-        cancel,
-        None,
-        update_keyring,
+        recipe, lock, per_arch, epoch, &again_dir, reporter, cancel, None, update_key,
     )?;
     let artifacts = &manifest.outputs;
     let differ: Vec<String> = artifacts

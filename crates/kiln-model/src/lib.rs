@@ -33,6 +33,6 @@ pub use event::{Collect, Event, JsonReporter, NullReporter, Reporter, Stage};
 pub use hint::Hinted;
 pub use manifest::{
     relative_path, sbom_files, Artifact, DiskFacts, Format, LockRef, Manifest, ManifestError,
-    PackageRecord, PartitionFact, SbomFiles, TestSpec, UsrFacts, INCOMPLETE_MARKER, MANIFEST_FILE,
-    SCHEMA_VERSION,
+    PackageRecord, PartitionFact, SbomFiles, TestSpec, UpdateFacts, UsrFacts, INCOMPLETE_MARKER,
+    MANIFEST_FILE, SCHEMA_VERSION,
 };

@@ -127,7 +127,29 @@ pub struct DiskFacts {
     pub root_filesystem: String,
     pub cmdline: String,
     pub usr: Option<UsrFacts>,
+    /// An `[update]` image: what it updates from and its update files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateFacts>,
     pub partitions: Vec<PartitionFact>,
+}
+
+/// How an `[update]` image updates itself (docs/updates.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct UpdateFacts {
+    /// The image version (`IMAGE_VERSION`).
+    pub version: String,
+    /// The download tree the machine reads `sysupdate/CHANNEL/` from.
+    pub url: String,
+    pub channel: String,
+    /// Boots a new version gets before the machine goes back.
+    pub tries: u32,
+    /// OpenPGP fingerprint of the key the image trusts for its updates.
+    pub key_fingerprint: String,
+    /// The update files, relative to the output directory.
+    pub usr: String,
+    pub verity: String,
+    pub uki: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

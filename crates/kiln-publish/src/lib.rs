@@ -18,6 +18,7 @@ pub mod exports;
 pub mod import;
 pub mod registry;
 pub mod source;
+pub mod sysupdate;
 pub mod tree;
 pub mod verify;
 

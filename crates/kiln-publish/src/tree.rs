@@ -32,6 +32,8 @@ pub struct TreeOptions<'a> {
     /// Prefix for absolute URLs in the stream.json export (else paths
     /// relative to the tree).
     pub base_url: Option<&'a str>,
+    /// Versions of each image the sysupdate listing keeps (newest first).
+    pub keep: usize,
     pub progress: &'a dyn Fn(&str),
 }
 
@@ -65,6 +67,8 @@ pub struct TreeReport {
     pub document_written: bool,
     pub builds: Vec<PublishedBuild>,
     pub bytes_copied: u64,
+    /// The channel's sysupdate listing, when a build had update artifacts.
+    pub sysupdate: Option<crate::sysupdate::SysupdateReport>,
 }
 
 pub fn document_path(channel: &str) -> String {
@@ -156,7 +160,9 @@ pub fn publish(
         document_written: false,
         builds: Vec::new(),
         bytes_copied: 0,
+        sysupdate: None,
     };
+    let mut payloads = Vec::new();
     for b in builds {
         let image = &b.manifest.image;
         let version_key = b.version_key();
@@ -176,6 +182,14 @@ pub fn publish(
             let copied = put(&root, b, f, &rel, size, &sha, progress)?;
             if copied {
                 report.bytes_copied += size;
+            }
+            if f.format == Some(kiln_model::Format::Update) {
+                payloads.push(crate::sysupdate::Payload {
+                    name: f.name.clone(),
+                    pool: rel.clone(),
+                    size,
+                    sha256: sha.clone(),
+                });
             }
             entries.push(document::File {
                 role: f.role.name().into(),
@@ -218,6 +232,19 @@ pub fn publish(
             version: version_key,
             files,
         });
+    }
+    // The machines' listing before the document that names the builds.
+    if !payloads.is_empty() {
+        report.sysupdate = Some(crate::sysupdate::publish(
+            &root,
+            opts.channel,
+            &payloads,
+            opts.key,
+            opts.now,
+            opts.valid_for,
+            opts.keep,
+            progress,
+        )?);
     }
     let fresh = old.as_ref().is_some_and(|o| {
         crate::parse_rfc3339(&o.expires).is_some_and(|e| e - opts.now > opts.valid_for / 2)

@@ -279,5 +279,15 @@ fn verify_channel(
             }
         }
     }
+    // The machines' view of the channel: the signed sysupdate listing.
+    let sysupdate = crate::sysupdate::verify(root, channel, opts.key, opts.now);
+    if sysupdate.is_empty() && root.exists(crate::sysupdate::dir(channel)) {
+        (opts.progress)(&format!(
+            "{}/{}: OpenPGP signature verified, every payload intact",
+            crate::sysupdate::dir(channel),
+            crate::sysupdate::LISTING
+        ));
+    }
+    r.problems.extend(sysupdate);
     (r, Some(doc))
 }

@@ -52,6 +52,7 @@ fn a_sparse_disk_stays_sparse_in_the_pool() {
             valid_for: 86_400,
             now: kiln_publish::unix_now(),
             base_url: None,
+            keep: 3,
             progress: &|_| {},
         },
     )

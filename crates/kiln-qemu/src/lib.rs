@@ -11,6 +11,7 @@ mod boot;
 mod console;
 mod machine;
 mod seed;
+mod session;
 
 pub use boot::{boot_once, BootTest, ConsoleBoot, ConsoleGuest};
 pub use console::{parse_console, BootResult, CommandResult, FATAL};
@@ -18,7 +19,10 @@ pub use machine::{
     check_disk_image, kvm_usable, machine, overlay, qemu_command, refuse_foreign_file,
     virtual_size, Guest, ImageFormat, Machine,
 };
-pub use seed::{make_seed, ssh_key, user_ssh_keys, RUNNER};
+pub use seed::{
+    make_seed, seed_from_user_data, ssh_key, user_data_head, user_ssh_keys, write_files, RUNNER,
+};
+pub use session::{run_session, Session, Watch};
 
 use std::path::PathBuf;
 

@@ -44,21 +44,11 @@ pub fn make_seed(
     pubkey: &str,
     runner: Option<&[String]>,
 ) -> Result<PathBuf, QemuError> {
-    let indent = |s: &str| {
-        s.lines()
-            .map(|l| format!("      {l}\n"))
-            .collect::<String>()
-    };
-    // A JSON string is valid YAML: key comments with `: ` or ` #` stay intact.
-    let key = serde_json::to_string(pubkey.lines().next().unwrap_or("").trim())?;
-    let mut ud = format!(
-        "#cloud-config\nusers:\n  - default\n  - name: kiln\n    shell: /bin/bash\n    lock_passwd: true\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    ssh_authorized_keys:\n      - {key}\n"
-    );
+    let mut ud = user_data_head(pubkey)?;
     if let Some(commands) = runner {
         let commands: String = commands.iter().map(|c| format!("{}\n", b64(c))).collect();
         let unit = "[Unit]\nDescription=Kiln boot test runner\nAfter=multi-user.target\n\n[Service]\nType=simple\nExecStart=/bin/sh /etc/kiln-test/runner\n";
-        ud.push_str("write_files:\n");
-        for (path, perm, content) in [
+        ud.push_str(&write_files(&[
             ("/etc/kiln-test/runner", "0755", RUNNER.to_string()),
             ("/etc/kiln-test/commands", "0644", commands),
             (
@@ -66,14 +56,40 @@ pub fn make_seed(
                 "0644",
                 unit.to_string(),
             ),
-        ] {
-            ud.push_str(&format!(
-                "  - path: {path}\n    permissions: '{perm}'\n    content: |\n{}",
-                indent(if content.is_empty() { "\n" } else { &content })
-            ));
-        }
+        ]));
         ud.push_str("runcmd:\n  - [systemctl, daemon-reload]\n  - [systemctl, start, --no-block, kiln-test.service]\n");
     }
+    seed_from_user_data(work, &ud)
+}
+
+/// The `#cloud-config` head of a seed: a `kiln` user (passwordless sudo,
+/// locked password) accepting `pubkey`.
+pub fn user_data_head(pubkey: &str) -> Result<String, QemuError> {
+    let key = serde_json::to_string(pubkey.lines().next().unwrap_or("").trim())?;
+    Ok(format!(
+        "#cloud-config\nusers:\n  - default\n  - name: kiln\n    shell: /bin/bash\n    lock_passwd: true\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    ssh_authorized_keys:\n      - {key}\n"
+    ))
+}
+
+/// `write_files` entries of a cloud-config: (path, permissions, content).
+pub fn write_files(files: &[(&str, &str, String)]) -> String {
+    let indent = |s: &str| {
+        s.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let mut out = String::from("write_files:\n");
+    for (path, perm, content) in files {
+        out.push_str(&format!(
+            "  - path: {path}\n    permissions: '{perm}'\n    content: |\n{}",
+            indent(if content.is_empty() { "\n" } else { content })
+        ));
+    }
+    out
+}
+
+/// Writes `WORK/seed.img`, a NoCloud seed with this user-data.
+pub fn seed_from_user_data(work: &Path, ud: &str) -> Result<PathBuf, QemuError> {
     let dir = work.join("seed");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("user-data"), ud)?;

@@ -32,6 +32,7 @@ mod shell;
 mod show;
 mod test;
 mod ui;
+mod upgrade;
 mod watch;
 
 use std::path::PathBuf;
@@ -209,7 +210,22 @@ enum Command {
     /// Test a disk image: static checks, then a boot in QEMU running the recipe's [[test]] commands.
     Test {
         /// A disk image (disk.raw or disk.qcow2), a build's output directory, or a recipe (its image and [[test]] entries).
-        target: PathBuf,
+        #[arg(required_unless_present = "upgrade")]
+        target: Option<PathBuf>,
+        /// Boot OLD (a build of an [update] image), serve NEW's channel on loopback and pass when the machine updates itself to NEW, keeping OLD as its fallback.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with_all = ["target", "skip_boot", "skip_static"])]
+        upgrade: Vec<PathBuf>,
+        /// With --upgrade: pass when NEW fails its health gate and the machine goes back to OLD by itself (and does not install NEW again).
+        #[arg(long, requires = "upgrade")]
+        expect_rollback: bool,
+        /// With --upgrade: the key the images were built with; it signs the channel served to the machine.
+        #[arg(
+            long,
+            value_name = "KEY.pem",
+            env = "KILN_SIGN_KEY",
+            requires = "upgrade"
+        )]
+        sign_key: Option<PathBuf>,
         /// Seconds to wait for the booted guest's results.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
@@ -496,6 +512,31 @@ fn main() -> ExitCode {
             reporter, &layout, &reference, &tags, json, insecure, username,
         ),
         Command::Test {
+            target: _,
+            upgrade,
+            expect_rollback,
+            sign_key,
+            timeout,
+            memory,
+            cpus,
+            json,
+            ..
+        } if !upgrade.is_empty() => upgrade::cmd_upgrade(
+            &ui,
+            reporter,
+            &cancel,
+            &upgrade::UpgradeArgs {
+                old: upgrade[0].clone(),
+                new: upgrade[1].clone(),
+                expect_rollback,
+                sign_key,
+                timeout,
+                memory,
+                cpus,
+                json,
+            },
+        ),
+        Command::Test {
             target,
             timeout,
             skip_static,
@@ -504,13 +545,14 @@ fn main() -> ExitCode {
             memory,
             cpus,
             json,
+            ..
         } => test::cmd_test(
             &ui,
             cli.catalog.as_deref(),
             reporter,
             &cancel,
             &test::TestArgs {
-                target,
+                target: target.expect("clap requires TARGET without --upgrade"),
                 timeout,
                 skip_static,
                 skip_boot,

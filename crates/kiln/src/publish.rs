@@ -49,6 +49,9 @@ pub struct PublishArgs {
     /// URL the download tree is served at, for the absolute locations in coreos/*.json.
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    /// Versions of each image an update channel's sysupdate listing keeps (older ones leave it and their files go).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub keep: usize,
     /// Plain HTTP to registries (for registries on loopback).
     #[arg(long)]
     pub insecure: bool,
@@ -77,6 +80,13 @@ pub fn cmd_publish(
         return Err(Usage::new(
             "--valid-days 0: the channel document would be expired when written",
             "give at least 1 (default 30)",
+        )
+        .into());
+    }
+    if a.keep == 0 {
+        return Err(Usage::new(
+            "--keep 0: the update channel would list no version",
+            "keep at least 1 (default 3; a machine on an older version than the channel lists updates to the newest)",
         )
         .into());
     }
@@ -153,6 +163,7 @@ pub fn cmd_publish(
                         valid_for: i64::from(a.valid_days) * 86_400,
                         now: kiln_publish::unix_now(),
                         base_url: a.base_url.as_deref(),
+                        keep: a.keep,
                         progress: &progress,
                     },
                 )?;
@@ -197,6 +208,13 @@ pub fn cmd_publish(
                     "serial": r.serial,
                     "document-written": r.document_written,
                     "bytes-copied": r.bytes_copied,
+                    "sysupdate": r.sysupdate.as_ref().map(|s| json!({
+                        "dir": s.dir,
+                        "versions": s.versions,
+                        "best-before": s.best_before,
+                        "pruned": s.pruned,
+                        "written": s.written,
+                    })),
                     "builds": r.builds.iter().map(|b| json!({
                         "build-id": b.build_id,
                         "image": b.image,

@@ -368,6 +368,7 @@ fn steps(
             sign_key: o.sign_key.map(Path::to_path_buf),
             valid_days: 30,
             base_url: None,
+            keep: 3,
             insecure: o.insecure,
             username: o.username.clone(),
             json: false,

@@ -367,12 +367,13 @@ fn build(
             ] {
                 need_file(root, path, package, why)?;
             }
-            let keyring = cx.update_keyring.ok_or_else(|| {
+            let key = cx.update_key.ok_or_else(|| {
                 Hinted::new(
                     "an [update] image carries the key its updates are signed with, but no key was given",
                     "give --sign-key KEY.pem (or KILN_SIGN_KEY); kiln publish signs the channel with the same key",
                 )
             })?;
+            let keyring = kiln_attest::openpgp::public_keyring(key);
             let tree_len = disk::tree_size(&root.join("usr"))?;
             let slots = slot_sizes(tree_len);
             let spec = UpdateSpec {
@@ -381,7 +382,7 @@ fn build(
                 dps: info.dps,
                 update: u,
                 health: job.recipe.tests.iter().filter(|t| t.health).collect(),
-                keyring,
+                keyring: &keyring,
                 usr_slot: slots.0,
                 verity_slot: slots.1,
             };
@@ -651,6 +652,7 @@ fn build(
         root_filesystem: d.filesystem.clone(),
         cmdline: cmdline.clone(),
         usr: usr_facts,
+        update: None,
         partitions: parts
             .iter()
             .zip(&placed)
@@ -663,8 +665,9 @@ fn build(
             })
             .collect(),
     };
+    let mut facts = facts;
     let mut artifacts = vec![file_artifact(out_dir, &raw_name, Format::Disk, job.arch)?];
-    if job.recipe.update.is_some() {
+    if let (Some(up), Some(key)) = (&job.recipe.update, cx.update_key) {
         if let (Some((usr_img, hash_img)), Some(u)) = (&usr_files, &facts.usr) {
             reporter.step(
                 Stage::Write,
@@ -684,10 +687,20 @@ fn build(
             let uki_dest = dir.join(&names.uki);
             std::fs::copy(&uki, &uki_dest)
                 .with_context(|| format!("writing {}", uki_dest.display()))?;
+            let rel = |n: &str| format!("{}/{n}", update::UPDATE_DIR);
             for n in [&names.usr, &names.verity, &names.uki] {
-                let rel = format!("{}/{n}", update::UPDATE_DIR);
-                artifacts.push(file_artifact(out_dir, &rel, Format::Update, job.arch)?);
+                artifacts.push(file_artifact(out_dir, &rel(n), Format::Update, job.arch)?);
             }
+            facts.update = Some(kiln_model::UpdateFacts {
+                version: version.to_string(),
+                url: up.url.clone(),
+                channel: up.channel.clone(),
+                tries: up.tries,
+                key_fingerprint: kiln_attest::openpgp::fingerprint_hex(&key.verifying_key()),
+                usr: rel(&names.usr),
+                verity: rel(&names.verity),
+                uki: rel(&names.uki),
+            });
         }
     }
     if qcow2 {

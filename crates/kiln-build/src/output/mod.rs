@@ -26,8 +26,9 @@ pub struct Context<'a> {
     pub multi_arch: bool,
     pub reporter: &'a dyn Reporter,
     pub cancel: &'a Cancel,
-    /// The signing key as an OpenPGP keyring, for an `[update]` image.
-    pub update_keyring: Option<&'a [u8]>,
+    /// The signing key, for an `[update]` image (it carries the public
+    /// half as its OpenPGP keyring).
+    pub update_key: Option<&'a kiln_attest::SigningKey>,
 }
 
 /// One architecture's finished root, read-only for outputs.

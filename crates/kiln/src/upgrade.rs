@@ -1,0 +1,591 @@
+//! `kiln test --upgrade OLD NEW`: an `[update]` image updating itself in
+//! QEMU. OLD boots; NEW is published into a throwaway download tree that a
+//! loopback server serves at the images' `[update] url`; the machine's own
+//! `kiln-update.service` (systemd-sysupdate) installs NEW and reboots.
+//! Passes when NEW runs with OLD kept as the fallback, or, with
+//! `--expect-rollback`, when NEW fails its health gate, the machine goes
+//! back to OLD by itself and does not install NEW again.
+//!
+//! A runner installed by the NoCloud seed (in `/etc`, so it stays across
+//! the reboots) says on the serial console at every boot which version
+//! runs (`KILN-U boot N version V …`); the console log is kept as
+//! `NEW/upgrade.console.log`, and every boot also carries the image's own
+//! `kiln: running NAME VERSION` line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use base64::Engine as _;
+use kiln_model::{Cancel, Manifest, Reporter, UpdateFacts};
+use kiln_rootfs::inroot::Root;
+
+use crate::cmd::Usage;
+use crate::ui::Ui;
+
+pub struct UpgradeArgs {
+    pub old: PathBuf,
+    pub new: PathBuf,
+    pub expect_rollback: bool,
+    pub sign_key: Option<PathBuf>,
+    pub timeout: u64,
+    pub memory: u32,
+    pub cpus: u32,
+    pub json: bool,
+}
+
+/// The console file the session is kept in, in NEW's directory.
+pub const CONSOLE: &str = "upgrade.console.log";
+
+/// An `[update]` build: its directory, manifest and update facts.
+struct Side {
+    dir: PathBuf,
+    manifest: Manifest,
+    update: UpdateFacts,
+}
+
+fn side(dir: &Path, what: &str) -> Result<Side> {
+    let manifest =
+        Manifest::read_dir(dir).with_context(|| format!("{what} ({})", dir.display()))?;
+    let update = manifest
+        .disk
+        .values()
+        .find_map(|d| d.update.clone())
+        .ok_or_else(|| {
+            Usage::new(
+                format!(
+                    "{what} ({}) is not a build of an [update] image: its manifest lists no update artifacts",
+                    dir.display()
+                ),
+                "build an immutable recipe with [update] url = \"http://10.0.2.2:PORT/\" and --sign-key",
+            )
+        })?;
+    Ok(Side {
+        dir: dir.to_path_buf(),
+        manifest,
+        update,
+    })
+}
+
+/// `http://10.0.2.2:PORT/PATH/` → (PORT, `/PATH/`): the address QEMU's
+/// user network gives the host, which reaches a server on loopback.
+fn loopback_port(url: &str) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://10.0.2.2:")?;
+    let (port, path) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((port.parse().ok()?, format!("/{path}")))
+}
+
+/// The runner the seed installs: reports each boot, starts the update on
+/// OLD's first boot, reports the installed versions at the end.
+fn runner(old: &str, new: &str, expect_rollback: bool) -> String {
+    format!(
+        r#"#!/bin/sh
+# kiln test --upgrade: says on the serial console what every boot runs.
+say() {{ for t in 1 2 3 4 5 6 7 8 9 10; do printf '%s\n' "$*" > /dev/ttyS0 && break; sleep 1; done; }}
+b64() {{ base64 -w0; }}
+. /usr/lib/os-release
+OLD='{old}'
+NEW='{new}'
+ROLLBACK={rollback}
+mkdir -p /var/lib/kiln-upgrade
+n=$(( $(cat /var/lib/kiln-upgrade/boots 2>/dev/null || echo 0) + 1 ))
+echo $n > /var/lib/kiln-upgrade/boots
+state=$(timeout 600 systemctl is-system-running --wait 2>/dev/null)
+health=$(systemctl is-active kiln-health.service 2>/dev/null)
+say "KILN-U boot $n version $IMAGE_VERSION state $state health $health"
+report() {{
+  say "KILN-U list $(systemd-sysupdate list --no-pager 2>&1 | b64)"
+  say "KILN-U esp $(ls /efi/EFI/Linux 2>&1 | tr '\n' ' ')"
+  say "KILN-U labels $(lsblk -rno PARTLABEL 2>/dev/null | tr '\n' ' ')"
+  say "KILN-U check $(systemd-sysupdate check-new 2>&1 | tail -n 3 | b64)"
+  say "KILN-U end"
+  sleep 2
+  systemctl poweroff
+}}
+if [ "$IMAGE_VERSION" = "$OLD" ] && [ ! -e /var/lib/kiln-upgrade/updated ]; then
+  touch /var/lib/kiln-upgrade/updated
+  sync
+  say "KILN-U updating"
+  systemctl start kiln-update.service
+  sleep 20
+  say "KILN-U no-reboot $(journalctl -b -u kiln-update.service --no-pager -o cat 2>&1 | tail -n 30 | b64)"
+  report
+elif [ "$IMAGE_VERSION" = "$NEW" ] && [ "$ROLLBACK" = 1 ]; then
+  say "KILN-U waiting for the health gate to leave $NEW"
+else
+  report
+fi
+"#,
+        rollback = u8::from(expect_rollback)
+    )
+}
+
+/// One boot as the runner reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootLine {
+    pub n: u32,
+    pub version: String,
+    pub state: String,
+    pub health: String,
+}
+
+/// What the console says so far.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub boots: Vec<BootLine>,
+    pub updating: bool,
+    pub no_reboot: Option<String>,
+    pub list: Option<String>,
+    pub esp: Option<String>,
+    pub check: Option<String>,
+    pub ended: bool,
+    /// The image's own `kiln: running NAME VERSION` lines.
+    pub running: Vec<String>,
+}
+
+fn unb64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default()
+}
+
+pub fn parse(console: &str) -> Seen {
+    let mut s = Seen::default();
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(i) = line.find("kiln: running ") {
+            s.running.push(line[i + 14..].trim().to_string());
+        }
+        let Some(rest) = line.strip_prefix("KILN-U ") else {
+            continue;
+        };
+        let (kind, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        match kind {
+            "boot" => {
+                let w: Vec<&str> = arg.split(' ').collect();
+                let field = |k: &str| {
+                    w.iter()
+                        .position(|x| *x == k)
+                        .and_then(|i| w.get(i + 1))
+                        .map(|x| x.to_string())
+                        .unwrap_or_default()
+                };
+                s.boots.push(BootLine {
+                    n: w.first().and_then(|x| x.parse().ok()).unwrap_or(0),
+                    version: field("version"),
+                    state: field("state"),
+                    health: field("health"),
+                });
+            }
+            "updating" => s.updating = true,
+            "no-reboot" => s.no_reboot = Some(unb64(arg)),
+            "list" => s.list = Some(unb64(arg)),
+            "esp" => s.esp = Some(arg.to_string()),
+            "check" => s.check = Some(unb64(arg)),
+            "end" => s.ended = true,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The verdict on what was seen: Some(Ok) passed, Some(Err) failed, None
+/// not decided yet.
+pub fn judge(s: &Seen, old: &str, new: &str, rollback: bool) -> Option<Result<String, String>> {
+    if let Some(log) = &s.no_reboot {
+        return Some(Err(format!(
+            "{old} did not update itself (no reboot into {new}); kiln-update.service said:\n{log}"
+        )));
+    }
+    if !s.ended {
+        return None;
+    }
+    let versions: Vec<&str> = s.boots.iter().map(|b| b.version.as_str()).collect();
+    let seq = versions.join(" → ");
+    let last = s.boots.last();
+    let ran_new = versions.contains(&new);
+    if !rollback {
+        return Some(match last {
+            Some(b) if b.version == new && s.updating => {
+                let list = s.list.as_deref().unwrap_or("");
+                if list.contains(old) {
+                    Ok(format!(
+                        "boots: {seq}; {new} runs, {old} is kept as the fallback"
+                    ))
+                } else {
+                    Err(format!(
+                        "boots: {seq}; {new} runs, but {old} is no longer installed:\n{list}"
+                    ))
+                }
+            }
+            _ => Err(format!("boots: {seq}; the machine does not run {new}")),
+        });
+    }
+    Some(match last {
+        Some(b) if b.version == old && ran_new && s.boots.len() >= 3 => {
+            let check = s.check.as_deref().unwrap_or("");
+            if check.trim().is_empty() || !check.contains(new) {
+                Ok(format!(
+                    "boots: {seq}; {new} failed its health gate and the machine went back to {old} by itself, which does not install {new} again"
+                ))
+            } else {
+                Err(format!(
+                    "boots: {seq}; back on {old}, but it would install {new} again:\n{check}"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "boots: {seq}; expected {old}, then {new} failing its health gate, then {old} again"
+        )),
+    })
+}
+
+/// A static server for the tree, on loopback: GET and HEAD, plain file
+/// names only, nothing followed out of the tree.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(tree: &Path, port: u16, prefix: String) -> Result<Server> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+        Usage::new(
+            format!("cannot listen on 127.0.0.1:{port} for the update channel: {e}"),
+            "the port comes from the images' [update] url; stop what uses it, or build with another port",
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let root = Arc::new(Root::open(tree)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let root = root.clone();
+                    let prefix = prefix.clone();
+                    std::thread::spawn(move || {
+                        let _ = answer(conn, &root, &prefix);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    Ok(Server {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn answer(conn: TcpStream, root: &Root, prefix: &str) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.by_ref().take(8192).read_line(&mut line)?;
+    loop {
+        let mut h = String::new();
+        if reader.by_ref().take(8192).read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+    }
+    let mut w = conn;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let rel = target
+        .strip_prefix(prefix)
+        .filter(|r| {
+            !r.is_empty()
+                && r.split('/').all(|p| !p.is_empty() && !p.starts_with('.'))
+                && r.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-+~^/".contains(&c))
+        })
+        .map(str::to_string);
+    let file = rel.as_ref().and_then(|r| {
+        root.metadata(r)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|_| root.open_file(r).ok())
+    });
+    let Some(mut f) = file.filter(|_| method == "GET" || method == "HEAD") else {
+        return w.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    };
+    let len = f.metadata()?.len();
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+    )?;
+    if method == "GET" {
+        std::io::copy(&mut f, &mut w)?;
+    }
+    w.flush()
+}
+
+/// `kiln test --upgrade OLD NEW [--expect-rollback]`.
+pub fn cmd_upgrade(
+    ui: &Ui,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+    a: &UpgradeArgs,
+) -> Result<()> {
+    let old = side(&a.old, "OLD")?;
+    let new = side(&a.new, "NEW")?;
+    let (ov, nv) = (&old.update.version, &new.update.version);
+    if old.manifest.image != new.manifest.image {
+        return Err(Usage::new(
+            format!(
+                "OLD is {} and NEW is {}: a machine updates only to versions of its own image",
+                old.manifest.image, new.manifest.image
+            ),
+            "give two builds of the same recipe",
+        )
+        .into());
+    }
+    if kiln_model::sdversion::compare(nv, ov) != std::cmp::Ordering::Greater {
+        return Err(Usage::new(
+            format!("NEW's version {nv} is not newer than OLD's {ov} (as systemd orders versions)"),
+            "build NEW with a higher --image-version",
+        )
+        .into());
+    }
+    if (&old.update.url, &old.update.channel) != (&new.update.url, &new.update.channel)
+        || old.update.key_fingerprint != new.update.key_fingerprint
+    {
+        return Err(Usage::new(
+            "OLD and NEW follow different channels or trust different keys",
+            "build both from the same recipe and key",
+        )
+        .into());
+    }
+    let key_path = a.sign_key.as_deref().ok_or_else(|| {
+        Usage::new(
+            "kiln test --upgrade signs the channel it serves, but no key was given",
+            "give --sign-key KEY.pem (or KILN_SIGN_KEY): the key the images were built with",
+        )
+    })?;
+    let key = kiln_attest::SigningKey::from_pem_file(key_path)?;
+    let fpr = kiln_attest::openpgp::fingerprint_hex(&key.verifying_key());
+    if fpr != old.update.key_fingerprint {
+        return Err(Usage::new(
+            format!(
+                "the images trust key {}, but --sign-key is {fpr}: the machine would refuse the channel",
+                old.update.key_fingerprint
+            ),
+            "give the key the images were built with",
+        )
+        .into());
+    }
+    let (port, prefix) = loopback_port(&old.update.url).ok_or_else(|| {
+        Usage::new(
+            format!(
+                "the images update from {}, which a test cannot serve",
+                old.update.url
+            ),
+            "build the test images with [update] url = \"http://10.0.2.2:PORT/\" (QEMU's address of this host; the channel is served on 127.0.0.1:PORT)",
+        )
+    })?;
+    let disk = old.dir.join("disk.raw");
+    if !disk.is_file() {
+        return Err(Usage::new(
+            format!("OLD ({}) has no disk.raw", old.dir.display()),
+            "give the output directory of a disk build",
+        )
+        .into());
+    }
+    let machine = kiln_qemu::machine()?;
+    let work = tempfile::Builder::new().prefix("kiln-upgrade.").tempdir()?;
+    let tree = work.path().join("tree");
+    let build = kiln_publish::source::Build::open(&new.dir, &|m| {
+        reporter.step(kiln_model::Stage::Publish, m)
+    })?;
+    let published = kiln_publish::tree::publish(
+        &tree,
+        &[&build],
+        &kiln_publish::tree::TreeOptions {
+            channel: &new.update.channel,
+            key: &key,
+            valid_for: 7 * 86_400,
+            now: kiln_publish::unix_now(),
+            base_url: None,
+            keep: 3,
+            progress: &|m| reporter.step(kiln_model::Stage::Publish, m),
+        },
+    )?;
+    let listing = published
+        .sysupdate
+        .as_ref()
+        .map(|s| s.dir.clone())
+        .unwrap_or_default();
+    let _server = serve(&tree, port, prefix.clone())?;
+    ui.status(
+        "Serving",
+        &format!("{nv} at http://10.0.2.2:{port}{prefix}{listing}/ (127.0.0.1:{port} here)"),
+    );
+    let overlay = kiln_qemu::overlay(work.path(), &disk, kiln_qemu::virtual_size(&disk)?)?;
+    let pubkey = kiln_qemu::ssh_key(work.path())?;
+    let mut ud = kiln_qemu::user_data_head(&pubkey)?;
+    ud.push_str(&kiln_qemu::write_files(&[
+        (
+            "/etc/kiln-upgrade/runner",
+            "0755",
+            runner(ov, nv, a.expect_rollback),
+        ),
+        (
+            "/etc/systemd/system/kiln-upgrade.service",
+            "0644",
+            "[Unit]\nDescription=kiln test --upgrade runner\nAfter=multi-user.target\n\n[Service]\nType=simple\nExecStart=/bin/sh /etc/kiln-upgrade/runner\n\n[Install]\nWantedBy=multi-user.target\n".into(),
+        ),
+    ]));
+    ud.push_str("runcmd:\n  - [systemctl, daemon-reload]\n  - [systemctl, enable, kiln-upgrade.service]\n  - [systemctl, start, --no-block, kiln-upgrade.service]\n");
+    let seed = kiln_qemu::seed_from_user_data(work.path(), &ud)?;
+    let console = new.dir.join(CONSOLE);
+    ui.status(
+        "Booting",
+        &format!(
+            "{} {ov} in QEMU; it is to update itself to {nv}{}",
+            old.manifest.image,
+            if a.expect_rollback {
+                ", fail its health gate and go back"
+            } else {
+                ""
+            }
+        ),
+    );
+    let mut shown = 0;
+    let (verdict, seconds) = kiln_qemu::run_session(
+        &kiln_qemu::Session {
+            machine: &machine,
+            work: work.path(),
+            disk: &overlay,
+            seed: &seed,
+            console: &console,
+            memory: a.memory,
+            cpus: a.cpus,
+            timeout: a.timeout,
+            cancel: Some(cancel),
+        },
+        reporter,
+        &mut |text| {
+            let seen = parse(text);
+            for b in seen.boots.iter().skip(shown) {
+                ui.status(
+                    "Boot",
+                    &format!(
+                        "{}: {} {} ({}, health gate {})",
+                        b.n,
+                        old.manifest.image,
+                        b.version,
+                        b.state,
+                        if b.health.is_empty() { "-" } else { &b.health }
+                    ),
+                );
+            }
+            shown = seen.boots.len();
+            match judge(&seen, ov, nv, a.expect_rollback) {
+                None => kiln_qemu::Watch::Continue,
+                Some(Ok(_)) => kiln_qemu::Watch::Done,
+                Some(Err(e)) => kiln_qemu::Watch::Failed(e),
+            }
+        },
+    )?;
+    let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).to_string();
+    let seen = parse(&text);
+    let outcome = match (&verdict, judge(&seen, ov, nv, a.expect_rollback)) {
+        (kiln_qemu::Watch::Done, Some(Ok(m))) => Ok(m),
+        (kiln_qemu::Watch::Failed(e), _) => Err(e.clone()),
+        (_, Some(Err(e))) => Err(e),
+        _ => Err("the session ended undecided".to_string()),
+    };
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": old.manifest.image,
+                "old": ov,
+                "new": nv,
+                "expect-rollback": a.expect_rollback,
+                "passed": outcome.is_ok(),
+                "message": match &outcome { Ok(m) | Err(m) => m },
+                "boots": seen.boots.iter().map(|b| serde_json::json!({
+                    "boot": b.n, "version": b.version, "state": b.state, "health": b.health,
+                })).collect::<Vec<_>>(),
+                "running": seen.running,
+                "installed": seen.list,
+                "console": console.display().to_string(),
+                "seconds": seconds,
+            }))?
+        );
+    }
+    ui.status("Console", &console.display().to_string());
+    match outcome {
+        Ok(m) => {
+            ui.status("Passed", &format!("{m} ({seconds:.0}s)"));
+            Ok(())
+        }
+        Err(e) => {
+            errln!(
+                "--- last console lines ({}) ---\n{}\n---",
+                console.display(),
+                kiln_check::tail(&text, 30)
+            );
+            Err(anyhow::anyhow!("upgrade test failed: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_decides_the_verdict() {
+        let mut c = String::from("kiln: running img 1\nKILN-U boot 1 version 1 state running health active\nKILN-U updating\n");
+        assert!(judge(&parse(&c), "1", "2", false).is_none());
+        c.push_str("kiln: running img 2\nKILN-U boot 2 version 2 state running health active\n");
+        let list = base64::engine::general_purpose::STANDARD.encode("  2 current\n  1 installed\n");
+        c.push_str(&format!("KILN-U list {list}\nKILN-U end\n"));
+        let s = parse(&c);
+        assert_eq!(s.running, ["img 1", "img 2"]);
+        assert!(judge(&s, "1", "2", false).unwrap().is_ok());
+        // The same boots do not pass a rollback test.
+        assert!(judge(&s, "1", "2", true).unwrap().is_err());
+        let r = "KILN-U boot 1 version 2 state running health active\nKILN-U updating\n\
+                 KILN-U boot 2 version 3 state degraded health failed\nKILN-U boot 3 version 3 state degraded health failed\n\
+                 KILN-U boot 4 version 2 state running health active\nKILN-U check \nKILN-U end\n";
+        assert!(judge(&parse(r), "2", "3", true).unwrap().is_ok());
+        let failed = format!(
+            "KILN-U boot 1 version 1 state running health active\nKILN-U updating\nKILN-U no-reboot {}\n",
+            base64::engine::general_purpose::STANDARD.encode("Signature verification failed")
+        );
+        let e = judge(&parse(&failed), "1", "2", false)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("Signature verification failed"), "{e}");
+        assert_eq!(
+            loopback_port("http://10.0.2.2:8470/"),
+            Some((8470, "/".into()))
+        );
+        assert_eq!(
+            loopback_port("http://10.0.2.2:80/img/"),
+            Some((80, "/img/".into()))
+        );
+        assert_eq!(loopback_port("https://images.example.org/"), None);
+    }
+}

@@ -91,6 +91,7 @@ b64() {{ base64 -w0; }}
 OLD='{old}'
 NEW='{new}'
 ROLLBACK={rollback}
+SU=/usr/lib/systemd/systemd-sysupdate
 mkdir -p /var/lib/kiln-upgrade
 n=$(( $(cat /var/lib/kiln-upgrade/boots 2>/dev/null || echo 0) + 1 ))
 echo $n > /var/lib/kiln-upgrade/boots
@@ -98,10 +99,10 @@ state=$(timeout 600 systemctl is-system-running --wait 2>/dev/null)
 health=$(systemctl is-active kiln-health.service 2>/dev/null)
 say "KILN-U boot $n version $IMAGE_VERSION state $state health $health"
 report() {{
-  say "KILN-U list $(systemd-sysupdate list --no-pager 2>&1 | b64)"
+  say "KILN-U list $($SU list --no-pager 2>&1 | b64)"
   say "KILN-U esp $(ls /efi/EFI/Linux 2>&1 | tr '\n' ' ')"
   say "KILN-U labels $(lsblk -rno PARTLABEL 2>/dev/null | tr '\n' ' ')"
-  say "KILN-U check $(systemd-sysupdate check-new 2>&1 | tail -n 3 | b64)"
+  say "KILN-U check $($SU check-new 2>&1 | tail -n 3 | b64)"
   say "KILN-U end"
   sleep 2
   systemctl poweroff
@@ -161,7 +162,8 @@ pub fn parse(console: &str) -> Seen {
         if let Some(i) = line.find("kiln: running ") {
             s.running.push(line[i + 14..].trim().to_string());
         }
-        let Some(rest) = line.strip_prefix("KILN-U ") else {
+        // The getty's terminal queries can precede it on the same line.
+        let Some(rest) = line.find("KILN-U ").map(|i| &line[i + 7..]) else {
             continue;
         };
         let (kind, arg) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -412,9 +414,15 @@ pub fn cmd_upgrade(
     let machine = kiln_qemu::machine()?;
     let work = tempfile::Builder::new().prefix("kiln-upgrade.").tempdir()?;
     let tree = work.path().join("tree");
-    let build = kiln_publish::source::Build::open(&new.dir, &|m| {
+    let mut build = kiln_publish::source::Build::open(&new.dir, &|m| {
         reporter.step(kiln_model::Stage::Publish, m)
     })?;
+    // The machine needs only the update files (the throwaway tree need not
+    // hold a copy of the disks).
+    build.files.retain(|f| {
+        f.format == Some(kiln_model::Format::Update)
+            || f.role == kiln_publish::source::Role::Manifest
+    });
     let published = kiln_publish::tree::publish(
         &tree,
         &[&build],
@@ -469,6 +477,9 @@ pub fn cmd_upgrade(
         ),
     );
     let mut shown = 0;
+    let started = std::time::Instant::now();
+    // Seconds into the session: the update started, the new version runs.
+    let (mut update_at, mut new_at) = (None::<f64>, None::<f64>);
     let (verdict, seconds) = kiln_qemu::run_session(
         &kiln_qemu::Session {
             machine: &machine,
@@ -484,6 +495,16 @@ pub fn cmd_upgrade(
         reporter,
         &mut |text| {
             let seen = parse(text);
+            let t = started.elapsed().as_secs_f64();
+            if seen.updating && update_at.is_none() {
+                update_at = Some(t);
+            }
+            if update_at.is_some()
+                && new_at.is_none()
+                && seen.running.iter().any(|r| r.ends_with(&format!(" {nv}")))
+            {
+                new_at = Some(t);
+            }
             for b in seen.boots.iter().skip(shown) {
                 ui.status(
                     "Boot",
@@ -530,10 +551,17 @@ pub fn cmd_upgrade(
                 "installed": seen.list,
                 "console": console.display().to_string(),
                 "seconds": seconds,
+                "update-to-new-seconds": update_at.zip(new_at).map(|(a, b)| b - a),
             }))?
         );
     }
     ui.status("Console", &console.display().to_string());
+    if let (Some(a), Some(b)) = (update_at, new_at) {
+        ui.status(
+            "Timing",
+            &format!("{:.0}s from the update starting to {nv} running", b - a),
+        );
+    }
     match outcome {
         Ok(m) => {
             ui.status("Passed", &format!("{m} ({seconds:.0}s)"));

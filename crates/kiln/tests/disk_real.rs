@@ -414,8 +414,8 @@ fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
         names,
         [
             "esp",
-            "usr-13",
-            "usr-13-verity",
+            "usr_13",
+            "usr-verity_13",
             "_empty",
             "_empty",
             "root-x86-64"

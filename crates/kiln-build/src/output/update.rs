@@ -259,6 +259,13 @@ pub fn install(root: &Root, s: &UpdateSpec) -> Result<()> {
     }
     // Where systemd mounts the ESP (/boot holds the kernel files).
     root.ensure_dir("efi", 0o755)?;
+    // systemd-container enables systemd's own update timers; the reboot
+    // one would reboot a machine that went back from a bad version into
+    // it again and again. kiln-update.timer updates (and reboots) instead.
+    for t in ["systemd-sysupdate.timer", "systemd-sysupdate-reboot.timer"] {
+        let _ = root.remove_file(format!("etc/systemd/system/timers.target.wants/{t}"));
+        root.symlink("/dev/null", format!("etc/systemd/system/{t}"))?;
+    }
     Ok(())
 }
 

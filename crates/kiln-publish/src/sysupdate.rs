@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_attest::{openpgp, SigningKey, VerifyingKey};
+use kiln_attest::{openpgp, VerifyingKey};
 use kiln_rootfs::inroot::Root;
 use sha2::{Digest, Sha256};
 
@@ -146,14 +146,17 @@ pub fn best_before(now: i64, valid_for: i64) -> String {
 /// versions of each image, signs it.
 pub fn publish(
     root: &Root,
-    channel: &str,
     payloads: &[Payload],
-    key: &SigningKey,
-    now: i64,
-    valid_for: i64,
-    keep: usize,
-    progress: &dyn Fn(&str),
+    opts: &crate::tree::TreeOptions<'_>,
 ) -> Result<SysupdateReport, PublishError> {
+    let (channel, key, now, valid_for, keep, progress) = (
+        opts.channel,
+        opts.key,
+        opts.now,
+        opts.valid_for,
+        opts.keep,
+        opts.progress,
+    );
     let d = dir(channel);
     let tree_err = |message: String| PublishError::Tree {
         path: root.path().join(&d),
@@ -199,7 +202,7 @@ pub fn publish(
             let src = root.path().join(&p.pool);
             root.copy_in(&src, &rel, 0o644)
                 .map_err(PublishError::io(format!("writing {rel}")))?;
-            progress(&format!("{rel}"));
+            progress(&rel);
         }
         listing.files.insert(p.name.clone(), p.sha256.clone());
     }
@@ -328,7 +331,7 @@ mod tests {
             format!("{sha}  ../etc/passwd\n"),
             format!("{sha}  a/b\n"),
             format!("{sha}  .hidden\n"),
-            format!("abc  img_1_x.efi\n"),
+            "abc  img_1_x.efi\n".to_string(),
             format!("{sha}  BEST-BEFORE-soon\n"),
             format!("{sha}  img_1_x.efi\n{sha}  img_1_x.efi\n"),
             "no separator\n".to_string(),

@@ -235,16 +235,7 @@ pub fn publish(
     }
     // The machines' listing before the document that names the builds.
     if !payloads.is_empty() {
-        report.sysupdate = Some(crate::sysupdate::publish(
-            &root,
-            opts.channel,
-            &payloads,
-            opts.key,
-            opts.now,
-            opts.valid_for,
-            opts.keep,
-            progress,
-        )?);
+        report.sysupdate = Some(crate::sysupdate::publish(&root, &payloads, opts)?);
     }
     let fresh = old.as_ref().is_some_and(|o| {
         crate::parse_rfc3339(&o.expires).is_some_and(|e| e - opts.now > opts.valid_for / 2)

@@ -218,6 +218,14 @@ enum Command {
         /// With --upgrade: pass when NEW fails its health gate and the machine goes back to OLD by itself (and does not install NEW again).
         #[arg(long, requires = "upgrade")]
         expect_rollback: bool,
+        /// With --upgrade (a test aid): break the served channel after signing it; passes when the machine refuses it and stays on OLD.
+        #[arg(
+            long,
+            value_name = "FAULT",
+            requires = "upgrade",
+            conflicts_with = "expect_rollback"
+        )]
+        channel_fault: Option<upgrade::Fault>,
         /// With --upgrade: the key the images were built with; it signs the channel served to the machine.
         #[arg(
             long,
@@ -515,6 +523,7 @@ fn main() -> ExitCode {
             target: _,
             upgrade,
             expect_rollback,
+            channel_fault,
             sign_key,
             timeout,
             memory,
@@ -529,6 +538,7 @@ fn main() -> ExitCode {
                 old: upgrade[0].clone(),
                 new: upgrade[1].clone(),
                 expect_rollback,
+                fault: channel_fault,
                 sign_key,
                 timeout,
                 memory,

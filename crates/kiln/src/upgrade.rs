@@ -31,11 +31,34 @@ pub struct UpgradeArgs {
     pub old: PathBuf,
     pub new: PathBuf,
     pub expect_rollback: bool,
+    /// Break the served channel this way; passes when the machine refuses it.
+    pub fault: Option<Fault>,
     pub sign_key: Option<PathBuf>,
     pub timeout: u64,
     pub memory: u32,
     pub cpus: u32,
     pub json: bool,
+}
+
+/// How `--channel-fault` breaks the channel after it was signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// A byte of the /usr payload changed.
+    Payload,
+    /// A byte of SHA256SUMS changed (a listed hash).
+    Listing,
+    /// A byte of the OpenPGP signature changed.
+    Signature,
+    /// No SHA256SUMS.gpg.
+    Unsigned,
+}
+
+/// What the session is to show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Update,
+    Rollback,
+    Refusal,
 }
 
 /// The console file the session is kept in, in NEW's directory.
@@ -81,7 +104,7 @@ fn loopback_port(url: &str) -> Option<(u16, String)> {
 
 /// The runner the seed installs: reports each boot, starts the update on
 /// OLD's first boot, reports the installed versions at the end.
-fn runner(old: &str, new: &str, expect_rollback: bool) -> String {
+fn runner(old: &str, new: &str, mode: Mode) -> String {
     format!(
         r#"#!/bin/sh
 # kiln test --upgrade: says on the serial console what every boot runs.
@@ -121,7 +144,7 @@ else
   report
 fi
 "#,
-        rollback = u8::from(expect_rollback)
+        rollback = u8::from(mode == Mode::Rollback)
     )
 }
 
@@ -196,26 +219,64 @@ pub fn parse(console: &str) -> Seen {
     s
 }
 
+/// `systemd-sysupdate list`'s table: (version, assessment) of each
+/// installed version (`current` is the running one).
+pub fn installed(list: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut in_table = false;
+    for line in list.lines() {
+        let w: Vec<&str> = line
+            .split_whitespace()
+            .filter(|x| *x != "●" && *x != "*")
+            .collect();
+        if w.first() == Some(&"VERSION") {
+            in_table = true;
+            continue;
+        }
+        if in_table && w.len() >= 2 && w[1] == "✓" {
+            if let Some(a) = w
+                .last()
+                .filter(|a| a.chars().all(|c| c.is_ascii_alphabetic()))
+            {
+                out.push((w[0].to_string(), a.to_string()));
+            }
+        }
+    }
+    out
+}
+
 /// The verdict on what was seen: Some(Ok) passed, Some(Err) failed, None
 /// not decided yet.
-pub fn judge(s: &Seen, old: &str, new: &str, rollback: bool) -> Option<Result<String, String>> {
-    if let Some(log) = &s.no_reboot {
-        return Some(Err(format!(
-            "{old} did not update itself (no reboot into {new}); kiln-update.service said:\n{log}"
-        )));
-    }
-    if !s.ended {
+pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String, String>> {
+    if !s.ended && !(s.no_reboot.is_some() && mode != Mode::Refusal) {
         return None;
     }
     let versions: Vec<&str> = s.boots.iter().map(|b| b.version.as_str()).collect();
     let seq = versions.join(" → ");
     let last = s.boots.last();
     let ran_new = versions.contains(&new);
-    if !rollback {
+    if mode == Mode::Refusal {
+        return Some(match &s.no_reboot {
+            Some(log) if !ran_new && versions.iter().all(|v| *v == old) => Ok(format!(
+                "boots: {seq}; {old} refused the broken channel and stays; kiln-update.service said:\n{log}"
+            )),
+            _ => Err(format!(
+                "boots: {seq}; the machine was to refuse the broken channel and stay on {old}"
+            )),
+        });
+    }
+    if let Some(log) = &s.no_reboot {
+        return Some(Err(format!(
+            "{old} did not update itself (no reboot into {new}); kiln-update.service said:\n{log}"
+        )));
+    }
+    if mode == Mode::Update {
         return Some(match last {
             Some(b) if b.version == new && s.updating => {
                 let list = s.list.as_deref().unwrap_or("");
-                if list.contains(old) {
+                let table = installed(list);
+                let has = |v: &str, what: &str| table.iter().any(|(x, a)| x == v && a == what);
+                if has(new, "current") && has(old, "installed") {
                     Ok(format!(
                         "boots: {seq}; {new} runs, {old} is kept as the fallback"
                     ))
@@ -245,6 +306,40 @@ pub fn judge(s: &Seen, old: &str, new: &str, rollback: bool) -> Option<Result<St
             "boots: {seq}; expected {old}, then {new} failing its health gate, then {old} again"
         )),
     })
+}
+
+/// Breaks the signed channel in `dir` the way `f` says.
+fn break_channel(dir: &Path, f: Fault) -> Result<()> {
+    let flip = |p: &Path, at: usize| -> Result<()> {
+        let mut b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let i = at.min(b.len().saturating_sub(1));
+        b[i] ^= 0x01;
+        // A new file: the pool's hard link keeps the good bytes.
+        std::fs::remove_file(p)?;
+        std::fs::write(p, b)?;
+        Ok(())
+    };
+    let usr = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let n = p.to_string_lossy();
+            n.ends_with(".raw.xz") && !n.contains("verity")
+        })
+        .context("the channel has no /usr payload")?;
+    match f {
+        Fault::Payload => {
+            let len = std::fs::metadata(&usr)?.len() as usize;
+            flip(&usr, len / 2)?;
+        }
+        Fault::Listing => flip(&dir.join(kiln_publish::sysupdate::LISTING), 3)?,
+        Fault::Signature => {
+            let sig = dir.join(kiln_publish::sysupdate::SIGNATURE);
+            let len = std::fs::metadata(&sig)?.len() as usize;
+            flip(&sig, len - 5)?;
+        }
+        Fault::Unsigned => std::fs::remove_file(dir.join(kiln_publish::sysupdate::SIGNATURE))?,
+    }
+    Ok(())
 }
 
 /// A static server for the tree, on loopback: GET and HEAD, plain file
@@ -441,6 +536,18 @@ pub fn cmd_upgrade(
         .as_ref()
         .map(|s| s.dir.clone())
         .unwrap_or_default();
+    let mode = match (a.expect_rollback, a.fault) {
+        (_, Some(f)) => {
+            break_channel(&tree.join(&listing), f)?;
+            ui.status(
+                "Broken",
+                &format!("the served channel: {f:?} changed after signing"),
+            );
+            Mode::Refusal
+        }
+        (true, None) => Mode::Rollback,
+        (false, None) => Mode::Update,
+    };
     let _server = serve(&tree, port, prefix.clone())?;
     ui.status(
         "Serving",
@@ -453,7 +560,7 @@ pub fn cmd_upgrade(
         (
             "/etc/kiln-upgrade/runner",
             "0755",
-            runner(ov, nv, a.expect_rollback),
+            runner(ov, nv, mode),
         ),
         (
             "/etc/systemd/system/kiln-upgrade.service",
@@ -519,7 +626,7 @@ pub fn cmd_upgrade(
                 );
             }
             shown = seen.boots.len();
-            match judge(&seen, ov, nv, a.expect_rollback) {
+            match judge(&seen, ov, nv, mode) {
                 None => kiln_qemu::Watch::Continue,
                 Some(Ok(_)) => kiln_qemu::Watch::Done,
                 Some(Err(e)) => kiln_qemu::Watch::Failed(e),
@@ -528,7 +635,7 @@ pub fn cmd_upgrade(
     )?;
     let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).to_string();
     let seen = parse(&text);
-    let outcome = match (&verdict, judge(&seen, ov, nv, a.expect_rollback)) {
+    let outcome = match (&verdict, judge(&seen, ov, nv, mode)) {
         (kiln_qemu::Watch::Done, Some(Ok(m))) => Ok(m),
         (kiln_qemu::Watch::Failed(e), _) => Err(e.clone()),
         (_, Some(Err(e))) => Err(e),
@@ -542,6 +649,7 @@ pub fn cmd_upgrade(
                 "old": ov,
                 "new": nv,
                 "expect-rollback": a.expect_rollback,
+                "channel-fault": a.fault.map(|f| format!("{f:?}").to_lowercase()),
                 "passed": outcome.is_ok(),
                 "message": match &outcome { Ok(m) | Err(m) => m },
                 "boots": seen.boots.iter().map(|b| serde_json::json!({
@@ -585,27 +693,47 @@ mod tests {
     #[test]
     fn the_console_decides_the_verdict() {
         let mut c = String::from("kiln: running img 1\nKILN-U boot 1 version 1 state running health active\nKILN-U updating\n");
-        assert!(judge(&parse(&c), "1", "2", false).is_none());
+        assert!(judge(&parse(&c), "1", "2", Mode::Update).is_none());
         c.push_str("kiln: running img 2\nKILN-U boot 2 version 2 state running health active\n");
-        let list = base64::engine::general_purpose::STANDARD.encode("  2 current\n  1 installed\n");
+        let list = base64::engine::general_purpose::STANDARD.encode(
+            "gpg: key 1b4fa83d\n  VERSION INSTALLED AVAILABLE ASSESSMENT\n\u{25cf} 2           \u{2713}         \u{2713}     current\n  1           \u{2713}               installed\n",
+        );
         c.push_str(&format!("KILN-U list {list}\nKILN-U end\n"));
         let s = parse(&c);
         assert_eq!(s.running, ["img 1", "img 2"]);
-        assert!(judge(&s, "1", "2", false).unwrap().is_ok());
-        // The same boots do not pass a rollback test.
-        assert!(judge(&s, "1", "2", true).unwrap().is_err());
+        assert!(judge(&s, "1", "2", Mode::Update).unwrap().is_ok());
+        // 1 gone from the table (the "1" in the key id does not count).
+        let gone = c.replace(
+            &list,
+            &base64::engine::general_purpose::STANDARD.encode(
+                "gpg: key 1b4fa83d\n  VERSION INSTALLED AVAILABLE ASSESSMENT\n  2 \u{2713} \u{2713} current\n",
+            ),
+        );
+        assert!(judge(&parse(&gone), "1", "2", Mode::Update)
+            .unwrap()
+            .is_err());
+        // The same boots pass neither a rollback nor a refusal test.
+        assert!(judge(&s, "1", "2", Mode::Rollback).unwrap().is_err());
+        assert!(judge(&s, "1", "2", Mode::Refusal).unwrap().is_err());
         let r = "KILN-U boot 1 version 2 state running health active\nKILN-U updating\n\
                  KILN-U boot 2 version 3 state degraded health failed\nKILN-U boot 3 version 3 state degraded health failed\n\
                  KILN-U boot 4 version 2 state running health active\nKILN-U check \nKILN-U end\n";
-        assert!(judge(&parse(r), "2", "3", true).unwrap().is_ok());
+        assert!(judge(&parse(r), "2", "3", Mode::Rollback).unwrap().is_ok());
         let failed = format!(
             "KILN-U boot 1 version 1 state running health active\nKILN-U updating\nKILN-U no-reboot {}\n",
             base64::engine::general_purpose::STANDARD.encode("Signature verification failed")
         );
-        let e = judge(&parse(&failed), "1", "2", false)
+        let e = judge(&parse(&failed), "1", "2", Mode::Update)
             .unwrap()
             .unwrap_err();
         assert!(e.contains("Signature verification failed"), "{e}");
+        // A refusal passes only when the machine also stays on OLD to the end.
+        assert!(judge(&parse(&failed), "1", "2", Mode::Refusal).is_none());
+        let refused =
+            format!("{failed}KILN-U boot 2 version 1 state running health active\nKILN-U end\n");
+        assert!(judge(&parse(&refused), "1", "2", Mode::Refusal)
+            .unwrap()
+            .is_ok());
         assert_eq!(
             loopback_port("http://10.0.2.2:8470/"),
             Some((8470, "/".into()))

@@ -248,6 +248,45 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
     assert!(a < b);
     assert!(console.contains("Good signature from \"Kiln image signing key"));
 
+    // A channel changed after signing is refused on the machine: the
+    // payload's hash, or the signature, no longer match.
+    for (fault, want) in [("payload", "sha256"), ("signature", "BAD signature")] {
+        let o = kiln(
+            &[
+                "test",
+                "--upgrade",
+                out.join("v1").to_str().unwrap(),
+                out.join("v2").to_str().unwrap(),
+                "--channel-fault",
+                fault,
+                "--sign-key",
+                key.to_str().unwrap(),
+                "--timeout",
+                "1200",
+                "--json",
+            ],
+            &[],
+        );
+        let v = json_of(&o);
+        assert!(
+            o.status.success() && v["passed"] == true,
+            "{fault}: {}",
+            text(&o)
+        );
+        let versions: Vec<&str> = v["boots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["version"].as_str().unwrap())
+            .collect();
+        assert_eq!(versions, ["1"], "{fault}: {v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.to_lowercase().contains(&want.to_lowercase()),
+            "{fault}: {msg}"
+        );
+    }
+
     // 3 fails its health gate twice (tries = 2) and the machine is back
     // on 2, which does not install 3 again.
     let o = kiln(

@@ -248,7 +248,10 @@ pub fn installed(list: &str) -> Vec<(String, String)> {
 /// The verdict on what was seen: Some(Ok) passed, Some(Err) failed, None
 /// not decided yet.
 pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String, String>> {
-    if !s.ended && !(s.no_reboot.is_some() && mode != Mode::Refusal) {
+    // Undecided until the runner's end, except that a failed update ends
+    // an update or rollback test at once.
+    let failed_early = s.no_reboot.is_some() && mode != Mode::Refusal;
+    if !s.ended && !failed_early {
         return None;
     }
     let versions: Vec<&str> = s.boots.iter().map(|b| b.version.as_str()).collect();

@@ -125,7 +125,8 @@ report() {{
   say "KILN-U list $($SU list --no-pager 2>&1 | b64)"
   say "KILN-U esp $(ls /efi/EFI/Linux 2>&1 | tr '\n' ' ')"
   say "KILN-U labels $(lsblk -rno PARTLABEL 2>/dev/null | tr '\n' ' ')"
-  say "KILN-U check $($SU check-new 2>&1 | tail -n 3 | b64)"
+  next=$($SU check-new 2>/dev/null)
+  say "KILN-U check rc=$? new=$next"
   say "KILN-U end"
   sleep 2
   systemctl poweroff
@@ -178,6 +179,16 @@ fn unb64(s: &str) -> String {
         .unwrap_or_default()
 }
 
+impl Seen {
+    /// The version of every boot, in order (`kiln: running NAME VERSION`).
+    pub fn versions(&self) -> Vec<&str> {
+        self.running
+            .iter()
+            .filter_map(|r| r.rsplit(' ').next())
+            .collect()
+    }
+}
+
 pub fn parse(console: &str) -> Seen {
     let mut s = Seen::default();
     for line in console.lines() {
@@ -211,7 +222,7 @@ pub fn parse(console: &str) -> Seen {
             "no-reboot" => s.no_reboot = Some(unb64(arg)),
             "list" => s.list = Some(unb64(arg)),
             "esp" => s.esp = Some(arg.to_string()),
-            "check" => s.check = Some(unb64(arg)),
+            "check" => s.check = Some(arg.to_string()),
             "end" => s.ended = true,
             _ => {}
         }
@@ -254,9 +265,11 @@ pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String
     if !s.ended && !failed_early {
         return None;
     }
-    let versions: Vec<&str> = s.boots.iter().map(|b| b.version.as_str()).collect();
+    // Every boot, from the image's own line (a boot that fails its health
+    // gate reboots before the runner has reported it).
+    let versions = s.versions();
     let seq = versions.join(" → ");
-    let last = s.boots.last();
+    let last = versions.last().copied();
     let ran_new = versions.contains(&new);
     if mode == Mode::Refusal {
         return Some(match &s.no_reboot {
@@ -275,7 +288,7 @@ pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String
     }
     if mode == Mode::Update {
         return Some(match last {
-            Some(b) if b.version == new && s.updating => {
+            Some(v) if v == new && s.updating => {
                 let list = s.list.as_deref().unwrap_or("");
                 let table = installed(list);
                 let has = |v: &str, what: &str| table.iter().any(|(x, a)| x == v && a == what);
@@ -293,9 +306,10 @@ pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String
         });
     }
     Some(match last {
-        Some(b) if b.version == old && ran_new && s.boots.len() >= 3 => {
+        Some(v) if v == old && ran_new && versions.len() >= 3 => {
+            // systemd-sysupdate check-new exits 0 when it would install something.
             let check = s.check.as_deref().unwrap_or("");
-            if check.trim().is_empty() || !check.contains(new) {
+            if !check.is_empty() && !check.starts_with("rc=0 ") {
                 Ok(format!(
                     "boots: {seq}; {new} failed its health gate and the machine went back to {old} by itself, which does not install {new} again"
                 ))
@@ -655,6 +669,7 @@ pub fn cmd_upgrade(
                 "channel-fault": a.fault.map(|f| format!("{f:?}").to_lowercase()),
                 "passed": outcome.is_ok(),
                 "message": match &outcome { Ok(m) | Err(m) => m },
+                "versions": seen.versions(),
                 "boots": seen.boots.iter().map(|b| serde_json::json!({
                     "boot": b.n, "version": b.version, "state": b.state, "health": b.health,
                 })).collect::<Vec<_>>(),
@@ -718,12 +733,16 @@ mod tests {
         // The same boots pass neither a rollback nor a refusal test.
         assert!(judge(&s, "1", "2", Mode::Rollback).unwrap().is_err());
         assert!(judge(&s, "1", "2", Mode::Refusal).unwrap().is_err());
-        let r = "KILN-U boot 1 version 2 state running health active\nKILN-U updating\n\
-                 KILN-U boot 2 version 3 state degraded health failed\nKILN-U boot 3 version 3 state degraded health failed\n\
-                 KILN-U boot 4 version 2 state running health active\nKILN-U check \nKILN-U end\n";
+        let r = "kiln: running img 2\nKILN-U boot 1 version 2 state running health active\nKILN-U updating\n\
+                 [   39.6] sh[509]: kiln: running img 3\nkiln-health: FAILED\n[   40.1] sh[509]: kiln: running img 3\n\
+                 kiln: running img 2\nKILN-U boot 2 version 2 state running health active\nKILN-U check rc=1 new=\nKILN-U end\n";
         assert!(judge(&parse(r), "2", "3", Mode::Rollback).unwrap().is_ok());
+        let again = r.replace("rc=1 new=", "rc=0 new=3");
+        assert!(judge(&parse(&again), "2", "3", Mode::Rollback)
+            .unwrap()
+            .is_err());
         let failed = format!(
-            "KILN-U boot 1 version 1 state running health active\nKILN-U updating\nKILN-U no-reboot {}\n",
+            "kiln: running img 1\nKILN-U boot 1 version 1 state running health active\nKILN-U updating\nKILN-U no-reboot {}\n",
             base64::engine::general_purpose::STANDARD.encode("Signature verification failed")
         );
         let e = judge(&parse(&failed), "1", "2", Mode::Update)

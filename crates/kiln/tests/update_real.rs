@@ -230,11 +230,11 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
     );
     let v = json_of(&o);
     assert!(o.status.success() && v["passed"] == true, "{}", text(&o));
-    let versions: Vec<&str> = v["boots"]
+    let versions: Vec<&str> = v["versions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| b["version"].as_str().unwrap())
+        .map(|b| b.as_str().unwrap())
         .collect();
     assert_eq!(versions, ["1", "2"], "{v}");
     // Readable without Kiln: the image's own line on every boot.
@@ -273,11 +273,11 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
             "{fault}: {}",
             text(&o)
         );
-        let versions: Vec<&str> = v["boots"]
+        let versions: Vec<&str> = v["versions"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|b| b["version"].as_str().unwrap())
+            .map(|b| b.as_str().unwrap())
             .collect();
         assert_eq!(versions, ["1"], "{fault}: {v}");
         let msg = v["message"].as_str().unwrap();
@@ -306,11 +306,11 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
     );
     let v = json_of(&o);
     assert!(o.status.success() && v["passed"] == true, "{}", text(&o));
-    let versions: Vec<&str> = v["boots"]
+    let versions: Vec<&str> = v["versions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| b["version"].as_str().unwrap())
+        .map(|b| b.as_str().unwrap())
         .collect();
     assert_eq!(versions, ["2", "3", "3", "2"], "{v}");
     let console = std::fs::read_to_string(out.join("v3/upgrade.console.log")).unwrap();

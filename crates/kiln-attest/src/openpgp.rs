@@ -376,39 +376,27 @@ mod tests {
         let (ok, err) = gpgv(dir.path(), &ring, data, &forged);
         assert!(!ok, "gpgv accepted another key's signature: {err}");
         // gpg itself (as systemd-pull runs it) with the same keyring.
-        let out = Command::new("gpg")
-            .arg("--homedir")
-            .arg(dir.path())
-            .args([
-                "--no-options",
-                "--no-default-keyring",
-                "--batch",
-                "--trust-model=always",
-                "--keyring",
-            ])
-            .arg(dir.path().join("ring.gpg"))
-            .arg("--verify")
-            .arg(dir.path().join("data.gpg"))
-            .arg(dir.path().join("data"))
-            .output()
-            .unwrap();
+        let gpg_verify = || {
+            Command::new("gpg")
+                .arg("--homedir")
+                .arg(dir.path())
+                .args([
+                    "--no-options",
+                    "--no-default-keyring",
+                    "--batch",
+                    "--trust-model=always",
+                    "--keyring",
+                ])
+                .arg(dir.path().join("ring.gpg"))
+                .arg("--verify")
+                .arg(dir.path().join("data.gpg"))
+                .arg(dir.path().join("data"))
+                .output()
+                .unwrap()
+        };
+        let out = gpg_verify();
         std::fs::write(dir.path().join("data.gpg"), &sig).unwrap();
-        let out2 = Command::new("gpg")
-            .arg("--homedir")
-            .arg(dir.path())
-            .args([
-                "--no-options",
-                "--no-default-keyring",
-                "--batch",
-                "--trust-model=always",
-                "--keyring",
-            ])
-            .arg(dir.path().join("ring.gpg"))
-            .arg("--verify")
-            .arg(dir.path().join("data.gpg"))
-            .arg(dir.path().join("data"))
-            .output()
-            .unwrap();
+        let out2 = gpg_verify();
         assert!(!out.status.success(), "gpg accepted the forged signature");
         assert!(
             out2.status.success(),

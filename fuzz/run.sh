@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-30}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(version relation deb822 debfile unpack)
+[ ${#targets[@]} -gt 0 ] || targets=(version relation deb822 debfile unpack openpgp sdversion)
 
 # cargo-fuzz needs nightly flags (-Zsanitizer); a stable toolchain takes them
 # with RUSTC_BOOTSTRAP.
@@ -33,6 +33,11 @@ if [ -d "$seeds/deb822" ]; then
     [ -f "$l" ] || continue
     head -c 65536 "$l" > "$seeds/deb822/$(basename "$l")"
   done
+fi
+# sdversion: image versions as systemd orders them.
+if [ -d "$seeds/sdversion" ]; then
+  printf '13\n13.1' > "$seeds/sdversion/a"; printf '14~rc1\n14' > "$seeds/sdversion/b"
+  printf '2^p\n2.0' > "$seeds/sdversion/c"; printf '20261207.1\n20261207-2' > "$seeds/sdversion/d"
 fi
 # version and relation: the real fields of the installed packages.
 if [ -d "$seeds/version" ]; then

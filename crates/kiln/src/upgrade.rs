@@ -121,12 +121,30 @@ echo $n > /var/lib/kiln-upgrade/boots
 state=$(timeout 600 systemctl is-system-running --wait 2>/dev/null)
 health=$(systemctl is-active kiln-health.service 2>/dev/null)
 say "KILN-U boot $n version $IMAGE_VERSION state $state health $health"
+# After the update: one byte of the new /usr slot flipped under the running
+# system; dm-verity must refuse the block that holds it.
+verity_check() {{
+  dev=$(readlink -f "/dev/disk/by-partlabel/usr_$IMAGE_VERSION")
+  at=$(grep -obUaF 'kiln-verity-canary:' "$dev" 2>/dev/null | head -n1 | cut -d: -f1)
+  if [ -z "$at" ]; then say "KILN-U verity no-canary"; return; fi
+  at=$((at + 3))
+  b=$(dd if="$dev" bs=1 skip=$at count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+  printf "\\$(printf '%03o' $((b ^ 1)))" | dd of="$dev" bs=1 seek=$at conv=notrunc 2>/dev/null
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  if cat /usr/share/kiln/verity-canary >/dev/null 2>&1; then
+    say "KILN-U verity accepted $dev"
+  else
+    say "KILN-U verity refused $dev"
+  fi
+}}
 report() {{
   say "KILN-U list $($SU list --no-pager 2>&1 | b64)"
   say "KILN-U esp $(ls /efi/EFI/Linux 2>&1 | tr '\n' ' ')"
   say "KILN-U labels $(lsblk -rno PARTLABEL 2>/dev/null | tr '\n' ' ')"
   next=$($SU check-new 2>/dev/null)
   say "KILN-U check rc=$? new=$next"
+  if [ "$IMAGE_VERSION" = "$NEW" ] && [ "$ROLLBACK" = 0 ]; then verity_check; fi
   say "KILN-U end"
   sleep 2
   systemctl poweroff
@@ -167,6 +185,9 @@ pub struct Seen {
     pub list: Option<String>,
     pub esp: Option<String>,
     pub check: Option<String>,
+    /// A byte flipped in the new /usr slot: `refused` (by dm-verity),
+    /// `accepted`, or `no-canary`.
+    pub verity: Option<String>,
     pub ended: bool,
     /// The image's own `kiln: running NAME VERSION` lines.
     pub running: Vec<String>,
@@ -223,6 +244,7 @@ pub fn parse(console: &str) -> Seen {
             "list" => s.list = Some(unb64(arg)),
             "esp" => s.esp = Some(arg.to_string()),
             "check" => s.check = Some(arg.to_string()),
+            "verity" => s.verity = arg.split(' ').next().map(str::to_string),
             "end" => s.ended = true,
             _ => {}
         }
@@ -292,13 +314,21 @@ pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String
                 let list = s.list.as_deref().unwrap_or("");
                 let table = installed(list);
                 let has = |v: &str, what: &str| table.iter().any(|(x, a)| x == v && a == what);
-                if has(new, "current") && has(old, "installed") {
-                    Ok(format!(
-                        "boots: {seq}; {new} runs, {old} is kept as the fallback"
-                    ))
-                } else {
+                if !(has(new, "current") && has(old, "installed")) {
                     Err(format!(
                         "boots: {seq}; {new} runs, but {old} is no longer installed:\n{list}"
+                    ))
+                } else if s.verity.as_deref() == Some("accepted") {
+                    Err(format!(
+                        "boots: {seq}; {new} runs, but a byte flipped in its /usr slot was read back: dm-verity did not refuse it"
+                    ))
+                } else if s.verity.as_deref() == Some("refused") {
+                    Ok(format!(
+                        "boots: {seq}; {new} runs, {old} is kept as the fallback, and a byte flipped in the new /usr slot is refused by dm-verity"
+                    ))
+                } else {
+                    Ok(format!(
+                        "boots: {seq}; {new} runs, {old} is kept as the fallback"
                     ))
                 }
             }
@@ -675,6 +705,7 @@ pub fn cmd_upgrade(
                 })).collect::<Vec<_>>(),
                 "running": seen.running,
                 "installed": seen.list,
+                "verity-after-update": seen.verity,
                 "console": console.display().to_string(),
                 "seconds": seconds,
                 "update-to-new-seconds": update_at.zip(new_at).map(|(a, b)| b - a),
@@ -709,6 +740,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_runner_is_valid_shell() {
+        for mode in [Mode::Update, Mode::Rollback, Mode::Refusal] {
+            let d = tempfile::tempdir().unwrap();
+            let f = d.path().join("runner");
+            let text = runner("1", "2", mode);
+            std::fs::write(&f, &text).unwrap();
+            let o = std::process::Command::new("sh")
+                .arg("-n")
+                .arg(&f)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert!(text.contains(r#"printf "\\$(printf '%03o'"#), "{text}");
+        }
+    }
+
+    #[test]
     fn the_console_decides_the_verdict() {
         let mut c = String::from("kiln: running img 1\nKILN-U boot 1 version 1 state running health active\nKILN-U updating\n");
         assert!(judge(&parse(&c), "1", "2", Mode::Update).is_none());
@@ -720,6 +768,15 @@ mod tests {
         let s = parse(&c);
         assert_eq!(s.running, ["img 1", "img 2"]);
         assert!(judge(&s, "1", "2", Mode::Update).unwrap().is_ok());
+        let refused = c.replace("KILN-U end", "KILN-U verity refused /dev/vda4\nKILN-U end");
+        let m = judge(&parse(&refused), "1", "2", Mode::Update)
+            .unwrap()
+            .unwrap();
+        assert!(m.contains("refused by dm-verity"), "{m}");
+        let accepted = c.replace("KILN-U end", "KILN-U verity accepted /dev/vda4\nKILN-U end");
+        assert!(judge(&parse(&accepted), "1", "2", Mode::Update)
+            .unwrap()
+            .is_err());
         // 1 gone from the table (the "1" in the key id does not count).
         let gone = c.replace(
             &list,

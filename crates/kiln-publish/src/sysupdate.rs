@@ -317,6 +317,102 @@ pub fn verify(root: &Root, channel: &str, key: &VerifyingKey, now: i64) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_attest::SigningKey;
+
+    const PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBa5L1T55v8LU+qNQmjri6FsqJiJDQlXaZ7Omo2+R0XB\n-----END PRIVATE KEY-----\n";
+    const OTHER: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIC0NR7IWdkd7SDR+pS40FczuLdjD9wNfWp+2QzNEbkSg\n-----END PRIVATE KEY-----\n";
+
+    /// A payload in the tree's pool with this content.
+    fn payload(root: &Root, name: &str, content: &[u8]) -> Payload {
+        let sha = hex::encode(Sha256::digest(content));
+        let pool = format!("pool/img/{sha}/{name}");
+        root.write(&pool, content, 0o644).unwrap();
+        Payload {
+            name: name.into(),
+            pool,
+            size: content.len() as u64,
+            sha256: sha,
+        }
+    }
+
+    #[test]
+    fn publishing_keeps_the_newest_versions_refuses_changed_ones_and_verify_sees_tampering() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let key = SigningKey::from_pem(PEM).unwrap();
+        let now = 1_800_000_000;
+        let opts = crate::tree::TreeOptions {
+            channel: "stable",
+            key: &key,
+            valid_for: 86_400 * 10,
+            now,
+            base_url: None,
+            keep: 3,
+            progress: &|_| {},
+        };
+        // Versions in an order systemd sorts differently from text: 9 < 10.
+        for v in ["9", "10", "10.1", "11"] {
+            let p = payload(&root, &format!("img_{v}_x86-64.efi"), v.as_bytes());
+            let r = publish(&root, &[p], &opts).unwrap();
+            assert!(r.written);
+        }
+        let (l, signed) = read(&root, "stable", &key.verifying_key())
+            .unwrap()
+            .unwrap();
+        assert_eq!(signed, now as u32);
+        let names: Vec<&str> = l.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "img_10.1_x86-64.efi",
+                "img_10_x86-64.efi",
+                "img_11_x86-64.efi"
+            ]
+        );
+        assert!(
+            !root.exists("sysupdate/stable/img_9_x86-64.efi"),
+            "pruned file kept"
+        );
+        assert_eq!(
+            l.best_before.as_deref(),
+            Some(&best_before(now, 86_400 * 10)[..])
+        );
+        // The same again: nothing rewritten; other bytes under a listed name: refused.
+        let again = payload(&root, "img_11_x86-64.efi", b"11");
+        assert!(!publish(&root, &[again], &opts).unwrap().written);
+        let changed = payload(&root, "img_11_x86-64.efi", b"eleven");
+        let e = publish(&root, &[changed], &opts).unwrap_err().to_string();
+        assert!(e.contains("already published with other content"), "{e}");
+        // Another key cannot take the channel over.
+        let other = SigningKey::from_pem(OTHER).unwrap();
+        let theirs = crate::tree::TreeOptions {
+            key: &other,
+            ..opts
+        };
+        let p = payload(&root, "img_12_x86-64.efi", b"12");
+        let e = publish(&root, &[p], &theirs).unwrap_err().to_string();
+        assert!(e.contains("SHA256SUMS.gpg"), "{e}");
+        // Verify: clean, then a changed payload, an expired listing, a forged one.
+        let vk = key.verifying_key();
+        assert!(verify(&root, "stable", &vk, now).is_empty());
+        let later = now + 86_400 * 11;
+        assert!(verify(&root, "stable", &vk, later)[0].contains("expired"));
+        root.write("sysupdate/stable/img_10_x86-64.efi", b"1O", 0o644)
+            .unwrap();
+        let p = verify(&root, "stable", &vk, now);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("img_10_x86-64.efi") && m.contains("changed after signing")),
+            "{p:?}"
+        );
+        let listing = root.read("sysupdate/stable/SHA256SUMS").unwrap();
+        let mut forged = listing.clone();
+        forged.extend_from_slice(format!("{}  img_99_x86-64.efi\n", "0".repeat(64)).as_bytes());
+        root.write("sysupdate/stable/SHA256SUMS", &forged, 0o644)
+            .unwrap();
+        let p = verify(&root, "stable", &vk, now);
+        assert!(p[0].contains("does not match"), "{p:?}");
+    }
 
     #[test]
     fn listings_round_trip_and_hostile_ones_are_refused() {

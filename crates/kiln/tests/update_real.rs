@@ -227,6 +227,13 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
         .expect("no version 2 line");
     assert!(a < b);
     assert!(console.contains("Good signature from \"Kiln image signing key"));
+    // After the update, a byte flipped in the new /usr slot under the
+    // running system: dm-verity refuses the block.
+    assert_eq!(v["verity-after-update"], "refused", "{v}");
+    assert!(
+        console.contains("device-mapper: verity") && console.contains("is corrupted"),
+        "the kernel did not report the corrupted block"
+    );
 
     // A channel changed after signing is refused on the machine: the
     // payload's hash, or the signature, no longer match.

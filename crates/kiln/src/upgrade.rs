@@ -43,7 +43,8 @@ pub struct UpgradeArgs {
 /// How `--channel-fault` breaks the channel after it was signed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
-    /// A byte of the /usr payload changed.
+    /// A byte of a payload changed (the UKI: uncompressed, so only the
+    /// listed sha256 can tell).
     Payload,
     /// A byte of SHA256SUMS changed (a listed hash).
     Listing,
@@ -366,17 +367,14 @@ fn break_channel(dir: &Path, f: Fault) -> Result<()> {
         std::fs::write(p, b)?;
         Ok(())
     };
-    let usr = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            let n = p.to_string_lossy();
-            n.ends_with(".raw.xz") && !n.contains("verity")
-        })
-        .context("the channel has no /usr payload")?;
     match f {
         Fault::Payload => {
-            let len = std::fs::metadata(&usr)?.len() as usize;
-            flip(&usr, len / 2)?;
+            let uki = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "efi"))
+                .context("the channel has no UKI")?;
+            let len = std::fs::metadata(&uki)?.len() as usize;
+            flip(&uki, len / 2)?;
         }
         Fault::Listing => flip(&dir.join(kiln_publish::sysupdate::LISTING), 3)?,
         Fault::Signature => {

@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod hint;
 pub mod manifest;
 pub mod owner;
+pub mod rollout;
 pub mod sdversion;
 
 pub use cancel::{Cancel, Cancelled};

@@ -5,8 +5,14 @@
 //! TREE/sysupdate/CHANNEL/NAME_VERSION_UUID.usr-ARCH-verity.raw.xz
 //! TREE/sysupdate/CHANNEL/NAME_VERSION_ARCH.efi
 //! TREE/sysupdate/CHANNEL/SHA256SUMS                                 every file's sha256 + BEST-BEFORE-YYYY-MM-DD
+//! TREE/sysupdate/CHANNEL/ROLLOUT                                    staged rollout (kiln_model::rollout), listed
 //! TREE/sysupdate/CHANNEL/SHA256SUMS.gpg                             OpenPGP signature by the tree's key
 //! ```
+//!
+//! A published version is offered to no machine until `kiln release`
+//! enters it in the channel's `ROLLOUT` with a wave (the image's update
+//! gate reads it); the document is listed in `SHA256SUMS`, so the
+//! listing's signature covers it.
 //!
 //! What an `[update]` image's `sysupdate.d` transfers read. The payloads go
 //! in first (hard links to the pool), then the listing and its signature;
@@ -16,7 +22,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_attest::{openpgp, VerifyingKey};
+use kiln_attest::{openpgp, SigningKey, VerifyingKey};
+use kiln_model::rollout::{self, Release, Rollout};
 use kiln_rootfs::inroot::Root;
 use sha2::{Digest, Sha256};
 
@@ -137,6 +144,67 @@ pub fn read(
     Ok(Some((l, signed)))
 }
 
+/// The channel's rollout document, checked against the signed listing.
+fn read_rollout(root: &Root, d: &str, listing: &Listing) -> Result<Option<Rollout>, String> {
+    let Some(sha) = listing.files.get(rollout::FILE) else {
+        return Ok(None);
+    };
+    let rel = format!("{d}/{}", rollout::FILE);
+    no_links(root, &rel).map_err(|e| e.to_string())?;
+    let bytes = read_limited(root, &rel, rollout::MAX_SIZE as u64)
+        .map_err(|e| format!("{rel}: cannot read it: {e}"))?;
+    let have = hex::encode(Sha256::digest(&bytes));
+    if have != *sha {
+        return Err(format!(
+            "{rel}: sha256 {have}, but {LISTING} lists {sha} (changed after signing)"
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{rel} is not text"))?;
+    Rollout::parse(&text)
+        .map(Some)
+        .map_err(|e| format!("{rel}: {e}"))
+}
+
+/// Writes the rollout document and lists its hash (the caller signs).
+fn put_rollout(
+    root: &Root,
+    d: &str,
+    listing: &mut Listing,
+    r: &Rollout,
+) -> Result<(), PublishError> {
+    let text = r.render();
+    let sha = hex::encode(Sha256::digest(text.as_bytes()));
+    if listing.files.get(rollout::FILE) == Some(&sha) {
+        return Ok(());
+    }
+    let rel = format!("{d}/{}", rollout::FILE);
+    no_links(root, &rel)?;
+    root.write(&rel, text.as_bytes(), 0o644)
+        .map_err(PublishError::io(format!("writing {rel}")))?;
+    listing.files.insert(rollout::FILE.into(), sha);
+    Ok(())
+}
+
+/// Signs `listing` (best before `best_before`) and writes it with its
+/// signature: the listing first, so a reader in between finds them not
+/// matching and refuses (and tries again later), never a mix accepted.
+pub fn write_signed(
+    root: &Root,
+    channel: &str,
+    listing: &Listing,
+    key: &SigningKey,
+    now: i64,
+) -> Result<(), PublishError> {
+    let d = dir(channel);
+    let text = render(listing);
+    let sig = openpgp::detached_signature(key, text.as_bytes(), now.max(0) as u32);
+    root.write(format!("{d}/{LISTING}"), text.as_bytes(), 0o644)
+        .map_err(PublishError::io(format!("writing {d}/{LISTING}")))?;
+    root.write(format!("{d}/{SIGNATURE}"), &sig, 0o644)
+        .map_err(PublishError::io(format!("writing {d}/{SIGNATURE}")))?;
+    Ok(())
+}
+
 /// The date `valid_for` seconds after `now`, as `YYYY-MM-DD`.
 pub fn best_before(now: i64, valid_for: i64) -> String {
     crate::rfc3339(now + valid_for)[..10].to_string()
@@ -213,6 +281,7 @@ pub fn publish(
             versions.entry(n.into()).or_default().insert(v.into());
         }
     }
+    let mut rollout_doc = read_rollout(root, &d, &listing).map_err(tree_err)?;
     let mut pruned = Vec::new();
     let mut report = SysupdateReport {
         dir: d.clone(),
@@ -221,8 +290,27 @@ pub fn publish(
     for (image, vs) in &versions {
         let mut vs: Vec<&String> = vs.iter().collect();
         vs.sort_by(|a, b| kiln_model::sdversion::compare(a, b));
+        // A barrier release stays: machines older than it pass through it.
+        let barrier = |v: &str| {
+            rollout_doc
+                .as_ref()
+                .and_then(|r| r.find(image, v))
+                .is_some_and(|r| r.barrier)
+        };
         let cut = vs.len().saturating_sub(keep.max(1));
-        for v in &vs[..cut] {
+        let (mut gone_vs, mut kept) = (Vec::new(), Vec::new());
+        for (i, v) in vs.iter().enumerate() {
+            if i < cut && !barrier(v) {
+                gone_vs.push(*v);
+            } else {
+                kept.push(*v);
+            }
+        }
+        if let Some(r) = rollout_doc.as_mut() {
+            r.releases
+                .retain(|x| !(x.image == *image && gone_vs.contains(&&x.version)));
+        }
+        for v in &gone_vs {
             let gone: Vec<String> = listing
                 .files
                 .keys()
@@ -234,10 +322,12 @@ pub fn publish(
                 pruned.push(g);
             }
         }
-        report.versions.insert(
-            image.clone(),
-            vs[cut..].iter().map(|v| v.to_string()).collect(),
-        );
+        report
+            .versions
+            .insert(image.clone(), kept.iter().map(|v| v.to_string()).collect());
+    }
+    if let Some(r) = &rollout_doc {
+        put_rollout(root, &d, &mut listing, r)?;
     }
     let fresh = listing.best_before.as_deref().is_some_and(|b| {
         crate::parse_rfc3339(&format!("{b}T00:00:00Z")).is_some_and(|t| t - now > valid_for / 2)
@@ -251,14 +341,7 @@ pub fn publish(
     }
     listing.best_before = Some(best_before(now, valid_for));
     report.best_before = listing.best_before.clone().unwrap();
-    let text = render(&listing);
-    let sig = openpgp::detached_signature(key, text.as_bytes(), now.max(0) as u32);
-    // The listing, then its signature: a reader in between finds them not
-    // matching and refuses (and tries again later), never a mix accepted.
-    root.write(format!("{d}/{LISTING}"), text.as_bytes(), 0o644)
-        .map_err(PublishError::io(format!("writing {d}/{LISTING}")))?;
-    root.write(format!("{d}/{SIGNATURE}"), &sig, 0o644)
-        .map_err(PublishError::io(format!("writing {d}/{SIGNATURE}")))?;
+    write_signed(root, channel, &listing, key, now)?;
     progress(&format!(
         "signed {d}/{LISTING} (best before {})",
         report.best_before
@@ -269,6 +352,190 @@ pub fn publish(
     report.pruned = pruned;
     report.written = true;
     Ok(report)
+}
+
+/// What `kiln release` does to a version's entry in the rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// (Re)start its wave now.
+    Wave(rollout::Wave),
+    Pause,
+    Resume,
+}
+
+pub struct ReleaseRequest<'a> {
+    pub channel: &'a str,
+    pub image: &'a str,
+    pub version: &'a str,
+    pub action: Action,
+    /// Make it a barrier (Some(true)) or not (Some(false)); None keeps it.
+    pub barrier: Option<bool>,
+    pub key: &'a SigningKey,
+    pub now: i64,
+    pub valid_for: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReleaseReport {
+    pub dir: String,
+    pub release: Release,
+    /// Every release of the channel after this one.
+    pub rollout: Rollout,
+    pub best_before: String,
+}
+
+#[derive(Debug)]
+pub enum ReleaseError {
+    /// The request cannot be carried out as given: (problem, hint).
+    Usage(String, String),
+    Publish(PublishError),
+}
+
+impl From<PublishError> for ReleaseError {
+    fn from(e: PublishError) -> Self {
+        ReleaseError::Publish(e)
+    }
+}
+
+/// The channels a tree has (directories under `sysupdate/` with a listing).
+pub fn channels(root: &Root) -> Vec<String> {
+    let mut out: Vec<String> = root
+        .read_dir("sysupdate")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(n, _)| n.into_string().ok())
+        .filter(|c| !bad_name(c) && root.is_file(format!("sysupdate/{c}/{LISTING}")))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Enters, restarts, pauses or resumes a published version's release in
+/// the channel's rollout, and signs the listing again.
+pub fn release(root: &Root, req: &ReleaseRequest<'_>) -> Result<ReleaseReport, ReleaseError> {
+    let d = dir(req.channel);
+    let tree_err = |message: String| PublishError::Tree {
+        path: root.path().join(&d),
+        message,
+    };
+    if bad_name(req.channel) {
+        return Err(ReleaseError::Usage(
+            format!("`{}` is not a channel name", req.channel),
+            "channels are plain names such as stable or beta".into(),
+        ));
+    }
+    no_links(root, &format!("{d}/{LISTING}"))?;
+    let Some((mut listing, _)) = read(root, req.channel, &req.key.verifying_key())
+        .map_err(|m| tree_err(format!("{m}; release with the key that signed the channel")))?
+    else {
+        let have = channels(root);
+        return Err(ReleaseError::Usage(
+            format!(
+                "{} has no channel `{}` (it has {})",
+                root.path().display(),
+                req.channel,
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            ),
+            format!(
+                "publish the build into it first: kiln publish OUT --to file://{} --channel {}",
+                root.path().display(),
+                req.channel
+            ),
+        ));
+    };
+    let listed = listing
+        .files
+        .keys()
+        .any(|f| split_name(f) == Some((req.image, req.version)));
+    if !listed {
+        return Err(ReleaseError::Usage(
+            format!(
+                "{} {} is not published in channel {} (its SHA256SUMS does not list it)",
+                req.image, req.version, req.channel
+            ),
+            format!(
+                "publish it first: kiln publish OUT --to file://{} --channel {}",
+                root.path().display(),
+                req.channel
+            ),
+        ));
+    }
+    let mut doc = read_rollout(root, &d, &listing)
+        .map_err(tree_err)?
+        .unwrap_or_else(|| Rollout::new(req.channel));
+    if doc.channel != req.channel {
+        return Err(tree_err(format!(
+            "{d}/{} is the rollout of channel {}",
+            rollout::FILE,
+            doc.channel
+        ))
+        .into());
+    }
+    let now = req.now;
+    match (doc.find_mut(req.image, req.version), req.action) {
+        (Some(r), Action::Wave(w)) => {
+            (r.since, r.start, r.duration, r.paused) = (now, w.start, w.duration, false);
+        }
+        (Some(r), Action::Pause) => r.pause(now),
+        (Some(r), Action::Resume) => {
+            if !r.paused {
+                return Err(ReleaseError::Usage(
+                    format!("{} {} is not paused", req.image, req.version),
+                    "--resume goes on with a paused wave; --wave P%/DURATION starts it again"
+                        .into(),
+                ));
+            }
+            r.resume(now)
+        }
+        (None, Action::Wave(w)) => doc.releases.push(Release {
+            image: req.image.into(),
+            version: req.version.into(),
+            since: now,
+            start: w.start,
+            duration: w.duration,
+            paused: false,
+            barrier: false,
+        }),
+        (None, _) => {
+            return Err(ReleaseError::Usage(
+                format!(
+                "{} {} has not been released in channel {}: there is no wave to pause or resume",
+                req.image, req.version, req.channel
+            ),
+                "release it first with --wave P%/DURATION".into(),
+            ))
+        }
+    }
+    let r = doc.find_mut(req.image, req.version).unwrap();
+    if let Some(b) = req.barrier {
+        r.barrier = b;
+    }
+    let release = r.clone();
+    put_rollout(root, &d, &mut listing, &doc)?;
+    listing.best_before = Some(best_before(now, req.valid_for));
+    write_signed(root, req.channel, &listing, req.key, now)?;
+    Ok(ReleaseReport {
+        dir: d,
+        release,
+        rollout: doc,
+        best_before: listing.best_before.unwrap(),
+    })
+}
+
+/// The channel's rollout as signed (None when it has none).
+pub fn read_channel_rollout(
+    root: &Root,
+    channel: &str,
+    key: &VerifyingKey,
+) -> Result<Option<Rollout>, String> {
+    match read(root, channel, key)? {
+        Some((l, _)) => read_rollout(root, &dir(channel), &l),
+        None => Ok(None),
+    }
 }
 
 /// Checks a channel's sysupdate listing as a machine would: the signature,
@@ -293,6 +560,33 @@ pub fn verify(root: &Root, channel: &str, key: &VerifyingKey, now: i64) -> Vec<S
                 ));
             }
         }
+    }
+    match read_rollout(root, &d, &listing) {
+        Err(e) => problems.push(e),
+        Ok(Some(r)) => {
+            if r.channel != channel {
+                problems.push(format!(
+                    "{d}/{}: the rollout of channel {}",
+                    rollout::FILE,
+                    r.channel
+                ));
+            }
+            for x in &r.releases {
+                let listed = listing
+                    .files
+                    .keys()
+                    .any(|f| split_name(f) == Some((x.image.as_str(), x.version.as_str())));
+                if !listed {
+                    problems.push(format!(
+                        "{d}/{}: releases {} {}, which {LISTING} does not list",
+                        rollout::FILE,
+                        x.image,
+                        x.version
+                    ));
+                }
+            }
+        }
+        Ok(None) => {}
     }
     for (name, sha) in &listing.files {
         let rel = format!("{d}/{name}");
@@ -412,6 +706,104 @@ mod tests {
             .unwrap();
         let p = verify(&root, "stable", &vk, now);
         assert!(p[0].contains("does not match"), "{p:?}");
+    }
+
+    #[test]
+    fn releases_enter_the_signed_rollout_and_bad_ones_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let key = SigningKey::from_pem(PEM).unwrap();
+        let vk = key.verifying_key();
+        let now = 1_800_000_000;
+        let opts = crate::tree::TreeOptions {
+            channel: "stable",
+            key: &key,
+            valid_for: 86_400 * 10,
+            now,
+            base_url: None,
+            keep: 2,
+            progress: &|_| {},
+        };
+        for v in ["1", "2"] {
+            let p = payload(&root, &format!("img_{v}_x86-64.efi"), v.as_bytes());
+            publish(&root, &[p], &opts).unwrap();
+        }
+        let req = |version: &'static str, action: Action| ReleaseRequest {
+            channel: "stable",
+            image: "img",
+            version,
+            action,
+            barrier: None,
+            key: &key,
+            now,
+            valid_for: 86_400 * 10,
+        };
+        let wave = Action::Wave(rollout::parse_wave("10%/24h").unwrap());
+        // Published but not released: the channel has no rollout yet.
+        assert_eq!(read_channel_rollout(&root, "stable", &vk).unwrap(), None);
+        let r = release(&root, &req("2", wave)).unwrap();
+        assert_eq!((r.release.start, r.release.duration), (1000, 86_400));
+        let (l, _) = read(&root, "stable", &vk).unwrap().unwrap();
+        assert!(l.files.contains_key(rollout::FILE), "{l:?}");
+        assert!(verify(&root, "stable", &vk, now).is_empty());
+        let doc = read_channel_rollout(&root, "stable", &vk).unwrap().unwrap();
+        assert_eq!(doc.find("img", "2").unwrap().share(now + 43_200), 5500);
+        // Pause, resume, barrier.
+        release(&root, &req("2", Action::Pause)).unwrap();
+        let doc = read_channel_rollout(&root, "stable", &vk).unwrap().unwrap();
+        assert!(doc.find("img", "2").unwrap().paused);
+        let e = match release(&root, &req("1", Action::Resume)) {
+            Err(ReleaseError::Usage(m, _)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(e.contains("has not been released"), "{e}");
+        release(&root, &req("2", Action::Resume)).unwrap();
+        let mut b = req("1", Action::Wave(rollout::parse_wave("100%").unwrap()));
+        b.barrier = Some(true);
+        release(&root, &b).unwrap();
+        // A missing channel and an unpublished version name the fix.
+        let mut missing = req("2", wave);
+        missing.channel = "beta";
+        match release(&root, &missing) {
+            Err(ReleaseError::Usage(m, hint)) => {
+                assert!(m.contains("no channel `beta` (it has stable)"), "{m}");
+                assert!(hint.contains("kiln publish"), "{hint}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match release(&root, &req("7", wave)) {
+            Err(ReleaseError::Usage(m, _)) => assert!(m.contains("not published"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Pruning (keep 2) drops version 2's files and release, but keeps
+        // the barrier 1.
+        for v in ["3", "4"] {
+            let p = payload(&root, &format!("img_{v}_x86-64.efi"), v.as_bytes());
+            publish(&root, &[p], &opts).unwrap();
+        }
+        let doc = read_channel_rollout(&root, "stable", &vk).unwrap().unwrap();
+        assert!(doc.find("img", "1").is_some() && doc.find("img", "2").is_none());
+        assert!(root.exists("sysupdate/stable/img_1_x86-64.efi"));
+        assert!(!root.exists("sysupdate/stable/img_2_x86-64.efi"));
+        assert!(verify(&root, "stable", &vk, now).is_empty());
+        // A rollout changed after signing: verify and release refuse it.
+        let text = root.read_to_string("sysupdate/stable/ROLLOUT").unwrap();
+        root.write(
+            "sysupdate/stable/ROLLOUT",
+            text.replace("active", "paused").as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        let p = verify(&root, "stable", &vk, now);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("ROLLOUT") && m.contains("changed after signing")),
+            "{p:?}"
+        );
+        assert!(matches!(
+            release(&root, &req("4", wave)),
+            Err(ReleaseError::Publish(_))
+        ));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use kiln_model::Manifest;
 use serde::Serialize;
 
 /// The schema this Kiln writes and reads.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Each migration takes the schema from its index to the next version.
 const MIGRATIONS: &[&str] = &[
@@ -123,6 +123,23 @@ CREATE TABLE rebuild (
 );
 CREATE INDEX rebuild_image ON rebuild(image);
 CREATE INDEX rebuild_to ON rebuild(to_manifest);
+"#,
+    // `kiln release`: the staged rollout of each update channel, as last
+    // signed (a release's share is computed from these when read).
+    r#"
+CREATE TABLE rollout (
+    tree TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    image TEXT NOT NULL,
+    version TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    start_bp INTEGER NOT NULL,
+    duration INTEGER NOT NULL,
+    paused INTEGER NOT NULL,
+    barrier INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (tree, channel, image, version)
+);
 "#,
 ];
 
@@ -763,6 +780,78 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records a channel's whole rollout as `kiln release` signed it
+    /// (releases no longer in it leave the catalog).
+    pub fn record_rollout(
+        &mut self,
+        tree: &str,
+        r: &kiln_model::rollout::Rollout,
+    ) -> Result<(), CatalogError> {
+        let path = self.path.clone();
+        let db = db_err(&path);
+        let now = unix_now();
+        self.write(|conn| {
+            conn.exec(
+                "DELETE FROM rollout WHERE tree = ?1 AND channel = ?2",
+                args![tree, &r.channel],
+            )
+            .map_err(db)?;
+            for x in &r.releases {
+                conn.exec(
+                    "INSERT INTO rollout (tree, channel, image, version, since, start_bp, duration, paused, barrier, recorded_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    args![
+                        tree,
+                        &r.channel,
+                        &x.image,
+                        &x.version,
+                        x.since,
+                        x.start as i64,
+                        x.duration,
+                        x.paused as i64,
+                        x.barrier as i64,
+                        now
+                    ],
+                )
+                .map_err(db)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every recorded release: (image, version, its rollout).
+    pub fn rollouts(&self) -> Result<Vec<(String, String, FoundRollout)>, CatalogError> {
+        let db = db_err(&self.path);
+        let rows = self
+            .conn
+            .borrow_mut()
+            .query(
+                "SELECT tree, channel, image, version, since, start_bp, duration, paused, barrier, recorded_at \
+                 FROM rollout ORDER BY tree, channel, image, version",
+                &[],
+            )
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let rel = kiln_model::rollout::Release {
+                    image: r.t(2),
+                    version: r.t(3),
+                    since: r.i(4),
+                    start: r.i(5).clamp(0, 10_000) as u32,
+                    duration: r.i(6),
+                    paused: r.i(7) != 0,
+                    barrier: r.i(8) != 0,
+                };
+                (
+                    rel.image.clone(),
+                    rel.version.clone(),
+                    FoundRollout::of(r.t(0), r.t(1), &rel, r.i(9)),
+                )
+            })
+            .collect())
+    }
+
     /// Records what a watch pass found for the version whose manifest has
     /// this sha256 (replacing the last pass's finding).
     pub fn record_watch(
@@ -966,6 +1055,7 @@ impl Catalog {
                 publications: Vec::new(),
                 watch: None,
                 rebuild: None,
+                rollouts: Vec::new(),
             })
             .collect();
         let order_rows = match conn.dialect() {
@@ -1085,6 +1175,14 @@ impl Catalog {
         for r in self.rebuilds(None)?.into_iter().rev() {
             if let Some(&k) = r.to_manifest.as_ref().and_then(|m| by_sha.get(m)) {
                 found[k].rebuild = Some(r);
+            }
+        }
+        for (image, version, r) in self.rollouts()? {
+            for f in found
+                .iter_mut()
+                .filter(|f| f.image == image && f.version.as_deref() == Some(version.as_str()))
+            {
+                f.rollouts.push(r.clone());
             }
         }
         if q.package.is_some() {
@@ -1264,6 +1362,52 @@ pub struct Found {
     pub watch: Option<WatchState>,
     /// The `kiln watch --rebuild` that made this version, if one did.
     pub rebuild: Option<Rebuild>,
+    /// Its releases in update channels (`kiln release`).
+    pub rollouts: Vec<FoundRollout>,
+}
+
+/// A version's release in one update channel, as the catalog last
+/// recorded it, with its share computed when it was read.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FoundRollout {
+    pub tree: String,
+    pub channel: String,
+    /// `rolling`, `complete` or `paused`.
+    pub state: String,
+    /// Percent of machines admitted when read.
+    pub share: f64,
+    /// Percent admitted when the wave (re)started.
+    pub start: f64,
+    pub since: i64,
+    pub duration_seconds: i64,
+    /// When every machine is admitted (none while paused).
+    pub complete_at: Option<i64>,
+    pub barrier: bool,
+    pub recorded_at: i64,
+}
+
+impl FoundRollout {
+    fn of(
+        tree: String,
+        channel: String,
+        r: &kiln_model::rollout::Release,
+        recorded_at: i64,
+    ) -> Self {
+        let now = unix_now();
+        FoundRollout {
+            tree,
+            channel,
+            state: r.state(now).into(),
+            share: r.share(now) as f64 / 100.0,
+            start: r.start as f64 / 100.0,
+            since: r.since,
+            duration_seconds: r.duration,
+            complete_at: r.complete_at(),
+            barrier: r.barrier,
+            recorded_at,
+        }
+    }
 }
 
 /// What a `kiln watch` pass found for one image version.

@@ -67,7 +67,7 @@ pub fn split_name(file: &str) -> Option<(&str, &str)> {
 }
 
 /// A parsed listing: file → sha256, and the best-before date.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
     pub files: BTreeMap<String, String>,
     pub best_before: Option<String>,

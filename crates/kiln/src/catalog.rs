@@ -72,6 +72,23 @@ pub fn record_publication(
     }
 }
 
+/// Records a channel's rollout after `kiln release` signed it; a catalog
+/// that cannot be written is a warning (the channel is what machines read).
+pub fn record_rollout(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    tree: &str,
+    rollout: &kiln_model::rollout::Rollout,
+) {
+    let Some(path) = location(catalog) else {
+        return;
+    };
+    let r = Catalog::open(&path).and_then(|mut c| c.record_rollout(tree, rollout));
+    if let Err(e) = r {
+        ui.warn(&format!("the rollout is not in the catalog: {e}"));
+    }
+}
+
 /// Whether `dir` is a download tree (channels, no build manifest).
 pub fn is_tree(dir: &Path) -> bool {
     !dir.join(kiln_model::manifest::MANIFEST_FILE).exists() && dir.join("channels").is_dir()

@@ -28,6 +28,7 @@ mod diff;
 mod ls;
 mod publish;
 mod rebuild;
+mod release;
 mod shell;
 mod show;
 mod test;
@@ -207,6 +208,8 @@ enum Command {
     },
     /// Publish builds to download trees and registries, checked against their manifests first.
     Publish(publish::PublishArgs),
+    /// Roll a published [update] version out in its channel: a wave of machines growing over time, paused, resumed, or a barrier.
+    Release(release::ReleaseArgs),
     /// Test a disk image: static checks, then a boot in QEMU running the recipe's [[test]] commands.
     Test {
         /// A disk image (disk.raw or disk.qcow2), a build's output directory, or a recipe (its image and [[test]] entries).
@@ -509,6 +512,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => {
             publish::cmd_publish(&ui, cli.catalog.as_deref(), reporter, &args)
         }
+        Command::Release(args) => release::cmd_release(&ui, cli.catalog.as_deref(), &args),
         Command::Push {
             layout,
             reference,

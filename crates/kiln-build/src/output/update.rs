@@ -18,7 +18,12 @@
 //!   failed units and every `[[test]] health = true` check passes, or the
 //!   boot is not blessed (a counted boot reboots, and after its tries
 //!   systemd-boot is back on the previous version).
-//! - `kiln-update.service` + `.timer`: `systemd-sysupdate --reboot update`.
+//! - `kiln-update.service` + `.timer`: the update gate `/usr/lib/kiln/update`
+//!   fetches the channel's `SHA256SUMS`, checks its signature (gpgv, the
+//!   image's keyring) and its `BEST-BEFORE` date, reads the staged
+//!   `ROLLOUT` it lists (`kiln_model::rollout`) and, when this machine is
+//!   admitted to a newer release, runs `systemd-sysupdate --reboot update
+//!   VERSION`.
 //!
 //! Beside the disk, in `OUT/update/`: `NAME_VERSION_UUID.usr-ARCH.raw.xz`,
 //! `NAME_VERSION_UUID.usr-ARCH-verity.raw.xz` and `NAME_VERSION_ARCH.efi`,
@@ -152,7 +157,7 @@ pub fn image_files(s: &UpdateSpec) -> Vec<(String, Vec<u8>, u32)> {
     add(
         "usr/lib/systemd/system/kiln-update.service",
         format!(
-            "{HEADER}[Unit]\nDescription=Update {name} from its channel ({}) with systemd-sysupdate\nWants=network-online.target\nAfter=network-online.target boot-complete.target kiln-health.service\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/systemd/systemd-sysupdate --reboot update\nStandardOutput=journal+console\n",
+            "{HEADER}[Unit]\nDescription=Update {name} from its channel ({}) with systemd-sysupdate\nWants=network-online.target\nAfter=network-online.target boot-complete.target kiln-health.service\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/kiln/update\nStandardOutput=journal+console\n",
             s.update.channel
         ),
         0o644,
@@ -165,6 +170,11 @@ pub fn image_files(s: &UpdateSpec) -> Vec<(String, Vec<u8>, u32)> {
         0o644,
     );
     add("usr/lib/kiln/health", health_script(&s.health), 0o755);
+    add(
+        "usr/lib/kiln/update",
+        gate_script(name, &s.update.channel, &url),
+        0o755,
+    );
     for (i, t) in s.health.iter().enumerate() {
         let base = format!("usr/lib/kiln/health.d/{:02}", i + 1);
         add(&format!("{base}.name"), format!("{}\n", t.name), 0o644);
@@ -223,6 +233,121 @@ fi
 echo "kiln-health: $IMAGE_ID $IMAGE_VERSION is healthy ({n} checks)"
 "#,
         n = checks.len()
+    ));
+    s
+}
+
+/// The update gate: which release of the channel's staged rollout this
+/// machine is admitted to (the same rules as `kiln_model::rollout`, in
+/// POSIX shell with coreutils, curl, gpgv and systemd-analyze), then
+/// systemd-sysupdate for that version. `--dry-run` says what it would do.
+/// The `KILN_UPDATE_*` variables point it elsewhere (a test of the gate on
+/// a build host); the service's environment sets none of them.
+pub fn gate_script(name: &str, channel: &str, url: &str) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    s.push_str(HEADER);
+    s.push_str(&format!(
+        r#"# kiln-update: is this machine admitted to a newer release of its channel?
+# Every input is checked before it is used: the listing's signature with the
+# image's own key, its BEST-BEFORE date, the rollout's sha256 in the listing.
+set -u
+NAME='{name}'
+CHANNEL='{channel}'
+URL=${{KILN_UPDATE_URL:-'{url}'}}
+RING=${{KILN_UPDATE_KEYRING:-/usr/lib/systemd/import-pubring.gpg}}
+OS_RELEASE=${{KILN_UPDATE_OS_RELEASE:-/usr/lib/os-release}}
+MACHINE_ID=${{KILN_UPDATE_MACHINE_ID:-/etc/machine-id}}
+SYSUPDATE=${{KILN_UPDATE_SYSUPDATE:-/usr/lib/systemd/systemd-sysupdate}}
+now=${{KILN_UPDATE_NOW:-$(date -u +%s)}}
+dry=0
+[ "${{1:-}}" = --dry-run ] && dry=1
+say() {{ echo "kiln-update: $*"; }}
+refuse() {{ say "REFUSED: $*"; say "target none"; exit 1; }}
+w=$(mktemp -d) || exit 1
+trap 'rm -rf "$w"' EXIT
+get() {{ curl -fsSL --proto '=http,https,file' --connect-timeout 30 --max-time 300 --retry 3 --max-filesize 1048576 -o "$w/$1" "$URL$1"; }}
+get SHA256SUMS || refuse "cannot fetch ${{URL}}SHA256SUMS"
+get SHA256SUMS.gpg || refuse "cannot fetch ${{URL}}SHA256SUMS.gpg: an unsigned channel is not trusted"
+gpgv --homedir "$w" --keyring "$RING" "$w/SHA256SUMS.gpg" "$w/SHA256SUMS" > "$w/gpgv" 2>&1 ||
+    refuse "the signature of SHA256SUMS does not verify with the image's key: $(tr '\n' ' ' < "$w/gpgv")"
+best=$(sed -n 's/^[0-9a-f]\{{64\}}  BEST-BEFORE-\([0-9]\{{4\}}-[0-9][0-9]-[0-9][0-9]\)$/\1/p' "$w/SHA256SUMS" | head -n 1)
+[ -n "$best" ] || refuse "SHA256SUMS has no BEST-BEFORE entry: a stale listing could be replayed forever"
+today=$(date -u -d "@$now" +%Y%m%d)
+[ "$today" -lt "$(printf '%s' "$best" | tr -d -)" ] ||
+    refuse "SHA256SUMS expired on $best (BEST-BEFORE): the channel is stale, or an old listing is replayed"
+sum=$(awk '$2 == "ROLLOUT" {{ print $1; exit }}' "$w/SHA256SUMS")
+if [ -z "$sum" ]; then
+    say "channel $CHANNEL has no rollout: no release is offered yet (kiln release)"
+    say "target none"
+    exit 0
+fi
+get ROLLOUT || refuse "cannot fetch ${{URL}}ROLLOUT"
+[ "$(sha256sum < "$w/ROLLOUT" | cut -d ' ' -f 1)" = "$sum" ] ||
+    refuse "ROLLOUT does not match its sha256 in the signed SHA256SUMS: changed after signing"
+[ "$(head -n 1 "$w/ROLLOUT")" = "kiln-rollout 1 $CHANNEL" ] ||
+    refuse "ROLLOUT is not the rollout (format 1) of channel $CHANNEL"
+cur=$(. "$OS_RELEASE" && printf '%s' "${{IMAGE_VERSION:-}}")
+[ -n "$cur" ] || refuse "$OS_RELEASE has no IMAGE_VERSION"
+mid=$(cat "$MACHINE_ID" 2>/dev/null)
+case "$mid" in
+    ????????????????????????????????) ;;
+    *) refuse "no machine id in $MACHINE_ID" ;;
+esac
+case "$mid" in *[!0-9a-f]*) refuse "the machine id in $MACHINE_ID is not 32 hex digits" ;; esac
+h=$(printf '%s:%s' "$mid" "$CHANNEL" | sha256sum | cut -c 1-8)
+place=$(( (0x$h * 10000) >> 32 ))
+gt() {{ systemd-analyze compare-versions "$1" gt "$2" > /dev/null 2>&1; }}
+pct() {{ printf '%d.%02d%%' $(($1 / 100)) $(($1 % 100)); }}
+# Each release line: release IMAGE VERSION SINCE START DURATION STATE BARRIER
+ok_line() {{
+    case "$ver" in ''|*[!A-Za-z0-9.~^+-]*) return 1 ;; esac
+    case "$since$start$dur" in ''|*[!0-9]*) return 1 ;; esac
+    [ "$start" -le 10000 ] || return 1
+    case "$state $bar" in "active -"|"active barrier"|"paused -"|"paused barrier") return 0 ;; esac
+    return 1
+}}
+barrier=
+while read -r kind img ver since start dur state bar rest; do
+    [ "$kind" = release ] && [ "$img" = "$NAME" ] || continue
+    ok_line && [ -z "$rest" ] || refuse "ROLLOUT has a malformed line: $kind $img $ver"
+    gt "$ver" "$cur" || continue
+    if [ "$bar" = barrier ] && {{ [ -z "$barrier" ] || gt "$barrier" "$ver"; }}; then barrier=$ver; fi
+done < "$w/ROLLOUT"
+target=
+while read -r kind img ver since start dur state bar rest; do
+    [ "$kind" = release ] && [ "$img" = "$NAME" ] || continue
+    gt "$ver" "$cur" || continue
+    if [ -n "$barrier" ] && gt "$ver" "$barrier"; then
+        say "$ver: waits for the barrier release $barrier"
+        continue
+    fi
+    if [ "$state" = paused ]; then
+        share=0
+    elif [ "$dur" -eq 0 ]; then
+        share=10000
+    else
+        el=$((now - since))
+        [ "$el" -lt 0 ] && el=0
+        [ "$el" -gt "$dur" ] && el=$dur
+        share=$((start + (10000 - start) * el / dur))
+    fi
+    if [ "$place" -lt "$share" ]; then
+        say "$ver: admitted (wave at $(pct "$share"), this machine at $(pct "$place"))"
+        if [ -z "$target" ] || gt "$ver" "$target"; then target=$ver; fi
+    else
+        say "$ver: not admitted yet (wave at $(pct "$share") $state, this machine at $(pct "$place"))"
+    fi
+done < "$w/ROLLOUT"
+if [ -z "$target" ]; then
+    say "$NAME $cur: no newer release of channel $CHANNEL admits this machine yet"
+    say "target none"
+    exit 0
+fi
+say "$NAME $cur: updating to $target (channel $CHANNEL)"
+say "target $target"
+[ "$dry" = 1 ] && exit 0
+exec "$SYSUPDATE" --reboot update "$target"
+"#
     ));
     s
 }

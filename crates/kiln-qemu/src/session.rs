@@ -24,6 +24,8 @@ pub struct Session<'a> {
     pub cpus: u32,
     pub timeout: u64,
     pub cancel: Option<&'a Cancel>,
+    /// More QEMU arguments (e.g. `-smbios type=11,…` credentials).
+    pub extra: &'a [String],
 }
 
 /// What the watcher makes of the console so far.
@@ -55,6 +57,7 @@ pub fn run_session(
         },
     )?;
     let _ = std::fs::remove_file(s.console);
+    c.args(s.extra);
     c.args(["-display", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", s.console.display()))

@@ -29,6 +29,19 @@ mod ls;
 mod publish;
 mod rebuild;
 mod release;
+
+/// `--machine-id`: 32 lowercase hex digits, as /etc/machine-id holds.
+fn parse_machine_id(s: &str) -> Result<String, String> {
+    if s.len() == 32
+        && s.bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        && s.bytes().any(|c| c != b'0')
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` is not a machine id: 32 lowercase hex digits, not all zero (as /etc/machine-id holds)"))
+    }
+}
 mod shell;
 mod show;
 mod test;
@@ -229,6 +242,18 @@ enum Command {
             conflicts_with = "expect_rollback"
         )]
         channel_fault: Option<upgrade::Fault>,
+        /// With --upgrade: release NEW in the served channel with this wave (P%/DURATION, as kiln release takes it; default 100%).
+        #[arg(long, value_name = "P%/DURATION", value_parser = kiln_model::rollout::parse_wave, requires = "upgrade")]
+        wave: Option<kiln_model::rollout::Wave>,
+        /// With --upgrade: the machine's id (32 hex digits, given to systemd as a credential), which places it in the wave.
+        #[arg(long, value_name = "ID", value_parser = parse_machine_id, requires = "upgrade")]
+        machine_id: Option<String>,
+        /// With --upgrade: pass when the wave does not admit the machine and it stays on OLD.
+        #[arg(long, requires = "upgrade", conflicts_with_all = ["expect_rollback", "channel_fault"])]
+        expect_held: bool,
+        /// With --upgrade (a test aid): the server goes away midway through the first payload download; passes when the next attempt completes the update.
+        #[arg(long, requires = "upgrade", conflicts_with_all = ["expect_rollback", "channel_fault", "expect_held"])]
+        cut_download: bool,
         /// With --upgrade: the key the images were built with; it signs the channel served to the machine.
         #[arg(
             long,
@@ -528,6 +553,10 @@ fn main() -> ExitCode {
             upgrade,
             expect_rollback,
             channel_fault,
+            wave,
+            machine_id,
+            expect_held,
+            cut_download,
             sign_key,
             timeout,
             memory,
@@ -543,6 +572,10 @@ fn main() -> ExitCode {
                 new: upgrade[1].clone(),
                 expect_rollback,
                 fault: channel_fault,
+                wave,
+                machine_id,
+                expect_held,
+                cut_download,
                 sign_key,
                 timeout,
                 memory,

@@ -34,6 +34,14 @@ pub struct UpgradeArgs {
     /// Break the served channel this way; passes when the machine refuses it.
     pub fault: Option<Fault>,
     pub sign_key: Option<PathBuf>,
+    /// NEW's release in the served channel (default: every machine).
+    pub wave: Option<kiln_model::rollout::Wave>,
+    /// The machine's id (32 hex digits), which places it in the wave.
+    pub machine_id: Option<String>,
+    /// Pass when the machine is not admitted by the wave and stays on OLD.
+    pub expect_held: bool,
+    /// Cut the first payload download midway; the next attempt must complete.
+    pub cut_download: bool,
     pub timeout: u64,
     pub memory: u32,
     pub cpus: u32,
@@ -52,6 +60,11 @@ pub enum Fault {
     Signature,
     /// No SHA256SUMS.gpg.
     Unsigned,
+    /// SHA256SUMS signed, but with a BEST-BEFORE date already past (a
+    /// replayed old listing).
+    Expired,
+    /// A byte of the signed ROLLOUT changed.
+    Rollout,
 }
 
 /// What the session is to show.
@@ -60,6 +73,8 @@ pub enum Mode {
     Update,
     Rollback,
     Refusal,
+    /// Not admitted by the wave: stays on OLD.
+    Held,
 }
 
 /// The console file the session is kept in, in NEW's directory.
@@ -156,7 +171,12 @@ if [ "$IMAGE_VERSION" = "$OLD" ] && [ ! -e /var/lib/kiln-upgrade/updated ]; then
   say "KILN-U updating"
   systemctl start kiln-update.service
   sleep 20
-  say "KILN-U no-reboot $(journalctl -b -u kiln-update.service --no-pager -o cat 2>&1 | tail -n 30 | b64)"
+  # Still here: the attempt failed or offered nothing; the next one (what
+  # the timer's next run would do) completes an interrupted download.
+  say "KILN-U attempt-failed $(journalctl -b -u kiln-update.service --no-pager -o cat 2>&1 | tail -n 30 | b64)"
+  systemctl start kiln-update.service
+  sleep 20
+  say "KILN-U no-reboot $(journalctl -b -u kiln-update.service --no-pager -o cat 2>&1 | tail -n 40 | b64)"
   report
 elif [ "$IMAGE_VERSION" = "$NEW" ] && [ "$ROLLBACK" = 1 ]; then
   say "KILN-U waiting for the health gate to leave $NEW"
@@ -182,6 +202,8 @@ pub struct BootLine {
 pub struct Seen {
     pub boots: Vec<BootLine>,
     pub updating: bool,
+    /// The first attempt did not reboot: what kiln-update.service said.
+    pub attempt_failed: Option<String>,
     pub no_reboot: Option<String>,
     pub list: Option<String>,
     pub esp: Option<String>,
@@ -241,6 +263,7 @@ pub fn parse(console: &str) -> Seen {
                 });
             }
             "updating" => s.updating = true,
+            "attempt-failed" => s.attempt_failed = Some(unb64(arg)),
             "no-reboot" => s.no_reboot = Some(unb64(arg)),
             "list" => s.list = Some(unb64(arg)),
             "esp" => s.esp = Some(arg.to_string()),
@@ -284,7 +307,7 @@ pub fn installed(list: &str) -> Vec<(String, String)> {
 pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String, String>> {
     // Undecided until the runner's end, except that a failed update ends
     // an update or rollback test at once.
-    let failed_early = s.no_reboot.is_some() && mode != Mode::Refusal;
+    let failed_early = s.no_reboot.is_some() && !matches!(mode, Mode::Refusal | Mode::Held);
     if !s.ended && !failed_early {
         return None;
     }
@@ -294,6 +317,26 @@ pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String
     let seq = versions.join(" → ");
     let last = versions.last().copied();
     let ran_new = versions.contains(&new);
+    if mode == Mode::Held {
+        return Some(match &s.no_reboot {
+            Some(log)
+                if !ran_new
+                    && versions.iter().all(|v| *v == old)
+                    && log.contains("kiln-update: target none")
+                    && !log.contains("REFUSED") =>
+            {
+                Ok(format!(
+                    "boots: {seq}; the wave does not admit this machine yet and it stays on {old}; its update gate said:\n{log}"
+                ))
+            }
+            Some(log) => Err(format!(
+                "boots: {seq}; the machine was to be held back by the wave on {old}; its update gate said:\n{log}"
+            )),
+            None => Err(format!(
+                "boots: {seq}; the machine was to be held back by the wave, but it updated"
+            )),
+        });
+    }
     if mode == Mode::Refusal {
         return Some(match &s.no_reboot {
             Some(log) if !ran_new && versions.iter().all(|v| *v == old) => Ok(format!(
@@ -356,8 +399,15 @@ pub fn judge(s: &Seen, old: &str, new: &str, mode: Mode) -> Option<Result<String
     })
 }
 
-/// Breaks the signed channel in `dir` the way `f` says.
-fn break_channel(dir: &Path, f: Fault) -> Result<()> {
+/// Breaks the signed channel in `dir` (channel `channel` of `tree`) the way
+/// `f` says.
+fn break_channel(
+    tree: &Path,
+    channel: &str,
+    dir: &Path,
+    f: Fault,
+    key: &kiln_attest::SigningKey,
+) -> Result<()> {
     let flip = |p: &Path, at: usize| -> Result<()> {
         let mut b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         let i = at.min(b.len().saturating_sub(1));
@@ -383,6 +433,27 @@ fn break_channel(dir: &Path, f: Fault) -> Result<()> {
             flip(&sig, len - 5)?;
         }
         Fault::Unsigned => std::fs::remove_file(dir.join(kiln_publish::sysupdate::SIGNATURE))?,
+        Fault::Rollout => {
+            let p = dir.join(kiln_model::rollout::FILE);
+            let len = std::fs::metadata(&p)?.len() as usize;
+            flip(&p, len - 3)?;
+        }
+        Fault::Expired => {
+            // Properly signed, but its BEST-BEFORE day is today: what an
+            // attacker replaying a listing of last month would serve.
+            let text = std::fs::read_to_string(dir.join(kiln_publish::sysupdate::LISTING))?;
+            let mut l =
+                kiln_publish::sysupdate::parse_listing(&text).map_err(|e| anyhow::anyhow!(e))?;
+            let now = kiln_publish::unix_now();
+            l.best_before = Some(kiln_publish::sysupdate::best_before(now, 0));
+            kiln_publish::sysupdate::write_signed(
+                &Root::open(tree)?,
+                channel,
+                &l,
+                key,
+                now - 40 * 86_400,
+            )?;
+        }
     }
     Ok(())
 }
@@ -390,6 +461,8 @@ fn break_channel(dir: &Path, f: Fault) -> Result<()> {
 /// A static server for the tree, on loopback: GET and HEAD, plain file
 /// names only, nothing followed out of the tree.
 struct Server {
+    /// Payload downloads cut midway so far.
+    cuts: Arc<std::sync::atomic::AtomicU32>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -403,7 +476,10 @@ impl Drop for Server {
     }
 }
 
-fn serve(tree: &Path, port: u16, prefix: String) -> Result<Server> {
+/// With `cut`, the first GET of a payload (`*.raw.xz`) gets its headers
+/// and half its bytes, then the connection is closed: the server going
+/// away mid-download.
+fn serve(tree: &Path, port: u16, prefix: String, cut: bool) -> Result<Server> {
     let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
         Usage::new(
             format!("cannot listen on 127.0.0.1:{port} for the update channel: {e}"),
@@ -413,15 +489,18 @@ fn serve(tree: &Path, port: u16, prefix: String) -> Result<Server> {
     listener.set_nonblocking(true)?;
     let root = Arc::new(Root::open(tree)?);
     let stop = Arc::new(AtomicBool::new(false));
+    let cuts = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let s = stop.clone();
+    let c = cuts.clone();
     let thread = std::thread::spawn(move || {
         while !s.load(Ordering::SeqCst) {
             match listener.accept() {
                 Ok((conn, _)) => {
                     let root = root.clone();
                     let prefix = prefix.clone();
+                    let cuts = c.clone();
                     std::thread::spawn(move || {
-                        let _ = answer(conn, &root, &prefix);
+                        let _ = answer(conn, &root, &prefix, cut.then_some(&*cuts));
                     });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -429,12 +508,18 @@ fn serve(tree: &Path, port: u16, prefix: String) -> Result<Server> {
         }
     });
     Ok(Server {
+        cuts,
         stop,
         thread: Some(thread),
     })
 }
 
-fn answer(conn: TcpStream, root: &Root, prefix: &str) -> std::io::Result<()> {
+fn answer(
+    conn: TcpStream,
+    root: &Root,
+    prefix: &str,
+    cuts: Option<&std::sync::atomic::AtomicU32>,
+) -> std::io::Result<()> {
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
@@ -475,6 +560,17 @@ fn answer(conn: TcpStream, root: &Root, prefix: &str) -> std::io::Result<()> {
         "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
     )?;
     if method == "GET" {
+        let payload = rel.as_deref().is_some_and(|r| r.ends_with(".raw.xz"));
+        if let Some(c) = cuts.filter(|_| payload) {
+            if c.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                std::io::copy(&mut (&mut f).take(len / 2), &mut w)?;
+                w.flush()?;
+                // Gone: no more bytes, the connection closed.
+                return w.shutdown(std::net::Shutdown::Both);
+            }
+        }
         std::io::copy(&mut f, &mut w)?;
     }
     w.flush()
@@ -581,19 +677,61 @@ pub fn cmd_upgrade(
         .as_ref()
         .map(|s| s.dir.clone())
         .unwrap_or_default();
-    let mode = match (a.expect_rollback, a.fault) {
-        (_, Some(f)) => {
-            break_channel(&tree.join(&listing), f)?;
+    // NEW enters the served channel's rollout with the wave asked for.
+    let wave = a.wave.unwrap_or(kiln_model::rollout::Wave {
+        start: kiln_model::rollout::ALL,
+        duration: 0,
+    });
+    let released = kiln_publish::sysupdate::release(
+        &Root::open(&tree)?,
+        &kiln_publish::sysupdate::ReleaseRequest {
+            channel: &new.update.channel,
+            image: &new.manifest.image,
+            version: nv,
+            action: kiln_publish::sysupdate::Action::Wave(wave),
+            barrier: None,
+            key: &key,
+            now: kiln_publish::unix_now(),
+            valid_for: 7 * 86_400,
+        },
+    )
+    .map_err(|e| match e {
+        kiln_publish::sysupdate::ReleaseError::Usage(m, h) => anyhow::Error::from(Usage::new(m, h)),
+        kiln_publish::sysupdate::ReleaseError::Publish(p) => p.into(),
+    })?;
+    let place = a
+        .machine_id
+        .as_deref()
+        .map(|m| kiln_model::rollout::place(m, &new.update.channel));
+    ui.status(
+        "Released",
+        &format!(
+            "{nv} to {} of machines{}",
+            kiln_model::rollout::percent(released.release.start),
+            match place {
+                Some(p) => format!(
+                    "; this machine ({}) is at {}",
+                    a.machine_id.as_deref().unwrap_or(""),
+                    kiln_model::rollout::percent(p)
+                ),
+                None => String::new(),
+            }
+        ),
+    );
+    let mode = match (a.expect_rollback, a.fault, a.expect_held) {
+        (_, Some(f), _) => {
+            break_channel(&tree, &new.update.channel, &tree.join(&listing), f, &key)?;
             ui.status(
                 "Broken",
                 &format!("the served channel: {f:?} changed after signing"),
             );
             Mode::Refusal
         }
-        (true, None) => Mode::Rollback,
-        (false, None) => Mode::Update,
+        (true, None, _) => Mode::Rollback,
+        (false, None, true) => Mode::Held,
+        (false, None, false) => Mode::Update,
     };
-    let _server = serve(&tree, port, prefix.clone())?;
+    let server = serve(&tree, port, prefix.clone(), a.cut_download)?;
     ui.status(
         "Serving",
         &format!("{nv} at http://10.0.2.2:{port}{prefix}{listing}/ (127.0.0.1:{port} here)"),
@@ -628,6 +766,14 @@ pub fn cmd_upgrade(
             }
         ),
     );
+    // systemd takes the machine id from this credential on first boot.
+    let extra: Vec<String> = match &a.machine_id {
+        Some(m) => vec![
+            "-smbios".into(),
+            format!("type=11,value=io.systemd.credential:system.machine_id={m}"),
+        ],
+        None => Vec::new(),
+    };
     let mut shown = 0;
     let started = std::time::Instant::now();
     // Seconds into the session: the update started, the new version runs.
@@ -643,6 +789,7 @@ pub fn cmd_upgrade(
             cpus: a.cpus,
             timeout: a.timeout,
             cancel: Some(cancel),
+            extra: &extra,
         },
         reporter,
         &mut |text| {
@@ -680,12 +827,28 @@ pub fn cmd_upgrade(
     )?;
     let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).to_string();
     let seen = parse(&text);
+    let cuts = server.cuts.load(Ordering::SeqCst);
+    drop(server);
     let outcome = match (&verdict, judge(&seen, ov, nv, mode)) {
         (kiln_qemu::Watch::Done, Some(Ok(m))) => Ok(m),
         (kiln_qemu::Watch::Failed(e), _) => Err(e.clone()),
         (_, Some(Err(e))) => Err(e),
         _ => Err("the session ended undecided".to_string()),
-    };
+    }
+    .and_then(|m| {
+        if !a.cut_download {
+            return Ok(m);
+        }
+        match (&seen.attempt_failed, cuts) {
+            (Some(log), _) if cuts > 0 => Ok(format!(
+                "{m}; the first download was cut midway and refused, the next attempt completed (the first attempt said:\n{log})"
+            )),
+            (Some(_), _) | (None, 0) => Err(format!("{m}; but no payload download was cut")),
+            (None, _) => Err(format!(
+                "{m}; but the cut download did not make the first attempt fail"
+            )),
+        }
+    });
     if a.json {
         outln!(
             "{}",
@@ -695,6 +858,16 @@ pub fn cmd_upgrade(
                 "new": nv,
                 "expect-rollback": a.expect_rollback,
                 "channel-fault": a.fault.map(|f| format!("{f:?}").to_lowercase()),
+                "expect-held": a.expect_held,
+                "wave": {
+                    "start": wave.start as f64 / 100.0,
+                    "duration-seconds": wave.duration,
+                },
+                "machine-id": a.machine_id,
+                "place": place.map(|p| p as f64 / 100.0),
+                "cut-download": a.cut_download,
+                "downloads-cut": cuts,
+                "first-attempt-failed": seen.attempt_failed.is_some(),
                 "passed": outcome.is_ok(),
                 "message": match &outcome { Ok(m) | Err(m) => m },
                 "versions": seen.versions(),
@@ -739,7 +912,7 @@ mod tests {
 
     #[test]
     fn the_runner_is_valid_shell() {
-        for mode in [Mode::Update, Mode::Rollback, Mode::Refusal] {
+        for mode in [Mode::Update, Mode::Rollback, Mode::Refusal, Mode::Held] {
             let d = tempfile::tempdir().unwrap();
             let f = d.path().join("runner");
             let text = runner("1", "2", mode);
@@ -811,6 +984,30 @@ mod tests {
         assert!(judge(&parse(&refused), "1", "2", Mode::Refusal)
             .unwrap()
             .is_ok());
+        // Held back by the wave: stays on OLD, the gate said so (and
+        // refused nothing).
+        let gate = |said: &str| {
+            format!(
+                "kiln: running img 1\nKILN-U boot 1 version 1 state running health active\nKILN-U updating\nKILN-U attempt-failed {}\nKILN-U no-reboot {}\nKILN-U end\n",
+                base64::engine::general_purpose::STANDARD.encode(said),
+                base64::engine::general_purpose::STANDARD.encode(said)
+            )
+        };
+        let held = gate("kiln-update: 2: not admitted yet (wave at 50.00% active, this machine at 71.20%)\nkiln-update: target none\n");
+        let s = parse(&held);
+        assert!(s.attempt_failed.is_some());
+        assert!(judge(&s, "1", "2", Mode::Held).unwrap().is_ok());
+        let refused_gate = gate(
+            "kiln-update: REFUSED: SHA256SUMS expired on 2026-12-07\nkiln-update: target none\n",
+        );
+        assert!(judge(&parse(&refused_gate), "1", "2", Mode::Held)
+            .unwrap()
+            .is_err());
+        assert!(judge(&parse(&refused_gate), "1", "2", Mode::Refusal)
+            .unwrap()
+            .is_ok());
+        // An updated machine is not held.
+        assert!(judge(&parse(&c), "1", "2", Mode::Held).unwrap().is_err());
         assert_eq!(
             loopback_port("http://10.0.2.2:8470/"),
             Some((8470, "/".into()))

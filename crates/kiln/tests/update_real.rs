@@ -214,9 +214,140 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
     );
     std::fs::rename(&copy, &tampered).unwrap();
 
-    // 1 updates itself to 2 and keeps 1 as its fallback.
-    let v = upgrade(&out, "v1", "v2", &key, &["--timeout", "1500"]);
+    // `kiln release`: version 2 enters the channel's signed rollout with
+    // a wave; the catalog and `kiln find` show it.
+    let catalog = dir.join("catalog.db");
+    let c = catalog.to_str().unwrap();
+    let o = kiln(
+        &[
+            "--catalog",
+            c,
+            "catalog",
+            "import",
+            out.join("v2").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let release = |extra: &[&str]| {
+        let mut a = vec![
+            "--catalog",
+            c,
+            "release",
+            out.join("v2").to_str().unwrap().to_string().leak(),
+            "--to",
+            format!("file://{}", tree.display()).leak(),
+            "--sign-key",
+            key.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        kiln(&a, &[])
+    };
+    let o = release(&["--wave", "10%/24h", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = json_of(&o);
+    assert_matches_schema("release", &r);
+    let rel = &r["trees"][0]["release"];
+    assert_eq!(
+        (rel["state"].as_str(), rel["start"].as_f64()),
+        (Some("rolling"), Some(10.0)),
+        "{r}"
+    );
+    let listing = std::fs::read_to_string(su.join("SHA256SUMS")).unwrap();
+    assert!(listing.contains("  ROLLOUT\n"), "{listing}");
+    let o = verify(&tree);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = kiln(&["--catalog", c, "find", "--json"], &[]);
+    let f = json_of(&o);
+    assert_matches_schema("find", &f);
+    let ro = &f["images"][0]["rollouts"][0];
+    assert_eq!(
+        (ro["channel"].as_str(), ro["state"].as_str()),
+        (Some("stable"), Some("rolling")),
+        "{f}"
+    );
+    assert!(ro["share"].as_f64().unwrap() >= 10.0, "{f}");
+    let o = release(&["--pause", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json_of(&o)["trees"][0]["release"]["state"], "paused");
+    let f = json_of(&kiln(&["--catalog", c, "find", "--json"], &[]));
+    assert_eq!(f["images"][0]["rollouts"][0]["share"], 0.0, "{f}");
+    // Bad releases: a wave over 100%, a channel the tree does not have,
+    // a version never published there; each names the fix.
+    for (extra, want) in [
+        (vec!["--wave", "150%/1h"], "more than 100%"),
+        (vec!["--wave", "10%"], "needs the time"),
+        (
+            vec!["--wave", "10%/1h", "--channel", "beta"],
+            "no channel `beta` (it has stable)",
+        ),
+    ] {
+        let o = release(&extra);
+        assert_eq!(o.status.code(), Some(64), "{want}: {}", text(&o));
+        assert!(text(&o).contains(want), "{}", text(&o));
+    }
+    let o = kiln(
+        &[
+            "release",
+            out.join("v3").to_str().unwrap(),
+            "--to",
+            &format!("file://{}", tree.display()),
+            "--wave",
+            "100%",
+            "--sign-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        text(&o).contains("not published in channel stable") && text(&o).contains("kiln publish"),
+        "{}",
+        text(&o)
+    );
+
+    // Two machines and a 50% wave: the one whose machine id falls below
+    // it updates (and its first download is cut midway by the server going
+    // away; the next attempt completes), the other stays on 1.
+    let id = |below: bool| {
+        (0u32..)
+            .map(|i| format!("{:08x}{}", i, "5eed".repeat(6)))
+            .find(|m| {
+                let p = kiln_model::rollout::place(m, "stable");
+                if below {
+                    p < 4900
+                } else {
+                    p >= 5200
+                }
+            })
+            .unwrap()
+    };
+    let (admitted, held) = (id(true), id(false));
+    let v = upgrade(
+        &out,
+        "v1",
+        "v2",
+        &key,
+        &[
+            "--wave",
+            "50%/1w",
+            "--machine-id",
+            &admitted,
+            "--cut-download",
+            "--timeout",
+            "1800",
+        ],
+    );
     assert_eq!(versions_of(&v), ["1", "2"], "{v}");
+    assert_eq!(
+        (
+            v["downloads-cut"].as_u64(),
+            v["first-attempt-failed"].as_bool()
+        ),
+        (Some(1), Some(true)),
+        "{v}"
+    );
+    assert!(v["place"].as_f64().unwrap() < 49.0, "{v}");
     // Readable without Kiln: the image's own line on every boot.
     let console = std::fs::read_to_string(out.join("v2/upgrade.console.log")).unwrap();
     let a = console
@@ -235,9 +366,40 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
         "the kernel did not report the corrupted block"
     );
 
+    let v = upgrade(
+        &out,
+        "v1",
+        "v2",
+        &key,
+        &[
+            "--wave",
+            "50%/1w",
+            "--machine-id",
+            &held,
+            "--expect-held",
+            "--timeout",
+            "1200",
+        ],
+    );
+    assert_eq!(versions_of(&v), ["1"], "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("not admitted yet") && msg.contains("target none"),
+        "{msg}"
+    );
+    let console = std::fs::read_to_string(out.join("v2/upgrade.console.log")).unwrap();
+    // systemd took the machine id from the credential: the gate placed it.
+    assert!(v["place"].as_f64().unwrap() >= 52.0, "{v}");
+    assert!(
+        console.contains("this machine at"),
+        "the gate did not say where the machine is"
+    );
+
     // A channel changed after signing is refused on the machine: the
-    // payload's hash, or the signature, no longer match.
+    // payload's hash, or the signature, no longer match; a properly signed
+    // listing past its BEST-BEFORE day (a replay) is refused too.
     for (fault, wants) in [
+        ("expired", ["expired on", "best-before", "replayed"]),
         ("payload", ["checksum", "sha256", "tampered"]),
         (
             "signature",

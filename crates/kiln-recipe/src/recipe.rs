@@ -65,6 +65,7 @@ struct UpdateLayer {
     url: Option<Spanned<String>>,
     channel: Option<Spanned<String>>,
     tries: Option<u32>,
+    wave: Option<Spanned<String>>,
 }
 
 /// `[update]`: an immutable image that updates itself with
@@ -80,6 +81,10 @@ pub struct Update {
     /// Boots a new version gets to reach `boot-complete.target` before
     /// systemd-boot goes back to the previous one (default 3).
     pub tries: u32,
+    /// The wave `kiln watch --rebuild` releases a rebuilt version with
+    /// (`P%/DURATION`; none: every machine at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<String>,
 }
 
 /// Whether `v` can be an image version: what systemd-sysupdate's `@v`
@@ -735,6 +740,7 @@ struct UpdateAt {
     url: Option<At<String>>,
     channel: Option<At<String>>,
     tries: Option<u32>,
+    wave: Option<At<String>>,
     /// Where the table was first seen (for errors about the whole table).
     seen: Option<PathBuf>,
 }
@@ -904,6 +910,7 @@ impl Merged {
                 url: u.url.map(at),
                 channel: u.channel.map(at),
                 tries: u.tries,
+                wave: u.wave.map(at),
                 seen: Some(path.to_path_buf()),
             },
         };
@@ -971,7 +978,7 @@ impl Merged {
             macro_rules! later {
                 ($($f:ident),*) => { $( if b.$f.is_some() { a.$f = b.$f; } )* };
             }
-            later!(url, channel, tries, seen);
+            later!(url, channel, tries, wave, seen);
         }
         for t in o.tests {
             match self.tests.iter_mut().find(|x| x.name == t.name) {
@@ -1383,10 +1390,26 @@ fn finish_update(
             ));
         }
     }
+    let wave = match &u.wave {
+        None => None,
+        Some(w) => {
+            kiln_model::rollout::parse_wave(&w.value).map_err(|e| {
+                w.err(
+                    format!("invalid [update] wave: {e}"),
+                    Some(
+                        "e.g. wave = \"10%/24h\" (10% of machines at once, every machine in a day)"
+                            .into(),
+                    ),
+                )
+            })?;
+            Some(w.value.clone())
+        }
+    };
     Ok(Some(Update {
         url: format!("{v}/"),
         channel,
         tries,
+        wave,
     }))
 }
 
@@ -1685,8 +1708,17 @@ mod tests {
         let r = Recipe::load(&p).unwrap();
         let u = r.update.unwrap();
         assert_eq!(u.url, "http://10.0.2.2:8470/");
-        assert_eq!((u.channel.as_str(), u.tries), ("stable", 3));
+        assert_eq!((u.channel.as_str(), u.tries, u.wave), ("stable", 3, None));
         assert!(r.tests[0].health);
+        let p = write(
+            d.path(),
+            "wave.toml",
+            &format!("{base}[update]\nurl = \"http://x/\"\nwave = \"10%/24h\"\n"),
+        );
+        assert_eq!(
+            Recipe::load(&p).unwrap().update.unwrap().wave.as_deref(),
+            Some("10%/24h")
+        );
         for (name, text, want) in [
             (
                 "b.toml",
@@ -1707,6 +1739,11 @@ mod tests {
                 "e.toml",
                 format!("{base}[update]\nurl = \"http://x/\"\nchannel = \"../x\"\n"),
                 "invalid [update] channel",
+            ),
+            (
+                "w.toml",
+                format!("{base}[update]\nurl = \"http://x/\"\nwave = \"150%/1h\"\n"),
+                "more than 100%",
             ),
             (
                 "f.toml",

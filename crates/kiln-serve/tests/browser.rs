@@ -120,6 +120,14 @@ fn search_and_open_an_image(tab: &mut Tab, mode: &str) {
         ),
         "{mode}"
     );
+    // Its staged rollout, per channel.
+    assert_eq!(
+        tab.eval(
+            "document.querySelectorAll('#results .result')[0].querySelector('.rollout').textContent"
+        ),
+        "Rollout: beta: paused at 25%; stable: every machine (barrier)",
+        "{mode}"
+    );
     assert_eq!(
         tab.eval("document.querySelectorAll('#results .result')[1].querySelector('.rebuild-reason') === null"),
         true,

@@ -362,7 +362,7 @@ fn steps(
         catalog,
         reporter,
         &crate::publish::PublishArgs {
-            outputs: vec![out],
+            outputs: vec![out.clone()],
             targets: Vec::new(),
             channel: "stable".into(),
             sign_key: o.sign_key.map(Path::to_path_buf),
@@ -374,6 +374,36 @@ fn steps(
             json: false,
         },
     )?;
+    // An [update] image's new version is released in its channels, with
+    // the recipe's wave (every machine at once without one).
+    if let Some(u) = &recipe.update {
+        let trees = recipe.publish.iter().any(|p| {
+            matches!(
+                kiln_publish::Target::parse(&p.to),
+                Ok(kiln_publish::Target::Tree(_))
+            )
+        });
+        if trees {
+            let wave = u.wave.as_deref().unwrap_or("100%");
+            crate::release::cmd_release(
+                ui,
+                catalog,
+                &crate::release::ReleaseArgs {
+                    output: out.clone(),
+                    targets: Vec::new(),
+                    channel: None,
+                    wave: Some(kiln_model::rollout::parse_wave(wave).map_err(anyhow::Error::msg)?),
+                    pause: false,
+                    resume: false,
+                    barrier: false,
+                    no_barrier: false,
+                    sign_key: o.sign_key.map(Path::to_path_buf),
+                    valid_days: 30,
+                    json: false,
+                },
+            )?;
+        }
+    }
     r.outcome = "published".into();
     r.published_at = Some(kiln_archive::now());
     Ok(())

@@ -928,6 +928,51 @@ mod tests {
     }
 
     #[test]
+    fn the_server_serves_plain_names_only_and_can_go_away_mid_download() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("sysupdate/stable")).unwrap();
+        let body = vec![7u8; 10_000];
+        let name = "sysupdate/stable/img_2_U.usr-x86-64.raw.xz";
+        std::fs::write(d.path().join(name), &body).unwrap();
+        std::fs::write(d.path().join("sysupdate/stable/SHA256SUMS"), b"x").unwrap();
+        std::fs::write(d.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("sysupdate/stable/link")).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = serve(d.path(), port, "/img/".into(), true).unwrap();
+        let get = |path: &str| -> (String, usize) {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            let text = String::from_utf8_lossy(&out).to_string();
+            let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            (head.lines().next().unwrap_or("").to_string(), rest.len())
+        };
+        // The first payload download stops halfway; the next is whole.
+        let (status, n) = get(&format!("/img/{name}"));
+        assert!(status.contains("200"), "{status}");
+        assert_eq!(n, 5_000);
+        assert_eq!(get(&format!("/img/{name}")).1, 10_000);
+        assert_eq!(server.cuts.load(Ordering::SeqCst), 1);
+        // Listings are never cut.
+        assert_eq!(get("/img/sysupdate/stable/SHA256SUMS").1, 1);
+        for bad in [
+            "/img/../secret",
+            "/img/sysupdate/../secret",
+            "/img/sysupdate/stable/link",
+            "/img/sysupdate/stable/.x",
+            "/secret",
+            "/img/sysupdate/stable/%2e%2e/secret",
+        ] {
+            assert!(get(bad).0.contains("404"), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_console_decides_the_verdict() {
         let mut c = String::from("kiln: running img 1\nKILN-U boot 1 version 1 state running health active\nKILN-U updating\n");
         assert!(judge(&parse(&c), "1", "2", Mode::Update).is_none());

@@ -452,6 +452,7 @@ mod tests {
             url: "http://10.0.2.2:8470/".into(),
             channel: "beta".into(),
             tries: 2,
+            wave: None,
         };
         let t = TestEntry {
             name: "web".into(),

@@ -223,6 +223,24 @@ pub fn catalog(root: &Path) -> PathBuf {
         published_at: Some(1_740_000_000),
     })
     .unwrap();
+    // web 2 is released: to every machine of stable (a barrier), and
+    // paused at 25% in beta.
+    for (channel, start, duration, paused, barrier) in [
+        ("stable", 10_000, 0, false, true),
+        ("beta", 2_500, 3_600, true, false),
+    ] {
+        let mut r = kiln_model::rollout::Rollout::new(channel);
+        r.releases.push(kiln_model::rollout::Release {
+            image: "web".into(),
+            version: "2".into(),
+            since: 1_740_000_000,
+            start,
+            duration,
+            paused,
+            barrier,
+        });
+        c.record_rollout("/srv/images", &r).unwrap();
+    }
     path
 }
 

@@ -859,6 +859,7 @@ mod tests {
             "docs/security.md",
             "docs/disk.md",
             "docs/recipe.md",
+            "docs/updates.md",
             "docs/supply-chain.md",
         ]
         .iter()

@@ -461,6 +461,7 @@ fn the_json_shape_is_stable() {
             "publications",
             "rebuild",
             "recorded-at",
+            "rollouts",
             "source-date-epoch",
             "status",
             "suite",
@@ -473,6 +474,22 @@ fn the_json_shape_is_stable() {
         keys(&web2["packages"][0]),
         ["architecture", "name", "version"]
     );
+    assert_eq!(
+        keys(&web2["rollouts"][0]),
+        [
+            "barrier",
+            "channel",
+            "complete-at",
+            "duration-seconds",
+            "recorded-at",
+            "share",
+            "since",
+            "start",
+            "state",
+            "tree"
+        ]
+    );
+    assert_eq!(web2["rollouts"][1]["state"], "complete");
     assert_eq!(
         keys(&web2["artifacts"][0]),
         ["architecture", "kind", "path", "sha256", "size"]

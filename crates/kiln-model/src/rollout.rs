@@ -406,7 +406,7 @@ mod tests {
         // sha256("a:stable") begins with these 32 bits (sha256sum agrees).
         let h = Sha256::digest(b"a:stable");
         let first = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64;
-        assert_eq!(place("a", "stable") as u64, first * 10_000 >> 32);
+        assert_eq!(place("a", "stable") as u64, (first * 10_000) >> 32);
         assert_ne!(place("a", "stable"), place("a", "beta"));
         let below = (0..1000)
             .filter(|i| place(&format!("{i:032x}"), "stable") < 5000)
@@ -466,7 +466,7 @@ mod tests {
         );
         let back = Rollout::parse(&text).unwrap();
         assert_eq!(back.render(), text);
-        assert_eq!(back.find("img", "2").unwrap().paused, true);
+        assert!(back.find("img", "2").unwrap().paused);
         for bad in [
             "",
             "kiln-rollout 2 stable\n",

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-30}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(version relation deb822 debfile unpack openpgp sdversion)
+[ ${#targets[@]} -gt 0 ] || targets=(version relation deb822 debfile unpack openpgp sdversion rollout)
 
 # cargo-fuzz needs nightly flags (-Zsanitizer); a stable toolchain takes them
 # with RUSTC_BOOTSTRAP.
@@ -38,6 +38,11 @@ fi
 if [ -d "$seeds/sdversion" ]; then
   printf '13\n13.1' > "$seeds/sdversion/a"; printf '14~rc1\n14' > "$seeds/sdversion/b"
   printf '2^p\n2.0' > "$seeds/sdversion/c"; printf '20261207.1\n20261207-2' > "$seeds/sdversion/d"
+fi
+# rollout: channel rollout documents as kiln release writes them.
+if [ -d "$seeds/rollout" ]; then
+  printf 'kiln-rollout 1 stable\nrelease img 2 1796601600 1000 86400 active -\n' > "$seeds/rollout/a"
+  printf 'kiln-rollout 1 beta\nrelease img 2 5 10000 0 paused barrier\nrelease img 10 7 2500 3600 active -\n' > "$seeds/rollout/b"
 fi
 # version and relation: the real fields of the installed packages.
 if [ -d "$seeds/version" ]; then

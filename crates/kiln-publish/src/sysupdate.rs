@@ -165,29 +165,65 @@ fn read_rollout(root: &Root, d: &str, listing: &Listing) -> Result<Option<Rollou
         .map_err(|e| format!("{rel}: {e}"))
 }
 
-/// Writes the rollout document and lists its hash (the caller signs).
-fn put_rollout(
-    root: &Root,
-    d: &str,
-    listing: &mut Listing,
-    r: &Rollout,
-) -> Result<(), PublishError> {
+/// The rollout document's text when the listing does not name it yet
+/// (its new hash is put into the listing; the caller writes both).
+fn rollout_text(listing: &mut Listing, r: &Rollout) -> Option<String> {
     let text = r.render();
     let sha = hex::encode(Sha256::digest(text.as_bytes()));
     if listing.files.get(rollout::FILE) == Some(&sha) {
-        return Ok(());
+        return None;
     }
-    let rel = format!("{d}/{}", rollout::FILE);
-    no_links(root, &rel)?;
-    root.write(&rel, text.as_bytes(), 0o644)
-        .map_err(PublishError::io(format!("writing {rel}")))?;
     listing.files.insert(rollout::FILE.into(), sha);
+    Some(text)
+}
+
+/// Writes files of the channel directory together: each into a temporary
+/// file first, and only when all are written are they renamed over the old
+/// ones, in order. A failure (a full disk) leaves the channel as it was.
+fn commit_files(root: &Root, d: &str, files: &[(&str, &[u8])]) -> Result<(), PublishError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = root
+        .dir(d, 0o755)
+        .map_err(PublishError::io(format!("opening {d}")))?;
+    let mut temps = Vec::new();
+    for (name, bytes) in files {
+        let written = dir.create_temp().and_then(|(t, mut f)| {
+            let w = f
+                .write_all(bytes)
+                .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(0o644)))
+                .and_then(|_| f.sync_all());
+            match w {
+                Ok(()) => Ok(t),
+                Err(e) => {
+                    dir.discard(t);
+                    Err(e)
+                }
+            }
+        });
+        match written {
+            Ok(t) => temps.push((t, *name)),
+            Err(e) => {
+                for (t, _) in temps {
+                    dir.discard(t);
+                }
+                return Err(PublishError::io(format!(
+                    "writing {d}/{name} (the channel is left as it was)"
+                ))(e));
+            }
+        }
+    }
+    for (t, name) in temps {
+        dir.commit(t, std::ffi::OsStr::new(name))
+            .map_err(PublishError::io(format!("renaming {d}/{name} into place")))?;
+    }
     Ok(())
 }
 
-/// Signs `listing` (best before `best_before`) and writes it with its
-/// signature: the listing first, so a reader in between finds them not
-/// matching and refuses (and tries again later), never a mix accepted.
+/// Signs `listing` and writes it with its signature, and the rollout
+/// document when given, all or nothing: the rollout, then the listing,
+/// then its signature, so a reader in between finds them not matching and
+/// refuses (and tries again later), never a mix accepted.
 pub fn write_signed(
     root: &Root,
     channel: &str,
@@ -195,14 +231,27 @@ pub fn write_signed(
     key: &SigningKey,
     now: i64,
 ) -> Result<(), PublishError> {
+    write_channel(root, channel, listing, None, key, now)
+}
+
+fn write_channel(
+    root: &Root,
+    channel: &str,
+    listing: &Listing,
+    rollout_doc: Option<&str>,
+    key: &SigningKey,
+    now: i64,
+) -> Result<(), PublishError> {
     let d = dir(channel);
     let text = render(listing);
     let sig = openpgp::detached_signature(key, text.as_bytes(), now.max(0) as u32);
-    root.write(format!("{d}/{LISTING}"), text.as_bytes(), 0o644)
-        .map_err(PublishError::io(format!("writing {d}/{LISTING}")))?;
-    root.write(format!("{d}/{SIGNATURE}"), &sig, 0o644)
-        .map_err(PublishError::io(format!("writing {d}/{SIGNATURE}")))?;
-    Ok(())
+    let mut files: Vec<(&str, &[u8])> = Vec::new();
+    if let Some(r) = rollout_doc {
+        files.push((rollout::FILE, r.as_bytes()));
+    }
+    files.push((LISTING, text.as_bytes()));
+    files.push((SIGNATURE, &sig));
+    commit_files(root, &d, &files)
 }
 
 /// The date `valid_for` seconds after `now`, as `YYYY-MM-DD`.
@@ -326,9 +375,9 @@ pub fn publish(
             .versions
             .insert(image.clone(), kept.iter().map(|v| v.to_string()).collect());
     }
-    if let Some(r) = &rollout_doc {
-        put_rollout(root, &d, &mut listing, r)?;
-    }
+    let new_rollout = rollout_doc
+        .as_ref()
+        .and_then(|r| rollout_text(&mut listing, r));
     let fresh = listing.best_before.as_deref().is_some_and(|b| {
         crate::parse_rfc3339(&format!("{b}T00:00:00Z")).is_some_and(|t| t - now > valid_for / 2)
     });
@@ -341,7 +390,7 @@ pub fn publish(
     }
     listing.best_before = Some(best_before(now, valid_for));
     report.best_before = listing.best_before.clone().unwrap();
-    write_signed(root, channel, &listing, key, now)?;
+    write_channel(root, channel, &listing, new_rollout.as_deref(), key, now)?;
     progress(&format!(
         "signed {d}/{LISTING} (best before {})",
         report.best_before
@@ -515,9 +564,9 @@ pub fn release(root: &Root, req: &ReleaseRequest<'_>) -> Result<ReleaseReport, R
         r.barrier = b;
     }
     let release = r.clone();
-    put_rollout(root, &d, &mut listing, &doc)?;
+    let text = rollout_text(&mut listing, &doc);
     listing.best_before = Some(best_before(now, req.valid_for));
-    write_signed(root, req.channel, &listing, req.key, now)?;
+    write_channel(root, req.channel, &listing, text.as_deref(), req.key, now)?;
     Ok(ReleaseReport {
         dir: d,
         release,

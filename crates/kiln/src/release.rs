@@ -506,4 +506,92 @@ mod tests {
         let (ok, _, out) = g.run("uninitialized", "1", NOW);
         assert!(!ok && out.contains("no machine id"), "{out}");
     }
+
+    #[test]
+    fn a_full_disk_leaves_the_channel_as_it_was() {
+        let small = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "kiln-test"])
+            .arg(small.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a small tmpfs needs root");
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _u = Unmount(small.path().to_path_buf());
+        let root = Root::open(small.path()).unwrap();
+        let key = SigningKey::from_pem(PEM).unwrap();
+        for v in ["1", "2"] {
+            let name = format!("img_{v}_x86-64.efi");
+            let sha = hex::encode(Sha256::digest(v.as_bytes()));
+            let pool = format!("pool/img/{sha}/{name}");
+            root.write(&pool, v.as_bytes(), 0o644).unwrap();
+            let p = sysupdate::Payload {
+                name,
+                pool,
+                size: 1,
+                sha256: sha,
+            };
+            let opts = kiln_publish::tree::TreeOptions {
+                channel: "stable",
+                key: &key,
+                valid_for: 86_400 * 10,
+                now: NOW,
+                base_url: None,
+                keep: 5,
+                progress: &|_| {},
+            };
+            publish(&root, &[p], &opts).unwrap();
+        }
+        let req = |version: &'static str| ReleaseRequest {
+            channel: "stable",
+            image: "img",
+            version,
+            action: Action::Wave(rollout::parse_wave("10%/1h").unwrap()),
+            barrier: None,
+            key: &key,
+            now: NOW,
+            valid_for: 86_400 * 10,
+        };
+        sysupdate::release(&root, &req("1")).unwrap();
+        let d = small.path().join("sysupdate/stable");
+        let snapshot = || {
+            let mut names: Vec<_> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            let files: Vec<Vec<u8>> = ["ROLLOUT", "SHA256SUMS", "SHA256SUMS.gpg"]
+                .iter()
+                .map(|f| std::fs::read(d.join(f)).unwrap())
+                .collect();
+            (names, files)
+        };
+        let before = snapshot();
+        // Fill the disk.
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(small.path().join("filler")).unwrap();
+            let chunk = vec![0u8; 4096];
+            while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
+        }
+        let e = match sysupdate::release(&root, &req("2")) {
+            Err(ReleaseError::Publish(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(e.contains("left as it was"), "{e}");
+        assert!(snapshot() == before, "the channel changed on a full disk");
+        assert!(sysupdate::verify(&root, "stable", &key.verifying_key(), NOW).is_empty());
+        // Room again: the release goes through.
+        std::fs::remove_file(small.path().join("filler")).unwrap();
+        sysupdate::release(&root, &req("2")).unwrap();
+        let doc = sysupdate::read_channel_rollout(&root, "stable", &key.verifying_key())
+            .unwrap()
+            .unwrap();
+        assert!(doc.find("img", "2").is_some());
+    }
 }

@@ -1,8 +1,11 @@
 //! Update tier: the immutable cloud recipe built from the real archive as
 //! versions 1, 2 and a deliberately broken 3, published into a download
 //! tree's update channel, and updating itself in QEMU with its own
-//! systemd-sysupdate: 1 → 2 keeps 1 as the fallback; 3 fails its health
-//! gate and the machine is back on 2 by itself.
+//! systemd-sysupdate: `kiln release` puts 2 on a 50% wave; of two machines
+//! on 1, the one below the wave updates to 2 (through a download the server
+//! cuts midway) and keeps 1 as the fallback, the other stays on 1; tampered,
+//! unsigned and expired channels are refused on the machine; 3 fails its
+//! health gate and the machine is back on 2 by itself.
 //!
 //! Needs root, the network, QEMU and OVMF; KILN_SKIP_NETWORK_TESTS=1 skips.
 
@@ -400,6 +403,7 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
     // listing past its BEST-BEFORE day (a replay) is refused too.
     for (fault, wants) in [
         ("expired", ["expired on", "best-before", "replayed"]),
+        ("unsigned", ["unsigned channel", "sha256sums.gpg", "not trusted"]),
         ("payload", ["checksum", "sha256", "tampered"]),
         (
             "signature",

@@ -238,7 +238,19 @@ pub fn parse(console: &str) -> Seen {
     for line in console.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(i) = line.find("kiln: running ") {
-            s.running.push(line[i + 14..].trim().to_string());
+            // Kernel messages can run on into the same console line
+            // (`kiln: running img 1[   23.7] audit: …`): the name and the
+            // version are the characters they can be made of.
+            let part = |t: &str| -> String {
+                t.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || ".~^+-_".contains(*c))
+                    .collect()
+            };
+            let mut w = line[i + 14..].split_whitespace();
+            let (name, version) = (part(w.next().unwrap_or("")), w.next().map(part));
+            if let Some(v) = version.filter(|v| !v.is_empty() && !name.is_empty()) {
+                s.running.push(format!("{name} {v}"));
+            }
         }
         // The getty's terminal queries can precede it on the same line.
         let Some(rest) = line.find("KILN-U ").map(|i| &line[i + 7..]) else {
@@ -983,6 +995,10 @@ mod tests {
         c.push_str(&format!("KILN-U list {list}\nKILN-U end\n"));
         let s = parse(&c);
         assert_eq!(s.running, ["img 1", "img 2"]);
+        // A kernel message run on into the same line does not count.
+        let joined =
+            parse("[  23.6] sh[510]: kiln: running img 1[   23.7] audit: type=1130 res=success'\n");
+        assert_eq!(joined.versions(), ["1"]);
         assert!(judge(&s, "1", "2", Mode::Update).unwrap().is_ok());
         let refused = c.replace("KILN-U end", "KILN-U verity refused /dev/vda4\nKILN-U end");
         let m = judge(&parse(&refused), "1", "2", Mode::Update)

@@ -403,7 +403,10 @@ fn an_immutable_image_updates_itself_and_goes_back_from_a_broken_version() {
     // listing past its BEST-BEFORE day (a replay) is refused too.
     for (fault, wants) in [
         ("expired", ["expired on", "best-before", "replayed"]),
-        ("unsigned", ["unsigned channel", "sha256sums.gpg", "not trusted"]),
+        (
+            "unsigned",
+            ["unsigned channel", "sha256sums.gpg", "not trusted"],
+        ),
         ("payload", ["checksum", "sha256", "tampered"]),
         (
             "signature",

@@ -229,6 +229,7 @@ pub fn cmd_release(ui: &Ui, catalog: Option<&Path>, a: &ReleaseArgs) -> Result<(
         outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
+                "schema-version": 1,
                 "image": m.image,
                 "version": facts.version,
                 "trees": reports.iter().map(|(t, c, r)| json!({

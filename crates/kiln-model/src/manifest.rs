@@ -226,6 +226,11 @@ impl ManifestError {
 }
 
 impl Manifest {
+    /// The update facts of an `[update]` build (none for other builds).
+    pub fn update_facts(&self) -> Option<UpdateFacts> {
+        self.disk.values().find_map(|d| d.update.clone())
+    }
+
     /// Whether the build writing into `dir` did not finish.
     pub fn is_incomplete(dir: &Path) -> bool {
         dir.join(INCOMPLETE_MARKER).exists()

@@ -184,7 +184,7 @@ impl Release {
         }
     }
 
-    /// `active, 35% of machines, every machine by T` and the like.
+    /// `rolling`, `complete` or `paused` at `now`.
     pub fn state(&self, now: i64) -> &'static str {
         if self.paused {
             "paused"

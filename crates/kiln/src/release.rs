@@ -68,6 +68,18 @@ pub fn release_json(r: &Release, now: i64) -> serde_json::Value {
     })
 }
 
+/// A refused release as the command reports it: a usage error (64), or the
+/// channel's problem with its hint.
+pub fn release_error(e: ReleaseError) -> anyhow::Error {
+    match e {
+        ReleaseError::Usage(m, h) => Usage::new(m, h).into(),
+        ReleaseError::Publish(p) => {
+            let hint = p.hint().unwrap_or_default();
+            Hinted::new(p.to_string(), hint).into()
+        }
+    }
+}
+
 /// The file:// targets of the build's recipe ([[publish]]).
 fn recipe_trees(dir: &Path, m: &Manifest) -> Result<Vec<(PathBuf, Option<String>)>> {
     let recipe_path = m.lock_path(dir).with_extension("toml");
@@ -100,20 +112,16 @@ fn recipe_trees(dir: &Path, m: &Manifest) -> Result<Vec<(PathBuf, Option<String>
 pub fn cmd_release(ui: &Ui, catalog: Option<&Path>, a: &ReleaseArgs) -> Result<()> {
     let m = Manifest::read_dir(&a.output)
         .map_err(|e| Usage::new(e.to_string(), "give the output directory of kiln build"))?;
-    let facts = m
-        .disk
-        .values()
-        .find_map(|d| d.update.clone())
-        .ok_or_else(|| {
-            Usage::new(
-                format!(
-                    "{} ({}) is not a build of an [update] image: there is nothing to roll out",
-                    a.output.display(),
-                    m.image
-                ),
-                "releases are of immutable images with [update] (docs/updates.md)",
-            )
-        })?;
+    let facts = m.update_facts().ok_or_else(|| {
+        Usage::new(
+            format!(
+                "{} ({}) is not a build of an [update] image: there is nothing to roll out",
+                a.output.display(),
+                m.image
+            ),
+            "releases are of immutable images with [update] (docs/updates.md)",
+        )
+    })?;
     let key_path = a.sign_key.as_deref().ok_or_else(|| {
         Usage::new(
             "kiln release signs the channel's listing again, but no key was given",
@@ -191,15 +199,7 @@ pub fn cmd_release(ui: &Ui, catalog: Option<&Path>, a: &ReleaseArgs) -> Result<(
                 valid_for: i64::from(a.valid_days) * 86_400,
             },
         )
-        .map_err(|e| -> anyhow::Error {
-            match e {
-                ReleaseError::Usage(m, h) => Usage::new(m, h).into(),
-                ReleaseError::Publish(p) => {
-                    let hint = p.hint().unwrap_or_default();
-                    Hinted::new(p.to_string(), hint).into()
-                }
-            }
-        })?;
+        .map_err(release_error)?;
         let rel = &r.release;
         ui.status(
             match action {
@@ -266,6 +266,32 @@ mod tests {
     const OTHER: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIC0NR7IWdkd7SDR+pS40FczuLdjD9wNfWp+2QzNEbkSg\n-----END PRIVATE KEY-----\n";
     const NOW: i64 = 1_800_000_000;
 
+    /// Publishes a one-byte UKI of each version of `img` into the channel.
+    fn publish_fake(root: &Root, key: &SigningKey, versions: &[&str]) {
+        for v in versions {
+            let name = format!("img_{v}_x86-64.efi");
+            let sha = hex::encode(Sha256::digest(v.as_bytes()));
+            let pool = format!("pool/img/{sha}/{name}");
+            root.write(&pool, v.as_bytes(), 0o644).unwrap();
+            let p = sysupdate::Payload {
+                name,
+                pool,
+                size: 1,
+                sha256: sha,
+            };
+            let opts = kiln_publish::tree::TreeOptions {
+                channel: "stable",
+                key,
+                valid_for: 86_400 * 10,
+                now: NOW,
+                base_url: None,
+                keep: 5,
+                progress: &|_| {},
+            };
+            publish(root, &[p], &opts).unwrap();
+        }
+    }
+
     struct Gate {
         dir: tempfile::TempDir,
         root: Root,
@@ -289,32 +315,8 @@ mod tests {
             )
             .unwrap();
             let g = Gate { dir, root, key };
-            for v in ["1", "2", "3"] {
-                let name = format!("img_{v}_x86-64.efi");
-                let sha = hex::encode(Sha256::digest(v.as_bytes()));
-                let pool = format!("pool/img/{sha}/{name}");
-                g.root.write(&pool, v.as_bytes(), 0o644).unwrap();
-                let p = sysupdate::Payload {
-                    name,
-                    pool,
-                    size: 1,
-                    sha256: sha,
-                };
-                publish(&g.root, &[p], &g.opts()).unwrap();
-            }
+            publish_fake(&g.root, &g.key, &["1", "2", "3"]);
             g
-        }
-
-        fn opts(&self) -> kiln_publish::tree::TreeOptions<'_> {
-            kiln_publish::tree::TreeOptions {
-                channel: "stable",
-                key: &self.key,
-                valid_for: 86_400 * 10,
-                now: NOW,
-                base_url: None,
-                keep: 5,
-                progress: &|_| {},
-            }
         }
 
         fn release(&self, version: &str, wave: &str, barrier: bool) {
@@ -526,28 +528,7 @@ mod tests {
         let _u = Unmount(small.path().to_path_buf());
         let root = Root::open(small.path()).unwrap();
         let key = SigningKey::from_pem(PEM).unwrap();
-        for v in ["1", "2"] {
-            let name = format!("img_{v}_x86-64.efi");
-            let sha = hex::encode(Sha256::digest(v.as_bytes()));
-            let pool = format!("pool/img/{sha}/{name}");
-            root.write(&pool, v.as_bytes(), 0o644).unwrap();
-            let p = sysupdate::Payload {
-                name,
-                pool,
-                size: 1,
-                sha256: sha,
-            };
-            let opts = kiln_publish::tree::TreeOptions {
-                channel: "stable",
-                key: &key,
-                valid_for: 86_400 * 10,
-                now: NOW,
-                base_url: None,
-                keep: 5,
-                progress: &|_| {},
-            };
-            publish(&root, &[p], &opts).unwrap();
-        }
+        publish_fake(&root, &key, &["1", "2"]);
         let req = |version: &'static str| ReleaseRequest {
             channel: "stable",
             image: "img",

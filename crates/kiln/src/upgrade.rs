@@ -91,9 +91,7 @@ fn side(dir: &Path, what: &str) -> Result<Side> {
     let manifest =
         Manifest::read_dir(dir).with_context(|| format!("{what} ({})", dir.display()))?;
     let update = manifest
-        .disk
-        .values()
-        .find_map(|d| d.update.clone())
+        .update_facts()
         .ok_or_else(|| {
             Usage::new(
                 format!(
@@ -707,10 +705,7 @@ pub fn cmd_upgrade(
             valid_for: 7 * 86_400,
         },
     )
-    .map_err(|e| match e {
-        kiln_publish::sysupdate::ReleaseError::Usage(m, h) => anyhow::Error::from(Usage::new(m, h)),
-        kiln_publish::sysupdate::ReleaseError::Publish(p) => p.into(),
-    })?;
+    .map_err(crate::release::release_error)?;
     let place = a
         .machine_id
         .as_deref()

@@ -9,8 +9,12 @@
 //!   file names, i.e. from the verity root hash), then the UKI into
 //!   `$BOOT/EFI/Linux` with boot counting (`+TRIES-0`); the UKI is named
 //!   last, so it is installed only after both payloads are in place.
-//! - `/usr/lib/repart.d/1[0-3]-usr*.conf`: the A and B slots, reused when
-//!   present (the disk is made with both), created (`Label=_empty`) when not.
+//! - `/usr/lib/repart.d/1[0-3]-usr*.conf`: the A and B slots. A Kiln disk
+//!   is made with both (`[update]` refuses `ab-slots = false`), so the
+//!   booted system's systemd-repart reuses them; it would create a missing
+//!   one (`Label=_empty`) only in space left after the root, which the
+//!   initrd's systemd-repart (built before these files exist) has already
+//!   grown into the rest of the disk.
 //! - `/usr/lib/systemd/import-pubring.gpg`: only the image's own signing
 //!   key (Debian's file, which trusts other distributions' keys, is
 //!   diverted to `import-pubring.gpg.distrib`).
@@ -127,8 +131,8 @@ pub fn image_files(s: &UpdateSpec) -> Vec<(String, Vec<u8>, u32)> {
         0o644,
     );
     // The A and B slot pairs, matched in file-name order against the
-    // disk's partitions of each type: reused as they are, created when
-    // missing (Label= and the flags only apply to a new partition).
+    // disk's partitions of each type: reused as they are (Label= and the
+    // flags only apply to a partition systemd-repart creates).
     for (file, ty, size, label) in [
         ("10-usr-a.conf", "usr", s.usr_slot, None),
         ("11-usr-verity-a.conf", "usr-verity", s.verity_slot, None),

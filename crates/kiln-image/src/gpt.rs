@@ -288,9 +288,18 @@ fn guid_text(b: &[u8]) -> String {
 /// Reads and checks the primary GPT of a disk image: signature, header and
 /// entry-array CRCs, partitions inside the disk. Errors say what is wrong.
 pub fn read_table(disk: &Path) -> Result<(String, Vec<Entry>), GptError> {
-    let bad = |m: String| GptError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
-    let mut f = std::fs::File::open(disk)?;
+    let f = std::fs::File::open(disk)?;
     let len = f.metadata()?.len();
+    read_table_from(f, len)
+}
+
+/// [`read_table`] of a disk of `len` bytes read from `f` (only its first
+/// sectors, where the primary GPT lies, are read).
+pub fn read_table_from(
+    mut f: impl Read + Seek,
+    len: u64,
+) -> Result<(String, Vec<Entry>), GptError> {
+    let bad = |m: String| GptError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
     if len < 34 * SECTOR {
         return Err(bad(format!("{len} bytes is too small for a GPT disk")));
     }

@@ -1,6 +1,7 @@
 //! Kiln's output writers: the deterministic root filesystem tarball, OCI
 //! image layouts and GPT disk images.
 
+pub mod cloud;
 pub mod disk;
 pub mod gpt;
 pub mod oci;

@@ -461,7 +461,7 @@ fn build_inner(req: &BuildRequest, reporter: &dyn Reporter, cancel: &Cancel) -> 
         .output
         .formats
         .iter()
-        .any(|f| f == "disk" || f == "qcow2");
+        .any(|f| kiln_model::Format::parse(f).is_some_and(|f| f.is_disk()));
     let essential_cache = (std::env::var("KILN_ESSENTIAL_CACHE").as_deref() != Ok("off") && !disk)
         .then(|| req.sources.cache().root().join("essential"));
     let produced = produce(

@@ -106,12 +106,11 @@ fn sbom_input(
             depends_on,
         });
     }
-    let has_disk = recipe.output.formats.iter().any(|f| {
-        matches!(
-            kiln_model::Format::parse(f),
-            Some(kiln_model::Format::Disk | kiln_model::Format::Qcow2)
-        )
-    });
+    let has_disk = recipe
+        .output
+        .formats
+        .iter()
+        .any(|f| kiln_model::Format::parse(f).is_some_and(|f| f.is_disk()));
     Ok(SbomInput {
         image: recipe.image.name.clone(),
         version: recipe.image.version.clone(),

@@ -23,7 +23,7 @@ fn needs(recipe: &Recipe, arch: &str) -> Vec<(Format, Need)> {
         .formats
         .iter()
         .filter_map(|f| Format::parse(f))
-        .find(|f| matches!(f, Format::Disk | Format::Qcow2));
+        .find(|f| f.is_disk());
     let Some(disk) = disk else {
         return out;
     };

@@ -68,17 +68,24 @@ pub enum Format {
     Oci,
     Disk,
     Qcow2,
+    /// Azure's fixed VHD of the disk (`disk.vhd`).
+    Vhd,
+    /// GCE's import archive of the disk (`disk.tar.gz`, `disk.raw` alone
+    /// in a GNU tar).
+    Gce,
     /// A split update artifact of an immutable disk (the `/usr` image, its
     /// verity hash tree or the UKI), what systemd-sysupdate downloads.
     Update,
 }
 
 impl Format {
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 7] = [
         Format::Tar,
         Format::Oci,
         Format::Disk,
         Format::Qcow2,
+        Format::Vhd,
+        Format::Gce,
         Format::Update,
     ];
 
@@ -88,8 +95,19 @@ impl Format {
             Format::Oci => "oci",
             Format::Disk => "disk",
             Format::Qcow2 => "qcow2",
+            Format::Vhd => "vhd",
+            Format::Gce => "gce",
             Format::Update => "update",
         }
+    }
+
+    /// A disk image or a conversion of one (what `kiln boot` and the disk
+    /// build steps are for).
+    pub fn is_disk(self) -> bool {
+        matches!(
+            self,
+            Format::Disk | Format::Qcow2 | Format::Vhd | Format::Gce
+        )
     }
 
     pub fn parse(s: &str) -> Option<Format> {

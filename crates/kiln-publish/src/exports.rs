@@ -113,6 +113,8 @@ pub fn stream_json(doc: &Channel, image: &str, base_url: Option<&str>) -> Option
             let (platform, format) = match f.format.as_deref() {
                 Some("disk") => ("metal", "raw"),
                 Some("qcow2") => ("qemu", "qcow2"),
+                Some("vhd") => ("azure", "vhd"),
+                Some("gce") => ("gcp", "tar.gz"),
                 Some("tar") => ("rootfs", "tar"),
                 Some("oci") => ("container", "oci-archive"),
                 _ => continue,

@@ -165,6 +165,8 @@ fn layer_media_type(format: Format) -> &'static str {
         Format::Tar => "application/vnd.kiln.rootfs.tar",
         Format::Disk => "application/vnd.kiln.disk.raw",
         Format::Qcow2 => "application/vnd.kiln.disk.qcow2",
+        Format::Vhd => "application/vnd.kiln.disk.vhd",
+        Format::Gce => "application/vnd.kiln.disk.gce.tar+gzip",
         Format::Update => "application/vnd.kiln.update.v1",
         Format::Oci => unreachable!("an OCI image is pushed as an image"),
     }
@@ -208,10 +210,7 @@ fn push_files(
             message: format!("{} holds no artifact to push", build.dir.display()),
         });
     }
-    let artifact_type = if files
-        .iter()
-        .any(|(format, ..)| matches!(format, Format::Disk | Format::Qcow2))
-    {
+    let artifact_type = if files.iter().any(|(format, ..)| format.is_disk()) {
         DISK_ARTIFACT
     } else {
         ROOTFS_ARTIFACT

@@ -41,7 +41,7 @@ const ARCHITECTURES: &[&str] = &[
     "amd64", "arm64", "armel", "armhf", "i386", "loong64", "mips64el", "ppc64el", "riscv64",
     "s390x",
 ];
-const FORMATS: &[&str] = &["tar", "oci", "disk", "qcow2"];
+const FORMATS: &[&str] = &["tar", "oci", "disk", "qcow2", "vhd", "gce"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -343,6 +343,11 @@ pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
             let use_it = match x.kind.as_str() {
                 "oci" => format!("kiln push {} REGISTRY/REPOSITORY", f.location),
                 "disk" | "qcow2" => format!("kiln boot {}", at.display()),
+                "vhd" => format!("upload {} as an Azure page blob", at.display()),
+                "gce" => format!(
+                    "upload {} to a bucket for GCE's images.insert",
+                    at.display()
+                ),
                 _ => format!("kiln shell {}", f.location),
             };
             outln!("        use: {use_it}");

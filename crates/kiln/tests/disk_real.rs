@@ -255,13 +255,68 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     }
     let r = recipes();
     let out = r.path().join("out");
-    let recipe = r.path().join("debian-cloud.toml");
+    // The generic cloud image, with the clouds' import formats too.
+    let recipe = r.path().join("cloud-all.toml");
+    std::fs::write(
+        &recipe,
+        "include = [\"debian-cloud.toml\"]\n[output]\nformats = [\"disk\", \"qcow2\", \"vhd\", \"gce\"]\n",
+    )
+    .unwrap();
     let o = build(&recipe, &out, &["--check-reproducible"]);
     assert!(o.status.success(), "build failed: {}", text(&o));
     let t = text(&o);
     assert!(
-        t.contains("two builds gave identical") && t.contains("disk.raw"),
+        t.contains("two builds gave identical")
+            && t.contains("disk.raw")
+            && t.contains("disk.vhd")
+            && t.contains("disk.tar.gz"),
         "{t}"
+    );
+    // Azure's fixed VHD: QEMU reads it as a VHD of a whole number of MiB
+    // holding the disk's bytes.
+    let info = Command::new("qemu-img")
+        .args(["info", "-f", "vpc", "--output=json"])
+        .arg(out.join("disk.vhd"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let raw_len = std::fs::metadata(out.join("disk.raw")).unwrap().len();
+    assert_eq!(info["format"], "vpc", "{info}");
+    assert_eq!(
+        info["virtual-size"].as_u64(),
+        Some(raw_len.div_ceil(1 << 20) << 20),
+        "{info}"
+    );
+    let same = Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "vpc"])
+        .arg(out.join("disk.raw"))
+        .arg(out.join("disk.vhd"))
+        .status()
+        .unwrap();
+    assert!(same.success(), "disk.vhd does not hold disk.raw");
+    // GCE's archive: GNU tar lists disk.raw alone, of the disk's size.
+    let list = Command::new("tar")
+        .args(["--list", "--verbose", "-zf"])
+        .arg(out.join("disk.tar.gz"))
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(
+        list.contains(&format!(" {raw_len} ")) && list.trim_end().ends_with(" disk.raw"),
+        "{list}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let formats: Vec<&str> = m["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["format"].as_str())
+        .collect();
+    assert!(
+        formats.contains(&"vhd") && formats.contains(&"gce"),
+        "{formats:?}"
     );
     // A GPT that sfdisk accepts, ESP first, root last with the growfs bit.
     let pt = partitions(&out.join("disk.raw"));

@@ -67,9 +67,12 @@ pub fn find_kernel(root: &Path) -> Result<String> {
     Ok(k)
 }
 
-/// The `disk` output (and `qcow2`, a compressed copy of the same disk).
+/// The `disk` output (and `qcow2`, a compressed copy of the same disk;
+/// `vhd` and `gce`, the conversions Azure and GCE import).
 pub struct DiskOutput {
     pub qcow2: bool,
+    pub vhd: bool,
+    pub gce: bool,
 }
 
 impl Output for DiskOutput {
@@ -96,7 +99,7 @@ impl Output for DiskOutput {
                     "disk".to_string()
                 },
             };
-            let (artifacts, facts) = build(cx, &job, self.qcow2)?;
+            let (artifacts, facts) = build(cx, &job, self)?;
             Ok(Produced {
                 artifacts,
                 disk: Some(facts),
@@ -286,11 +289,12 @@ fn stamp_version(tree: &kiln_rootfs::inroot::Root, name: &str, version: &str) ->
     Ok(())
 }
 
-/// Builds `DIR/<stem>.raw` (and `.qcow2` when asked) from the tree.
+/// Builds `DIR/<stem>.raw` (and `.qcow2`, `.vhd`, `.tar.gz` when asked)
+/// from the tree.
 fn build(
     cx: &Context,
     job: &DiskJob,
-    qcow2: bool,
+    want: &DiskOutput,
 ) -> Result<(Vec<kiln_model::Artifact>, DiskFacts)> {
     let out_dir = cx.out_dir;
     let reporter = cx.reporter;
@@ -703,7 +707,7 @@ fn build(
             });
         }
     }
-    if qcow2 {
+    if want.qcow2 {
         let name = format!("{}.qcow2", job.stem);
         let dest = out_dir.join(&name);
         let tmp = out_dir.join(format!(".{name}.partial-{}", std::process::id()));
@@ -716,6 +720,28 @@ fn build(
         }
         r?;
         artifacts.push(file_artifact(out_dir, &name, Format::Qcow2, job.arch)?);
+    }
+    // The clouds' import formats, converted in-process (written under a
+    // temporary name, renamed into place).
+    for (on, ext, format) in [
+        (want.vhd, "vhd", Format::Vhd),
+        (want.gce, "tar.gz", Format::Gce),
+    ] {
+        if !on {
+            continue;
+        }
+        let name = format!("{}.{ext}", job.stem);
+        let dest = out_dir.join(&name);
+        reporter.step(Stage::Write, &dest.display().to_string());
+        let converted = match format {
+            Format::Vhd => kiln_image::cloud::write_fixed_vhd(&raw, &dest, job.epoch),
+            _ => kiln_image::cloud::write_gce_tar(&raw, &dest, job.epoch),
+        };
+        converted.map_err(|e| match e.hint() {
+            Some(h) => anyhow::Error::from(Hinted::new(e.to_string(), h)),
+            None => anyhow::Error::from(e),
+        })?;
+        artifacts.push(file_artifact(out_dir, &name, format, job.arch)?);
     }
     Ok((artifacts, facts))
 }

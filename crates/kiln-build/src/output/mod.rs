@@ -77,7 +77,7 @@ pub fn outputs_for(recipe: &Recipe) -> Result<Vec<Box<dyn Output>>> {
             Format::parse(f).ok_or_else(|| {
                 Hinted::new(
                     format!("unknown output format `{f}`"),
-                    "use tar, oci, disk or qcow2",
+                    "use tar, oci, disk, qcow2, vhd (Azure) or gce (GCE's tar.gz)",
                 )
             })
         })
@@ -88,13 +88,15 @@ pub fn outputs_for(recipe: &Recipe) -> Result<Vec<Box<dyn Output>>> {
         match f {
             Format::Tar => out.push(Box::new(tar::Tar)),
             Format::Oci => out.push(Box::new(oci::Oci::new(recipe))),
-            Format::Disk | Format::Qcow2 if !disk_added => {
+            f if f.is_disk() && !disk_added => {
                 disk_added = true;
                 out.push(Box::new(disk::DiskOutput {
                     qcow2: formats.contains(&Format::Qcow2),
+                    vhd: formats.contains(&Format::Vhd),
+                    gce: formats.contains(&Format::Gce),
                 }))
             }
-            Format::Disk | Format::Qcow2 => {}
+            Format::Disk | Format::Qcow2 | Format::Vhd | Format::Gce => {}
             // Written by the disk output of an updating image.
             Format::Update => {}
         }
@@ -129,14 +131,20 @@ pub fn planned_files(recipe: &Recipe) -> Vec<String> {
         match f {
             Format::Tar => out.extend(per_arch("rootfs", "tar")),
             Format::Oci => out.push("oci/".to_string()),
-            Format::Disk | Format::Qcow2 if !disk_done => {
+            f if f.is_disk() && !disk_done => {
                 disk_done = true;
                 out.extend(per_arch("disk", "raw"));
-                if formats.contains(&Format::Qcow2) {
-                    out.extend(per_arch("disk", "qcow2"));
+                for (f, ext) in [
+                    (Format::Qcow2, "qcow2"),
+                    (Format::Vhd, "vhd"),
+                    (Format::Gce, "tar.gz"),
+                ] {
+                    if formats.contains(&f) {
+                        out.extend(per_arch("disk", ext));
+                    }
                 }
             }
-            Format::Disk | Format::Qcow2 => {}
+            Format::Disk | Format::Qcow2 | Format::Vhd | Format::Gce => {}
             Format::Update => {}
         }
     }

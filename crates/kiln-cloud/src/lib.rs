@@ -1,0 +1,211 @@
+//! Publishing Kiln's disk images to clouds.
+//!
+//! - [`aws`]: `aws://REGION[,REGION…]`: the raw disk into an EBS snapshot
+//!   through the EBS direct APIs (512 KiB blocks, each with its sha256;
+//!   blocks of zeros are not sent), an AMI registered from it (UEFI boot,
+//!   ENA, the architecture, IMDSv2), copied to every other named region,
+//!   every image and snapshot tagged with the disk's sha256. An image
+//!   already tagged with that digest is found and reused, so publishing
+//!   again uploads nothing.
+//!
+//! Credentials come from each provider's standard environment and files
+//! and never appear in output, errors or records; endpoints follow each
+//! SDK's standard override (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_EC2`, …),
+//! which is how the tests reach local emulators. Everything read from a
+//! cloud's answers is treated as hostile: sizes are bounded, XML is parsed
+//! by a real parser, nothing from a reply becomes a path.
+
+pub mod aws;
+
+/// A cloud `kiln publish --to` knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloudTarget {
+    /// `aws://REGION[,REGION…]`: the first region gets the upload, the
+    /// others a copy.
+    Aws { regions: Vec<String> },
+}
+
+/// The cloud schemes, for error messages.
+pub const CLOUD_SCHEMES: &str = "aws://REGION[,REGION…]";
+
+impl CloudTarget {
+    /// Parses a cloud target; `None` when `s` is not one (another scheme).
+    pub fn parse(s: &str) -> Option<Result<CloudTarget, CloudError>> {
+        let rest = s.strip_prefix("aws://")?;
+        Some(parse_aws(s, rest))
+    }
+
+    /// The target as the user writes it.
+    pub fn display(&self) -> String {
+        match self {
+            CloudTarget::Aws { regions } => format!("aws://{}", regions.join(",")),
+        }
+    }
+
+    /// The provider's name (`aws`), as the catalog records it.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            CloudTarget::Aws { .. } => "aws",
+        }
+    }
+}
+
+fn parse_aws(s: &str, rest: &str) -> Result<CloudTarget, CloudError> {
+    let bad = |message: String, hint: &str| CloudError::Target {
+        target: s.to_string(),
+        message,
+        hint: Some(hint.to_string()),
+    };
+    let (list, query) = match rest.split_once('?') {
+        Some((l, q)) => (l, Some(q)),
+        None => (rest, None),
+    };
+    if let Some(q) = query {
+        // No parameter is known yet: the first one is refused.
+        if let Some(kv) = q.split('&').find(|kv| !kv.is_empty()) {
+            let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+            if key == "bucket" {
+                return Err(bad(
+                    "?bucket= (an upload through S3 and ImportSnapshot) is not supported yet".into(),
+                    "leave it out: Kiln uploads the disk straight into a snapshot with the EBS direct APIs, no bucket or import role needed",
+                ));
+            }
+            return Err(bad(
+                format!("unknown parameter `{key}`"),
+                "aws://REGION[,REGION…], e.g. aws://eu-west-1,us-east-1",
+            ));
+        }
+    }
+    let mut regions: Vec<String> = Vec::new();
+    for r in list.split(',') {
+        let r = r.trim();
+        if !aws::valid_region_name(r) {
+            return Err(bad(
+                if r.is_empty() {
+                    "no region given".into()
+                } else {
+                    format!("`{r}` is not an AWS region name")
+                },
+                "aws://REGION[,REGION…], e.g. aws://eu-west-1,us-east-1",
+            ));
+        }
+        if !regions.iter().any(|x| x == r) {
+            regions.push(r.to_string());
+        }
+    }
+    Ok(CloudTarget::Aws { regions })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// No usable credentials (the message names where they are read from).
+    #[error("{provider}: {message}")]
+    Credentials {
+        provider: &'static str,
+        message: String,
+        hint: String,
+    },
+    /// The target is wrong (a region that does not exist, a name in use).
+    #[error("{target}: {message}")]
+    Target {
+        target: String,
+        message: String,
+        hint: Option<String>,
+    },
+    /// The cloud refused a call.
+    #[error("{service} {action} in {region}: {code}: {message} (HTTP {status})")]
+    Api {
+        service: &'static str,
+        action: String,
+        region: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The cloud could not be reached, or answered with something that is
+    /// not an answer.
+    #[error("{service} {action} in {region}: {message}")]
+    Transport {
+        service: &'static str,
+        action: String,
+        region: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Disk(#[from] kiln_image::cloud::CloudFormatError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CloudError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CloudError::Credentials { hint, .. } => Some(hint.clone()),
+            CloudError::Target { hint, .. } => hint.clone(),
+            CloudError::Api { code, .. } if is_auth_code(code) => Some(
+                "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the profile in ~/.aws/credentials) and their permissions".into(),
+            ),
+            CloudError::Api { .. } => None,
+            CloudError::Transport { .. } => Some(
+                "check the network, or the endpoint override (AWS_ENDPOINT_URL) if one is set; publishing again resumes: what is there already is reused".into(),
+            ),
+            CloudError::Disk(e) => e.hint(),
+            CloudError::Io { .. } => None,
+        }
+    }
+}
+
+fn is_auth_code(code: &str) -> bool {
+    matches!(
+        code,
+        "AuthFailure"
+            | "UnauthorizedOperation"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "AccessDeniedException"
+            | "AccessDenied"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "ExpiredToken"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_targets_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            CloudTarget::parse("aws://eu-west-1,us-east-1,eu-west-1")
+                .unwrap()
+                .unwrap(),
+            CloudTarget::Aws {
+                regions: vec!["eu-west-1".into(), "us-east-1".into()]
+            }
+        );
+        assert!(CloudTarget::parse("file:///srv").is_none());
+        for (t, want) in [
+            ("aws://", "no region"),
+            ("aws://Europe", "not an AWS region name"),
+            ("aws://eu-west-1,../x", "not an AWS region name"),
+            ("aws://eu-west-1?bucket=b", "not supported yet"),
+            ("aws://eu-west-1?color=red", "unknown parameter"),
+        ] {
+            let e = CloudTarget::parse(t).unwrap().unwrap_err();
+            assert!(e.to_string().contains(want), "{t}: {e}");
+            assert!(e.hint().is_some());
+        }
+        assert_eq!(
+            CloudTarget::parse("aws://us-gov-west-1")
+                .unwrap()
+                .unwrap()
+                .display(),
+            "aws://us-gov-west-1"
+        );
+    }
+}

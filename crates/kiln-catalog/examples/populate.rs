@@ -94,6 +94,7 @@ fn main() {
                 digest: None,
                 channel: Some("stable".into()),
                 published_at: 0,
+                region: None,
             },
         )
         .unwrap();

@@ -19,7 +19,7 @@ use kiln_model::Manifest;
 use serde::Serialize;
 
 /// The schema this Kiln writes and reads.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Each migration takes the schema from its index to the next version.
 const MIGRATIONS: &[&str] = &[
@@ -140,6 +140,12 @@ CREATE TABLE rollout (
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (tree, channel, image, version)
 );
+"#,
+    // Cloud images (`kiln publish --to aws://…`): one row per region, the
+    // provider in `kind`, the image id in `location`.
+    r#"
+ALTER TABLE publication ADD COLUMN region TEXT;
+CREATE INDEX publication_region ON publication(kind, region);
 "#,
 ];
 
@@ -389,6 +395,9 @@ impl Catalog {
         let channels = column(
             "SELECT DISTINCT channel FROM publication WHERE channel IS NOT NULL ORDER BY channel",
         )?;
+        let regions = column(
+            "SELECT DISTINCT region FROM publication WHERE region IS NOT NULL ORDER BY region",
+        )?;
         let counts = conn
             .query_one("SELECT COUNT(DISTINCT name), COUNT(*) FROM image", &[])
             .map_err(db)?
@@ -401,6 +410,7 @@ impl Catalog {
             architectures,
             formats,
             channels,
+            regions,
         })
     }
 
@@ -761,11 +771,11 @@ impl Catalog {
         self.conn
             .get_mut()
             .exec(
-                "INSERT INTO publication (image_id, target, kind, location, digest, channel, published_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                "INSERT INTO publication (image_id, target, kind, location, digest, channel, published_at, region) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                  ON CONFLICT (image_id, target, location) DO UPDATE SET \
                  kind = excluded.kind, digest = excluded.digest, channel = excluded.channel, \
-                 published_at = excluded.published_at",
+                 published_at = excluded.published_at, region = excluded.region",
                 args![
                     id,
                     &p.target,
@@ -773,7 +783,8 @@ impl Catalog {
                     &p.location,
                     p.digest.clone(),
                     p.channel.clone(),
-                    unix_now()
+                    unix_now(),
+                    p.region.clone()
                 ],
             )
             .map_err(db)?;
@@ -1017,6 +1028,32 @@ impl Catalog {
                 args.len()
             );
         }
+        match (&q.provider, &q.region) {
+            (Some(p), Some(r)) => {
+                args.push(p.into());
+                args.push(r.into());
+                filter += &format!(
+                    " AND id IN (SELECT image_id FROM publication WHERE kind = ?{} AND region = ?{})",
+                    args.len() - 1,
+                    args.len()
+                );
+            }
+            (Some(p), None) => {
+                args.push(p.into());
+                filter += &format!(
+                    " AND id IN (SELECT image_id FROM publication WHERE kind = ?{})",
+                    args.len()
+                );
+            }
+            (None, Some(r)) => {
+                args.push(r.into());
+                filter += &format!(
+                    " AND id IN (SELECT image_id FROM publication WHERE region = ?{})",
+                    args.len()
+                );
+            }
+            (None, None) => {}
+        }
         if let Some(p) = &q.package {
             args.push((&p.name).into());
             // Through the index on package names (a correlated EXISTS
@@ -1142,7 +1179,7 @@ impl Catalog {
         let rows = conn
             .query(
                 &format!(
-                    "SELECT image_id, target, kind, location, digest, channel, published_at \
+                    "SELECT image_id, target, kind, location, digest, channel, published_at, region \
                      FROM publication WHERE {list} \
                      ORDER BY published_at DESC, id DESC"
                 ),
@@ -1158,6 +1195,7 @@ impl Catalog {
                 digest: r.ot(4),
                 channel: r.ot(5),
                 published_at: r.i(6),
+                region: r.ot(7),
             });
         }
         drop(conn);
@@ -1264,6 +1302,8 @@ pub struct Facets {
     pub formats: Vec<String>,
     /// Download-tree channels versions were published to.
     pub channels: Vec<String>,
+    /// Cloud regions versions were published to (any provider).
+    pub regions: Vec<String>,
 }
 
 /// What `kiln find` asks.
@@ -1276,6 +1316,10 @@ pub struct Query {
     pub package: Option<PackageQuery>,
     /// Only versions published to this channel of a download tree.
     pub channel: Option<String>,
+    /// Only versions published to this cloud (`aws`), and to this region
+    /// of it.
+    pub provider: Option<String>,
+    pub region: Option<String>,
     /// Only the newest version of each image.
     pub latest: bool,
 }
@@ -1497,6 +1541,8 @@ pub struct Publication {
     /// The channel, for trees.
     pub channel: Option<String>,
     pub published_at: i64,
+    /// The cloud region, for cloud images (`kind` is the provider: `aws`).
+    pub region: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1591,6 +1637,7 @@ mod tests {
             digest: Some(digest.into()),
             channel: None,
             published_at: 0,
+            region: None,
         };
         c.record_publication(&b, &p("sha256:aa")).unwrap();
         c.record_publication(&b, &p("sha256:bb")).unwrap();

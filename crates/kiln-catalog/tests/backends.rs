@@ -46,6 +46,7 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
         digest: Some(digest.into()),
         channel: None,
         published_at: 0,
+        region: None,
     };
     c.record_publication(&py, &publication("sha256:aa"))
         .unwrap();
@@ -57,6 +58,22 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
     tree.location = "/srv/images/channels/stable.json".into();
     tree.channel = Some("stable".into());
     c.record_publication(&web1, &tree).unwrap();
+    // web2 as an AMI in two regions.
+    for (region, ami) in [("eu-west-1", "ami-0e1"), ("us-east-1", "ami-0u1")] {
+        c.record_publication(
+            &web2,
+            &Publication {
+                target: format!("aws://{region}"),
+                kind: "aws".into(),
+                location: ami.into(),
+                digest: Some("sha256:d15c".into()),
+                channel: None,
+                published_at: 0,
+                region: Some(region.into()),
+            },
+        )
+        .unwrap();
+    }
     // A watch pass found web1 behind; a rebuild made web2 (a first try
     // failed its test and made no catalogued version).
     let sha = |dir: &Path| {
@@ -141,6 +158,16 @@ fn history(c: &mut Catalog, root: &Path) -> Vec<serde_json::Value> {
             channel: Some("stable".into()),
             ..Default::default()
         },
+        Query {
+            provider: Some("aws".into()),
+            region: Some("us-east-1".into()),
+            ..Default::default()
+        },
+        Query {
+            provider: Some("aws".into()),
+            region: Some("ap-south-1".into()),
+            ..Default::default()
+        },
     ];
     let facets = serde_json::to_value(c.facets().unwrap()).unwrap();
     assert_eq!(
@@ -217,6 +244,28 @@ fn postgres_gives_the_same_answers_as_sqlite() {
     assert_eq!(web2["rebuild"]["outcome"], "published");
     assert_eq!(web2["rebuild"]["packages"][0]["suite"], "trixie-security");
     assert!(a[2][0]["watch"].is_null(), "never watched");
+    // The AMI of a region.
+    assert_eq!(a[7].as_array().unwrap().len(), 1, "{}", a[7]);
+    let amis: Vec<(&str, &str)> = a[7][0]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "aws")
+        .map(|p| {
+            (
+                p["region"].as_str().unwrap(),
+                p["location"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        amis.contains(&("us-east-1", "ami-0u1")) && amis.len() == 2,
+        "{amis:?}"
+    );
+    assert!(
+        a[8].as_array().unwrap().is_empty(),
+        "no image in ap-south-1"
+    );
     // Reopening migrates nothing and keeps everything.
     drop(server);
     let again = Catalog::open(Path::new(&url)).unwrap();

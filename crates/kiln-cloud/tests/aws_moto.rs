@@ -8,63 +8,16 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_cloud::aws::{publish, AwsImage, AwsOptions};
 use kiln_cloud::CloudError;
 use kiln_image::gpt::{types, write_disk, Partition};
+use kiln_testkit::moto::Moto;
 
 const MIB: u64 = 1 << 20;
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn moto() -> Moto {
-    let port = free_port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 runs");
-    let m = Moto { child, port };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "moto did not start: install it with `pip install 'moto[server]'` (.ci/run does)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    m
-}
 
 /// A proxy in front of moto that records what Kiln sends and can cut the
 /// connection after `cut_after` block uploads.
@@ -236,50 +189,14 @@ fn run(
     })
 }
 
-/// boto3 against moto: the account's images (id, name, tags) per region,
-/// and its snapshots with their states.
-fn moto_state(port: u16, regions: &[&str]) -> serde_json::Value {
-    let script = r#"
-import boto3, json, sys
-port, regions = sys.argv[1], sys.argv[2:]
-out = {}
-for r in regions:
-    ec2 = boto3.client("ec2", region_name=r, endpoint_url=f"http://127.0.0.1:{port}",
-                       aws_access_key_id="x", aws_secret_access_key="y")
-    out[r] = {
-        "images": [{"id": i["ImageId"], "name": i.get("Name"),
-                    "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])}}
-                   for i in ec2.describe_images(Owners=["self"])["Images"]],
-        "snapshots": [{"id": s["SnapshotId"], "state": s["State"],
-                       "tags": {t["Key"]: t["Value"] for t in s.get("Tags", [])}}
-                      for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]],
-    }
-print(json.dumps(out))
-"#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(port.to_string())
-        .args(regions)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn tagged<'a>(state: &'a serde_json::Value, region: &str, sha: &str) -> Vec<&'a serde_json::Value> {
-    state[region]["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["tags"]["kiln:sha256"] == sha)
-        .collect()
+fn tagged(state: &serde_json::Value, region: &str, sha: &str) -> Vec<serde_json::Value> {
+    Moto::images_tagged(state, region, sha)
 }
 
 #[test]
 fn a_disk_becomes_an_ami_in_two_regions_once() {
     let t = tempfile::tempdir().unwrap();
-    let m = moto();
+    let m = Moto::start();
     let p = proxy(m.port, None);
     let env = env_for(p.port, t.path());
     let raw = disk(t.path());
@@ -300,7 +217,7 @@ fn a_disk_becomes_an_ami_in_two_regions_once() {
     // zero, the rest is skipped.
     assert!(r.blocks_sent >= 6 && r.blocks_sent <= 10, "{r:?}");
     assert_eq!(r.blocks_sent + r.blocks_skipped, 48, "{r:?}");
-    let state = moto_state(m.port, &["eu-west-1", "us-east-1"]);
+    let state = m.state(&["eu-west-1", "us-east-1"]);
     for (region, img) in [("eu-west-1", &r.images[0]), ("us-east-1", &r.images[1])] {
         let found = tagged(&state, region, &sha);
         assert_eq!(found.len(), 1, "{region}: {state}");
@@ -354,7 +271,7 @@ fn a_disk_becomes_an_ami_in_two_regions_once() {
     );
     assert_eq!(again.images[0].image_id, r.images[0].image_id);
     assert_eq!(again.images[1].image_id, r.images[1].image_id);
-    let state = moto_state(m.port, &["eu-west-1", "us-east-1"]);
+    let state = m.state(&["eu-west-1", "us-east-1"]);
     assert_eq!(tagged(&state, "us-east-1", &sha).len(), 1, "{state}");
 
     // Another disk under the same name is refused, unless --replace.
@@ -377,7 +294,7 @@ fn a_disk_becomes_an_ami_in_two_regions_once() {
     assert!(e.to_string().contains("already used in eu-west-1"), "{e}");
     assert!(e.hint().unwrap().contains("--replace"));
     let replaced = run(&env, &["eu-west-1"], &img2, true).unwrap();
-    let state = moto_state(m.port, &["eu-west-1"]);
+    let state = m.state(&["eu-west-1"]);
     assert!(
         tagged(&state, "eu-west-1", &sha).is_empty(),
         "the old AMI is gone: {state}"
@@ -391,7 +308,7 @@ fn a_disk_becomes_an_ami_in_two_regions_once() {
 #[test]
 fn bad_regions_credentials_and_disks_are_refused_before_upload() {
     let t = tempfile::tempdir().unwrap();
-    let m = moto();
+    let m = Moto::start();
     let env = env_for(m.port, t.path());
     let raw = disk(t.path());
     let sha = sha256_file(&raw);
@@ -461,7 +378,7 @@ fn bad_regions_credentials_and_disks_are_refused_before_upload() {
 #[test]
 fn an_upload_cut_midway_leaves_no_snapshot_and_the_next_one_completes() {
     let t = tempfile::tempdir().unwrap();
-    let m = moto();
+    let m = Moto::start();
     let cut = proxy(m.port, Some(3));
     let raw = disk(t.path());
     let sha = sha256_file(&raw);
@@ -488,7 +405,7 @@ fn an_upload_cut_midway_leaves_no_snapshot_and_the_next_one_completes() {
         "{:?}",
         e.hint()
     );
-    let state = moto_state(m.port, &["eu-west-1"]);
+    let state = m.state(&["eu-west-1"]);
     assert!(
         tagged(&state, "eu-west-1", &sha).is_empty(),
         "no AMI: {state}"
@@ -507,6 +424,6 @@ fn an_upload_cut_midway_leaves_no_snapshot_and_the_next_one_completes() {
     let env = env_for(m.port, t.path());
     let r = run(&env, &["eu-west-1"], &img, false).unwrap();
     assert_eq!(r.images[0].how, "uploaded");
-    let state = moto_state(m.port, &["eu-west-1"]);
+    let state = m.state(&["eu-west-1"]);
     assert_eq!(tagged(&state, "eu-west-1", &sha).len(), 1, "{state}");
 }

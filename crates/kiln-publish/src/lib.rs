@@ -31,10 +31,12 @@ pub enum Target {
     Tree(PathBuf),
     /// `docker://HOST/REPO[:TAG]` or a plain `HOST/REPO[:TAG]`.
     Registry(String),
+    /// A cloud (`aws://REGION[,REGION…]`), through `kiln_cloud`.
+    Cloud(kiln_cloud::CloudTarget),
 }
 
 /// The target schemes `kiln publish --to` knows.
-pub const SCHEMES: &str = "file:///PATH (a download tree), docker://HOST/REPOSITORY[:TAG] or HOST/REPOSITORY[:TAG] (an OCI registry)";
+pub const SCHEMES: &str = "file:///PATH (a download tree), docker://HOST/REPOSITORY[:TAG] or HOST/REPOSITORY[:TAG] (an OCI registry), aws://REGION[,REGION…] (AMIs)";
 
 impl Target {
     pub fn parse(s: &str) -> Result<Target, PublishError> {
@@ -49,6 +51,9 @@ impl Target {
         }
         if let Some(rest) = s.strip_prefix("docker://") {
             return Ok(Target::Registry(rest.into()));
+        }
+        if let Some(cloud) = kiln_cloud::CloudTarget::parse(s) {
+            return cloud.map(Target::Cloud).map_err(PublishError::from);
         }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(PublishError::Target {
@@ -81,6 +86,7 @@ impl Target {
         match self {
             Target::Tree(p) => format!("file://{}", p.display()),
             Target::Registry(r) => format!("docker://{r}"),
+            Target::Cloud(c) => c.display(),
         }
     }
 }
@@ -109,6 +115,8 @@ pub enum PublishError {
     Registry(#[from] kiln_registry::RegistryError),
     #[error(transparent)]
     Attest(#[from] kiln_attest::AttestError),
+    #[error(transparent)]
+    Cloud(#[from] kiln_cloud::CloudError),
 }
 
 impl PublishError {
@@ -128,6 +136,7 @@ impl PublishError {
             PublishError::Io { .. } => None,
             PublishError::Registry(e) => e.hint(),
             PublishError::Attest(e) => e.hint(),
+            PublishError::Cloud(e) => e.hint(),
         }
     }
 }

@@ -8,8 +8,8 @@ use serde_json::{json, Map, Value};
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The query parameters `/api/v1/images` takes.
-pub(crate) const PARAMETERS: [&str; 7] = [
-    "suite", "arch", "format", "package", "channel", "latest", "limit",
+pub(crate) const PARAMETERS: [&str; 9] = [
+    "suite", "arch", "format", "package", "channel", "provider", "region", "latest", "limit",
 ];
 
 /// The most versions one answer lists when `limit` is given larger.
@@ -99,6 +99,8 @@ pub(crate) fn query(pairs: &[(String, String)]) -> Result<Search, ApiError> {
             "arch" => q.architecture = Some(v.to_string()),
             "format" => q.format = Some(v.to_string()),
             "channel" => q.channel = Some(v.to_string()),
+            "provider" => q.provider = Some(v.to_string()),
+            "region" => q.region = Some(v.to_string()),
             "limit" => {
                 limit = Some(
                     v.parse::<usize>()
@@ -217,6 +219,8 @@ mod tests {
             ("format", ""),
             ("package", "openssl<<3.5.4-1"),
             ("channel", "stable"),
+            ("provider", "aws"),
+            ("region", "eu-west-1"),
             ("latest", "1"),
             ("limit", "100"),
         ]))
@@ -224,6 +228,8 @@ mod tests {
         assert_eq!(q.limit, Some(100));
         let q = q.query;
         assert_eq!(q.channel.as_deref(), Some("stable"));
+        assert_eq!(q.provider.as_deref(), Some("aws"));
+        assert_eq!(q.region.as_deref(), Some("eu-west-1"));
         assert_eq!(q.suite.as_deref(), Some("trixie"));
         assert_eq!(q.architecture.as_deref(), Some("arm64"));
         assert_eq!(q.format, None, "an empty value is no filter");

@@ -442,6 +442,7 @@ fn the_json_shape_is_stable() {
             "channels",
             "formats",
             "images",
+            "regions",
             "schema-version",
             "suites",
             "versions"
@@ -502,6 +503,7 @@ fn the_json_shape_is_stable() {
             "kind",
             "location",
             "published-at",
+            "region",
             "target"
         ]
     );

@@ -211,6 +211,33 @@ fn search_and_open_an_image(tab: &mut Tab, mode: &str) {
         "{mode}: {error}"
     );
     assert_eq!(tab.eval("document.getElementById('error').hidden"), false);
+
+    // The AMI for a region: the image published there, and only that
+    // region's id, ready to copy.
+    tab.eval("location.hash = '#provider=aws&region=us-east-1'; true");
+    tab.wait_for(
+        "document.body.dataset.state === 'results' && document.querySelectorAll('#results .result').length === 1",
+        "the search for an AMI in us-east-1",
+    );
+    assert_eq!(
+        results(tab, "#results"),
+        json!([["web", "1", []]]),
+        "{mode}"
+    );
+    let amis = tab.eval(
+        "[...document.querySelectorAll('#results .publication.cloud')].map(c => [c.querySelector('.kind').textContent, c.querySelector('.ref').value])",
+    );
+    assert_eq!(amis, json!([["AMI us-east-1", WEB1_AMI_US]]), "{mode}");
+    assert_eq!(
+        tab.eval("document.getElementById('region').value"),
+        "us-east-1",
+        "{mode}"
+    );
+    tab.eval("location.hash = '#region=ap-south-1'; true");
+    tab.wait_for(
+        "document.body.dataset.state === 'results' && document.querySelectorAll('#results .result').length === 0",
+        "no image in ap-south-1",
+    );
 }
 
 #[test]

@@ -181,6 +181,7 @@ pub fn cmd_import(
                     digest: None,
                     channel: Some(v.channel.clone()),
                     published_at: 0,
+                    region: None,
                 },
             );
             match r {
@@ -240,7 +241,7 @@ pub struct FindArgs {
     /// Only images for this architecture.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Only images with an artifact of this format (tar, oci, disk, qcow2).
+    /// Only images with an artifact of this format (tar, oci, disk, qcow2, vhd, gce).
     #[arg(long)]
     pub format: Option<String>,
     /// Only images with this package, optionally at versions that satisfy OP VERSION in dpkg's order (e.g. 'openssl<<3.5.4').
@@ -249,6 +250,12 @@ pub struct FindArgs {
     /// Only versions published to this channel of a download tree (kiln publish --channel).
     #[arg(long)]
     pub channel: Option<String>,
+    /// Only versions published to this cloud (aws), and print their image ids.
+    #[arg(long, value_name = "NAME", value_parser = ["aws"])]
+    pub provider: Option<String>,
+    /// Only versions published to this region of the cloud (with --provider: its image id there).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
     /// Only the newest version of each image.
     #[arg(long)]
     pub latest: bool,
@@ -272,6 +279,8 @@ pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
         format: a.format.clone(),
         package: a.package.as_deref().map(PackageQuery::parse).transpose()?,
         channel: a.channel.clone(),
+        provider: a.provider.clone(),
+        region: a.region.clone(),
         latest: a.latest,
     };
     let c = Catalog::open(&path)?;
@@ -315,6 +324,17 @@ pub fn cmd_find(ui: &Ui, catalog: Option<&Path>, a: &FindArgs) -> Result<()> {
             );
         }
         for p in &f.publications {
+            if let Some(region) = &p.region {
+                // A cloud image: the id to launch, in its region (only the
+                // asked ones when a provider or region was asked for).
+                if a.provider.as_ref().is_some_and(|x| *x != p.kind)
+                    || a.region.as_ref().is_some_and(|x| x != region)
+                {
+                    continue;
+                }
+                outln!("  {} {region}: {}", p.kind, p.location);
+                continue;
+            }
             outln!(
                 "  published {}{}",
                 p.location,

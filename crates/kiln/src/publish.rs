@@ -58,6 +58,12 @@ pub struct PublishArgs {
     /// Registry user (password from $KILN_REGISTRY_PASSWORD; default user $KILN_REGISTRY_USER; else the Docker client configuration).
     #[arg(long)]
     pub username: Option<String>,
+    /// A cloud image name already used by another disk is deregistered and the name reused (else refused).
+    #[arg(long)]
+    pub replace: bool,
+    /// Seconds to wait for a cloud's snapshot or image to become ready.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub cloud_wait: u64,
     /// Print what was published as JSON on stdout (schema: docs/schemas/publish.schema.json).
     #[arg(long)]
     pub json: bool,
@@ -180,6 +186,7 @@ pub fn cmd_publish(
                             digest: None,
                             channel: Some(job.channel.clone()),
                             published_at: 0,
+                            region: None,
                         },
                     );
                     reporter.step(
@@ -229,6 +236,11 @@ pub fn cmd_publish(
                     })).collect::<Vec<_>>(),
                 }));
             }
+            Target::Cloud(kiln_cloud::CloudTarget::Aws { regions }) => {
+                for b in &bs {
+                    published.extend(publish_aws(ui, catalog, reporter, a, t, regions, b)?);
+                }
+            }
             Target::Registry(reference) => {
                 for b in &bs {
                     let r = kiln_publish::registry::publish(
@@ -252,6 +264,7 @@ pub fn cmd_publish(
                             digest: Some(r.digest.clone()),
                             channel: None,
                             published_at: 0,
+                            region: None,
                         },
                     );
                     reporter.step(
@@ -312,6 +325,139 @@ pub fn cmd_publish(
         );
     }
     Ok(())
+}
+
+/// The AMIs of one build: each of its disks (one per architecture) into
+/// every region, recorded per region in the catalog.
+fn publish_aws(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    reporter: &dyn Reporter,
+    a: &PublishArgs,
+    t: &Target,
+    regions: &[String],
+    b: &Build,
+) -> Result<Vec<serde_json::Value>> {
+    let disks: Vec<_> = b
+        .files
+        .iter()
+        .filter(|f| f.format == Some(kiln_model::Format::Disk))
+        .collect();
+    if disks.is_empty() {
+        return Err(Hinted::new(
+            format!(
+                "{}: the build has no disk.raw to make an AMI of",
+                b.dir.display()
+            ),
+            "build with [output] formats = [\"disk\"] (the debian-cloud-aws recipe does)",
+        )
+        .into());
+    }
+    let m = &b.manifest;
+    let version = m.version.as_deref().unwrap_or("0");
+    let stamp: String = kiln_publish::rfc3339(m.source_date_epoch)
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let mut out = Vec::new();
+    for f in disks {
+        let arch = f.architecture.as_deref().unwrap_or("amd64");
+        let (_, sha) = f.digest.as_ref().expect("a disk file has a digest");
+        let raw_name = format!(
+            "{}-{version}-{arch}-{}-{}",
+            m.image,
+            &stamp[..8.min(stamp.len())],
+            &stamp[8.min(stamp.len())..]
+        );
+        // AMI names: letters, digits and ()[] ./-'@_ only.
+        let name: String = raw_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(128)
+            .collect();
+        let progress = |msg: &str| reporter.step(Stage::Publish, msg);
+        let r = kiln_cloud::aws::publish(
+            regions,
+            &kiln_cloud::aws::AwsImage {
+                disk: &b.dir.join(&f.rel),
+                sha256: sha,
+                name: name.clone(),
+                description: format!("{} {version} ({arch}), built by Kiln", m.image),
+                architecture: arch,
+                tags: vec![
+                    ("kiln:image".into(), m.image.clone()),
+                    ("kiln:version".into(), version.to_string()),
+                    ("kiln:build".into(), b.id.clone()),
+                ],
+            },
+            &kiln_cloud::aws::AwsOptions {
+                replace: a.replace,
+                progress: &progress,
+                wait: std::time::Duration::from_secs(a.cloud_wait),
+            },
+        )?;
+        // Recorded only once every region has its image.
+        for i in &r.images {
+            crate::catalog::record_publication(
+                ui,
+                catalog,
+                &b.dir,
+                &kiln_catalog::Publication {
+                    target: format!("aws://{}", i.region),
+                    kind: "aws".into(),
+                    location: i.image_id.clone(),
+                    digest: Some(format!("sha256:{sha}")),
+                    channel: None,
+                    published_at: 0,
+                    region: Some(i.region.clone()),
+                },
+            );
+        }
+        reporter.step(
+            Stage::Published,
+            &format!(
+                "{name}: {} ({})",
+                r.images
+                    .iter()
+                    .map(|i| format!("{} {} ({})", i.region, i.image_id, i.how))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if r.nothing_sent() {
+                    "all there already, nothing sent".to_string()
+                } else {
+                    format!(
+                        "{} blocks sent, {} zero blocks skipped",
+                        r.blocks_sent, r.blocks_skipped
+                    )
+                }
+            ),
+        );
+        out.push(json!({
+            "target": t.display(),
+            "kind": "aws",
+            "build-id": b.id,
+            "image": m.image,
+            "architecture": arch,
+            "name": name,
+            "disk-sha256": sha,
+            "snapshot": r.snapshot,
+            "blocks-sent": r.blocks_sent,
+            "blocks-skipped": r.blocks_skipped,
+            "bytes-sent": r.bytes_sent,
+            "images": r.images.iter().map(|i| json!({
+                "region": i.region,
+                "image-id": i.image_id,
+                "how": i.how,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(out)
 }
 
 /// One target with the channel and the builds it gets.

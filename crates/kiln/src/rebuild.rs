@@ -371,6 +371,9 @@ fn steps(
             keep: 3,
             insecure: o.insecure,
             username: o.username.clone(),
+            // A rebuild is a new disk: its AMI name has its own epoch.
+            replace: false,
+            cloud_wait: 3600,
             json: false,
         },
     )?;

@@ -248,6 +248,175 @@ fn partitions(disk: &Path) -> serde_json::Value {
     v["partitiontable"].clone()
 }
 
+/// `kiln publish OUT --to aws://eu-west-1,us-east-1` into moto: each
+/// region holds the AMI tagged with disk.raw's sha256, a second publish
+/// sends nothing, and `kiln find --provider aws --region R` prints each
+/// region's AMI id.
+fn publish_to_aws(out: &Path) {
+    let moto = kiln_testkit::moto::Moto::start();
+    let home = tempfile::tempdir().unwrap();
+    let url = moto.url();
+    let env = [
+        ("AWS_ENDPOINT_URL", url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "AKIDKILNDISKTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "disk-test-secret"),
+        ("HOME", home.path().to_str().unwrap()),
+    ];
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let sha = manifest["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["format"] == "disk")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = "aws://eu-west-1,us-east-1";
+    let o = kiln(
+        &["publish", out.to_str().unwrap(), "--to", target, "--json"],
+        &env,
+    );
+    assert!(o.status.success(), "publish to AWS failed: {}", text(&o));
+    assert!(
+        !text(&o).contains("disk-test-secret"),
+        "the secret is shown"
+    );
+    let v = json_of(&o);
+    assert_matches_schema("publish", &v);
+    let p = &v["published"][0];
+    assert_eq!(p["kind"], "aws");
+    assert_eq!(p["disk-sha256"], sha.as_str());
+    assert!(
+        p["blocks-skipped"].as_u64().unwrap() > 0,
+        "zero blocks are skipped: {p}"
+    );
+    let state = moto.state(&["eu-west-1", "us-east-1"]);
+    let mut amis = Vec::new();
+    for (i, region) in ["eu-west-1", "us-east-1"].iter().enumerate() {
+        let found = kiln_testkit::moto::Moto::images_tagged(&state, region, &sha);
+        assert_eq!(found.len(), 1, "{region}: {state}");
+        assert_eq!(p["images"][i]["region"], *region);
+        assert_eq!(found[0]["id"], p["images"][i]["image-id"], "{state}");
+        assert_eq!(found[0]["tags"]["kiln:image"], "debian-cloud");
+        amis.push(found[0]["id"].as_str().unwrap().to_string());
+    }
+    // Again: every region has it, nothing is sent.
+    let o = kiln(
+        &["publish", out.to_str().unwrap(), "--to", target, "--json"],
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let again = json_of(&o);
+    let again = &again["published"][0];
+    assert_eq!(again["blocks-sent"], 0, "{again}");
+    assert!(
+        again["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["how"] == "reused"),
+        "{again}"
+    );
+    let state2 = moto.state(&["eu-west-1", "us-east-1"]);
+    assert_eq!(
+        state2["us-east-1"]["images"].as_array().unwrap().len(),
+        state["us-east-1"]["images"].as_array().unwrap().len()
+    );
+    // Found by region: the id of that region only.
+    for (region, ami) in ["eu-west-1", "us-east-1"].iter().zip(&amis) {
+        let o = kiln(
+            &[
+                "find",
+                "--provider",
+                "aws",
+                "--region",
+                region,
+                "--latest",
+                "--image",
+                "debian-cloud",
+            ],
+            &[],
+        );
+        let t = text(&o);
+        assert!(
+            o.status.success() && t.contains(&format!("aws {region}: {ami}")),
+            "{t}"
+        );
+        let other = amis.iter().find(|a| *a != ami).unwrap();
+        assert!(!t.contains(other.as_str()), "only {region}'s AMI: {t}");
+    }
+    let found = json_of(&kiln(
+        &[
+            "find",
+            "--provider",
+            "aws",
+            "--region",
+            "us-east-1",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_matches_schema("find", &found);
+    assert!(
+        found["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["publications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["region"] == "us-east-1" && p["location"] == amis[1].as_str())),
+        "{found}"
+    );
+    let none = json_of(&kiln(
+        &[
+            "find",
+            "--provider",
+            "aws",
+            "--region",
+            "ap-south-1",
+            "--json",
+        ],
+        &[],
+    ));
+    assert!(none["images"].as_array().unwrap().is_empty(), "{none}");
+    // A region that does not exist: refused, nothing recorded.
+    let o = kiln(
+        &[
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            "aws://eu-west-1,eu-nowhere-9",
+        ],
+        &env,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("eu-nowhere-9"),
+        "{}",
+        text(&o)
+    );
+    let none = json_of(&kiln(&["find", "--region", "eu-nowhere-9", "--json"], &[]));
+    assert!(none["images"].as_array().unwrap().is_empty(), "{none}");
+    // No credentials: the error names where they are read from.
+    let o = kiln(
+        &["publish", out.to_str().unwrap(), "--to", target],
+        &[
+            ("AWS_ENDPOINT_URL", url.as_str()),
+            ("HOME", home.path().to_str().unwrap()),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("~/.aws/credentials"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     if skip() {
@@ -337,6 +506,9 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     // The provenance covers the disk images.
     let o = kiln(&["verify", out.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", text(&o));
+
+    // Into AWS (moto, on loopback), two regions; found by region.
+    publish_to_aws(&out);
 
     let _g = serial();
     let o = kiln(&["test", recipe.to_str().unwrap(), "-o"], &[]);

@@ -15,6 +15,9 @@ use kiln_catalog::{Catalog, Publication};
 /// An image name and version a hostile recipe could carry.
 pub const HOSTILE_NAME: &str = "evil<script>window.__pwned=1</script>\"'&amp;";
 pub const HOSTILE_VERSION: &str = "1\"><img src=x onerror=\"window.__pwned=2\">";
+/// web 1's AMIs (kiln publish --to aws://eu-west-1,us-east-1).
+pub const WEB1_AMI_EU: &str = "ami-0e1e1e1e1e1e1e1e1";
+pub const WEB1_AMI_US: &str = "ami-0a5a5a5a5a5a5a5a5";
 pub const WEB_V2_DIGEST: &str =
     "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
@@ -156,6 +159,7 @@ pub fn catalog(root: &Path) -> PathBuf {
         digest: Some(digest.into()),
         channel: (kind == "tree").then(|| "stable".into()),
         published_at: 0,
+        region: None,
     };
     c.record_publication(
         &web1,
@@ -177,6 +181,17 @@ pub fn catalog(root: &Path) -> PathBuf {
         ),
     )
     .unwrap();
+    // web 1 as an AMI in two regions.
+    for (region, ami) in [("eu-west-1", WEB1_AMI_EU), ("us-east-1", WEB1_AMI_US)] {
+        let mut p = publication(
+            "aws",
+            &format!("aws://{region}"),
+            ami,
+            &format!("sha256:{}", "d".repeat(64)),
+        );
+        p.region = Some(region.into());
+        c.record_publication(&web1, &p).unwrap();
+    }
     c.record_publication(
         &web2,
         &publication(

@@ -16,6 +16,7 @@
 //! by a real parser, nothing from a reply becomes a path.
 
 pub mod aws;
+pub mod azure;
 
 /// A cloud `kiln publish --to` knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,14 +24,33 @@ pub enum CloudTarget {
     /// `aws://REGION[,REGION…]`: the first region gets the upload, the
     /// others a copy.
     Aws { regions: Vec<String> },
+    /// `azure://CONTAINER`: a page blob in the container of the storage
+    /// account the environment names.
+    Azure { container: String },
 }
 
 /// The cloud schemes, for error messages.
-pub const CLOUD_SCHEMES: &str = "aws://REGION[,REGION…]";
+pub const CLOUD_SCHEMES: &str = "aws://REGION[,REGION…], azure://CONTAINER";
 
 impl CloudTarget {
     /// Parses a cloud target; `None` when `s` is not one (another scheme).
     pub fn parse(s: &str) -> Option<Result<CloudTarget, CloudError>> {
+        if let Some(c) = s.strip_prefix("azure://") {
+            let c = c.trim_end_matches('/');
+            return Some(if azure::valid_container(c) {
+                Ok(CloudTarget::Azure {
+                    container: c.to_string(),
+                })
+            } else {
+                Err(CloudError::Target {
+                    target: s.to_string(),
+                    message: format!("`{c}` is not a blob container name"),
+                    hint: Some(
+                        "azure://CONTAINER: 3 to 63 lowercase letters, digits and single dashes; the account comes from AZURE_STORAGE_CONNECTION_STRING".into(),
+                    ),
+                })
+            });
+        }
         let rest = s.strip_prefix("aws://")?;
         Some(parse_aws(s, rest))
     }
@@ -39,6 +59,7 @@ impl CloudTarget {
     pub fn display(&self) -> String {
         match self {
             CloudTarget::Aws { regions } => format!("aws://{}", regions.join(",")),
+            CloudTarget::Azure { container } => format!("azure://{container}"),
         }
     }
 
@@ -46,6 +67,7 @@ impl CloudTarget {
     pub fn provider(&self) -> &'static str {
         match self {
             CloudTarget::Aws { .. } => "aws",
+            CloudTarget::Azure { .. } => "azure",
         }
     }
 }
@@ -146,12 +168,16 @@ impl CloudError {
         match self {
             CloudError::Credentials { hint, .. } => Some(hint.clone()),
             CloudError::Target { hint, .. } => hint.clone(),
+            CloudError::Api { code, service: "blob", .. } if is_auth_code(code) => Some(format!(
+                "check the storage account's credentials and their permissions ({})",
+                azure::ACCOUNT_SOURCES
+            )),
             CloudError::Api { code, .. } if is_auth_code(code) => Some(
                 "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the profile in ~/.aws/credentials) and their permissions".into(),
             ),
             CloudError::Api { .. } => None,
             CloudError::Transport { .. } => Some(
-                "check the network, or the endpoint override (AWS_ENDPOINT_URL) if one is set; publishing again resumes: what is there already is reused".into(),
+                "check the network, or the endpoint override (AWS_ENDPOINT_URL, an Azure connection string's BlobEndpoint) if one is set; publishing again resumes: what is there already is reused".into(),
             ),
             CloudError::Disk(e) => e.hint(),
             CloudError::Io { .. } => None,
@@ -171,6 +197,9 @@ fn is_auth_code(code: &str) -> bool {
             | "UnrecognizedClientException"
             | "InvalidSignatureException"
             | "ExpiredToken"
+            | "AuthorizationFailure"
+            | "AuthenticationFailed"
+            | "AuthorizationPermissionMismatch"
     )
 }
 

@@ -24,6 +24,7 @@ macro_rules! errw {
 
 mod catalog;
 mod cmd;
+mod convert;
 mod diff;
 mod ls;
 mod publish;
@@ -219,8 +220,10 @@ enum Command {
         #[arg(long)]
         username: Option<String>,
     },
-    /// Publish builds to download trees and registries, checked against their manifests first.
+    /// Publish builds to download trees, registries and clouds (aws://), checked against their manifests first.
     Publish(publish::PublishArgs),
+    /// Convert a raw UEFI disk into a cloud's import format: Azure's fixed VHD or GCE's tar.gz.
+    Convert(convert::ConvertArgs),
     /// Roll a published [update] version out in its channel: a wave of machines growing over time, paused, resumed, or a barrier.
     Release(release::ReleaseArgs),
     /// Test a disk image: static checks, then a boot in QEMU running the recipe's [[test]] commands.
@@ -538,6 +541,7 @@ fn main() -> ExitCode {
             publish::cmd_publish(&ui, cli.catalog.as_deref(), reporter, &args)
         }
         Command::Release(args) => release::cmd_release(&ui, cli.catalog.as_deref(), &args),
+        Command::Convert(args) => convert::cmd_convert(&args),
         Command::Push {
             layout,
             reference,

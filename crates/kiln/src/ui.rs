@@ -224,6 +224,12 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(x) = c.downcast_ref::<kiln_publish::PublishError>() {
             return x.hint();
         }
+        if let Some(x) = c.downcast_ref::<kiln_cloud::CloudError>() {
+            return x.hint();
+        }
+        if let Some(x) = c.downcast_ref::<kiln_image::cloud::CloudFormatError>() {
+            return x.hint();
+        }
         if let Some(x) = c.downcast_ref::<crate::cmd::Usage>() {
             return Some(x.0.hint.clone());
         }

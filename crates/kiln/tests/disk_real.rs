@@ -463,6 +463,59 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
         .status()
         .unwrap();
     assert!(same.success(), "disk.vhd does not hold disk.raw");
+    // `kiln convert` gives the same bytes as the build, and refuses a
+    // format it does not know as a usage error.
+    let epoch = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(out.join("manifest.json")).unwrap(),
+    )
+    .unwrap()["source-date-epoch"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let again = r.path().join("again.vhd");
+    let o = kiln(
+        &[
+            "convert",
+            out.join("disk.raw").to_str().unwrap(),
+            "--format",
+            "vhd",
+            "-o",
+            again.to_str().unwrap(),
+            "--epoch",
+            &epoch,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read(&again).unwrap() == std::fs::read(out.join("disk.vhd")).unwrap(),
+        "kiln convert and the build differ"
+    );
+    std::fs::remove_file(&again).unwrap();
+    let o = kiln(
+        &[
+            "convert",
+            out.join("disk.raw").to_str().unwrap(),
+            "--format",
+            "zip",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let o = kiln(
+        &[
+            "convert",
+            out.join("manifest.json").to_str().unwrap(),
+            "--format",
+            "gce",
+        ],
+        &[],
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && (t.contains("too short") || t.contains("MBR")),
+        "{t}"
+    );
     // GCE's archive: GNU tar lists disk.raw alone, of the disk's size.
     let list = Command::new("tar")
         .args(["--list", "--verbose", "-zf"])

@@ -1,0 +1,306 @@
+//! The Azure publisher against Azurite (npm `azurite`, started here on
+//! loopback): a fixed VHD into a page blob, its digest in the metadata,
+//! read back with the Azure SDK for Python (`azure-storage-blob`), not
+//! with Kiln.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kiln_cloud::azure::{publish, AzureImage};
+use kiln_cloud::CloudError;
+use kiln_image::gpt::{types, write_disk, Partition};
+
+const MIB: u64 = 1 << 20;
+/// Azurite's well-known development account (published by Microsoft).
+const ACCOUNT: &str = "devstoreaccount1";
+const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+struct Azurite {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn azurite() -> Azurite {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new("azurite-blob")
+        .args([
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port.to_string(),
+            "--silent",
+            "--skipApiVersionCheck",
+            "--location",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("azurite-blob runs: install it with `npm install -g azurite` (.ci/run does)");
+    let a = Azurite {
+        child,
+        port,
+        _dir: dir,
+    };
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "azurite did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a
+}
+
+fn connection_string(port: u16) -> String {
+    format!("DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
+}
+
+/// The blobs of `container`: name → (blob type, size, metadata, sha256 of
+/// the content), through the Azure SDK for Python.
+fn blobs(port: u16, container: &str) -> serde_json::Value {
+    let script = r#"
+import hashlib, json, sys
+from azure.storage.blob import BlobServiceClient
+svc = BlobServiceClient.from_connection_string(sys.argv[1])
+c = svc.get_container_client(sys.argv[2])
+out = {}
+if c.exists():
+    for b in c.list_blobs(include=["metadata"]):
+        data = c.download_blob(b.name).readall()
+        out[b.name] = {"type": str(b.blob_type), "size": b.size, "metadata": b.metadata or {},
+                       "sha256": hashlib.sha256(data).hexdigest()}
+print(json.dumps(out))
+"#;
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(connection_string(port))
+        .arg(container)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn vhd(dir: &Path, flip: bool) -> (PathBuf, String) {
+    let esp = dir.join("esp.img");
+    let data: Vec<u8> = (0..3 * MIB as usize)
+        .map(|i| (i * 13 % 251) as u8 + 1)
+        .collect();
+    std::fs::write(&esp, data).unwrap();
+    let raw = dir.join("disk.raw");
+    write_disk(
+        &raw,
+        "99999999-2222-3333-4444-555555555555",
+        &[
+            Partition {
+                type_guid: types::ESP.into(),
+                guid: "aaaaaaaa-2222-3333-4444-555555555555".into(),
+                label: "esp".into(),
+                image: Some(esp),
+                size: 8 * MIB,
+                attributes: 0,
+            },
+            Partition {
+                type_guid: types::ROOT_X86_64.into(),
+                guid: "11111111-2222-3333-4444-555555555555".into(),
+                label: "root".into(),
+                image: None,
+                size: 14 * MIB,
+                attributes: 0,
+            },
+        ],
+    )
+    .unwrap();
+    if flip {
+        let mut b = std::fs::read(&raw).unwrap();
+        b[5 * MIB as usize] ^= 0xff;
+        std::fs::write(&raw, b).unwrap();
+    }
+    let out = dir.join("disk.vhd");
+    let c = kiln_image::cloud::write_fixed_vhd(&raw, &out, 0).unwrap();
+    (out, c.sha256)
+}
+
+fn with_env<T>(vars: &[(&str, Option<String>)], f: impl FnOnce() -> T) -> T {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let old: Vec<_> = vars
+        .iter()
+        .map(|(k, _)| (k.to_string(), std::env::var(k).ok()))
+        .collect();
+    for (k, v) in vars {
+        // SAFETY: every test that touches the environment holds LOCK.
+        unsafe {
+            match v {
+                Some(v) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
+        }
+    }
+    let r = f();
+    for (k, v) in old {
+        unsafe {
+            match v {
+                Some(v) => std::env::set_var(&k, v),
+                None => std::env::remove_var(&k),
+            }
+        }
+    }
+    r
+}
+
+fn run(
+    cs: Option<String>,
+    container: &str,
+    img: &AzureImage,
+    replace: bool,
+) -> Result<kiln_cloud::azure::AzureReport, CloudError> {
+    with_env(
+        &[
+            ("AZURE_STORAGE_CONNECTION_STRING", cs),
+            ("AZURE_STORAGE_ACCOUNT", None),
+            ("AZURE_STORAGE_KEY", None),
+        ],
+        || publish(container, img, replace, &|_| {}),
+    )
+}
+
+#[test]
+fn a_vhd_becomes_a_page_blob_once_and_a_clash_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let az = azurite();
+    let cs = connection_string(az.port);
+    let (path, sha) = vhd(t.path(), false);
+    let img = AzureImage {
+        vhd: &path,
+        sha256: &sha,
+        blob: "kiln-test-13-amd64.vhd".into(),
+        metadata: vec![("kiln_image".into(), "kiln-test".into())],
+    };
+    let r = run(Some(cs.clone()), "kiln-images", &img, false).unwrap();
+    assert_eq!(r.how, "uploaded");
+    assert!(
+        r.url.ends_with("/kiln-images/kiln-test-13-amd64.vhd"),
+        "{}",
+        r.url
+    );
+    // Only the non-zero 4 MiB ranges went: the ESP's data and the footer.
+    assert!(r.pages_sent >= 2 && r.pages_sent <= 4, "{r:?}");
+    let b = blobs(az.port, "kiln-images");
+    let blob = &b["kiln-test-13-amd64.vhd"];
+    assert_eq!(blob["type"], "BlobType.PAGEBLOB", "{b}");
+    assert_eq!(blob["size"], std::fs::metadata(&path).unwrap().len());
+    assert_eq!(
+        blob["sha256"],
+        sha.as_str(),
+        "the blob holds the VHD's bytes"
+    );
+    assert_eq!(blob["metadata"]["kiln_sha256"], sha.as_str());
+    assert_eq!(blob["metadata"]["kiln_image"], "kiln-test");
+    // Again: reused, nothing sent.
+    let again = run(Some(cs.clone()), "kiln-images", &img, false).unwrap();
+    assert_eq!((again.how, again.pages_sent), ("reused", 0));
+    // Another disk under the name: refused, then replaced when asked.
+    let other = t.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (path2, sha2) = vhd(&other, true);
+    let img2 = AzureImage {
+        vhd: &path2,
+        sha256: &sha2,
+        ..AzureImage {
+            metadata: vec![],
+            ..img
+        }
+    };
+    let e = run(Some(cs.clone()), "kiln-images", &img2, false).unwrap_err();
+    assert!(
+        e.to_string().contains("already there with another disk"),
+        "{e}"
+    );
+    assert!(e.hint().unwrap().contains("--replace"));
+    assert_eq!(
+        blobs(az.port, "kiln-images")["kiln-test-13-amd64.vhd"]["sha256"],
+        sha.as_str(),
+        "left as it was"
+    );
+    let r = run(Some(cs.clone()), "kiln-images", &img2, true).unwrap();
+    assert_eq!(r.how, "uploaded");
+    assert_eq!(
+        blobs(az.port, "kiln-images")["kiln-test-13-amd64.vhd"]["sha256"],
+        sha2.as_str()
+    );
+}
+
+#[test]
+fn a_wrong_key_or_a_bad_vhd_is_refused_and_nothing_stays() {
+    let t = tempfile::tempdir().unwrap();
+    let az = azurite();
+    let (path, sha) = vhd(t.path(), false);
+    let img = AzureImage {
+        vhd: &path,
+        sha256: &sha,
+        blob: "x.vhd".into(),
+        metadata: vec![],
+    };
+    // Another key: the service refuses the signature; the key is not shown.
+    let wrong = connection_string(az.port).replace(KEY, "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=");
+    let e = run(Some(wrong), "kiln-images", &img, false).unwrap_err();
+    let text = format!("{e} {}", e.hint().unwrap_or_default());
+    assert!(matches!(e, CloudError::Api { status: 403, .. }), "{text}");
+    assert!(text.contains("credentials"), "{text}");
+    assert!(!text.contains(KEY) && !text.contains("d3Jvbmct"), "{text}");
+    // No account at all: where it is read from.
+    let e = run(None, "kiln-images", &img, false).unwrap_err();
+    assert!(
+        e.hint()
+            .unwrap()
+            .contains("AZURE_STORAGE_CONNECTION_STRING"),
+        "{e}"
+    );
+    // Not a fixed VHD (a raw disk): refused before anything is sent.
+    let raw = t.path().join("disk.raw");
+    let bad = AzureImage {
+        vhd: &raw,
+        ..AzureImage {
+            vhd: &path,
+            sha256: &sha,
+            blob: "x.vhd".into(),
+            metadata: vec![],
+        }
+    };
+    let e = run(Some(connection_string(az.port)), "kiln-images", &bad, false).unwrap_err();
+    assert!(e.to_string().contains("no VHD footer"), "{e}");
+    assert!(
+        blobs(az.port, "kiln-images")
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "nothing was written"
+    );
+    // A truncated VHD.
+    let cut = t.path().join("cut.vhd");
+    let b = std::fs::read(&path).unwrap();
+    std::fs::write(&cut, &b[..b.len() - 100]).unwrap();
+    let bad = AzureImage { vhd: &cut, ..bad };
+    assert!(run(Some(connection_string(az.port)), "kiln-images", &bad, false).is_err());
+}

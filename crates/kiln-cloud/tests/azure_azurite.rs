@@ -3,103 +3,15 @@
 //! read back with the Azure SDK for Python (`azure-storage-blob`), not
 //! with Kiln.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use kiln_cloud::azure::{publish, AzureImage};
 use kiln_cloud::CloudError;
 use kiln_image::gpt::{types, write_disk, Partition};
+use kiln_testkit::azurite::{Azurite, KEY};
 
 const MIB: u64 = 1 << 20;
-/// Azurite's well-known development account (published by Microsoft).
-const ACCOUNT: &str = "devstoreaccount1";
-const KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-struct Azurite {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn azurite() -> Azurite {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new("azurite-blob")
-        .args([
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            &port.to_string(),
-            "--silent",
-            "--skipApiVersionCheck",
-            "--location",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("azurite-blob runs: install it with `npm install -g azurite` (.ci/run does)");
-    let a = Azurite {
-        child,
-        port,
-        _dir: dir,
-    };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "azurite did not start"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    a
-}
-
-fn connection_string(port: u16) -> String {
-    format!("DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
-}
-
-/// The blobs of `container`: name → (blob type, size, metadata, sha256 of
-/// the content), through the Azure SDK for Python.
-fn blobs(port: u16, container: &str) -> serde_json::Value {
-    let script = r#"
-import hashlib, json, sys
-from azure.storage.blob import BlobServiceClient
-svc = BlobServiceClient.from_connection_string(sys.argv[1])
-c = svc.get_container_client(sys.argv[2])
-out = {}
-if c.exists():
-    for b in c.list_blobs(include=["metadata"]):
-        data = c.download_blob(b.name).readall()
-        out[b.name] = {"type": str(b.blob_type), "size": b.size, "metadata": b.metadata or {},
-                       "sha256": hashlib.sha256(data).hexdigest()}
-print(json.dumps(out))
-"#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(connection_string(port))
-        .arg(container)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
 
 fn vhd(dir: &Path, flip: bool) -> (PathBuf, String) {
     let esp = dir.join("esp.img");
@@ -188,8 +100,8 @@ fn run(
 #[test]
 fn a_vhd_becomes_a_page_blob_once_and_a_clash_is_refused() {
     let t = tempfile::tempdir().unwrap();
-    let az = azurite();
-    let cs = connection_string(az.port);
+    let az = Azurite::start();
+    let cs = az.connection_string();
     let (path, sha) = vhd(t.path(), false);
     let img = AzureImage {
         vhd: &path,
@@ -206,7 +118,7 @@ fn a_vhd_becomes_a_page_blob_once_and_a_clash_is_refused() {
     );
     // Only the non-zero 4 MiB ranges went: the ESP's data and the footer.
     assert!(r.pages_sent >= 2 && r.pages_sent <= 4, "{r:?}");
-    let b = blobs(az.port, "kiln-images");
+    let b = az.blobs("kiln-images");
     let blob = &b["kiln-test-13-amd64.vhd"];
     assert_eq!(blob["type"], "BlobType.PAGEBLOB", "{b}");
     assert_eq!(blob["size"], std::fs::metadata(&path).unwrap().len());
@@ -239,14 +151,14 @@ fn a_vhd_becomes_a_page_blob_once_and_a_clash_is_refused() {
     );
     assert!(e.hint().unwrap().contains("--replace"));
     assert_eq!(
-        blobs(az.port, "kiln-images")["kiln-test-13-amd64.vhd"]["sha256"],
+        az.blobs("kiln-images")["kiln-test-13-amd64.vhd"]["sha256"],
         sha.as_str(),
         "left as it was"
     );
     let r = run(Some(cs.clone()), "kiln-images", &img2, true).unwrap();
     assert_eq!(r.how, "uploaded");
     assert_eq!(
-        blobs(az.port, "kiln-images")["kiln-test-13-amd64.vhd"]["sha256"],
+        az.blobs("kiln-images")["kiln-test-13-amd64.vhd"]["sha256"],
         sha2.as_str()
     );
 }
@@ -254,7 +166,7 @@ fn a_vhd_becomes_a_page_blob_once_and_a_clash_is_refused() {
 #[test]
 fn a_wrong_key_or_a_bad_vhd_is_refused_and_nothing_stays() {
     let t = tempfile::tempdir().unwrap();
-    let az = azurite();
+    let az = Azurite::start();
     let (path, sha) = vhd(t.path(), false);
     let img = AzureImage {
         vhd: &path,
@@ -263,7 +175,9 @@ fn a_wrong_key_or_a_bad_vhd_is_refused_and_nothing_stays() {
         metadata: vec![],
     };
     // Another key: the service refuses the signature; the key is not shown.
-    let wrong = connection_string(az.port).replace(KEY, "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=");
+    let wrong = az
+        .connection_string()
+        .replace(KEY, "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=");
     let e = run(Some(wrong), "kiln-images", &img, false).unwrap_err();
     let text = format!("{e} {}", e.hint().unwrap_or_default());
     assert!(matches!(e, CloudError::Api { status: 403, .. }), "{text}");
@@ -288,13 +202,10 @@ fn a_wrong_key_or_a_bad_vhd_is_refused_and_nothing_stays() {
             metadata: vec![],
         }
     };
-    let e = run(Some(connection_string(az.port)), "kiln-images", &bad, false).unwrap_err();
+    let e = run(Some(az.connection_string()), "kiln-images", &bad, false).unwrap_err();
     assert!(e.to_string().contains("no VHD footer"), "{e}");
     assert!(
-        blobs(az.port, "kiln-images")
-            .as_object()
-            .unwrap()
-            .is_empty(),
+        az.blobs("kiln-images").as_object().unwrap().is_empty(),
         "nothing was written"
     );
     // A truncated VHD.
@@ -302,5 +213,5 @@ fn a_wrong_key_or_a_bad_vhd_is_refused_and_nothing_stays() {
     let b = std::fs::read(&path).unwrap();
     std::fs::write(&cut, &b[..b.len() - 100]).unwrap();
     let bad = AzureImage { vhd: &cut, ..bad };
-    assert!(run(Some(connection_string(az.port)), "kiln-images", &bad, false).is_err());
+    assert!(run(Some(az.connection_string()), "kiln-images", &bad, false).is_err());
 }

@@ -6,6 +6,7 @@
 //! gives the same `.deb` bytes whatever the umask or the clock (modes are set
 //! explicitly, `dpkg-deb` runs with a fixed `SOURCE_DATE_EPOCH`).
 
+pub mod azurite;
 pub mod moto;
 pub mod postgres;
 

@@ -74,11 +74,18 @@ for r in regions:
     }
 print(json.dumps(out))
 "#;
+        // Whatever AWS settings a test gives Kiln are not boto3's.
         let o = Command::new("python3")
             .arg("-c")
             .arg(script)
             .arg(self.port.to_string())
             .args(regions)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+            .env_remove("AWS_CONFIG_FILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

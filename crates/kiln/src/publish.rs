@@ -241,6 +241,11 @@ pub fn cmd_publish(
                     published.extend(publish_aws(ui, catalog, reporter, a, t, regions, b)?);
                 }
             }
+            Target::Cloud(kiln_cloud::CloudTarget::Azure { container }) => {
+                for b in &bs {
+                    published.extend(publish_azure(ui, catalog, reporter, a, t, container, b)?);
+                }
+            }
             Target::Registry(reference) => {
                 for b in &bs {
                     let r = kiln_publish::registry::publish(
@@ -355,32 +360,11 @@ fn publish_aws(
     }
     let m = &b.manifest;
     let version = m.version.as_deref().unwrap_or("0");
-    let stamp: String = kiln_publish::rfc3339(m.source_date_epoch)
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .collect();
     let mut out = Vec::new();
     for f in disks {
         let arch = f.architecture.as_deref().unwrap_or("amd64");
         let (_, sha) = f.digest.as_ref().expect("a disk file has a digest");
-        let raw_name = format!(
-            "{}-{version}-{arch}-{}-{}",
-            m.image,
-            &stamp[..8.min(stamp.len())],
-            &stamp[8.min(stamp.len())..]
-        );
-        // AMI names: letters, digits and ()[] ./-'@_ only.
-        let name: String = raw_name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(128)
-            .collect();
+        let name = cloud_name(b, arch, "()[] ./-'@_");
         let progress = |msg: &str| reporter.step(Stage::Publish, msg);
         let r = kiln_cloud::aws::publish(
             regions,
@@ -455,6 +439,120 @@ fn publish_aws(
                 "image-id": i.image_id,
                 "how": i.how,
             })).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(out)
+}
+
+/// A build's image name in a cloud: `IMAGE-VERSION-ARCH-YYYYMMDD-HHMMSS`
+/// (the build's epoch), characters outside `allowed` (and ASCII letters and
+/// digits) made `-`, at most 128 characters.
+fn cloud_name(b: &Build, arch: &str, allowed: &str) -> String {
+    let m = &b.manifest;
+    let stamp: String = kiln_publish::rfc3339(m.source_date_epoch)
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let (day, time) = stamp.split_at(8.min(stamp.len()));
+    format!(
+        "{}-{}-{arch}-{day}-{time}",
+        m.image,
+        m.version.as_deref().unwrap_or("0")
+    )
+    .chars()
+    .map(|c| {
+        if c.is_ascii_alphanumeric() || allowed.contains(c) {
+            c
+        } else {
+            '-'
+        }
+    })
+    .take(128)
+    .collect()
+}
+
+/// Each fixed VHD of one build (`disk.vhd`, from `[output] formats`
+/// `vhd`) into a page blob of the container.
+fn publish_azure(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    reporter: &dyn Reporter,
+    a: &PublishArgs,
+    t: &Target,
+    container: &str,
+    b: &Build,
+) -> Result<Vec<serde_json::Value>> {
+    let vhds: Vec<_> = b
+        .files
+        .iter()
+        .filter(|f| f.format == Some(kiln_model::Format::Vhd))
+        .collect();
+    if vhds.is_empty() {
+        return Err(Hinted::new(
+            format!("{}: the build has no disk.vhd to upload to Azure", b.dir.display()),
+            "build with [output] formats = [\"disk\", \"vhd\"] (the debian-cloud-azure recipe does), or make one with kiln convert DISK --format vhd",
+        )
+        .into());
+    }
+    let mut out = Vec::new();
+    for f in vhds {
+        let arch = f.architecture.as_deref().unwrap_or("amd64");
+        let (_, sha) = f.digest.as_ref().expect("a VHD has a digest");
+        let blob = format!("{}.vhd", cloud_name(b, arch, "-._"));
+        let progress = |msg: &str| reporter.step(Stage::Publish, msg);
+        let r = kiln_cloud::azure::publish(
+            container,
+            &kiln_cloud::azure::AzureImage {
+                vhd: &b.dir.join(&f.rel),
+                sha256: sha,
+                blob: blob.clone(),
+                metadata: vec![
+                    ("kiln_image".into(), b.manifest.image.clone()),
+                    ("kiln_build".into(), b.id.clone()),
+                ],
+            },
+            a.replace,
+            &progress,
+        )?;
+        crate::catalog::record_publication(
+            ui,
+            catalog,
+            &b.dir,
+            &kiln_catalog::Publication {
+                target: t.display(),
+                kind: "azure".into(),
+                location: r.url.clone(),
+                digest: Some(format!("sha256:{sha}")),
+                channel: None,
+                published_at: 0,
+                region: None,
+            },
+        );
+        reporter.step(
+            Stage::Published,
+            &format!(
+                "{} ({})",
+                r.url,
+                if r.how == "reused" {
+                    "there already, nothing sent".to_string()
+                } else {
+                    format!("{} page writes, {} MiB", r.pages_sent, r.bytes_sent >> 20)
+                }
+            ),
+        );
+        out.push(json!({
+            "target": t.display(),
+            "kind": "azure",
+            "build-id": b.id,
+            "image": b.manifest.image,
+            "architecture": arch,
+            "account": r.account,
+            "blob": blob,
+            "url": r.url,
+            "vhd-sha256": sha,
+            "how": r.how,
+            "pages-sent": r.pages_sent,
+            "bytes-sent": r.bytes_sent,
         }));
     }
     Ok(out)

@@ -417,6 +417,88 @@ fn publish_to_aws(out: &Path) {
     );
 }
 
+/// `kiln publish OUT --to azure://images` into Azurite: the page blob
+/// holds disk.vhd's bytes with its digest, a second publish sends nothing,
+/// the catalog has the blob's URL.
+fn publish_to_azure(out: &Path) {
+    let az = kiln_testkit::azurite::Azurite::start();
+    let cs = az.connection_string();
+    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
+    let vhd_sha = kiln_testkit::sha256_hex(&std::fs::read(out.join("disk.vhd")).unwrap());
+    let o = kiln(
+        &[
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            "azure://images",
+            "--json",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "publish to Azure failed: {}", text(&o));
+    assert!(
+        !text(&o).contains(kiln_testkit::azurite::KEY),
+        "the key is shown"
+    );
+    let v = json_of(&o);
+    assert_matches_schema("publish", &v);
+    let p = &v["published"][0];
+    assert_eq!(
+        (p["kind"].as_str(), p["how"].as_str()),
+        (Some("azure"), Some("uploaded")),
+        "{p}"
+    );
+    let blobs = az.blobs("images");
+    let blob = &blobs[p["blob"].as_str().unwrap()];
+    assert_eq!(
+        blob["sha256"],
+        vhd_sha.as_str(),
+        "the blob is disk.vhd: {blobs}"
+    );
+    assert_eq!(blob["type"], "BlobType.PAGEBLOB");
+    assert_eq!(blob["metadata"]["kiln_sha256"], vhd_sha.as_str());
+    let o = kiln(
+        &[
+            "publish",
+            out.to_str().unwrap(),
+            "--to",
+            "azure://images",
+            "--json",
+        ],
+        &env,
+    );
+    let again = json_of(&o);
+    assert_eq!(again["published"][0]["how"], "reused", "{again}");
+    assert_eq!(again["published"][0]["bytes-sent"], 0);
+    let found = json_of(&kiln(&["find", "--provider", "azure", "--json"], &[]));
+    assert!(
+        found["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["publications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["kind"] == "azure" && x["location"] == p["url"])),
+        "{found}"
+    );
+    // A wrong key: refused by the service, nothing recorded, no key shown.
+    let wrong = cs.replace(
+        kiln_testkit::azurite::KEY,
+        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=",
+    );
+    let o = kiln(
+        &["publish", out.to_str().unwrap(), "--to", "azure://other"],
+        &[("AZURE_STORAGE_CONNECTION_STRING", wrong.as_str())],
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("AuthorizationFailure") && !t.contains("d3Jvbmct"),
+        "{t}"
+    );
+}
+
 #[test]
 fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     if skip() {
@@ -560,8 +642,10 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     let o = kiln(&["verify", out.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", text(&o));
 
-    // Into AWS (moto, on loopback), two regions; found by region.
+    // Into AWS (moto, on loopback), two regions; found by region. Into
+    // Azure storage (Azurite).
     publish_to_aws(&out);
+    publish_to_azure(&out);
 
     let _g = serial();
     let o = kiln(&["test", recipe.to_str().unwrap(), "-o"], &[]);

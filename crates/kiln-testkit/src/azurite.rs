@@ -1,0 +1,100 @@
+//! Azurite (npm `azurite`), the Azure Storage emulator: its blob service
+//! started on loopback for one test, what it holds read back with the
+//! Azure SDK for Python (`azure-storage-blob`), not with Kiln.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Azurite's well-known development account (published by Microsoft).
+pub const ACCOUNT: &str = "devstoreaccount1";
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("azurite-blob")
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--silent",
+                "--skipApiVersionCheck",
+                "--location",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("azurite-blob runs: install it with `npm install -g azurite` (.ci/run does)");
+        let a = Azurite {
+            child,
+            port,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "azurite did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        a
+    }
+
+    /// The connection string of the development account here.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{}/{ACCOUNT};",
+            self.port
+        )
+    }
+
+    /// The blobs of `container`: name → `{type, size, metadata, sha256}`
+    /// (the sha256 of the content as downloaded).
+    pub fn blobs(&self, container: &str) -> serde_json::Value {
+        let script = r#"
+import hashlib, json, sys
+from azure.storage.blob import BlobServiceClient
+svc = BlobServiceClient.from_connection_string(sys.argv[1])
+c = svc.get_container_client(sys.argv[2])
+out = {}
+if c.exists():
+    for b in c.list_blobs(include=["metadata"]):
+        data = c.download_blob(b.name).readall()
+        out[b.name] = {"type": str(b.blob_type), "size": b.size, "metadata": b.metadata or {},
+                       "sha256": hashlib.sha256(data).hexdigest()}
+print(json.dumps(out))
+"#;
+        let o = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(self.connection_string())
+            .arg(container)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}

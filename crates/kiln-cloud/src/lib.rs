@@ -17,6 +17,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod gce;
 
 /// A cloud `kiln publish --to` knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,10 +28,13 @@ pub enum CloudTarget {
     /// `azure://CONTAINER`: a page blob in the container of the storage
     /// account the environment names.
     Azure { container: String },
+    /// `gce://PROJECT/BUCKET`: the import archive through the bucket into
+    /// an image of the project.
+    Gce { project: String, bucket: String },
 }
 
 /// The cloud schemes, for error messages.
-pub const CLOUD_SCHEMES: &str = "aws://REGION[,REGION…], azure://CONTAINER";
+pub const CLOUD_SCHEMES: &str = "aws://REGION[,REGION…], azure://CONTAINER, gce://PROJECT/BUCKET";
 
 impl CloudTarget {
     /// Parses a cloud target; `None` when `s` is not one (another scheme).
@@ -51,6 +55,28 @@ impl CloudTarget {
                 })
             });
         }
+        if let Some(rest) = s.strip_prefix("gce://") {
+            let bad = |m: String| {
+                CloudError::Target {
+                target: s.to_string(),
+                message: m,
+                hint: Some("gce://PROJECT/BUCKET, e.g. gce://my-project/my-images (the bucket the archive goes through)".into()),
+            }
+            };
+            return Some(match rest.trim_end_matches('/').split_once('/') {
+                Some((p, b)) if gce::valid_project(p) && gce::valid_bucket(b) => {
+                    Ok(CloudTarget::Gce {
+                        project: p.to_string(),
+                        bucket: b.to_string(),
+                    })
+                }
+                Some((p, _)) if !gce::valid_project(p) => {
+                    Err(bad(format!("`{p}` is not a project id")))
+                }
+                Some((_, b)) => Err(bad(format!("`{b}` is not a bucket name"))),
+                None => Err(bad("no bucket given".into())),
+            });
+        }
         let rest = s.strip_prefix("aws://")?;
         Some(parse_aws(s, rest))
     }
@@ -60,6 +86,7 @@ impl CloudTarget {
         match self {
             CloudTarget::Aws { regions } => format!("aws://{}", regions.join(",")),
             CloudTarget::Azure { container } => format!("azure://{container}"),
+            CloudTarget::Gce { project, bucket } => format!("gce://{project}/{bucket}"),
         }
     }
 
@@ -68,6 +95,7 @@ impl CloudTarget {
         match self {
             CloudTarget::Aws { .. } => "aws",
             CloudTarget::Azure { .. } => "azure",
+            CloudTarget::Gce { .. } => "gce",
         }
     }
 }
@@ -172,6 +200,10 @@ impl CloudError {
                 "check the storage account's credentials and their permissions ({})",
                 azure::ACCOUNT_SOURCES
             )),
+            CloudError::Api { code, service: "compute" | "storage", .. } if is_auth_code(code) => Some(format!(
+                "check the access token and its permissions (read from {})",
+                gce::TOKEN_SOURCES
+            )),
             CloudError::Api { code, .. } if is_auth_code(code) => Some(
                 "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the profile in ~/.aws/credentials) and their permissions".into(),
             ),
@@ -200,6 +232,10 @@ fn is_auth_code(code: &str) -> bool {
             | "AuthorizationFailure"
             | "AuthenticationFailed"
             | "AuthorizationPermissionMismatch"
+            | "UNAUTHENTICATED"
+            | "PERMISSION_DENIED"
+            | "authError"
+            | "forbidden"
     )
 }
 

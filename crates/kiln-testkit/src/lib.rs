@@ -7,6 +7,7 @@
 //! explicitly, `dpkg-deb` runs with a fixed `SOURCE_DATE_EPOCH`).
 
 pub mod azurite;
+pub mod gce;
 pub mod moto;
 pub mod postgres;
 

@@ -246,6 +246,13 @@ pub fn cmd_publish(
                     published.extend(publish_azure(ui, catalog, reporter, a, t, container, b)?);
                 }
             }
+            Target::Cloud(kiln_cloud::CloudTarget::Gce { project, bucket }) => {
+                for b in &bs {
+                    published.extend(publish_gce(
+                        ui, catalog, reporter, a, t, project, bucket, b,
+                    )?);
+                }
+            }
             Target::Registry(reference) => {
                 for b in &bs {
                     let r = kiln_publish::registry::publish(
@@ -553,6 +560,104 @@ fn publish_azure(
             "how": r.how,
             "pages-sent": r.pages_sent,
             "bytes-sent": r.bytes_sent,
+        }));
+    }
+    Ok(out)
+}
+
+/// Each GCE import archive of one build (`disk.tar.gz`, from `[output]
+/// formats` `gce`) through the bucket into an image of the project.
+#[allow(clippy::too_many_arguments)]
+fn publish_gce(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    reporter: &dyn Reporter,
+    a: &PublishArgs,
+    t: &Target,
+    project: &str,
+    bucket: &str,
+    b: &Build,
+) -> Result<Vec<serde_json::Value>> {
+    let archives: Vec<_> = b
+        .files
+        .iter()
+        .filter(|f| f.format == Some(kiln_model::Format::Gce))
+        .collect();
+    if archives.is_empty() {
+        return Err(Hinted::new(
+            format!("{}: the build has no disk.tar.gz to import into GCE", b.dir.display()),
+            "build with [output] formats = [\"disk\", \"gce\"] (the debian-cloud-gce recipe does), or make one with kiln convert DISK --format gce",
+        )
+        .into());
+    }
+    let mut out = Vec::new();
+    for f in archives {
+        let arch = f.architecture.as_deref().unwrap_or("amd64");
+        let (_, sha) = f.digest.as_ref().expect("an archive has a digest");
+        let name = kiln_cloud::gce::image_name(&cloud_name(b, arch, "-"));
+        let progress = |msg: &str| reporter.step(Stage::Publish, msg);
+        let r = kiln_cloud::gce::publish(
+            project,
+            bucket,
+            &kiln_cloud::gce::GceImage {
+                archive: &b.dir.join(&f.rel),
+                sha256: sha,
+                name: name.clone(),
+                description: format!(
+                    "{} {} ({arch}), built by Kiln",
+                    b.manifest.image,
+                    b.manifest.version.as_deref().unwrap_or("0")
+                ),
+                architecture: arch,
+                labels: vec![(
+                    "kiln-image".into(),
+                    kiln_cloud::gce::image_name(&b.manifest.image),
+                )],
+            },
+            a.replace,
+            std::time::Duration::from_secs(a.cloud_wait),
+            &progress,
+        )?;
+        crate::catalog::record_publication(
+            ui,
+            catalog,
+            &b.dir,
+            &kiln_catalog::Publication {
+                target: t.display(),
+                kind: "gce".into(),
+                location: r.image.clone(),
+                digest: Some(format!("sha256:{sha}")),
+                channel: None,
+                published_at: 0,
+                region: Some("global".into()),
+            },
+        );
+        reporter.step(
+            Stage::Published,
+            &format!(
+                "{} from {} ({})",
+                r.image,
+                r.object,
+                match r.how {
+                    "reused" => "there already, nothing sent".to_string(),
+                    "imported" => "the archive was in the bucket already".to_string(),
+                    _ => format!("{} MiB uploaded", r.bytes_sent >> 20),
+                }
+            ),
+        );
+        out.push(json!({
+            "target": t.display(),
+            "kind": "gce",
+            "build-id": b.id,
+            "image": b.manifest.image,
+            "architecture": arch,
+            "name": name,
+            "gce-image": r.image,
+            "object": r.object,
+            "archive-sha256": sha,
+            "how": r.how,
+            "bytes-sent": r.bytes_sent,
+            "chunks-resumed": r.resumed,
         }));
     }
     Ok(out)

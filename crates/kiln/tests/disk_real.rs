@@ -499,6 +499,85 @@ fn publish_to_azure(out: &Path) {
     );
 }
 
+/// `kiln publish OUT --to gce://PROJECT/BUCKET`: disk.tar.gz into the
+/// Cloud Storage emulator, byte for byte, and `images.insert` (recorded)
+/// from it with UEFI; found by `kiln find --provider gce`; a second
+/// publish sends nothing.
+fn publish_to_gce(out: &Path) {
+    let g = kiln_testkit::gce::gcs("kiln-images");
+    let api = kiln_testkit::gce::compute_api("kiln-test-1");
+    let storage = format!("http://127.0.0.1:{}", g.port);
+    let compute = format!("http://127.0.0.1:{}/compute/v1/", api.port);
+    let token = "ya29.disk-test-token";
+    let env = [
+        ("STORAGE_EMULATOR_HOST", storage.as_str()),
+        ("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE", compute.as_str()),
+        ("GOOGLE_OAUTH_ACCESS_TOKEN", token),
+    ];
+    let sha = kiln_testkit::sha256_hex(&std::fs::read(out.join("disk.tar.gz")).unwrap());
+    let target = "gce://kiln-test-1/kiln-images";
+    let o = kiln(
+        &["publish", out.to_str().unwrap(), "--to", target, "--json"],
+        &env,
+    );
+    assert!(o.status.success(), "publish to GCE failed: {}", text(&o));
+    assert!(!text(&o).contains(token), "the token is shown");
+    let v = json_of(&o);
+    assert_matches_schema("publish", &v);
+    let p = &v["published"][0];
+    assert_eq!(
+        (p["kind"].as_str(), p["how"].as_str()),
+        (Some("gce"), Some("uploaded")),
+        "{p}"
+    );
+    let name = p["name"].as_str().unwrap();
+    let obj = kiln_testkit::gce::object(g.port, "kiln-images", &format!("{name}.tar.gz"));
+    assert_eq!(
+        obj["sha256"],
+        sha.as_str(),
+        "the object is disk.tar.gz: {obj}"
+    );
+    let reqs = api.requests.lock().unwrap().clone();
+    let insert = reqs.iter().find(|r| r.0 == "POST").expect("images.insert");
+    let body: serde_json::Value = serde_json::from_str(&insert.3).unwrap();
+    assert!(
+        body["guestOsFeatures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "UEFI_COMPATIBLE"),
+        "{body}"
+    );
+    assert_eq!(
+        body["rawDisk"]["source"],
+        format!("https://storage.googleapis.com/kiln-images/{name}.tar.gz")
+    );
+    assert_eq!(insert.2, format!("Bearer {token}"));
+    let o = kiln(
+        &["publish", out.to_str().unwrap(), "--to", target, "--json"],
+        &env,
+    );
+    assert_eq!(json_of(&o)["published"][0]["how"], "reused", "{}", text(&o));
+    let o = kiln(
+        &[
+            "find",
+            "--provider",
+            "gce",
+            "--image",
+            "debian-cloud",
+            "--latest",
+        ],
+        &[],
+    );
+    assert!(
+        text(&o).contains(&format!(
+            "gce global: projects/kiln-test-1/global/images/{name}"
+        )),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     if skip() {
@@ -646,6 +725,7 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     // Azure storage (Azurite).
     publish_to_aws(&out);
     publish_to_azure(&out);
+    publish_to_gce(&out);
 
     let _g = serial();
     let o = kiln(&["test", recipe.to_str().unwrap(), "-o"], &[]);

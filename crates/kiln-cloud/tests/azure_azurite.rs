@@ -49,8 +49,9 @@ fn vhd(dir: &Path, flip: bool) -> (PathBuf, String) {
         std::fs::write(&raw, b).unwrap();
     }
     let out = dir.join("disk.vhd");
-    let c = kiln_image::cloud::write_fixed_vhd(&raw, &out, 0).unwrap();
-    (out, c.sha256)
+    kiln_image::cloud::write_fixed_vhd(&raw, &out, 0).unwrap();
+    let sha = kiln_image::cloud::sha256_file(&out).unwrap();
+    (out, sha)
 }
 
 fn with_env<T>(vars: &[(&str, Option<String>)], f: impl FnOnce() -> T) -> T {

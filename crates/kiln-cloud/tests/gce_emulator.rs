@@ -103,8 +103,9 @@ fn archive(dir: &Path, seed: u64) -> (PathBuf, String) {
     )
     .unwrap();
     let out = dir.join("disk.tar.gz");
-    let c = kiln_image::cloud::write_gce_tar(&raw, &out, 0).unwrap();
-    (out, c.sha256)
+    kiln_image::cloud::write_gce_tar(&raw, &out, 0).unwrap();
+    let sha = kiln_image::cloud::sha256_file(&out).unwrap();
+    (out, sha)
 }
 
 fn run(

@@ -67,6 +67,7 @@ pub fn cmd_convert(a: &ConvertArgs) -> Result<()> {
         None => anyhow::Error::from(e),
     })?;
     if a.json {
+        let sha256 = kiln_image::cloud::sha256_file(&r.path)?;
         outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
@@ -74,16 +75,15 @@ pub fn cmd_convert(a: &ConvertArgs) -> Result<()> {
                 "path": r.path,
                 "size": r.size,
                 "disk-size": r.disk_size,
-                "sha256": r.sha256,
+                "sha256": sha256,
             }))?
         );
     } else {
         outln!(
-            "{} ({} bytes, disk {} bytes, sha256 {})",
+            "{} ({} bytes, disk {} bytes)",
             r.path.display(),
             r.size,
-            r.disk_size,
-            r.sha256
+            r.disk_size
         );
     }
     Ok(())

@@ -34,6 +34,8 @@ const API_VERSION: &str = "2021-08-06";
 const PAGE_WRITE: usize = 4 << 20;
 const PARALLEL: usize = 4;
 pub const DIGEST_META: &str = "kiln_sha256";
+/// Set while an upload runs (replaced by the digest when it is complete).
+pub const UPLOAD_META: &str = "kiln_upload";
 
 /// Where the account is read from, for the error that finds none.
 pub const ACCOUNT_SOURCES: &str = "AZURE_STORAGE_CONNECTION_STRING (AccountName, AccountKey, optionally BlobEndpoint), else AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY";
@@ -474,10 +476,21 @@ pub fn publish(
                     hint: Some("publish with --replace to overwrite it".into()),
                 })
             }
+            // Neither a digest nor Kiln's upload mark: not Kiln's blob.
+            None if head.header(&format!("x-ms-meta-{UPLOAD_META}")).is_none() && !replace => {
+                return Err(CloudError::Target {
+                    target,
+                    message: format!(
+                        "the blob {} is already there and was not written by kiln publish (no {DIGEST_META} metadata)",
+                        img.blob
+                    ),
+                    hint: Some("publish with --replace to overwrite it".into()),
+                })
+            }
             _ => {
                 progress(&format!(
                     "{url}: {}, deleting it",
-                    if meta.is_none() { "an unfinished upload" } else { "another disk (--replace)" }
+                    if meta.is_none() && !replace { "an unfinished upload by kiln" } else { "another disk (--replace)" }
                 ));
                 let d = c.call("DeleteBlob", "DELETE", &res, &[], &[], b"")?;
                 if d.status >= 300 && d.status != 404 {
@@ -495,6 +508,9 @@ pub fn publish(
         &[],
         &[
             ("x-ms-blob-type", "PageBlob".to_string()),
+            ("x-ms-meta-kiln_upload", "pending".to_string()),
+            // Never over a blob another writer made meanwhile.
+            ("If-None-Match", "*".to_string()),
             ("x-ms-blob-content-length", size.to_string()),
             (
                 "x-ms-blob-content-type",

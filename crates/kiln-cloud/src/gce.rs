@@ -309,7 +309,10 @@ pub fn publish(
     if r.status == 200 {
         let v = r.json();
         let labels = &v["labels"];
-        if labels["kiln-sha256-1"] == d1 && labels["kiln-sha256-2"] == d2 {
+        let mine = labels["kiln-sha256-1"] == d1 && labels["kiln-sha256-2"] == d2;
+        if mine && v["status"] != "FAILED" {
+            // Published means usable: a PENDING image is waited for.
+            wait_ready(&c, &image_path, &v, wait)?;
             progress(&format!("{image_path} has this disk already"));
             return Ok(GceReport {
                 image: image_path,
@@ -319,7 +322,7 @@ pub fn publish(
                 resumed: 0,
             });
         }
-        if !replace {
+        if !replace && !mine {
             return Err(CloudError::Target {
                 target,
                 message: format!(
@@ -410,6 +413,19 @@ pub fn publish(
         return Err(c.api("compute", "images.insert", &r));
     }
     wait_operation(&c, project, &r.json(), wait)?;
+    let r = c.call(
+        "compute",
+        "images.get",
+        "GET",
+        &format!("{}{image_path}", c.compute),
+        true,
+        &[],
+        b"",
+    )?;
+    if r.status >= 300 {
+        return Err(c.api("compute", "images.get", &r));
+    }
+    wait_ready(&c, &image_path, &r.json(), wait)?;
     progress(&format!("{image_path} made from gs://{bucket}/{object}"));
     Ok(GceReport {
         image: image_path,
@@ -418,6 +434,58 @@ pub fn publish(
         bytes_sent,
         resumed,
     })
+}
+
+/// Waits for an image to be READY; FAILED (or another state) is an error.
+fn wait_ready(
+    c: &Client,
+    image_path: &str,
+    first: &Value,
+    limit: Duration,
+) -> Result<(), CloudError> {
+    let start = Instant::now();
+    let mut v = first.clone();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match v["status"].as_str().unwrap_or("") {
+            "READY" => return Ok(()),
+            "PENDING" => {}
+            s => {
+                return Err(CloudError::Target {
+                    target: format!("gce://{image_path}"),
+                    message: format!("{image_path} is {s}, not READY"),
+                    hint: Some(
+                        "publish again: a failed image of this disk is deleted and made anew"
+                            .into(),
+                    ),
+                })
+            }
+        }
+        if start.elapsed() > limit {
+            return Err(CloudError::Io {
+                what: format!("waiting for {image_path}"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "still PENDING; publish again later to go on",
+                ),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(10));
+        let r = c.call(
+            "compute",
+            "images.get",
+            "GET",
+            &format!("{}{image_path}", c.compute),
+            true,
+            &[],
+            b"",
+        )?;
+        if r.status >= 300 {
+            return Err(c.api("compute", "images.get", &r));
+        }
+        v = r.json();
+    }
 }
 
 /// Waits for a global operation to be DONE; its error, if any.
@@ -590,6 +658,14 @@ fn upload(
                     Ok(q) if q.status == 200 || q.status == 201 => return Ok((sent, resumed + 1)),
                     Ok(q) if q.status == 308 => {
                         at = received(&q);
+                        if at > size {
+                            return Err(CloudError::Transport {
+                                service: "storage",
+                                action: "upload status".into(),
+                                region: "global".into(),
+                                message: format!("the service says it has {at} of {size} bytes"),
+                            });
+                        }
                         resumed += 1;
                         continue;
                     }

@@ -162,6 +162,15 @@ fn a_vhd_becomes_a_page_blob_once_and_a_clash_is_refused() {
         az.blobs("kiln-images")["kiln-test-13-amd64.vhd"]["sha256"],
         sha2.as_str()
     );
+    // A blob another tool wrote under a name: refused and left as it is.
+    az.put_foreign_blob("kiln-images", "foreign.vhd");
+    let img3 = AzureImage {
+        blob: "foreign.vhd".into(),
+        ..img2
+    };
+    let e = run(Some(cs.clone()), "kiln-images", &img3, false).unwrap_err();
+    assert!(e.to_string().contains("not written by kiln publish"), "{e}");
+    assert_eq!(az.blobs("kiln-images")["foreign.vhd"]["size"], 1024);
 }
 
 #[test]

@@ -71,6 +71,29 @@ impl Azurite {
         )
     }
 
+    /// Writes a 1 KiB block blob `name` the way another tool would (no
+    /// metadata), creating the container.
+    pub fn put_foreign_blob(&self, container: &str, name: &str) {
+        let script = r#"
+import sys
+from azure.storage.blob import BlobServiceClient
+svc = BlobServiceClient.from_connection_string(sys.argv[1])
+c = svc.get_container_client(sys.argv[2])
+if not c.exists():
+    c.create_container()
+c.upload_blob(sys.argv[3], b"x" * 1024, overwrite=True)
+"#;
+        let o = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(self.connection_string())
+            .arg(container)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
     /// The blobs of `container`: name → `{type, size, metadata, sha256}`
     /// (the sha256 of the content as downloaded).
     pub fn blobs(&self, container: &str) -> serde_json::Value {

@@ -371,7 +371,7 @@ fn publish_aws(
     for f in disks {
         let arch = f.architecture.as_deref().unwrap_or("amd64");
         let (_, sha) = f.digest.as_ref().expect("a disk file has a digest");
-        let name = cloud_name(b, arch, "()[] ./-'@_");
+        let name = cloud_name(b, arch, "()[] ./-'@_", 128);
         let progress = |msg: &str| reporter.step(Stage::Publish, msg);
         let r = kiln_cloud::aws::publish(
             regions,
@@ -453,29 +453,36 @@ fn publish_aws(
 
 /// A build's image name in a cloud: `IMAGE-VERSION-ARCH-YYYYMMDD-HHMMSS`
 /// (the build's epoch), characters outside `allowed` (and ASCII letters and
-/// digits) made `-`, at most 128 characters.
-fn cloud_name(b: &Build, arch: &str, allowed: &str) -> String {
+/// digits) made `-`, at most `max` characters: a long image name or version
+/// is shortened, never the `-ARCH-DATE-TIME` that tells builds apart.
+fn cloud_name(b: &Build, arch: &str, allowed: &str, max: usize) -> String {
     let m = &b.manifest;
     let stamp: String = kiln_publish::rfc3339(m.source_date_epoch)
         .chars()
         .filter(|c| c.is_ascii_digit())
         .collect();
     let (day, time) = stamp.split_at(8.min(stamp.len()));
-    format!(
-        "{}-{}-{arch}-{day}-{time}",
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || allowed.contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    let suffix = clean(&format!("-{arch}-{day}-{time}"));
+    let prefix: String = clean(&format!(
+        "{}-{}",
         m.image,
         m.version.as_deref().unwrap_or("0")
-    )
+    ))
     .chars()
-    .map(|c| {
-        if c.is_ascii_alphanumeric() || allowed.contains(c) {
-            c
-        } else {
-            '-'
-        }
-    })
-    .take(128)
-    .collect()
+    .take(max.saturating_sub(suffix.len()).max(1))
+    .collect();
+    format!("{prefix}{suffix}")
 }
 
 /// Each fixed VHD of one build (`disk.vhd`, from `[output] formats`
@@ -505,7 +512,7 @@ fn publish_azure(
     for f in vhds {
         let arch = f.architecture.as_deref().unwrap_or("amd64");
         let (_, sha) = f.digest.as_ref().expect("a VHD has a digest");
-        let blob = format!("{}.vhd", cloud_name(b, arch, "-._"));
+        let blob = format!("{}.vhd", cloud_name(b, arch, "-._", 250));
         let progress = |msg: &str| reporter.step(Stage::Publish, msg);
         let r = kiln_cloud::azure::publish(
             container,
@@ -594,7 +601,7 @@ fn publish_gce(
     for f in archives {
         let arch = f.architecture.as_deref().unwrap_or("amd64");
         let (_, sha) = f.digest.as_ref().expect("an archive has a digest");
-        let name = kiln_cloud::gce::image_name(&cloud_name(b, arch, "-"));
+        let name = kiln_cloud::gce::image_name(&cloud_name(b, arch, "-", 58));
         let progress = |msg: &str| reporter.step(Stage::Publish, msg);
         let r = kiln_cloud::gce::publish(
             project,

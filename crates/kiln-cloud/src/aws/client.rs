@@ -217,10 +217,17 @@ impl Client {
                         .limit(MAX_REPLY)
                         .read_to_vec()
                         .map_err(|e| transport(format!("reading the answer: {e}")))?;
+                    let head = String::from_utf8_lossy(&body[..body.len().min(2048)]);
                     let throttled = status == 429
-                        || (status == 503)
-                        || String::from_utf8_lossy(&body[..body.len().min(2048)])
-                            .contains("RequestLimitExceeded");
+                        || status == 503
+                        || [
+                            "RequestLimitExceeded",
+                            "ThrottlingException",
+                            "RequestThrottledException",
+                            "Throttling",
+                        ]
+                        .iter()
+                        .any(|c| head.contains(c));
                     if (status >= 500 || throttled) && attempt < ATTEMPTS {
                         last = Some(Reply { status, body });
                     } else {

@@ -158,6 +158,29 @@ fn tags_of(n: roxmltree::Node) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// `ami-…`, `snap-…`: the prefix, then lowercase letters and digits;
+/// nothing an answer could smuggle into a URL, a record or a terminal.
+fn valid_id(id: &str, prefix: &str) -> bool {
+    id.len() <= 64
+        && id.strip_prefix(prefix).is_some_and(|r| {
+            !r.is_empty()
+                && r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+fn ami(id: String, region: &str, action: &str) -> Result<String, CloudError> {
+    if valid_id(&id, "ami-") {
+        Ok(id)
+    } else {
+        Err(transport(
+            region,
+            action,
+            "the answer's image id is not one",
+        ))
+    }
+}
+
 /// One text element the answer must have.
 fn required(
     doc: &roxmltree::Document,
@@ -207,9 +230,10 @@ pub fn images(
                 .descendants()
                 .filter(|n| n.has_tag_name("snapshotId"))
                 .filter_map(|n| n.text().map(str::to_string))
+                .filter(|id| valid_id(id, "snap-"))
                 .collect();
             Some(Image {
-                id: child_text(i, "imageId")?,
+                id: child_text(i, "imageId").filter(|id| valid_id(id, "ami-"))?,
                 name: child_text(i, "name").unwrap_or_default(),
                 state: child_text(i, "imageState").unwrap_or_default(),
                 tags: tags_of(i),
@@ -237,7 +261,7 @@ pub fn snapshots_tagged(
         .into_iter()
         .filter_map(|i| {
             Some(Snapshot {
-                id: child_text(i, "snapshotId")?,
+                id: child_text(i, "snapshotId").filter(|id| valid_id(id, "snap-"))?,
                 state: child_text(i, "status").unwrap_or_default(),
                 tags: tags_of(i),
             })
@@ -335,7 +359,11 @@ pub fn register_image(c: &Client, region: &str, r: &Registration) -> Result<Stri
     p.extend(tag_params("TagSpecification.1.", r.tags));
     let xml = call(c, region, "RegisterImage", &p)?;
     let doc = parse(&xml, region, "RegisterImage")?;
-    required(&doc, "imageId", region, "RegisterImage")
+    ami(
+        required(&doc, "imageId", region, "RegisterImage")?,
+        region,
+        "RegisterImage",
+    )
 }
 
 /// CopyImage into `region` from `source_region`, tags copied.
@@ -359,7 +387,11 @@ pub fn copy_image(
     .collect();
     let xml = call(c, region, "CopyImage", &p)?;
     let doc = parse(&xml, region, "CopyImage")?;
-    required(&doc, "imageId", region, "CopyImage")
+    ami(
+        required(&doc, "imageId", region, "CopyImage")?,
+        region,
+        "CopyImage",
+    )
 }
 
 #[cfg(test)]
@@ -398,5 +430,7 @@ mod tests {
                     .unwrap_or(true)
         );
         assert_eq!(enc("a b/+=&é"), "a%20b%2F%2B%3D%26%C3%A9");
+        assert!(valid_id("ami-0123abc", "ami-") && !valid_id("ami-", "ami-"));
+        assert!(!valid_id("ami-1/../x", "ami-") && !valid_id("snap-1\u{1b}[2J", "snap-"));
     }
 }

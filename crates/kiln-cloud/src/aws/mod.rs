@@ -229,16 +229,7 @@ pub fn publish(
             });
             continue;
         }
-        if report.images[0].how == "uploaded" {
-            wait_for(
-                opts.wait,
-                || {
-                    let i = ec2::images(&c, first, &[("image-id", &source)])?;
-                    Ok(i.iter().any(|i| i.state == "available"))
-                },
-                &format!("{source} to become available"),
-            )?;
-        }
+        wait_available(&c, first, &source, opts.wait)?;
         let id = ec2::copy_image(&c, r, first, &source, &img.name, &img.description)?;
         ec2::create_tags(&c, r, &id, &tags)?;
         (opts.progress)(&format!("{r}: copied {source} to {id}"));
@@ -248,7 +239,35 @@ pub fn publish(
             how: "copied",
         });
     }
+    // Published means launchable: every region's AMI is available before
+    // the caller records it.
+    for i in &report.images {
+        wait_available(&c, &i.region, &i.image_id, opts.wait)?;
+    }
     Ok(report)
+}
+
+/// Waits for an AMI to be `available`; an image that failed is an error.
+fn wait_available(c: &Client, region: &str, id: &str, limit: Duration) -> Result<(), CloudError> {
+    wait_for(
+        limit,
+        || {
+            let found = ec2::images(c, region, &[("image-id", id)])?;
+            match found.iter().find(|i| i.id == id).map(|i| i.state.as_str()) {
+                Some("available") => Ok(true),
+                Some("pending") | None => Ok(false),
+                Some(state) => Err(CloudError::Target {
+                    target: format!("aws://{region}"),
+                    message: format!("{id} is {state} in {region}, not available"),
+                    hint: Some(
+                        "publish again: an unusable AMI of this disk is deregistered and made anew"
+                            .into(),
+                    ),
+                }),
+            }
+        },
+        &format!("{id} in {region} to become available"),
+    )
 }
 
 /// The region's AMI of this disk (by its digest tag), after checking that
@@ -262,14 +281,24 @@ fn existing(
     target: &str,
 ) -> Result<Option<String>, CloudError> {
     let tagged = ec2::images(c, region, &[(&format!("tag:{DIGEST_TAG}"), img.sha256)])?;
+    // Only an image that is or becomes usable is this disk's AMI; a failed
+    // one of this disk goes, with its name.
     if let Some(i) = tagged
         .iter()
-        .find(|i| i.state != "failed" && i.state != "deregistered")
+        .find(|i| i.state == "available" || i.state == "pending")
     {
         return Ok(Some(i.id.clone()));
     }
     for other in ec2::images(c, region, &[("name", &img.name)])? {
         let theirs = other.tag(DIGEST_TAG).unwrap_or("none").to_string();
+        if theirs == img.sha256 {
+            (opts.progress)(&format!(
+                "{region}: deregistering {} ({}, state {}): this disk's AMI, unusable",
+                other.id, img.name, other.state
+            ));
+            ec2::deregister_image(c, region, &other.id)?;
+            continue;
+        }
         if !opts.replace {
             return Err(CloudError::Target {
                 target: target.to_string(),
@@ -304,8 +333,19 @@ fn upload(
     report: &mut AwsReport,
 ) -> Result<String, CloudError> {
     let gib = size.div_ceil(GIB).max(1);
-    let token = &img.sha256[..img.sha256.len().min(64)];
-    let snapshot = ebs::start(c, region, gib, &img.description, tags, token)?;
+    // A token per upload: AWS answers a reused one with the snapshot it
+    // made for it first (deleted, if that upload failed). Reuse across
+    // runs goes by the digest tag instead.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let token = format!(
+        "{}-{nanos:x}-{}",
+        &img.sha256[..img.sha256.len().min(32)],
+        std::process::id()
+    );
+    let snapshot = ebs::start(c, region, gib, &img.description, tags, &token)?;
     (opts.progress)(&format!(
         "{region}: uploading {} MiB into snapshot {snapshot} ({gib} GiB)",
         size >> 20

@@ -26,7 +26,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use ureq::http;
@@ -140,18 +140,8 @@ impl Client {
         if !compute.ends_with('/') {
             compute.push('/');
         }
-        let config = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_per_write(Some(Duration::from_secs(120)))
-            .timeout_per_read(Some(Duration::from_secs(300)))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .http_status_as_error(false)
-            // An answer never sends a request (or a disk) elsewhere; and GCS
-            // answers an unfinished upload with 308, which is no redirect.
-            .max_redirects(0)
-            .build();
         Ok(Client {
-            agent: config.into(),
+            agent: crate::agent(),
             token: Some(token),
             storage,
             storage_auth,
@@ -436,6 +426,15 @@ pub fn publish(
     })
 }
 
+/// GETs a Compute resource's JSON.
+fn get(c: &Client, action: &str, url: &str) -> Result<Value, CloudError> {
+    let r = c.call("compute", action, "GET", url, true, &[], b"")?;
+    if r.status >= 300 {
+        return Err(c.api("compute", action, &r));
+    }
+    Ok(r.json())
+}
+
 /// Waits for an image to be READY; FAILED (or another state) is an error.
 fn wait_ready(
     c: &Client,
@@ -443,49 +442,30 @@ fn wait_ready(
     first: &Value,
     limit: Duration,
 ) -> Result<(), CloudError> {
-    let start = Instant::now();
-    let mut v = first.clone();
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match v["status"].as_str().unwrap_or("") {
-            "READY" => return Ok(()),
-            "PENDING" => {}
-            s => {
-                return Err(CloudError::Target {
+    let mut next = Some(first.clone());
+    let url = format!("{}{image_path}", c.compute);
+    crate::wait_for(
+        limit,
+        || {
+            let v = match next.take() {
+                Some(v) => v,
+                None => get(c, "images.get", &url)?,
+            };
+            match v["status"].as_str().unwrap_or("") {
+                "READY" => Ok(true),
+                "PENDING" => Ok(false),
+                s => Err(CloudError::Target {
                     target: format!("gce://{image_path}"),
                     message: format!("{image_path} is {s}, not READY"),
                     hint: Some(
                         "publish again: a failed image of this disk is deleted and made anew"
                             .into(),
                     ),
-                })
+                }),
             }
-        }
-        if start.elapsed() > limit {
-            return Err(CloudError::Io {
-                what: format!("waiting for {image_path}"),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "still PENDING; publish again later to go on",
-                ),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_secs(10));
-        let r = c.call(
-            "compute",
-            "images.get",
-            "GET",
-            &format!("{}{image_path}", c.compute),
-            true,
-            &[],
-            b"",
-        )?;
-        if r.status >= 300 {
-            return Err(c.api("compute", "images.get", &r));
-        }
-        v = r.json();
-    }
+        },
+        image_path,
+    )
 }
 
 /// Waits for a global operation to be DONE; its error, if any.
@@ -495,7 +475,7 @@ fn wait_operation(
     op: &Value,
     limit: Duration,
 ) -> Result<(), CloudError> {
-    let name = op["name"].as_str().unwrap_or("");
+    let name = op["name"].as_str().unwrap_or("").to_string();
     if name.is_empty()
         || name.len() > 128
         || !name
@@ -509,48 +489,32 @@ fn wait_operation(
             message: "the answer names no operation (or a name that is not one)".into(),
         });
     }
-    let start = Instant::now();
-    let mut v = op.clone();
-    let mut pause = Duration::from_millis(200);
-    loop {
-        if v["status"] == "DONE" {
-            if let Some(e) = v["error"]["errors"].as_array().and_then(|e| e.first()) {
-                return Err(CloudError::Api {
+    let url = format!("{}projects/{project}/global/operations/{name}", c.compute);
+    let mut next = Some(op.clone());
+    crate::wait_for(
+        limit,
+        || {
+            let v = match next.take() {
+                Some(v) => v,
+                None => get(c, "globalOperations.get", &url)?,
+            };
+            if v["status"] != "DONE" {
+                return Ok(false);
+            }
+            match v["error"]["errors"].as_array().and_then(|e| e.first()) {
+                Some(e) => Err(CloudError::Api {
                     service: "compute",
                     action: format!("operation {name}"),
                     region: "global".into(),
                     status: 200,
                     code: e["code"].as_str().unwrap_or("ERROR").to_string(),
                     message: e["message"].as_str().unwrap_or("").to_string(),
-                });
+                }),
+                None => Ok(true),
             }
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            return Err(CloudError::Io {
-                what: format!("waiting for operation {name}"),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "not done yet; publish again later to go on",
-                ),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_secs(10));
-        let r = c.call(
-            "compute",
-            "globalOperations.get",
-            "GET",
-            &format!("{}projects/{project}/global/operations/{name}", c.compute),
-            true,
-            &[],
-            b"",
-        )?;
-        if r.status >= 300 {
-            return Err(c.api("compute", "globalOperations.get", &r));
-        }
-        v = r.json();
-    }
+        },
+        &format!("operation {name}"),
+    )
 }
 
 /// A resumable upload: (bytes sent, chunks resumed).

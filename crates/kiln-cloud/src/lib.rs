@@ -146,6 +146,53 @@ fn parse_aws(s: &str, rest: &str) -> Result<CloudTarget, CloudError> {
     Ok(CloudTarget::Aws { regions })
 }
 
+use std::time::{Duration, Instant};
+
+/// The HTTP client every cloud's calls go through: bounded waits, HTTP
+/// errors as answers, and no redirects (an answer never sends a request,
+/// or a disk, elsewhere; GCS answers an unfinished upload with 308, which
+/// is no redirect).
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(15)))
+        .timeout_per_write(Some(Duration::from_secs(120)))
+        .timeout_per_read(Some(Duration::from_secs(300)))
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// Polls `ready` until it says yes, for at most `limit`.
+pub(crate) fn wait_for(
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<bool, CloudError>,
+    what: &str,
+) -> Result<(), CloudError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(CloudError::Io {
+                what: format!("waiting for {what}"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "not ready after {} s; publish again later to go on",
+                        limit.as_secs()
+                    ),
+                ),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(15));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
     /// No usable credentials (the message names where they are read from).

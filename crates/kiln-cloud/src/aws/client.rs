@@ -144,18 +144,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(credentials: Credentials) -> Client {
-        let config = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_per_write(Some(Duration::from_secs(120)))
-            .timeout_per_read(Some(Duration::from_secs(300)))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .http_status_as_error(false)
-            // An answer never sends a request (or a disk) elsewhere; and GCS
-            // answers an unfinished upload with 308, which is no redirect.
-            .max_redirects(0)
-            .build();
         Client {
-            agent: config.into(),
+            agent: crate::agent(),
             credentials,
         }
     }

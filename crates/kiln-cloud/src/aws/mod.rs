@@ -180,7 +180,7 @@ pub fn publish(
                 }
                 None => upload(&c, first, img, disk.size, &tags, opts, &mut report)?,
             };
-            wait_for(
+            crate::wait_for(
                 opts.wait,
                 || {
                     let s = ec2::snapshot_state(&c, first, &snapshot)?;
@@ -249,7 +249,7 @@ pub fn publish(
 
 /// Waits for an AMI to be `available`; an image that failed is an error.
 fn wait_available(c: &Client, region: &str, id: &str, limit: Duration) -> Result<(), CloudError> {
-    wait_for(
+    crate::wait_for(
         limit,
         || {
             let found = ec2::images(c, region, &[("image-id", id)])?;
@@ -463,35 +463,6 @@ struct Finished<'a>(&'a std::sync::atomic::AtomicUsize);
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
         self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Polls `ready` until it says yes, for at most `limit`.
-fn wait_for(
-    limit: Duration,
-    mut ready: impl FnMut() -> Result<bool, CloudError>,
-    what: &str,
-) -> Result<(), CloudError> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(200);
-    loop {
-        if ready()? {
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            return Err(CloudError::Io {
-                what: format!("waiting for {what}"),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "not ready after {} s; publish again later to go on",
-                        limit.as_secs()
-                    ),
-                ),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_secs(15));
     }
 }
 

@@ -350,21 +350,12 @@ fn publish_aws(
     regions: &[String],
     b: &Build,
 ) -> Result<Vec<serde_json::Value>> {
-    let disks: Vec<_> = b
-        .files
-        .iter()
-        .filter(|f| f.format == Some(kiln_model::Format::Disk))
-        .collect();
-    if disks.is_empty() {
-        return Err(Hinted::new(
-            format!(
-                "{}: the build has no disk.raw to make an AMI of",
-                b.dir.display()
-            ),
-            "build with [output] formats = [\"disk\"] (the debian-cloud-aws recipe does)",
-        )
-        .into());
-    }
+    let disks = cloud_files(
+        b,
+        kiln_model::Format::Disk,
+        "the build has no disk.raw to make an AMI of",
+        "build with [output] formats = [\"disk\"] (the debian-cloud-aws recipe does)",
+    )?;
     let m = &b.manifest;
     let version = m.version.as_deref().unwrap_or("0");
     let mut out = Vec::new();
@@ -485,6 +476,25 @@ fn cloud_name(b: &Build, arch: &str, allowed: &str, max: usize) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// The build's files of `format` (one per architecture); none is an
+/// error saying what the target needed and how to get it.
+fn cloud_files<'b>(
+    b: &'b Build,
+    format: kiln_model::Format,
+    what: &str,
+    hint: &str,
+) -> Result<Vec<&'b kiln_publish::source::BuildFile>> {
+    let files: Vec<_> = b
+        .files
+        .iter()
+        .filter(|f| f.format == Some(format))
+        .collect();
+    if files.is_empty() {
+        return Err(Hinted::new(format!("{}: {what}", b.dir.display()), hint).into());
+    }
+    Ok(files)
+}
+
 /// Each fixed VHD of one build (`disk.vhd`, from `[output] formats`
 /// `vhd`) into a page blob of the container.
 fn publish_azure(
@@ -496,18 +506,12 @@ fn publish_azure(
     container: &str,
     b: &Build,
 ) -> Result<Vec<serde_json::Value>> {
-    let vhds: Vec<_> = b
-        .files
-        .iter()
-        .filter(|f| f.format == Some(kiln_model::Format::Vhd))
-        .collect();
-    if vhds.is_empty() {
-        return Err(Hinted::new(
-            format!("{}: the build has no disk.vhd to upload to Azure", b.dir.display()),
-            "build with [output] formats = [\"disk\", \"vhd\"] (the debian-cloud-azure recipe does), or make one with kiln convert DISK --format vhd",
-        )
-        .into());
-    }
+    let vhds = cloud_files(
+        b,
+        kiln_model::Format::Vhd,
+        "the build has no disk.vhd to upload to Azure",
+        "build with [output] formats = [\"disk\", \"vhd\"] (the debian-cloud-azure recipe does), or make one with kiln convert DISK --format vhd",
+    )?;
     let mut out = Vec::new();
     for f in vhds {
         let arch = f.architecture.as_deref().unwrap_or("amd64");
@@ -585,18 +589,12 @@ fn publish_gce(
     bucket: &str,
     b: &Build,
 ) -> Result<Vec<serde_json::Value>> {
-    let archives: Vec<_> = b
-        .files
-        .iter()
-        .filter(|f| f.format == Some(kiln_model::Format::Gce))
-        .collect();
-    if archives.is_empty() {
-        return Err(Hinted::new(
-            format!("{}: the build has no disk.tar.gz to import into GCE", b.dir.display()),
-            "build with [output] formats = [\"disk\", \"gce\"] (the debian-cloud-gce recipe does), or make one with kiln convert DISK --format gce",
-        )
-        .into());
-    }
+    let archives = cloud_files(
+        b,
+        kiln_model::Format::Gce,
+        "the build has no disk.tar.gz to import into GCE",
+        "build with [output] formats = [\"disk\", \"gce\"] (the debian-cloud-gce recipe does), or make one with kiln convert DISK --format gce",
+    )?;
     let mut out = Vec::new();
     for f in archives {
         let arch = f.architecture.as_deref().unwrap_or("amd64");

@@ -367,7 +367,7 @@ fn publish_aws(
         let r = kiln_cloud::aws::publish(
             regions,
             &kiln_cloud::aws::AwsImage {
-                disk: &b.dir.join(&f.rel),
+                disk: &b.path_of(f),
                 sha256: sha,
                 name: name.clone(),
                 description: format!("{} {version} ({arch}), built by Kiln", m.image),
@@ -521,7 +521,7 @@ fn publish_azure(
         let r = kiln_cloud::azure::publish(
             container,
             &kiln_cloud::azure::AzureImage {
-                vhd: &b.dir.join(&f.rel),
+                vhd: &b.path_of(f),
                 sha256: sha,
                 blob: blob.clone(),
                 metadata: vec![
@@ -605,7 +605,7 @@ fn publish_gce(
             project,
             bucket,
             &kiln_cloud::gce::GceImage {
-                archive: &b.dir.join(&f.rel),
+                archive: &b.path_of(f),
                 sha256: sha,
                 name: name.clone(),
                 description: format!(

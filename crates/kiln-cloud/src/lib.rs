@@ -8,6 +8,12 @@
 //!   already tagged with that digest is found and reused, so publishing
 //!   again uploads nothing.
 //!
+//! - [`azure`]: `azure://CONTAINER`: the fixed VHD as a page blob.
+//! - [`gce`]: `gce://PROJECT/BUCKET`: the import archive through the
+//!   bucket into a Compute Engine image.
+//! - [`openstack`]: `openstack://CLOUD`: a Glance v2 image (qcow2 or raw)
+//!   in a cloud of `clouds.yaml`, logged in through Keystone v3.
+//!
 //! Credentials come from each provider's standard environment and files
 //! and never appear in output, errors or records; endpoints follow each
 //! SDK's standard override (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_EC2`, …),
@@ -18,6 +24,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gce;
+pub mod openstack;
 
 /// A cloud `kiln publish --to` knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,10 +38,18 @@ pub enum CloudTarget {
     /// `gce://PROJECT/BUCKET`: the import archive through the bucket into
     /// an image of the project.
     Gce { project: String, bucket: String },
+    /// `openstack://CLOUD[?format=qcow2|raw]`: a Glance image in the
+    /// cloud `CLOUD` of `clouds.yaml`; `format` picks the file (qcow2 when
+    /// the build has one, by default).
+    OpenStack {
+        cloud: String,
+        format: Option<String>,
+    },
 }
 
 /// The cloud schemes, for error messages.
-pub const CLOUD_SCHEMES: &str = "aws://REGION[,REGION…], azure://CONTAINER, gce://PROJECT/BUCKET";
+pub const CLOUD_SCHEMES: &str =
+    "aws://REGION[,REGION…], azure://CONTAINER, gce://PROJECT/BUCKET, openstack://CLOUD";
 
 impl CloudTarget {
     /// Parses a cloud target; `None` when `s` is not one (another scheme).
@@ -77,6 +92,9 @@ impl CloudTarget {
                 None => Err(bad("no bucket given".into())),
             });
         }
+        if let Some(rest) = s.strip_prefix("openstack://") {
+            return Some(parse_openstack(s, rest));
+        }
         let rest = s.strip_prefix("aws://")?;
         Some(parse_aws(s, rest))
     }
@@ -87,6 +105,10 @@ impl CloudTarget {
             CloudTarget::Aws { regions } => format!("aws://{}", regions.join(",")),
             CloudTarget::Azure { container } => format!("azure://{container}"),
             CloudTarget::Gce { project, bucket } => format!("gce://{project}/{bucket}"),
+            CloudTarget::OpenStack { cloud, format } => match format {
+                Some(f) => format!("openstack://{cloud}?format={f}"),
+                None => format!("openstack://{cloud}"),
+            },
         }
     }
 
@@ -96,8 +118,47 @@ impl CloudTarget {
             CloudTarget::Aws { .. } => "aws",
             CloudTarget::Azure { .. } => "azure",
             CloudTarget::Gce { .. } => "gce",
+            CloudTarget::OpenStack { .. } => "openstack",
         }
     }
+}
+
+fn parse_openstack(s: &str, rest: &str) -> Result<CloudTarget, CloudError> {
+    let bad = |message: String| {
+        CloudError::Target {
+        target: s.to_string(),
+        message,
+        hint: Some(
+            "openstack://CLOUD[?format=qcow2|raw], CLOUD a cloud of clouds.yaml (or envvars for the OS_* variables)".into(),
+        ),
+    }
+    };
+    let (cloud, query) = match rest.split_once('?') {
+        Some((c, q)) => (c.trim_end_matches('/'), Some(q)),
+        None => (rest.trim_end_matches('/'), None),
+    };
+    if !openstack::valid_cloud_name(cloud) {
+        return Err(bad(if cloud.is_empty() {
+            "no cloud given".into()
+        } else {
+            format!("`{cloud}` is not a cloud name")
+        }));
+    }
+    let mut format = None;
+    for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("format", f @ ("qcow2" | "raw"))) => format = Some(f.to_string()),
+            Some(("format", f)) => return Err(bad(format!("format `{f}`: qcow2 or raw"))),
+            _ => {
+                let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+                return Err(bad(format!("unknown parameter `{key}`")));
+            }
+        }
+    }
+    Ok(CloudTarget::OpenStack {
+        cloud: cloud.to_string(),
+        format,
+    })
 }
 
 fn parse_aws(s: &str, rest: &str) -> Result<CloudTarget, CloudError> {
@@ -251,6 +312,10 @@ impl CloudError {
                 "check the access token and its permissions (read from {})",
                 gce::TOKEN_SOURCES
             )),
+            CloudError::Api { status: 401 | 403, service: "glance" | "keystone", .. } => Some(format!(
+                "check the cloud's credentials and their roles ({})",
+                openstack::CONFIG_SOURCES
+            )),
             CloudError::Api { code, .. } if is_auth_code(code) => Some(
                 "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the profile in ~/.aws/credentials) and their permissions".into(),
             ),
@@ -307,11 +372,24 @@ mod tests {
             ("aws://eu-west-1,../x", "not an AWS region name"),
             ("aws://eu-west-1?bucket=b", "not supported yet"),
             ("aws://eu-west-1?color=red", "unknown parameter"),
+            ("openstack://", "no cloud"),
+            ("openstack://../etc", "not a cloud name"),
+            ("openstack://lab?format=vmdk", "qcow2 or raw"),
+            ("openstack://lab?region=x", "unknown parameter"),
         ] {
             let e = CloudTarget::parse(t).unwrap().unwrap_err();
             assert!(e.to_string().contains(want), "{t}: {e}");
             assert!(e.hint().is_some());
         }
+        assert_eq!(
+            CloudTarget::parse("openstack://lab?format=raw")
+                .unwrap()
+                .unwrap(),
+            CloudTarget::OpenStack {
+                cloud: "lab".into(),
+                format: Some("raw".into())
+            }
+        );
         assert_eq!(
             CloudTarget::parse("aws://us-gov-west-1")
                 .unwrap()

@@ -9,6 +9,7 @@
 pub mod azurite;
 pub mod gce;
 pub mod moto;
+pub mod openstack;
 pub mod postgres;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,66 +3,21 @@
 //! plain HTTP from Python), and `images.insert`, which no emulator has,
 //! against a Compute API recorder here whose requests are checked.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use kiln_cloud::gce::{publish, GceImage};
 use kiln_cloud::CloudError;
 use kiln_image::gpt::{types, write_disk, Partition};
+use kiln_testkit::cutting_proxy;
 use kiln_testkit::gce::{compute_api, gcs, object};
 
 const MIB: u64 = 1 << 20;
 const PROJECT: &str = "kiln-test-1";
 const BUCKET: &str = "kiln-images";
 const TOKEN: &str = "ya29.kiln-test-token-never-shown";
-
-/// A proxy to the emulator that drops the connection once, after
-/// `cut_at` bytes from the client.
-fn cutting_proxy(to: u16, cut_at: u64) -> (u16, Arc<AtomicBool>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let seen = Arc::new(AtomicU64::new(0));
-    let cut = Arc::new(AtomicBool::new(false));
-    let cut2 = cut.clone();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { return };
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", to)) else {
-                return;
-            };
-            let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s2, &mut c2);
-                let _ = c2.shutdown(Shutdown::Both);
-            });
-            let (seen, cut) = (seen.clone(), cut2.clone());
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    let n = match c.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let total = seen.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-                    if total > cut_at && !cut.swap(true, Ordering::SeqCst) {
-                        let _ = s.shutdown(Shutdown::Both);
-                        let _ = c.shutdown(Shutdown::Both);
-                        break;
-                    }
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Both);
-            });
-        }
-    });
-    (port, cut)
-}
 
 /// GCE's archive of a UEFI GPT disk whose ESP holds 20 MiB of noise (so the
 /// archive is larger than two 8 MiB chunks).

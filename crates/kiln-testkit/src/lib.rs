@@ -718,3 +718,50 @@ pub fn fake_build(root: &Path, name: &str, epoch: i64, packages: &[(&str, &str)]
     std::fs::write(dir.join("sbom.spdx.json"), "{}").unwrap();
     dir
 }
+
+/// A loopback proxy to the port `to` that drops the connection once, after
+/// `cut_at` bytes from the client (an upload cut midway); the flag says
+/// whether it did.
+pub fn cutting_proxy(to: u16, cut_at: u64) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut2 = cut.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
+            let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+            let (seen, cut) = (seen.clone(), cut2.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let total =
+                        seen.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst) + n as u64;
+                    if total > cut_at && !cut.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, cut)
+}

@@ -250,8 +250,8 @@ pub struct FindArgs {
     /// Only versions published to this channel of a download tree (kiln publish --channel).
     #[arg(long)]
     pub channel: Option<String>,
-    /// Only versions published to this cloud (aws, azure, gce), and print their image ids (AMIs per region, Azure blob URLs, GCE images).
-    #[arg(long, value_name = "NAME", value_parser = ["aws", "azure", "gce"])]
+    /// Only versions published to this cloud (aws, azure, gce, openstack), and print their image ids (AMIs per region, Azure blob URLs, GCE images, Glance image ids per region).
+    #[arg(long, value_name = "NAME", value_parser = ["aws", "azure", "gce", "openstack"])]
     pub provider: Option<String>,
     /// Only versions published to this region of the cloud (with --provider: its image id there).
     #[arg(long, value_name = "REGION")]

@@ -253,6 +253,21 @@ pub fn cmd_publish(
                     )?);
                 }
             }
+            Target::Cloud(kiln_cloud::CloudTarget::OpenStack { cloud, format }) => {
+                let cloud = kiln_cloud::openstack::load_cloud(cloud)?;
+                for b in &bs {
+                    published.extend(publish_openstack(
+                        ui,
+                        catalog,
+                        reporter,
+                        a,
+                        t,
+                        &cloud,
+                        format.as_deref(),
+                        b,
+                    )?);
+                }
+            }
             Target::Registry(reference) => {
                 for b in &bs {
                     let r = kiln_publish::registry::publish(
@@ -663,6 +678,129 @@ fn publish_gce(
             "how": r.how,
             "bytes-sent": r.bytes_sent,
             "chunks-resumed": r.resumed,
+        }));
+    }
+    Ok(out)
+}
+
+/// Debian's release number of a suite's codename (`os_version`), or the
+/// codename itself.
+fn debian_release(suite: &str) -> String {
+    let n = match suite {
+        "buster" => "10",
+        "bullseye" => "11",
+        "bookworm" => "12",
+        "trixie" => "13",
+        "forky" => "14",
+        "duke" => "15",
+        "sid" | "unstable" => "sid",
+        other => other,
+    };
+    n.to_string()
+}
+
+/// Each disk of one build into a Glance image of the cloud: its qcow2
+/// (`[output] formats` `qcow2`) when it has one, else `disk.raw`
+/// (`?format=` picks).
+#[allow(clippy::too_many_arguments)]
+fn publish_openstack(
+    ui: &Ui,
+    catalog: Option<&Path>,
+    reporter: &dyn Reporter,
+    a: &PublishArgs,
+    t: &Target,
+    cloud: &kiln_cloud::openstack::Cloud,
+    format: Option<&str>,
+    b: &Build,
+) -> Result<Vec<serde_json::Value>> {
+    let disks = cloud_files(
+        b,
+        kiln_model::Format::Disk,
+        "the build has no disk.raw to make a Glance image of",
+        "build with [output] formats = [\"disk\", \"qcow2\"] (the debian-cloud-openstack recipe does)",
+    )?;
+    let mut out = Vec::new();
+    for d in disks {
+        let arch = d.architecture.as_deref().unwrap_or("amd64");
+        let qcow2 = b.files.iter().find(|f| {
+            f.format == Some(kiln_model::Format::Qcow2) && f.architecture == d.architecture
+        });
+        let (file, disk_format) = match (format, qcow2) {
+            (Some("raw"), _) | (None, None) => (d, "raw"),
+            (_, Some(q)) => (q, "qcow2"),
+            (Some(_), None) => {
+                return Err(Hinted::new(
+                    format!("{}: the build has no disk.qcow2 ({arch})", b.dir.display()),
+                    "build with [output] formats = [\"disk\", \"qcow2\"], or publish the raw disk with openstack://CLOUD?format=raw",
+                )
+                .into())
+            }
+        };
+        let (_, sha) = file.digest.as_ref().expect("a disk file has a digest");
+        let name = cloud_name(b, arch, "-._", 200);
+        let progress = |msg: &str| reporter.step(Stage::Publish, msg);
+        let r = kiln_cloud::openstack::publish(
+            cloud,
+            &kiln_cloud::openstack::OpenStackImage {
+                file: &b.path_of(file),
+                disk_format,
+                sha256: sha,
+                disk: &b.path_of(d),
+                name: name.clone(),
+                architecture: arch,
+                os_version: debian_release(&b.manifest.suite),
+                properties: vec![
+                    ("kiln_image".into(), b.manifest.image.clone()),
+                    ("kiln_build".into(), b.id.clone()),
+                ],
+            },
+            a.replace,
+            &progress,
+        )?;
+        crate::catalog::record_publication(
+            ui,
+            catalog,
+            &b.dir,
+            &kiln_catalog::Publication {
+                target: t.display(),
+                kind: "openstack".into(),
+                location: r.image_id.clone(),
+                digest: Some(format!("sha256:{sha}")),
+                channel: None,
+                published_at: 0,
+                region: Some(r.region.clone()),
+            },
+        );
+        reporter.step(
+            Stage::Published,
+            &format!(
+                "image {} in {} of cloud {} ({})",
+                r.image_id,
+                r.region,
+                cloud.name,
+                if r.how == "reused" {
+                    "there already, nothing sent".to_string()
+                } else {
+                    format!("{} MiB of {disk_format} uploaded", r.bytes_sent >> 20)
+                }
+            ),
+        );
+        out.push(json!({
+            "target": t.display(),
+            "kind": "openstack",
+            "build-id": b.id,
+            "image": b.manifest.image,
+            "architecture": arch,
+            "cloud": cloud.name,
+            "region": r.region,
+            "name": name,
+            "image-id": r.image_id,
+            "url": r.url,
+            "disk-format": disk_format,
+            "file-sha256": sha,
+            "how": r.how,
+            "bytes-sent": r.bytes_sent,
+            "deleted": r.deleted,
         }));
     }
     Ok(out)

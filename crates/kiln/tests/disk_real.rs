@@ -578,6 +578,87 @@ fn publish_to_gce(out: &Path) {
     );
 }
 
+/// The build's disk.qcow2 into OpenStack's real Glance, logged in
+/// through its real Keystone with a clouds.yaml.
+fn publish_to_openstack(out: &Path) {
+    use kiln_testkit::openstack::{OpenStack, PASSWORD, REGION};
+    let os = OpenStack::start();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = os.clouds_yaml(dir.path(), "lab", PASSWORD, REGION);
+    let env = [("OS_CLIENT_CONFIG_FILE", yaml.to_str().unwrap())];
+    let sha = kiln_testkit::sha256_hex(&std::fs::read(out.join("disk.qcow2")).unwrap());
+    let publish = || {
+        let o = kiln(
+            &[
+                "publish",
+                out.to_str().unwrap(),
+                "--to",
+                "openstack://lab",
+                "--json",
+            ],
+            &env,
+        );
+        assert!(
+            o.status.success(),
+            "publish to OpenStack failed: {}\n{}",
+            text(&o),
+            os.log()
+        );
+        assert!(!text(&o).contains(PASSWORD), "the password is shown");
+        let v = json_of(&o);
+        assert_matches_schema("publish", &v);
+        v["published"][0].clone()
+    };
+    let p = publish();
+    assert_eq!(
+        (
+            p["kind"].as_str(),
+            p["how"].as_str(),
+            p["disk-format"].as_str()
+        ),
+        (Some("openstack"), Some("uploaded"), Some("qcow2")),
+        "{p}"
+    );
+    let id = p["image-id"].as_str().unwrap().to_string();
+    let images = os.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let i = &images[0];
+    assert_eq!(
+        (
+            i["status"].as_str(),
+            i["hw_firmware_type"].as_str(),
+            i["kiln_sha256"].as_str()
+        ),
+        (Some("active"), Some("uefi"), Some(sha.as_str())),
+        "{i}"
+    );
+    assert_eq!(os.image_sha256(&id), sha, "Glance holds disk.qcow2");
+    let again = publish();
+    assert_eq!(
+        (again["how"].as_str(), again["image-id"].as_str()),
+        (Some("reused"), Some(id.as_str()))
+    );
+    assert_eq!(os.images().len(), 1);
+    let o = kiln(
+        &[
+            "find",
+            "--provider",
+            "openstack",
+            "--region",
+            REGION,
+            "--image",
+            "debian-cloud",
+            "--latest",
+        ],
+        &[],
+    );
+    assert!(
+        text(&o).contains(&format!("openstack {REGION}: {id}")),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     if skip() {
@@ -726,6 +807,7 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     publish_to_aws(&out);
     publish_to_azure(&out);
     publish_to_gce(&out);
+    publish_to_openstack(&out);
 
     let _g = serial();
     let o = kiln(&["test", recipe.to_str().unwrap(), "-o"], &[]);

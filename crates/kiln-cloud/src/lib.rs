@@ -23,6 +23,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod azure_image;
 pub mod gce;
 pub mod openstack;
 
@@ -32,9 +33,13 @@ pub enum CloudTarget {
     /// `aws://REGION[,REGION…]`: the first region gets the upload, the
     /// others a copy.
     Aws { regions: Vec<String> },
-    /// `azure://CONTAINER`: a page blob in the container of the storage
-    /// account the environment names.
-    Azure { container: String },
+    /// `azure://CONTAINER[?resource-group=RG&location=LOC]`: a page blob in
+    /// the container of the storage account the environment names, and
+    /// with `record` the managed image made from it.
+    Azure {
+        container: String,
+        record: Option<azure_image::ImageRecord>,
+    },
     /// `gce://PROJECT/BUCKET`: the import archive through the bucket into
     /// an image of the project.
     Gce { project: String, bucket: String },
@@ -54,21 +59,8 @@ pub const CLOUD_SCHEMES: &str =
 impl CloudTarget {
     /// Parses a cloud target; `None` when `s` is not one (another scheme).
     pub fn parse(s: &str) -> Option<Result<CloudTarget, CloudError>> {
-        if let Some(c) = s.strip_prefix("azure://") {
-            let c = c.trim_end_matches('/');
-            return Some(if azure::valid_container(c) {
-                Ok(CloudTarget::Azure {
-                    container: c.to_string(),
-                })
-            } else {
-                Err(CloudError::Target {
-                    target: s.to_string(),
-                    message: format!("`{c}` is not a blob container name"),
-                    hint: Some(
-                        "azure://CONTAINER: 3 to 63 lowercase letters, digits and single dashes; the account comes from AZURE_STORAGE_CONNECTION_STRING".into(),
-                    ),
-                })
-            });
+        if let Some(rest) = s.strip_prefix("azure://") {
+            return Some(parse_azure(s, rest));
         }
         if let Some(rest) = s.strip_prefix("gce://") {
             let bad = |m: String| {
@@ -103,7 +95,13 @@ impl CloudTarget {
     pub fn display(&self) -> String {
         match self {
             CloudTarget::Aws { regions } => format!("aws://{}", regions.join(",")),
-            CloudTarget::Azure { container } => format!("azure://{container}"),
+            CloudTarget::Azure { container, record } => match record {
+                Some(r) => format!(
+                    "azure://{container}?resource-group={}&location={}",
+                    r.resource_group, r.location
+                ),
+                None => format!("azure://{container}"),
+            },
             CloudTarget::Gce { project, bucket } => format!("gce://{project}/{bucket}"),
             CloudTarget::OpenStack { cloud, format } => match format {
                 Some(f) => format!("openstack://{cloud}?format={f}"),
@@ -121,6 +119,60 @@ impl CloudTarget {
             CloudTarget::OpenStack { .. } => "openstack",
         }
     }
+}
+
+fn parse_azure(s: &str, rest: &str) -> Result<CloudTarget, CloudError> {
+    let bad = |message: String| {
+        CloudError::Target {
+        target: s.to_string(),
+        message,
+        hint: Some(
+            "azure://CONTAINER[?resource-group=RG&location=LOC]: a container of 3 to 63 lowercase letters, digits and single dashes (the account from AZURE_STORAGE_CONNECTION_STRING); with a resource group and a region, also the managed image".into(),
+        ),
+    }
+    };
+    let (c, query) = match rest.split_once('?') {
+        Some((c, q)) => (c.trim_end_matches('/'), q),
+        None => (rest.trim_end_matches('/'), ""),
+    };
+    if !azure::valid_container(c) {
+        return Err(bad(format!("`{c}` is not a blob container name")));
+    }
+    let (mut rg, mut loc) = (None, None);
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("resource-group", v)) if azure_image::valid_resource_group(v) => rg = Some(v),
+            Some(("resource-group", v)) => {
+                return Err(bad(format!("`{v}` is not a resource group name")))
+            }
+            Some(("location", v)) if azure_image::valid_location(v) => loc = Some(v),
+            Some(("location", v)) => {
+                return Err(bad(format!(
+                    "`{v}` is not a region name (lowercase, as westeurope)"
+                )))
+            }
+            _ => {
+                let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+                return Err(bad(format!("unknown parameter `{key}`")));
+            }
+        }
+    }
+    let record = match (rg, loc) {
+        (Some(r), Some(l)) => Some(azure_image::ImageRecord {
+            resource_group: r.to_string(),
+            location: l.to_string(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(bad(
+                "the image needs both resource-group and location".into()
+            ))
+        }
+    };
+    Ok(CloudTarget::Azure {
+        container: c.to_string(),
+        record,
+    })
 }
 
 fn parse_openstack(s: &str, rest: &str) -> Result<CloudTarget, CloudError> {
@@ -312,6 +364,10 @@ impl CloudError {
                 "check the access token and its permissions (read from {})",
                 gce::TOKEN_SOURCES
             )),
+            CloudError::Api { code, service: "arm", .. } if is_auth_code(code) => Some(format!(
+                "check the service principal and its role on the resource group ({})",
+                azure_image::CREDENTIAL_SOURCES
+            )),
             CloudError::Api { status: 401 | 403, service: "glance" | "keystone", .. } => Some(format!(
                 "check the cloud's credentials and their roles ({})",
                 openstack::CONFIG_SOURCES
@@ -344,6 +400,8 @@ fn is_auth_code(code: &str) -> bool {
             | "AuthorizationFailure"
             | "AuthenticationFailed"
             | "AuthorizationPermissionMismatch"
+            | "AuthorizationFailed"
+            | "InvalidAuthenticationToken"
             | "UNAUTHENTICATED"
             | "PERMISSION_DENIED"
             | "authError"
@@ -373,6 +431,16 @@ mod tests {
             ("aws://eu-west-1?bucket=b", "not supported yet"),
             ("aws://eu-west-1?color=red", "unknown parameter"),
             ("openstack://", "no cloud"),
+            ("azure://Images", "not a blob container"),
+            (
+                "azure://images?location=westeurope",
+                "both resource-group and location",
+            ),
+            (
+                "azure://images?resource-group=rg&location=West",
+                "not a region name",
+            ),
+            ("azure://images?sku=x", "unknown parameter"),
             ("openstack://../etc", "not a cloud name"),
             ("openstack://lab?format=vmdk", "qcow2 or raw"),
             ("openstack://lab?region=x", "unknown parameter"),
@@ -389,6 +457,13 @@ mod tests {
                 cloud: "lab".into(),
                 format: Some("raw".into())
             }
+        );
+        let t = CloudTarget::parse("azure://images?resource-group=rg-1&location=westeurope")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            t.display(),
+            "azure://images?resource-group=rg-1&location=westeurope"
         );
         assert_eq!(
             CloudTarget::parse("aws://us-gov-west-1")

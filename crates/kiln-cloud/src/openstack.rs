@@ -776,50 +776,53 @@ pub struct OpenStackReport {
     pub deleted: Vec<String>,
 }
 
-/// sha256 and sha512 of a file, in one pass.
+/// sha256 and sha512 of a file and its length, the two hashes on two
+/// threads.
 fn hashes(path: &Path) -> Result<(String, String, u64), CloudError> {
-    let mut f = std::fs::File::open(path).map_err(|e| CloudError::Io {
+    let read = |e: std::io::Error| CloudError::Io {
         what: format!("reading {}", path.display()),
         source: e,
-    })?;
-    let mut r = Hashing::new(&mut f);
-    std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| CloudError::Io {
-        what: format!("reading {}", path.display()),
-        source: e,
-    })?;
-    Ok(r.finish())
+    };
+    let p = path.to_path_buf();
+    let other = std::thread::spawn(move || -> std::io::Result<String> {
+        let mut r = Hashing::new(std::fs::File::open(p)?, sha2::Sha512::new());
+        std::io::copy(&mut r, &mut std::io::sink())?;
+        Ok(r.finish().0)
+    });
+    let mut r = Hashing::new(
+        std::fs::File::open(path).map_err(read)?,
+        sha2::Sha256::new(),
+    );
+    std::io::copy(&mut r, &mut std::io::sink()).map_err(read)?;
+    let (s256, n) = r.finish();
+    let s512 = other.join().expect("the hashing thread").map_err(read)?;
+    Ok((s256, s512, n))
 }
 
-struct Hashing<R> {
+/// A reader that hashes what passes through it.
+struct Hashing<R, D> {
     inner: R,
-    s256: sha2::Sha256,
-    s512: sha2::Sha512,
+    digest: D,
     n: u64,
 }
 
-impl<R: Read> Hashing<R> {
-    fn new(inner: R) -> Self {
+impl<R: Read, D: Digest> Hashing<R, D> {
+    fn new(inner: R, digest: D) -> Self {
         Hashing {
             inner,
-            s256: sha2::Sha256::new(),
-            s512: sha2::Sha512::new(),
+            digest,
             n: 0,
         }
     }
-    fn finish(self) -> (String, String, u64) {
-        (
-            hex::encode(self.s256.finalize()),
-            hex::encode(self.s512.finalize()),
-            self.n,
-        )
+    fn finish(self) -> (String, u64) {
+        (hex::encode(self.digest.finalize()), self.n)
     }
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read, D: Digest> Read for Hashing<R, D> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.s256.update(&buf[..n]);
-        self.s512.update(&buf[..n]);
+        self.digest.update(&buf[..n]);
         self.n += n as u64;
         Ok(n)
     }
@@ -918,7 +921,12 @@ pub fn publish(
             });
         }
     }
-    let (sha256, sha512, size) = hashes(img.file)?;
+    // The file is hashed while Kiln logs in.
+    let file = img.file.to_path_buf();
+    let hashing = std::thread::spawn(move || hashes(&file));
+    let login = login(cloud);
+    let (sha256, sha512, size) = hashing.join().expect("the hashing thread")?;
+    let s = login?;
     if sha256 != img.sha256 {
         return Err(CloudError::Target {
             target: img.file.display().to_string(),
@@ -929,7 +937,6 @@ pub fn publish(
             hint: Some("build again, or publish the build whose manifest it is".into()),
         });
     }
-    let s = login(cloud)?;
     let mut deleted = Vec::new();
 
     // Images with this digest: reused when whole, cleaned up when left by
@@ -1054,7 +1061,7 @@ pub fn publish(
         img.disk_format,
         s.region
     ));
-    match upload(&s, &id, img, size, &sha256, &sha512) {
+    match upload(&s, &id, img, size, &sha512) {
         Ok(()) => {}
         Err(e) => {
             // Nothing half-made stays: the image goes (and if that fails
@@ -1083,14 +1090,14 @@ fn upload(
     id: &str,
     img: &OpenStackImage,
     size: u64,
-    sha256: &str,
     sha512: &str,
 ) -> Result<(), CloudError> {
     let f = std::fs::File::open(img.file).map_err(|e| CloudError::Io {
         what: format!("reading {}", img.file.display()),
         source: e,
     })?;
-    let mut sent = Hashing::new(f.take(size));
+    // What is sent is hashed again: the file must not change meanwhile.
+    let mut sent = Hashing::new(f.take(size), sha2::Sha512::new());
     let url = format!("{}/images/{id}/file", s.glance);
     let mut req = http::Request::builder()
         .method("PUT")
@@ -1117,8 +1124,8 @@ fn upload(
     if r.status >= 300 {
         return Err(api("glance", "images.upload", &s.region, &r));
     }
-    let (s256, s512, n) = sent.finish();
-    if n != size || s256 != sha256 || s512 != sha512 {
+    let (s512, n) = sent.finish();
+    if n != size || s512 != sha512 {
         return Err(CloudError::Target {
             target: img.file.display().to_string(),
             message: "the file changed while it was being uploaded".into(),
@@ -1131,7 +1138,7 @@ fn upload(
     let (algo, value) = (v["os_hash_algo"].as_str(), v["os_hash_value"].as_str());
     let hash_ok = match algo {
         Some("sha512") => value == Some(sha512),
-        Some("sha256") => value == Some(sha256),
+        Some("sha256") => value == Some(img.sha256),
         _ => true,
     };
     if v["status"] != "active" || stored != Some(size) || !hash_ok {

@@ -4,12 +4,12 @@
 //! with Kiln.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use kiln_cloud::azure::{publish, AzureImage};
 use kiln_cloud::CloudError;
 use kiln_image::gpt::{types, write_disk, Partition};
 use kiln_testkit::azurite::{Azurite, KEY};
+use kiln_testkit::with_env;
 
 const MIB: u64 = 1 << 20;
 
@@ -52,34 +52,6 @@ fn vhd(dir: &Path, flip: bool) -> (PathBuf, String) {
     kiln_image::cloud::write_fixed_vhd(&raw, &out, 0).unwrap();
     let sha = kiln_image::cloud::sha256_file(&out).unwrap();
     (out, sha)
-}
-
-fn with_env<T>(vars: &[(&str, Option<String>)], f: impl FnOnce() -> T) -> T {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let old: Vec<_> = vars
-        .iter()
-        .map(|(k, _)| (k.to_string(), std::env::var(k).ok()))
-        .collect();
-    for (k, v) in vars {
-        // SAFETY: every test that touches the environment holds LOCK.
-        unsafe {
-            match v {
-                Some(v) => std::env::set_var(k, v),
-                None => std::env::remove_var(k),
-            }
-        }
-    }
-    let r = f();
-    for (k, v) in old {
-        unsafe {
-            match v {
-                Some(v) => std::env::set_var(&k, v),
-                None => std::env::remove_var(&k),
-            }
-        }
-    }
-    r
 }
 
 fn run(

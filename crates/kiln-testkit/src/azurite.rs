@@ -121,3 +121,85 @@ print(json.dumps(out))
         serde_json::from_slice(&o.stdout).unwrap()
     }
 }
+
+/// The token the Resource Manager stand-in hands out and accepts.
+pub const ARM_TOKEN: &str = "arm-test-token-never-shown";
+
+/// A stand-in for Microsoft Entra ID's token endpoint (tenant `tenant`,
+/// client secret `secret`) and Resource Manager's managed images, which
+/// no emulator has: an image is `Creating` at its first read after the
+/// PUT, then `Succeeded`; a PUT to a region not in `locations` is refused
+/// as Azure refuses it, and so is the resource group `missing-rg`.
+pub fn arm(tenant: &str, secret: &str, locations: &[&str]) -> crate::Recorder {
+    use serde_json::{json, Value};
+    let images: std::sync::Mutex<std::collections::HashMap<String, (Value, u32)>> =
+        Default::default();
+    let token_path = format!("/{tenant}/oauth2/v2.0/token");
+    let secret = format!("client_secret={secret}");
+    let locations: Vec<String> = locations.iter().map(|l| l.to_string()).collect();
+    crate::recording_server(move |method, path, auth, body| {
+        let p = path.split('?').next().unwrap_or("");
+        if method == "POST" && p == token_path {
+            return if body.split('&').any(|kv| kv == secret) {
+                (
+                    200,
+                    json!({"token_type": "Bearer", "expires_in": 3599, "access_token": ARM_TOKEN}),
+                )
+            } else {
+                (
+                    401,
+                    json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}),
+                )
+            };
+        }
+        if auth != format!("Bearer {ARM_TOKEN}") {
+            return (
+                401,
+                json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid."}}),
+            );
+        }
+        if p.contains("/resourceGroups/missing-rg/") {
+            return (
+                404,
+                json!({"error": {"code": "ResourceGroupNotFound", "message": "Resource group 'missing-rg' could not be found."}}),
+            );
+        }
+        let mut imgs = images.lock().unwrap();
+        match method {
+            "GET" => match imgs.get_mut(p) {
+                Some((v, reads)) => {
+                    *reads += 1;
+                    if *reads > 1 {
+                        v["properties"]["provisioningState"] = "Succeeded".into();
+                    }
+                    (200, v.clone())
+                }
+                None => (
+                    404,
+                    json!({"error": {"code": "ResourceNotFound", "message": "not found"}}),
+                ),
+            },
+            "PUT" => {
+                let mut v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+                if !locations.iter().any(|l| v["location"] == l.as_str()) {
+                    return (
+                        400,
+                        json!({"error": {"code": "LocationNotAvailableForResourceType", "message": "The provided location is not available for resource type 'Microsoft.Compute/images'."}}),
+                    );
+                }
+                v["id"] = p.into();
+                v["properties"]["provisioningState"] = "Creating".into();
+                imgs.insert(p.to_string(), (v.clone(), 0));
+                (201, v)
+            }
+            "DELETE" => {
+                imgs.remove(p);
+                (202, json!({}))
+            }
+            _ => (
+                400,
+                json!({"error": {"code": "Unexpected", "message": method}}),
+            ),
+        }
+    })
+}

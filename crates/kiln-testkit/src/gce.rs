@@ -5,10 +5,9 @@
 //! request kept for the test to check.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Gcs {
@@ -89,100 +88,49 @@ print(json.dumps({"metadata": meta.get("metadata", {}), "size": int(meta["size"]
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// A Compute API stand-in: images by name, operations that are done at
-/// once; every request recorded (method, path, authorization, body).
 /// One recorded request: (method, path, authorization, body).
-pub type Recorded = (String, String, String, String);
+pub use crate::Recorded;
 
-pub struct ComputeApi {
-    pub port: u16,
-    /// (method, path, authorization, body) of every request.
-    pub requests: Arc<Mutex<Vec<Recorded>>>,
-}
+/// A Compute API stand-in: images by name, operations that are done at
+/// once; every request recorded.
+pub type ComputeApi = crate::Recorder;
 
 /// A Compute API stand-in for `project`.
 pub fn compute_api(project: &str) -> ComputeApi {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let images: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
-    let rec = requests.clone();
-    let project = project.to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() {
-                continue;
+    let images: Mutex<HashMap<String, serde_json::Value>> = Mutex::default();
+    let prefix = format!("/compute/v1/projects/{project}/global/");
+    crate::recording_server(move |method, path, _auth, body| {
+        let rest = path.strip_prefix(&prefix).unwrap_or("");
+        let mut imgs = images.lock().unwrap();
+        match (method, rest.split_once('/')) {
+            ("GET", Some(("images", name))) => match imgs.get(name) {
+                Some(v) => (200, v.clone()),
+                None => (
+                    404,
+                    serde_json::json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}),
+                ),
+            },
+            ("DELETE", Some(("images", name))) => {
+                imgs.remove(name);
+                (
+                    200,
+                    serde_json::json!({"name": "operation-del", "status": "DONE"}),
+                )
             }
-            let mut parts = line.split_whitespace();
-            let (method, path) = (
-                parts.next().unwrap_or("").to_string(),
-                parts.next().unwrap_or("").to_string(),
-            );
-            let (mut len, mut auth) = (0usize, String::new());
-            loop {
-                let mut h = String::new();
-                r.read_line(&mut h).unwrap();
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                let (k, v) = h.split_once(':').unwrap_or((h, ""));
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => len = v.trim().parse().unwrap_or(0),
-                    "authorization" => auth = v.trim().to_string(),
-                    _ => {}
-                }
+            ("POST", None) if rest == "images" => {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                let mut stored = v.clone();
+                stored["status"] = "READY".into();
+                imgs.insert(v["name"].as_str().unwrap().to_string(), stored);
+                (
+                    200,
+                    serde_json::json!({"name": "operation-ins", "status": "RUNNING"}),
+                )
             }
-            let mut body = vec![0u8; len];
-            r.read_exact(&mut body).unwrap();
-            let body = String::from_utf8_lossy(&body).into_owned();
-            rec.lock()
-                .unwrap()
-                .push((method.clone(), path.clone(), auth, body.clone()));
-            let prefix = format!("/compute/v1/projects/{project}/global/");
-            let rest = path.strip_prefix(&prefix).unwrap_or("");
-            let mut imgs = images.lock().unwrap();
-            let (status, answer) = match (method.as_str(), rest.split_once('/')) {
-                ("GET", Some(("images", name))) => match imgs.get(name) {
-                    Some(v) => (200, v.clone()),
-                    None => (
-                        404,
-                        serde_json::json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}),
-                    ),
-                },
-                ("DELETE", Some(("images", name))) => {
-                    imgs.remove(name);
-                    (
-                        200,
-                        serde_json::json!({"name": "operation-del", "status": "DONE"}),
-                    )
-                }
-                ("POST", None) if rest == "images" => {
-                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                    let mut stored = v.clone();
-                    stored["status"] = "READY".into();
-                    imgs.insert(v["name"].as_str().unwrap().to_string(), stored);
-                    (
-                        200,
-                        serde_json::json!({"name": "operation-ins", "status": "RUNNING"}),
-                    )
-                }
-                ("GET", Some(("operations", name))) => {
-                    (200, serde_json::json!({"name": name, "status": "DONE"}))
-                }
-                _ => (400, serde_json::json!({"error": {"message": "unexpected"}})),
-            };
-            let text = answer.to_string();
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                text.len()
-            );
-            let _ = s.shutdown(Shutdown::Both);
+            ("GET", Some(("operations", name))) => {
+                (200, serde_json::json!({"name": name, "status": "DONE"}))
+            }
+            _ => (400, serde_json::json!({"error": {"message": "unexpected"}})),
         }
-    });
-    ComputeApi { port, requests }
+    })
 }

@@ -765,3 +765,102 @@ pub fn cutting_proxy(to: u16, cut_at: u64) -> (u16, std::sync::Arc<std::sync::at
     });
     (port, cut)
 }
+
+/// One recorded request: (method, path with query, authorization, body).
+pub type Recorded = (String, String, String, String);
+
+/// A loopback HTTP/1.1 stand-in for an API no emulator has: each request
+/// is recorded, then answered with `handler(method, path, authorization,
+/// body)`'s status and JSON.
+pub struct Recorder {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+}
+
+pub fn recording_server(
+    handler: impl Fn(&str, &str, &str, &str) -> (u16, serde_json::Value) + Send + 'static,
+) -> Recorder {
+    use std::io::{BufRead, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = requests.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let (mut len, mut auth) = (0usize, String::new());
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() {
+                    break;
+                }
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap_or((h, ""));
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    "authorization" => auth = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let body = String::from_utf8_lossy(&body).into_owned();
+            rec.lock()
+                .unwrap()
+                .push((method.clone(), path.clone(), auth.clone(), body.clone()));
+            let (status, answer) = handler(&method, &path, &auth, &body);
+            let text = answer.to_string();
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    Recorder { port, requests }
+}
+
+/// Runs `f` with the environment variables set (`Some`) or removed
+/// (`None`), then puts them back; every caller in the process holds one
+/// lock, so tests that read the environment do not see each other's.
+pub fn with_env<T>(vars: &[(&str, Option<String>)], f: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let old: Vec<_> = vars
+        .iter()
+        .map(|(k, _)| (k.to_string(), std::env::var(k).ok()))
+        .collect();
+    let set = |k: &str, v: Option<&String>| {
+        // SAFETY: every caller that touches the environment holds LOCK.
+        unsafe {
+            match v {
+                Some(v) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
+        }
+    };
+    for (k, v) in vars {
+        set(k, v.as_ref());
+    }
+    let r = f();
+    for (k, v) in &old {
+        set(k, v.as_ref());
+    }
+    r
+}

@@ -241,9 +241,18 @@ pub fn cmd_publish(
                     published.extend(publish_aws(ui, catalog, reporter, a, t, regions, b)?);
                 }
             }
-            Target::Cloud(kiln_cloud::CloudTarget::Azure { container }) => {
+            Target::Cloud(kiln_cloud::CloudTarget::Azure { container, record }) => {
                 for b in &bs {
-                    published.extend(publish_azure(ui, catalog, reporter, a, t, container, b)?);
+                    published.extend(publish_azure(
+                        ui,
+                        catalog,
+                        reporter,
+                        a,
+                        t,
+                        container,
+                        record.as_ref(),
+                        b,
+                    )?);
                 }
             }
             Target::Cloud(kiln_cloud::CloudTarget::Gce { project, bucket }) => {
@@ -511,7 +520,9 @@ fn cloud_files<'b>(
 }
 
 /// Each fixed VHD of one build (`disk.vhd`, from `[output] formats`
-/// `vhd`) into a page blob of the container.
+/// `vhd`) into a page blob of the container, and with `record` the
+/// managed image made from it.
+#[allow(clippy::too_many_arguments)]
 fn publish_azure(
     ui: &Ui,
     catalog: Option<&Path>,
@@ -519,6 +530,7 @@ fn publish_azure(
     a: &PublishArgs,
     t: &Target,
     container: &str,
+    record: Option<&kiln_cloud::azure_image::ImageRecord>,
     b: &Build,
 ) -> Result<Vec<serde_json::Value>> {
     let vhds = cloud_files(
@@ -547,6 +559,41 @@ fn publish_azure(
             a.replace,
             &progress,
         )?;
+        let image = match record {
+            Some(rec) => {
+                let name = kiln_cloud::azure_image::image_name(&blob);
+                let i = kiln_cloud::azure_image::publish(
+                    rec,
+                    &name,
+                    &r.url,
+                    sha,
+                    &[
+                        ("kiln_image".into(), b.manifest.image.clone()),
+                        ("kiln_build".into(), b.id.clone()),
+                    ],
+                    a.replace,
+                    std::time::Duration::from_secs(a.cloud_wait),
+                    &progress,
+                )?;
+                reporter.step(
+                    Stage::Published,
+                    &format!(
+                        "{} in {} ({})",
+                        i.id,
+                        rec.location,
+                        if i.how == "reused" {
+                            "there already"
+                        } else {
+                            "made from the blob"
+                        }
+                    ),
+                );
+                Some((i, rec.location.clone()))
+            }
+            None => None,
+        };
+        // The image to launch (with its region) when there is one, else
+        // the blob.
         crate::catalog::record_publication(
             ui,
             catalog,
@@ -554,11 +601,13 @@ fn publish_azure(
             &kiln_catalog::Publication {
                 target: t.display(),
                 kind: "azure".into(),
-                location: r.url.clone(),
+                location: image
+                    .as_ref()
+                    .map_or_else(|| r.url.clone(), |(i, _)| i.id.clone()),
                 digest: Some(format!("sha256:{sha}")),
                 channel: None,
                 published_at: 0,
-                region: None,
+                region: image.as_ref().map(|(_, l)| l.clone()),
             },
         );
         reporter.step(
@@ -586,6 +635,9 @@ fn publish_azure(
             "how": r.how,
             "pages-sent": r.pages_sent,
             "bytes-sent": r.bytes_sent,
+            "image-id": image.as_ref().map(|(i, _)| i.id.clone()),
+            "image-how": image.as_ref().map(|(i, _)| i.how),
+            "region": image.as_ref().map(|(_, l)| l.clone()),
         }));
     }
     Ok(out)

@@ -20,9 +20,9 @@
 //! emulator, no credentials, as Google's SDKs do), else at Google; the
 //! Compute API at `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE` (gcloud's
 //! override), else at Google. The access token comes from
-//! `GOOGLE_OAUTH_ACCESS_TOKEN` or `CLOUDSDK_AUTH_ACCESS_TOKEN` (for
-//! example `gcloud auth print-access-token`); it is sent as a bearer token
-//! and shown nowhere.
+//! `GOOGLE_OAUTH_ACCESS_TOKEN` or `CLOUDSDK_AUTH_ACCESS_TOKEN`, else from a
+//! key file (see [`crate::gce_auth`]); it is sent as a bearer token and
+//! shown nowhere.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -36,8 +36,7 @@ use crate::CloudError;
 const CHUNK: usize = 8 << 20;
 const GOOGLE_STORAGE: &str = "https://storage.googleapis.com";
 const GOOGLE_COMPUTE: &str = "https://compute.googleapis.com/compute/v1/";
-pub const TOKEN_SOURCES: &str =
-    "GOOGLE_OAUTH_ACCESS_TOKEN or CLOUDSDK_AUTH_ACCESS_TOKEN (e.g. from `gcloud auth print-access-token`)";
+pub const TOKEN_SOURCES: &str = crate::gce_auth::SOURCES;
 
 /// Project ids: 6–30 lowercase letters, digits and dashes, from a letter.
 pub fn valid_project(p: &str) -> bool {
@@ -120,14 +119,8 @@ struct Client {
 impl Client {
     fn from_env() -> Result<Client, CloudError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let token = env("GOOGLE_OAUTH_ACCESS_TOKEN").or_else(|| env("CLOUDSDK_AUTH_ACCESS_TOKEN"));
-        let Some(token) = token else {
-            return Err(CloudError::Credentials {
-                provider: "gce",
-                message: "no access token".into(),
-                hint: format!("the access token is read from {TOKEN_SOURCES}"),
-            });
-        };
+        let agent = crate::agent();
+        let token = crate::gce_auth::access_token(&agent)?;
         let (storage, storage_auth) = match env("STORAGE_EMULATOR_HOST") {
             Some(h) if h.starts_with("http://") || h.starts_with("https://") => {
                 (h.trim_end_matches('/').to_string(), false)
@@ -141,7 +134,7 @@ impl Client {
             compute.push('/');
         }
         Ok(Client {
-            agent: crate::agent(),
+            agent,
             token: Some(token),
             storage,
             storage_auth,

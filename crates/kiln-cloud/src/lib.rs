@@ -25,6 +25,7 @@ pub mod aws;
 pub mod azure;
 pub mod azure_image;
 pub mod gce;
+pub mod gce_auth;
 pub mod openstack;
 
 /// A cloud `kiln publish --to` knows.

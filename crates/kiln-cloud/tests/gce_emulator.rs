@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use kiln_cloud::gce::{publish, GceImage};
@@ -68,25 +67,16 @@ fn run(
     img: &GceImage,
     replace: bool,
 ) -> Result<kiln_cloud::gce::GceReport, CloudError> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    for (k, v) in env {
-        // SAFETY: every test that touches the environment holds LOCK.
-        unsafe {
-            match v {
-                Some(v) => std::env::set_var(k, v),
-                None => std::env::remove_var(k),
-            }
-        }
-    }
-    publish(
-        PROJECT,
-        BUCKET,
-        img,
-        replace,
-        Duration::from_secs(30),
-        &|_| {},
-    )
+    kiln_testkit::with_env(env, || {
+        publish(
+            PROJECT,
+            BUCKET,
+            img,
+            replace,
+            Duration::from_secs(30),
+            &|_| {},
+        )
+    })
 }
 
 fn env(storage: u16, compute: u16, token: Option<&str>) -> Vec<(&'static str, Option<String>)> {
@@ -101,7 +91,167 @@ fn env(storage: u16, compute: u16, token: Option<&str>) -> Vec<(&'static str, Op
         ),
         ("GOOGLE_OAUTH_ACCESS_TOKEN", token.map(str::to_string)),
         ("CLOUDSDK_AUTH_ACCESS_TOKEN", None),
+        ("GOOGLE_APPLICATION_CREDENTIALS", None),
+        (
+            "CLOUDSDK_CONFIG",
+            Some("/nonexistent/kiln-test-gcloud".into()),
+        ),
     ]
+}
+
+/// Credentials from key files: a service account's signed JWT and gcloud's
+/// authorized user, exchanged at a token endpoint stand-in for the token
+/// the APIs then get; the assertion's signature checked with openssl.
+#[test]
+fn key_files_give_the_token_and_bad_ones_are_refused() {
+    use base64::Engine;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ok = |c: &mut std::process::Command| assert!(c.status().unwrap().success());
+    ok(std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-quiet",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(d.join("key.pem")));
+    ok(std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(d.join("key.pem"))
+        .arg("-out")
+        .arg(d.join("pub.pem")));
+    let tokens = kiln_testkit::recording_server(|_, path, _, body| {
+        let good = body
+            .contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+            || body.contains("refresh_token=good-refresh-token");
+        if path == "/token" && good {
+            (
+                200,
+                serde_json::json!({"access_token": "ya29.from-key-file", "expires_in": 3599, "token_type": "Bearer"}),
+            )
+        } else {
+            (
+                400,
+                serde_json::json!({"error": "invalid_grant", "error_description": "Bad Request"}),
+            )
+        }
+    });
+    let uri = format!("http://127.0.0.1:{}/token", tokens.port);
+    let sa = d.join("sa.json");
+    std::fs::write(
+        &sa,
+        serde_json::json!({
+            "type": "service_account",
+            "project_id": PROJECT,
+            "private_key_id": "k1",
+            "private_key": std::fs::read_to_string(d.join("key.pem")).unwrap(),
+            "client_email": "kiln@kiln-test-1.iam.gserviceaccount.com",
+            "token_uri": uri,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let g = gcs(BUCKET);
+    let api = compute_api(PROJECT);
+    let (path, sha) = archive(d, 11);
+    let img = GceImage {
+        archive: &path,
+        sha256: &sha,
+        name: "kiln-key-file-13-amd64".into(),
+        description: "x".into(),
+        architecture: "amd64",
+        labels: vec![],
+    };
+    let mut e = env(g.port, api.port, None);
+    e.push((
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        Some(sa.display().to_string()),
+    ));
+    let r = run(&e, &img, false).unwrap();
+    assert_eq!(r.how, "uploaded");
+    let reqs = api.requests.lock().unwrap().clone();
+    assert!(
+        !reqs.is_empty() && reqs.iter().all(|r| r.2 == "Bearer ya29.from-key-file"),
+        "{reqs:?}"
+    );
+    // The assertion: for this endpoint, from the account, signed with its key.
+    let body = tokens.requests.lock().unwrap()[0].3.clone();
+    let jwt = body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("assertion="))
+        .unwrap();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["iss"], "kiln@kiln-test-1.iam.gserviceaccount.com");
+    assert_eq!(claims["aud"], uri.as_str());
+    assert_eq!(
+        claims["scope"],
+        "https://www.googleapis.com/auth/cloud-platform"
+    );
+    std::fs::write(d.join("signed"), format!("{}.{}", parts[0], parts[1])).unwrap();
+    std::fs::write(d.join("sig"), b64.decode(parts[2]).unwrap()).unwrap();
+    let v = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(d.join("pub.pem"))
+        .arg("-signature")
+        .arg(d.join("sig"))
+        .arg(d.join("signed"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+
+    // gcloud's application-default file (an authorized user): good, then
+    // a refresh token the endpoint refuses, named and not shown.
+    let gcloud = d.join("gcloud");
+    std::fs::create_dir(&gcloud).unwrap();
+    let adc = |refresh: &str| {
+        std::fs::write(
+            gcloud.join("application_default_credentials.json"),
+            serde_json::json!({"type": "authorized_user", "client_id": "c.apps", "client_secret": "adc-client-secret", "refresh_token": refresh, "token_uri": uri}).to_string(),
+        )
+        .unwrap()
+    };
+    let mut e = env(g.port, api.port, None);
+    e.push(("CLOUDSDK_CONFIG", Some(gcloud.display().to_string())));
+    adc("good-refresh-token");
+    assert_eq!(run(&e, &img, false).unwrap().how, "reused");
+    adc("revoked-refresh-token");
+    let err = run(&e, &img, false).unwrap_err();
+    let shown = format!("{err} {}", err.hint().unwrap_or_default());
+    assert!(
+        matches!(err, CloudError::Credentials { .. }) && shown.contains("refused the credentials"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("revoked-refresh-token") && !shown.contains("adc-client-secret"),
+        "{shown}"
+    );
+
+    // A key file whose key is not one, or whose token_uri is not https.
+    let mut bad: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sa).unwrap()).unwrap();
+    bad["private_key"] =
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n".into();
+    std::fs::write(&sa, bad.to_string()).unwrap();
+    let mut e = env(g.port, api.port, None);
+    e.push((
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        Some(sa.display().to_string()),
+    ));
+    let err = run(&e, &img, false).unwrap_err();
+    assert!(
+        err.to_string().contains("not an RSA PKCS#8 key") && err.to_string().contains("sa.json"),
+        "{err}"
+    );
+    bad["token_uri"] = "http://198.51.100.7/token".into();
+    std::fs::write(&sa, bad.to_string()).unwrap();
+    let err = run(&e, &img, false).unwrap_err();
+    assert!(err.to_string().contains("not an https URL"), "{err}");
 }
 
 #[test]

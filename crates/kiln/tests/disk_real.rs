@@ -483,6 +483,80 @@ fn publish_to_azure(out: &Path) {
                 .any(|x| x["kind"] == "azure" && x["location"] == p["url"])),
         "{found}"
     );
+    // With a resource group and a region: the managed image from the blob,
+    // through Resource Manager (a stand-in whose requests are checked).
+    let arm = kiln_testkit::azurite::arm(
+        "kiln-test.example",
+        "arm-secret-never-shown",
+        &["westeurope"],
+    );
+    let arm_url = format!("http://127.0.0.1:{}", arm.port);
+    let sub = "11111111-2222-3333-4444-555555555555";
+    let env_arm = [
+        ("AZURE_STORAGE_CONNECTION_STRING", cs.as_str()),
+        ("AZURE_SUBSCRIPTION_ID", sub),
+        ("AZURE_TENANT_ID", "kiln-test.example"),
+        ("AZURE_CLIENT_ID", "kiln-client"),
+        ("AZURE_CLIENT_SECRET", "arm-secret-never-shown"),
+        ("AZURE_AUTHORITY_HOST", arm_url.as_str()),
+        ("AZURE_RESOURCE_MANAGER_ENDPOINT", arm_url.as_str()),
+    ];
+    let target = "azure://images?resource-group=rg-images&location=westeurope";
+    let o = kiln(
+        &["publish", out.to_str().unwrap(), "--to", target, "--json"],
+        &env_arm,
+    );
+    assert!(
+        o.status.success(),
+        "publish to Azure with an image failed: {}",
+        text(&o)
+    );
+    assert!(
+        !text(&o).contains("arm-secret-never-shown"),
+        "the secret is shown"
+    );
+    let v = json_of(&o);
+    assert_matches_schema("publish", &v);
+    let q = &v["published"][0];
+    assert_eq!(
+        (
+            q["how"].as_str(),
+            q["image-how"].as_str(),
+            q["region"].as_str()
+        ),
+        (Some("reused"), Some("created"), Some("westeurope")),
+        "{q}"
+    );
+    let image_id = q["image-id"].as_str().unwrap().to_string();
+    let reqs = arm.requests.lock().unwrap().clone();
+    let put = reqs
+        .iter()
+        .find(|r| r.0 == "PUT")
+        .expect("the image is created");
+    let body: serde_json::Value = serde_json::from_str(&put.3).unwrap();
+    assert_eq!(
+        body["properties"]["storageProfile"]["osDisk"]["blobUri"], p["url"],
+        "{body}"
+    );
+    assert_eq!(body["tags"]["kiln_sha256"], vhd_sha.as_str());
+    let o = kiln(
+        &[
+            "find",
+            "--provider",
+            "azure",
+            "--region",
+            "westeurope",
+            "--image",
+            "debian-cloud",
+            "--latest",
+        ],
+        &[],
+    );
+    assert!(
+        text(&o).contains(&format!("azure westeurope: {image_id}")),
+        "{}",
+        text(&o)
+    );
     // A wrong key: refused by the service, nothing recorded, no key shown.
     let wrong = cs.replace(
         kiln_testkit::azurite::KEY,

@@ -437,13 +437,12 @@ pub fn read_fat_file(image: &Path, offset: u64, path: &str, dest: &Path) -> Resu
     run(&mut c).map(|_| ())
 }
 
-/// Converts a raw disk to compressed qcow2 (deterministic output).
+/// Converts a raw disk to compressed qcow2 in-process on every core
+/// (deterministic output; see [`crate::qcow2`]).
 pub fn make_qcow2(raw: &Path, out: &Path) -> Result<(), DiskError> {
-    let mut c = tool("qemu-img")?;
-    c.args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(out);
-    run(&mut c).map(|_| ())
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::qcow2::write_qcow2(raw, out, threads)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 # Benchmark the generic cloud disk image (recipes/debian-cloud.toml), warm
 # caches, in one run:
 #   - kiln: root filesystem tarball alone vs the bootable disk.raw vs disk.raw
-#     + disk.qcow2: what the image step adds (qcow2 = qemu-img's zlib
-#     compression, single-threaded);
+#     + disk.qcow2: what the image step adds (qcow2 written in-process on
+#     every core; bench/qcow2.sh compares that step with qemu-img);
 #   - mmdebstrap making a tarball of the same package set (the peer has no
 #     disk output; its tarball is the comparable part);
 #   - power-on to login prompt under QEMU TCG (kiln test), and image sizes.

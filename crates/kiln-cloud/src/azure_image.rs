@@ -144,25 +144,6 @@ fn send(
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        let mut o = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                o.push(b as char);
-            } else {
-                o.push_str(&format!("%{b:02X}"));
-            }
-        }
-        o
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 impl Arm {
     fn login(region: &str) -> Result<(Arm, String), CloudError> {
         let Some(sub) = env("AZURE_SUBSCRIPTION_ID") else {
@@ -195,7 +176,7 @@ impl Arm {
         let authority = base_url("AZURE_AUTHORITY_HOST", PUBLIC_AUTHORITY)?;
         let agent = crate::agent();
         let scope = format!("{PUBLIC_ARM}/.default");
-        let body = form(&[
+        let body = crate::form(&[
             ("grant_type", "client_credentials"),
             ("client_id", &client),
             ("client_secret", &secret),
@@ -431,6 +412,6 @@ mod tests {
         assert!(
             valid_location("westeurope") && !valid_location("West Europe") && !valid_location("x")
         );
-        assert_eq!(form(&[("a", "b c&d")]), "a=b%20c%26d");
+        assert_eq!(crate::form(&[("a", "b c&d")]), "a=b%20c%26d");
     }
 }

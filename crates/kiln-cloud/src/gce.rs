@@ -78,18 +78,6 @@ pub fn image_name(s: &str) -> String {
     n.trim_end_matches('-').to_string()
 }
 
-fn enc(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
@@ -337,7 +325,11 @@ pub fn publish(
     }
 
     // The object: there with this digest, or uploaded.
-    let meta_url = format!("{}/storage/v1/b/{bucket}/o/{}", c.storage, enc(&object));
+    let meta_url = format!(
+        "{}/storage/v1/b/{bucket}/o/{}",
+        c.storage,
+        crate::percent_encode(&object)
+    );
     let r = c.call(
         "storage",
         "objects.get",
@@ -521,7 +513,7 @@ fn upload(
     let start_url = format!(
         "{}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&name={}",
         c.storage,
-        enc(object)
+        crate::percent_encode(object)
     );
     let meta = json!({
         "name": object,

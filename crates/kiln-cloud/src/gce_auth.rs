@@ -90,25 +90,6 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        let mut o = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                o.push(b as char);
-            } else {
-                o.push_str(&format!("%{b:02X}"));
-            }
-        }
-        o
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// A service account's RS256-signed JWT assertion for `aud`.
 fn assertion(key: &Value, aud: &str, now: u64, path: &Path) -> Result<String, CloudError> {
     let email = key["client_email"]
@@ -172,7 +153,7 @@ fn from_file(agent: &ureq::Agent, path: &Path) -> Result<String, CloudError> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let jwt = assertion(&key, &uri, now, path)?;
-            form(&[
+            crate::form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                 ("assertion", &jwt),
             ])
@@ -183,7 +164,7 @@ fn from_file(agent: &ureq::Agent, path: &Path) -> Result<String, CloudError> {
                     .as_str()
                     .ok_or_else(|| cred_err(format!("{}: no {k}", path.display())))
             };
-            form(&[
+            crate::form(&[
                 ("grant_type", "refresh_token"),
                 ("client_id", get("client_id")?),
                 ("client_secret", get("client_secret")?),

@@ -278,6 +278,29 @@ pub(crate) fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters (a
+/// path segment or query value every cloud's API reads the same).
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+/// An `application/x-www-form-urlencoded` body (OAuth token requests).
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Polls `ready` until it says yes, for at most `limit`.
 pub(crate) fn wait_for(
     limit: Duration,

@@ -666,18 +666,6 @@ fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
-fn enc(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
 /// What a qcow2 header says, once it is safe to hand to a cloud: no
 /// backing file, no external data file, no encryption.
 pub fn check_qcow2(path: &Path) -> Result<u64, CloudError> {
@@ -994,7 +982,7 @@ pub fn publish(
     }
     // The name: another disk's image is refused, or replaced afterwards.
     let mut replaced = Vec::new();
-    for v in s.list(&format!("name={}", enc(&img.name)))? {
+    for v in s.list(&format!("name={}", crate::percent_encode(&img.name)))? {
         if v["name"] != img.name.as_str() {
             continue;
         }

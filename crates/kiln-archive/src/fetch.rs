@@ -35,13 +35,22 @@ impl Fetcher {
             .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .http_status_as_error(false)
+            // Every download thread keeps its connection to the mirror.
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(16)
             .build();
         let attempts = std::env::var("KILN_FETCH_ATTEMPTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(4);
         Fetcher {
-            agent: config.into(),
+            // One hedged lookup per host, shared (see `resolve`): the
+            // system resolver here drops queries and waits 5 s to retry.
+            agent: ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                crate::resolve::SharedResolver::new(),
+            ),
             attempts,
             backoff: Duration::from_millis(300),
         }

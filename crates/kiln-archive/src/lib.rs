@@ -15,6 +15,7 @@ pub mod error;
 pub mod fetch;
 pub mod pinned;
 pub mod release;
+pub mod resolve;
 pub mod sources;
 pub mod verify;
 

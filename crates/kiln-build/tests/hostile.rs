@@ -6,6 +6,9 @@
 //! certificate, its copyright file) pointing at files and directories of a
 //! scratch "host" directory. After the build those are unchanged, byte for
 //! byte and mode for mode, and none of their text is in the image or SBOM.
+//!
+//! Also here: a mirror that cuts connections under parallel load (served on
+//! loopback) costs retries, never a half-written cache entry.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -341,4 +344,108 @@ fn packages_that_outgrow_their_room_in_ram_are_built_again_on_disk() {
             "{warnings:?}"
         );
     }
+}
+
+/// `count` packages of 256 KiB of incompressible bytes each, served over
+/// HTTP by the test server, as the fetcher's references to them.
+fn served_debs(
+    count: usize,
+    dir: &Path,
+) -> (kiln_testkit::HttpServer, Vec<kiln_archive::debs::DebRef>) {
+    let mut refs = Vec::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut names = Vec::new();
+    for i in 0..count {
+        let data: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let deb = kiln_testkit::build_deb(
+            &Pkg::new(&format!("p{i}"), "1")
+                .arch("amd64")
+                .file("usr/share/p/data", &data),
+            dir,
+        );
+        names.push(deb);
+    }
+    let server = kiln_testkit::HttpServer::serve(dir);
+    for deb in names {
+        let bytes = std::fs::read(&deb).unwrap();
+        let name = deb.file_name().unwrap().to_str().unwrap().to_string();
+        refs.push(kiln_archive::debs::DebRef {
+            label: name.clone(),
+            url: format!("{}/{name}", server.url()),
+            sha256: kiln_testkit::sha256_hex(&bytes),
+            size: bytes.len() as u64,
+        });
+    }
+    (server, refs)
+}
+
+/// Every file under `dir` whose name starts with `prefix`.
+fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_named(&p, prefix));
+        } else if e.file_name().to_string_lossy().starts_with(prefix) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_mirror_that_drops_connections_under_parallel_load_costs_retries_not_cache_entries() {
+    let served = tempfile::tempdir().unwrap();
+    let (server, refs) = served_debs(24, served.path());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = kiln_archive::Cache::new(cache_dir.path());
+    // Every third file is cut off halfway and its connection closed.
+    server
+        .cut_every
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let fetcher = kiln_archive::Fetcher::new();
+    let paths =
+        kiln_archive::debs::fetch_debs(&refs, &cache, &fetcher, 6, false, &|_, _| {}).unwrap();
+    for (r, p) in refs.iter().zip(&paths) {
+        let bytes = std::fs::read(p).unwrap();
+        assert_eq!(kiln_testkit::sha256_hex(&bytes), r.sha256, "{}", r.label);
+    }
+    let requests = server.log.lock().unwrap().len();
+    assert!(
+        requests > refs.len(),
+        "the cut downloads were asked again: {requests} requests"
+    );
+    assert!(files_named(cache_dir.path(), kiln_archive::cache::TEMP_PREFIX).is_empty());
+
+    // A mirror that cuts every download, with one attempt each: the build
+    // stops with the reason, and nothing half-written is in the cache.
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = kiln_archive::Cache::new(cache_dir.path());
+    server
+        .cut_every
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let mut fetcher = kiln_archive::Fetcher::new();
+    fetcher.attempts = 1;
+    let e =
+        kiln_archive::debs::fetch_debs(&refs, &cache, &fetcher, 6, false, &|_, _| {}).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&server.url()), "{text}");
+    assert!(
+        text.contains("interrupted") || text.contains("closed"),
+        "{text}"
+    );
+    for r in &refs {
+        assert!(!cache.deb_path(&r.sha256).exists(), "{} cached", r.label);
+    }
+    assert!(files_named(cache_dir.path(), kiln_archive::cache::TEMP_PREFIX).is_empty());
 }

@@ -512,6 +512,10 @@ pub struct HttpServer {
     pub fail_next: Arc<AtomicUsize>,
     /// Paths requested so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// When N > 0, every Nth file served is cut off halfway through its
+    /// body and the connection closed (a mirror dropping connections under
+    /// load); its headers promise the whole file.
+    pub cut_every: Arc<AtomicUsize>,
 }
 
 impl HttpServer {
@@ -522,18 +526,22 @@ impl HttpServer {
         let stop = Arc::new(AtomicBool::new(false));
         let fail_next = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let cut_every = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
         let (s, f, l, root) = (
             stop.clone(),
             fail_next.clone(),
             log.clone(),
             root.to_path_buf(),
         );
+        let c = cut_every.clone();
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (f, l, root) = (f.clone(), l.clone(), root.clone());
-                        std::thread::spawn(move || handle(stream, &root, &f, &l));
+                        let cut = (c.clone(), served.clone());
+                        std::thread::spawn(move || handle(stream, &root, &f, &l, &cut));
                     }
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
                 }
@@ -544,6 +552,7 @@ impl HttpServer {
             stop,
             fail_next,
             log,
+            cut_every,
         }
     }
 
@@ -558,7 +567,13 @@ impl Drop for HttpServer {
     }
 }
 
-fn handle(stream: TcpStream, root: &Path, fail: &AtomicUsize, log: &Mutex<Vec<String>>) {
+fn handle(
+    stream: TcpStream,
+    root: &Path,
+    fail: &AtomicUsize,
+    log: &Mutex<Vec<String>>,
+    (cut_every, served): &(Arc<AtomicUsize>, Arc<AtomicUsize>),
+) {
     stream.set_nonblocking(false).ok();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut stream = stream;
@@ -590,6 +605,14 @@ fn handle(stream: TcpStream, root: &Path, fail: &AtomicUsize, log: &Mutex<Vec<St
                 let _ = stream.write_all(
                     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
                 );
+                let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                let every = cut_every.load(Ordering::SeqCst);
+                if every > 0 && n % every == 0 {
+                    let _ = stream.write_all(&body[..body.len() / 2]);
+                    let _ = stream.flush();
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
                 let _ = stream.write_all(&body);
             }
             _ => {

@@ -353,17 +353,9 @@ fn served_debs(
     dir: &Path,
 ) -> (kiln_testkit::HttpServer, Vec<kiln_archive::debs::DebRef>) {
     let mut refs = Vec::new();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut names = Vec::new();
     for i in 0..count {
-        let data: Vec<u8> = (0..256 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = kiln_testkit::noise(256 * 1024, 0x9e37_79b9_7f4a_7c15 + i as u64);
         let deb = kiln_testkit::build_deb(
             &Pkg::new(&format!("p{i}"), "1")
                 .arch("amd64")

@@ -21,15 +21,7 @@ const TOKEN: &str = "ya29.kiln-test-token-never-shown";
 /// GCE's archive of a UEFI GPT disk whose ESP holds 20 MiB of noise (so the
 /// archive is larger than two 8 MiB chunks).
 fn archive(dir: &Path, seed: u64) -> (PathBuf, String) {
-    let mut x = seed | 1;
-    let noise: Vec<u8> = (0..20 * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = kiln_testkit::noise((20 * MIB) as usize, seed | 1);
     let esp = dir.join("esp.img");
     std::fs::write(&esp, noise).unwrap();
     let raw = dir.join("disk.raw");

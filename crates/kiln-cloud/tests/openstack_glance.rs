@@ -17,15 +17,7 @@ const MIB: u64 = 1 << 20;
 fn disk(dir: &Path, seed: u64) -> (PathBuf, PathBuf, String) {
     let dir = dir.join(format!("disk{seed}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut x = seed * 2 + 1;
-    let noise: Vec<u8> = (0..12 * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = kiln_testkit::noise((12 * MIB) as usize, seed * 2 + 1);
     let esp = dir.join("esp.img");
     std::fs::write(&esp, noise).unwrap();
     let raw = dir.join("disk.raw");

@@ -32,15 +32,7 @@ fn disk(p: &Path) {
         .map(|i| b"kiln fires debian images "[i % 25])
         .collect();
     f.write_all_at(&text, MIB as u64).unwrap();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..3 * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = kiln_testkit::noise(3 * MIB, 0x9e37_79b9_7f4a_7c15);
     f.write_all_at(&noise, (9 * MIB + 100) as u64).unwrap();
     f.write_all_at(&vec![0u8; 2 * MIB], (20 * MIB) as u64)
         .unwrap();

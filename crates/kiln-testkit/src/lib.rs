@@ -323,6 +323,21 @@ pub struct Repo {
     pub debs: BTreeMap<String, PathBuf>,
 }
 
+/// `len` bytes of incompressible noise (xorshift64 from `state`, which must
+/// not be 0): the same bytes for the same state.
+pub fn noise(len: usize, state: u64) -> Vec<u8> {
+    assert_ne!(state, 0, "xorshift stays at 0");
+    let mut x = state;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }

@@ -20,6 +20,8 @@ esac
 apt_update
 # gpgv checks Release signatures (as apt does); the keyring holds Debian's keys.
 apt_install gpgv debian-archive-keyring ca-certificates gcc libc6-dev
+# Rootless builds: newuidmap/newgidmap map a user's /etc/subuid range.
+apt_install uidmap
 # Disk images (mkfs without mounting, dm-verity, qcow2) and `kiln test` / `kiln boot`
 # (UEFI firmware, an SSH key for the test user).
 apt_install dosfstools mtools e2fsprogs erofs-utils cryptsetup-bin qemu-utils ovmf openssh-client

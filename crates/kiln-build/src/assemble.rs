@@ -284,8 +284,16 @@ pub fn essential_key(
         .map(|p| format!("{} {} {} {}", p.name, p.version, p.architecture, p.sha256))
         .collect();
     lines.sort();
+    // Owners on disk are ids of the namespace the build ran in: a rootless
+    // build's tree is not a root build's.
+    let ids = kiln_rootfs::userns::id_map_key();
+    let ids = if ids.is_empty() {
+        ids
+    } else {
+        format!("ids {ids}\n")
+    };
     let text = format!(
-        "kiln essential tree 1\n{}\n{arch}\n{epoch}\n{}\n",
+        "kiln essential tree 1\n{}\n{arch}\n{epoch}\n{ids}{}\n",
         env!("CARGO_PKG_VERSION"),
         lines.join("\n")
     );

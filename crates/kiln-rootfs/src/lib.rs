@@ -9,6 +9,7 @@ pub mod hygiene;
 pub mod inroot;
 pub mod install;
 pub mod sandbox;
+pub mod userns;
 
 use std::path::PathBuf;
 
@@ -138,9 +139,13 @@ impl RootfsError {
                 "the package's maintainer script failed inside the image; check the package set or the customize commands"
                     .into(),
             ),
-            RootfsError::Sandbox(sandbox::SandboxError::NotRoot) => {
-                Some("run kiln build as root (e.g. with sudo), or build distroless ([container] distroless = true: no scripts run, no root needed)".into())
-            }
+            RootfsError::Sandbox(sandbox::SandboxError::NotRoot) => Some(match userns::unavailable() {
+                Some(why) => format!(
+                    "an ordinary user builds in a user namespace of its own, and this one could not be made: {why}; \
+                     or run kiln build as root, or build distroless ([container] distroless = true: no scripts run)"
+                ),
+                None => "run kiln build as root (e.g. with sudo), or build distroless ([container] distroless = true: no scripts run, no root needed)".into(),
+            }),
             RootfsError::Sandbox(sandbox::SandboxError::NoEnv { .. }) => Some(
                 "keep coreutils in the image: check [packages] exclude and the sources' Essential set".into(),
             ),

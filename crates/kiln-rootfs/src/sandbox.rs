@@ -367,19 +367,15 @@ fn c(p: impl AsRef<std::ffi::OsStr>) -> CString {
 impl Jail {
     fn prepare(root: &Path, opts: Options) -> Result<Jail, (&'static str, io::Error)> {
         let rootc = c(root);
-        let mapped = format!("0 {UID_BASE} {UID_COUNT}\n");
-        let userns = new_userns(&mapped).map_err(|e| ("creating the user namespace", e))?;
-        let tree = match detached_tree(&rootc, Some(&userns)) {
-            Ok(t) => (userns, t),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-                // The filesystem cannot be idmapped: root inside is root
-                // outside, still without capabilities on the host.
-                let identity = new_userns("0 0 4294967295\n")
-                    .map_err(|e| ("creating the user namespace", e))?;
-                let t = detached_tree(&rootc, None).map_err(|e| ("cloning the build root", e))?;
-                (identity, t)
-            }
-            Err(e) => return Err(("idmapping the build root", e)),
+        let tree = if let Some(same) = crate::userns::nested_identity_map() {
+            // Kiln is itself in a user namespace (a rootless build): the
+            // jail's has the same ids, and the build root is not idmapped
+            // (the kernel allows that only to the host's root).
+            let userns = new_userns(&same).map_err(|e| ("creating the user namespace", e))?;
+            let t = detached_tree(&rootc, None).map_err(|e| ("cloning the build root", e))?;
+            (userns, t)
+        } else {
+            Self::mapped(&rootc)?
         };
         let dev = root.join("dev");
         let nodes = ["null", "zero", "full", "random", "urandom", "tty"]
@@ -411,6 +407,25 @@ impl Jail {
                 nodes,
                 links,
             },
+        })
+    }
+
+    /// The host's root: the jail's root is [`UID_BASE`] outside, and the
+    /// build root is idmapped so that its files stay owned as on disk.
+    fn mapped(rootc: &CString) -> Result<(OwnedFd, OwnedFd), (&'static str, io::Error)> {
+        let mapped = format!("0 {UID_BASE} {UID_COUNT}\n");
+        let userns = new_userns(&mapped).map_err(|e| ("creating the user namespace", e))?;
+        Ok(match detached_tree(rootc, Some(&userns)) {
+            Ok(t) => (userns, t),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                // The filesystem cannot be idmapped: root inside is root
+                // outside, still without capabilities on the host.
+                let identity = new_userns("0 0 4294967295\n")
+                    .map_err(|e| ("creating the user namespace", e))?;
+                let t = detached_tree(rootc, None).map_err(|e| ("cloning the build root", e))?;
+                (identity, t)
+            }
+            Err(e) => return Err(("idmapping the build root", e)),
         })
     }
 

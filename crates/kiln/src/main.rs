@@ -446,6 +446,11 @@ fn main() -> ExitCode {
             };
         }
     };
+    // An ordinary user builds as root of a user namespace of its own (the
+    // subordinate ids of /etc/subuid); made while Kiln has one thread.
+    if matches!(cli.command, Command::Build { .. } | Command::Shell { .. }) {
+        kiln_rootfs::userns::enter();
+    }
     let ui = ui::Ui::new(cli.quiet, cli.verbose, cli.color);
     let reporter = ui::reporter(&ui, cli.progress == ProgressFormat::Json);
     let reporter = reporter.as_ref();

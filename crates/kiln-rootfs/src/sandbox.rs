@@ -62,7 +62,7 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("building a root filesystem needs root privileges (chroot, ownership of files)")]
+    #[error("building a root filesystem needs root privileges, or a user namespace of its own (chroot, ownership of files)")]
     NotRoot,
     #[error("cancelled")]
     Cancelled,

@@ -156,11 +156,10 @@ fn sysctl(name: &str) -> Option<String> {
     std::fs::read_to_string(Path::new("/proc/sys").join(name.replace('.', "/"))).ok()
 }
 
-/// `name` on `PATH`, then in /usr/bin and /bin.
+/// `name` on `PATH` (/usr/bin and /bin when it is unset).
 fn helper(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -218,7 +217,9 @@ fn plan() -> Result<Plan, String> {
     let subuid = subordinate_range(&read("/etc/subuid")?, &user, uid, "/etc/subuid")?;
     let subgid = subordinate_range(&read("/etc/subgid")?, &user, uid, "/etc/subgid")?;
     let missing = |n: &str| {
-        format!("{n} is not installed: it maps the subordinate ids (as root: apt-get install uidmap)")
+        format!(
+            "{n} is not installed: it maps the subordinate ids (as root: apt-get install uidmap)"
+        )
     };
     let newuidmap = helper("newuidmap").ok_or_else(|| missing("newuidmap"))?;
     let newgidmap = helper("newgidmap").ok_or_else(|| missing("newgidmap"))?;

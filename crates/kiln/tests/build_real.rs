@@ -663,3 +663,120 @@ fn a_cached_essential_tree_gives_the_bytes_of_a_clean_build() {
         t_clean.as_secs_f64()
     );
 }
+
+/// An ordinary user with a subordinate id range builds minbase in a user
+/// namespace: the same bytes as root's build of the same lock, files
+/// owned as the packages say, outputs the user's. Without a range or
+/// without newuidmap the build stops before any work and says what to fix
+/// (the sysctls that forbid user namespaces cannot be written on the test
+/// machines; `kiln_rootfs::userns`'s unit tests name each).
+#[test]
+fn an_ordinary_user_builds_the_bytes_root_builds() {
+    fn argv(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    if skip() {
+        return;
+    }
+    let _g = serial();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = ordinary_user("kiln-rootless", 60201, Some(400_000));
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = work.path().join("user");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(uid), None).unwrap();
+    let recipe = minbase(&home, "");
+    std::os::unix::fs::chown(&recipe, Some(uid), None).unwrap();
+    let args = |out: &str| {
+        vec![
+            "build".to_string(),
+            recipe.to_str().unwrap().to_string(),
+            "--output".to_string(),
+            home.join(out).to_str().unwrap().to_string(),
+        ]
+    };
+    let user_args = args("out");
+    let o = kiln_as("kiln-rootless", &home, &argv(&user_args), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = home.join("out");
+    for f in ["rootfs.tar", "manifest.json", "sbom.spdx.json"] {
+        let m = std::fs::metadata(out.join(f)).unwrap();
+        assert_eq!(m.uid(), uid, "{f} is not the user's");
+    }
+    // Root builds the lock the user wrote, from its own cache.
+    let root_dir = work.path().join("root");
+    std::fs::create_dir(&root_dir).unwrap();
+    for f in ["minbase.toml", "minbase.lock"] {
+        std::fs::copy(home.join(f), root_dir.join(f)).unwrap();
+    }
+    let root_out = root_dir.join("out");
+    let o = kiln(
+        &[
+            "build",
+            root_dir.join("minbase.toml").to_str().unwrap(),
+            "--locked",
+            "--output",
+            root_out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let user_tar = std::fs::read(out.join("rootfs.tar")).unwrap();
+    assert!(
+        user_tar == std::fs::read(root_out.join("rootfs.tar")).unwrap(),
+        "the rootless rootfs.tar differs from root's"
+    );
+    // Owners come from the packages, not from the user: apt's sandbox
+    // user owns its partial directory, root the rest.
+    let t = tree(&out.join("rootfs.tar"));
+    let apt = &t["var/cache/apt/archives/partial"];
+    assert_eq!((apt.uid, apt.mode), (42, 0o700), "{apt:?}");
+    let chage = &t["usr/bin/chage"];
+    assert_eq!(
+        (chage.uid, chage.gid, chage.mode),
+        (0, 42, 0o2755),
+        "{chage:?}"
+    );
+    assert!(
+        t.values().all(|m| m.uid != u64::from(uid) && m.uid < 65536),
+        "an owner from outside the namespace"
+    );
+
+    // A user with no range: the reason and the fix, before any download.
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let nuid = ordinary_user("kiln-nosubids", 60202, None);
+    std::os::unix::fs::chown(&other, Some(nuid), None).unwrap();
+    std::fs::copy(&recipe, other.join("minbase.toml")).unwrap();
+    let r = other.join("minbase.toml");
+    let o = kiln_as(
+        "kiln-nosubids",
+        &other,
+        &["build", r.to_str().unwrap(), "--output", "out"],
+        &[],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("/etc/subuid has no subordinate id range for kiln-nosubids")
+            && err.contains("usermod --add-subuids"),
+        "{err}"
+    );
+    assert!(!err.contains("Fetched"), "{err}");
+    assert!(!other.join("out").exists());
+    // No newuidmap on PATH.
+    let o = kiln_as(
+        "kiln-rootless",
+        &home,
+        &argv(&args("out2")),
+        &[("PATH", "/nonexistent")],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("newuidmap is not installed") && err.contains("apt-get install uidmap"),
+        "{err}"
+    );
+    assert!(!home.join("out2").exists());
+}

@@ -633,7 +633,8 @@ fn a_full_build_without_root_is_refused_before_any_work() {
     use std::os::unix::process::CommandExt;
     let f = Fixture::new();
     let recipe = f.recipe(&f.repo.uri(), "include = [\"nginx\"]", "");
-    // An ordinary user who could write the lock, the output and the cache.
+    // An ordinary user (without a range in /etc/subuid) who could write the
+    // lock, the output and the cache.
     for (p, mode) in [(f.work.path(), 0o777), (f.cache.path(), 0o777)] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
@@ -657,8 +658,8 @@ fn a_full_build_without_root_is_refused_before_any_work() {
         unsafe {
             cmd.pre_exec(|| {
                 if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(1001) != 0
-                    || libc::setuid(1001) != 0
+                    || libc::setgid(60123) != 0
+                    || libc::setuid(60123) != 0
                 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -667,7 +668,15 @@ fn a_full_build_without_root_is_refused_before_any_work() {
         };
     }
     let o = cmd.output().unwrap();
-    assert_fails_with(&o, &["needs root privileges", "distroless"]);
+    // A uid with no subordinate ids: no user namespace to build in.
+    assert_fails_with(
+        &o,
+        &[
+            "needs root privileges",
+            "/etc/subuid has no subordinate id range for 60123",
+            "distroless",
+        ],
+    );
     assert!(!out.exists(), "the output directory was made");
     assert!(
         !kiln_recipe::lock_path_for(&recipe).exists(),

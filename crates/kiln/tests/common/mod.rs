@@ -249,3 +249,76 @@ pub fn ed25519_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     }
     (pem, public)
 }
+
+/// An ordinary user for the rootless tests, created when missing: with a
+/// subordinate id range of its own in /etc/subuid and /etc/subgid when
+/// `subids`, without any when not; `id` is its uid when it is made (far
+/// from the uids useradd hands out). Returns its uid.
+pub fn ordinary_user(name: &str, id: u32, subids: Option<u32>) -> u32 {
+    let uid = || {
+        Command::new("id")
+            .args(["-u", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .unwrap()
+            })
+    };
+    if uid().is_none() {
+        // No home, no login; no automatic range (the test sets it).
+        let st = Command::new("useradd")
+            .args(["-M", "-U", "-u", &id.to_string(), "-s", "/usr/sbin/nologin"])
+            .args(["-K", "SUB_UID_COUNT=0"])
+            .args(["-K", "SUB_GID_COUNT=0", name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "useradd {name}");
+    }
+    let listed = |f: &str| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}:")))
+    };
+    match subids {
+        Some(start) if !listed("/etc/subuid") || !listed("/etc/subgid") => {
+            let range = format!("{start}-{}", start + 65535);
+            let st = Command::new("usermod")
+                .args(["--add-subuids", &range, "--add-subgids", &range, name])
+                .status()
+                .unwrap();
+            assert!(st.success(), "usermod --add-subuids {range} {name}");
+        }
+        None => assert!(
+            !listed("/etc/subuid"),
+            "{name} has subordinate ids in /etc/subuid"
+        ),
+        _ => {}
+    }
+    uid().unwrap()
+}
+
+/// `kiln ARGS` as the ordinary user `user` (through runuser), with HOME,
+/// the cache, the catalog and the state in `home` (which the user must own)
+/// and `envs` on top.
+pub fn kiln_as(user: &str, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let bin = kiln_binary_for_anyone();
+    let mut c = Command::new("runuser");
+    c.args(["-u", user, "--", "env"])
+        .arg(format!("HOME={}", home.display()))
+        .arg(format!("KILN_CACHE_DIR={}", home.join("cache").display()))
+        .arg(format!(
+            "KILN_CATALOG={}",
+            home.join("catalog.sqlite").display()
+        ))
+        .arg(format!("XDG_STATE_HOME={}", home.join("state").display()))
+        .arg("NO_COLOR=1");
+    for (k, v) in envs {
+        c.arg(format!("{k}={v}"));
+    }
+    c.arg(bin).args(args).current_dir(home).output().unwrap()
+}

@@ -993,6 +993,62 @@ fn generic_cloud_image_is_reproducible_boots_and_passes_kiln_test() {
     );
 }
 
+/// The recipes in `dir` with the lock root's build of NAME wrote, built
+/// again by an ordinary user (in a user namespace of its own, the
+/// subordinate ids of /etc/subuid): every disk artifact is the one root
+/// built in `root_out`.
+fn an_ordinary_user_builds_the_same_disk(dir: &Path, name: &str, root_out: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = ordinary_user("kiln-rootless", 60201, Some(400_000));
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = parent.path().join("user");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(dir)
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = std::fs::remove_dir_all(home.join("out"));
+    let st = Command::new("chown")
+        .args(["-R", &uid.to_string()])
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let recipe = home.join(format!("{name}.toml"));
+    let o = kiln_as(
+        "kiln-rootless",
+        &home,
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--locked",
+            "--output",
+            "out",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "rootless build failed: {}", text(&o));
+    let mut compared = 0;
+    for f in ["disk.raw", "disk.qcow2", "manifest.json"] {
+        if root_out.join(f).exists() {
+            assert!(
+                std::fs::read(root_out.join(f)).unwrap()
+                    == std::fs::read(home.join("out").join(f)).unwrap(),
+                "the rootless {f} differs from root's"
+            );
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= 2,
+        "nothing to compare in {}",
+        root_out.display()
+    );
+}
+
 #[test]
 fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
     if skip() {
@@ -1003,6 +1059,7 @@ fn immutable_image_has_verified_read_only_usr_and_refuses_a_flipped_byte() {
     let recipe = r.path().join("debian-cloud-immutable.toml");
     let o = build(&recipe, &out, &[]);
     assert!(o.status.success(), "build failed: {}", text(&o));
+    an_ordinary_user_builds_the_same_disk(r.path(), "debian-cloud-immutable", &out);
     let disk = out.join("disk.raw");
     let pt = partitions(&disk);
     let parts = pt["partitions"].as_array().unwrap();

@@ -448,7 +448,14 @@ fn main() -> ExitCode {
     };
     // An ordinary user builds as root of a user namespace of its own (the
     // subordinate ids of /etc/subuid); made while Kiln has one thread.
-    if matches!(cli.command, Command::Build { .. } | Command::Shell { .. }) {
+    // Commands that run the build sandbox: builds, shells, `[[test]]`
+    // commands, and the watcher's rebuilds.
+    let sandboxed = match &cli.command {
+        Command::Build { .. } | Command::Shell { .. } | Command::Test { .. } => true,
+        Command::Watch(a) => a.rebuild.is_some(),
+        _ => false,
+    };
+    if sandboxed {
         kiln_rootfs::userns::enter();
     }
     let ui = ui::Ui::new(cli.quiet, cli.verbose, cli.color);

@@ -125,8 +125,9 @@ fn hedged(
         });
     };
     spawn(tx.clone());
-    let mut running = 1;
-    let mut sent = 1;
+    // `tx` is held here, so the channel is never disconnected: a receive
+    // ends with an answer or at the timeout.
+    let (mut sent, mut failed) = (1, 0);
     let mut wait = wait;
     let mut last_err = None;
     loop {
@@ -136,36 +137,32 @@ fn hedged(
             Duration::from_secs(3600)
         };
         if let Some(b) = budget {
-            let left = b.checked_sub(start.elapsed()).ok_or_else(timed_out)?;
-            timeout = timeout.min(left);
+            match b.checked_sub(start.elapsed()) {
+                Some(left) if !left.is_zero() => timeout = timeout.min(left),
+                _ => return Err(last_err.unwrap_or_else(timed_out)),
+            }
         }
         match rx.recv_timeout(timeout) {
             Ok(Ok(addrs)) if !addrs.is_empty() => return Ok(addrs),
             Ok(r) => {
-                running -= 1;
-                last_err = Some(r.err().unwrap_or_else(|| {
+                failed += 1;
+                let e = r.err().unwrap_or_else(|| {
                     std::io::Error::new(std::io::ErrorKind::NotFound, "no address for this name")
-                }));
-                if running == 0 {
+                });
+                if failed == sent {
                     // Every lookup sent has failed (a quick failure, such as
                     // no such name, is the answer: asking again would only
                     // repeat it).
-                    return Err(last_err.unwrap());
+                    return Err(e);
                 }
+                last_err = Some(e);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if budget.is_some_and(|b| start.elapsed() >= b) {
-                    return Err(last_err.unwrap_or_else(timed_out));
-                }
+            Err(_) => {
                 if sent < MAX_LOOKUPS {
                     spawn(tx.clone());
                     sent += 1;
-                    running += 1;
                     wait *= 2;
                 }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(last_err.unwrap_or_else(timed_out));
             }
         }
     }
@@ -185,18 +182,11 @@ impl Resolver for SharedResolver {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(ureq::Error::BadUri(uri.to_string()));
         };
-        let port = authority
-            .port_u16()
-            .or(match scheme.as_str() {
-                "http" => Some(80),
-                "https" => Some(443),
-                _ => None,
-            })
+        let host_port = ureq::unversioned::resolver::DefaultResolver::host_and_port(scheme, authority)
             .ok_or_else(|| ureq::Error::BadUri(format!("unknown scheme in {uri}")))?;
-        let host = authority.host();
         let budget = (!timeout.after.is_not_happening()).then(|| *timeout.after);
         let addrs = self
-            .addresses(&format!("{host}:{port}"), budget)
+            .addresses(&host_port, budget)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::TimedOut => ureq::Error::Timeout(timeout.reason),
                 std::io::ErrorKind::NotFound => ureq::Error::HostNotFound,

@@ -375,12 +375,16 @@ fn can_build_here(recipe: &Recipe) -> Result<()> {
         return Ok(());
     }
     let host = kiln_recipe::host_architecture();
-    if let Some(a) = recipe.image.architectures.iter().find(|a| **a != host) {
-        return Err(Hinted::new(
-            format!("a full {a} image cannot be built on a {host} host yet (maintainer scripts would need emulation)"),
-            format!("build it on {a}, set architectures = [\"{host}\"], or build distroless (no scripts run)"),
-        )
-        .into());
+    // A foreign architecture's maintainer scripts run under an emulator the
+    // kernel starts for its executables (binfmt_misc).
+    for a in &recipe.image.architectures {
+        if let Err(why) = kiln_rootfs::binfmt::check(&host, a) {
+            return Err(Hinted::new(
+                format!("a full {a} image needs its programs (dpkg, maintainer scripts) to run on this {host} host: {why}"),
+                format!("set up the emulator, build it on {a}, or build distroless ([container] distroless = true: no scripts run)"),
+            )
+            .into());
+        }
     }
     if !kiln_rootfs::sandbox::is_root() {
         return Err(

@@ -2,6 +2,7 @@
 //! target's own dpkg and maintainer scripts in a sandbox, customisation and
 //! hygiene.
 
+pub mod binfmt;
 pub mod customize;
 pub mod distroless;
 pub mod extract;

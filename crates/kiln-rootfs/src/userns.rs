@@ -436,6 +436,20 @@ mod tests {
     }
 
     #[test]
+    fn malformed_lines_are_skipped_not_trusted() {
+        let t = "alice\nalice:x:65536\nalice:100000\nalice:1:2:3\n\
+                 alice:1:99999999999999999999999\n:::\n alice:500000:65536 \n";
+        assert_eq!(
+            subordinate_range(t, "alice", 1000, "/etc/subuid").unwrap(),
+            Range {
+                start: 500000,
+                count: 65536
+            }
+        );
+        assert!(subordinate_range("\0\0\0", "alice", 1000, "/etc/subuid").is_err());
+    }
+
+    #[test]
     fn each_sysctl_that_forbids_user_namespaces_is_named() {
         assert_eq!(sysctl_refusal(Some("96367\n"), None, None), None);
         assert_eq!(sysctl_refusal(Some("10"), Some("1"), Some("0")), None);

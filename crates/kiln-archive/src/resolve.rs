@@ -182,8 +182,9 @@ impl Resolver for SharedResolver {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(ureq::Error::BadUri(uri.to_string()));
         };
-        let host_port = ureq::unversioned::resolver::DefaultResolver::host_and_port(scheme, authority)
-            .ok_or_else(|| ureq::Error::BadUri(format!("unknown scheme in {uri}")))?;
+        let host_port =
+            ureq::unversioned::resolver::DefaultResolver::host_and_port(scheme, authority)
+                .ok_or_else(|| ureq::Error::BadUri(format!("unknown scheme in {uri}")))?;
         let budget = (!timeout.after.is_not_happening()).then(|| *timeout.after);
         let addrs = self
             .addresses(&host_port, budget)

@@ -378,7 +378,7 @@ fn can_build_here(recipe: &Recipe) -> Result<()> {
     // A foreign architecture's maintainer scripts run under an emulator the
     // kernel starts for its executables (binfmt_misc).
     for a in &recipe.image.architectures {
-        if let Err(why) = kiln_rootfs::binfmt::check(&host, a) {
+        if let Err(why) = kiln_rootfs::binfmt::check(host, a) {
             return Err(Hinted::new(
                 format!("a full {a} image needs its programs (dpkg, maintainer scripts) to run on this {host} host: {why}"),
                 format!("set up the emulator, build it on {a}, or build distroless ([container] distroless = true: no scripts run)"),

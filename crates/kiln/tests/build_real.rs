@@ -780,3 +780,71 @@ fn an_ordinary_user_builds_the_bytes_root_builds() {
     );
     assert!(!home.join("out2").exists());
 }
+
+/// A full arm64 minbase on this amd64 host: dpkg and the maintainer scripts
+/// run under qemu-user through binfmt_misc, the result is a working arm64
+/// system, in a tarball and an OCI image, and two builds give the same bytes.
+#[test]
+fn a_full_arm64_image_builds_under_emulation_to_the_same_bytes() {
+    if skip() {
+        return;
+    }
+    let _g = serial();
+    let work = tempfile::tempdir().unwrap();
+    let recipe = minbase(work.path(), "\n[output]\nformats = [\"tar\", \"oci\"]\n");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("architectures = [\"amd64\"]", "architectures = [\"arm64\"]");
+    std::fs::write(&recipe, text).unwrap();
+    let out = work.path().join("out");
+    let o = kiln(
+        &[
+            "build",
+            recipe.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--check-reproducible",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Reproducible"), "{}", stderr(&o));
+    let manifest = json_file(&out.join("manifest.json"));
+    assert_eq!(manifest["architectures"], serde_json::json!(["arm64"]));
+    assert!(manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["architecture"] == "arm64" || p["architecture"] == "all"));
+    let root = extract(&out.join("rootfs.tar"));
+    // An arm64 executable (ELF machine 183), run here through the emulator.
+    let dpkg = std::fs::read(root.path().join("usr/bin/dpkg")).unwrap();
+    assert_eq!(&dpkg[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([dpkg[18], dpkg[19]]), 183);
+    assert_healthy(root.path());
+    let o = in_image(root.path(), "dpkg --print-architecture");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "arm64");
+    // The OCI image says arm64 and holds the same tree.
+    let index = json_file(&out.join("oci/index.json"));
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = |d: &str| {
+        out.join("oci/blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
+    let m = if m["manifests"].is_array() {
+        let d = m["manifests"][0]["digest"].as_str().unwrap().to_string();
+        serde_json::from_slice(&std::fs::read(blob(&d)).unwrap()).unwrap()
+    } else {
+        m
+    };
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(m["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["architecture"], "arm64", "{config}");
+}

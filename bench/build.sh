@@ -15,24 +15,7 @@ use_mm_cache
 # The same request for mmdebstrap, from the lock Kiln made.
 "$kiln" lock -q "$recipe"
 lock="${recipe%.toml}.lock"
-read -r suite includes < <(python3 - "$recipe" "$lock" <<'PY'
-import sys, tomllib
-r = tomllib.load(open(sys.argv[1], 'rb'))
-def layers(path):
-    import os
-    d = tomllib.load(open(path, 'rb'))
-    out = []
-    for inc in d.get('include', []):
-        out += layers(os.path.join(os.path.dirname(path), inc))
-    return out + [d]
-inc, suite = [], None
-for l in layers(sys.argv[1]):
-    suite = l.get('image', {}).get('suite', suite)
-    for p in l.get('packages', {}).get('include', []):
-        if p not in inc: inc.append(p)
-print(suite, ",".join(inc))
-PY
-)
+read -r suite includes < <(recipe_request "$recipe")
 mm() { mm_cached --variant=minbase --include="$includes" --skip=essential/unlink "$suite" "$work/mm.tar"; }
 kb() { /usr/bin/time -f "%e %M" -o "$work/t" "$kiln" build -q --locked "$recipe" --output "$work/kiln"; }
 echo "warming caches…"

@@ -51,3 +51,23 @@ measure() {
   "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
   cat "$work/t"
 }
+
+# The suite and the comma-separated [packages] include list of a recipe,
+# its included classes' first (what mmdebstrap is asked for the same set).
+recipe_request() {
+  python3 - "$1" <<'PY'
+import sys, tomllib, os
+def layers(path):
+    d = tomllib.load(open(path, 'rb'))
+    out = []
+    for inc in d.get('include', []):
+        out += layers(os.path.join(os.path.dirname(path), inc))
+    return out + [d]
+inc, suite = [], None
+for l in layers(sys.argv[1]):
+    suite = l.get('image', {}).get('suite', suite)
+    for p in l.get('packages', {}).get('include', []):
+        if p not in inc: inc.append(p)
+print(suite, ",".join(inc))
+PY
+}

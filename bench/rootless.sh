@@ -33,22 +33,7 @@ cp "$recipe" "$home/recipe.toml"
 chown -R "$user": "$home"
 as_user() { runuser -u "$user" -- env HOME="$home" KILN_CACHE_DIR="$home/cache" KILN_CATALOG=none "$@"; }
 as_user "$work/kiln" lock -q "$home/recipe.toml"
-read -r suite includes < <(python3 - "$home/recipe.toml" <<'PY'
-import sys, tomllib, os
-def layers(path):
-    d = tomllib.load(open(path, 'rb'))
-    out = []
-    for inc in d.get('include', []):
-        out += layers(os.path.join(os.path.dirname(path), inc))
-    return out + [d]
-inc, suite = [], None
-for l in layers(sys.argv[1]):
-    suite = l.get('image', {}).get('suite', suite)
-    for p in l.get('packages', {}).get('include', []):
-        if p not in inc: inc.append(p)
-print(suite, ",".join(inc))
-PY
-)
+read -r suite includes < <(recipe_request "$home/recipe.toml")
 mm() {
   as_user /usr/bin/time -f "%e %M" -o "$home/t" mmdebstrap --quiet --mode=unshare \
     --variant=minbase --include="$includes" --skip=essential/unlink \

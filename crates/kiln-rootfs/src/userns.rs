@@ -20,10 +20,12 @@
 //! reason in their hint ([`unavailable`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
+
+use crate::sandbox::pipe;
 
 /// How many subordinate ids a user needs: 0…65535 inside covers every id
 /// Debian's packages use (65534 is `nobody`).
@@ -231,16 +233,6 @@ fn plan() -> Result<Plan, String> {
         newuidmap,
         newgidmap,
     })
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds is a valid two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new descriptors we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);

@@ -368,8 +368,8 @@ fn check_update(recipe: &Recipe, key: Option<&kiln_attest::SigningKey>) -> Resul
 }
 
 /// Refuses, with the fix, a recipe this machine cannot build: a full image
-/// for another architecture (its maintainer scripts would need emulation),
-/// or a full image without root.
+/// for another architecture that no binfmt_misc emulator runs, or a full
+/// image without root (or a user namespace of Kiln's own).
 fn can_build_here(recipe: &Recipe) -> Result<()> {
     if recipe.container.distroless {
         return Ok(());

@@ -287,11 +287,6 @@ pub fn essential_key(
     // Owners on disk are ids of the namespace the build ran in: a rootless
     // build's tree is not a root build's.
     let ids = kiln_rootfs::userns::id_map_key();
-    let ids = if ids.is_empty() {
-        ids
-    } else {
-        format!("ids {ids}\n")
-    };
     let text = format!(
         "kiln essential tree 1\n{}\n{arch}\n{epoch}\n{ids}{}\n",
         env!("CARGO_PKG_VERSION"),

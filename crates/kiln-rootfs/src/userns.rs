@@ -39,27 +39,22 @@ pub fn unavailable() -> Option<&'static str> {
     UNAVAILABLE.get().map(String::as_str)
 }
 
-/// True when this process runs in a user namespace other than the initial
-/// one (a rootless build, or Kiln inside a container).
-pub fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| !is_initial_map(&m))
-        .unwrap_or(false)
-}
-
 fn is_initial_map(map: &str) -> bool {
     map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+}
+
+/// This process's uid map, when it is not the initial namespace's (a
+/// rootless build, or Kiln inside a container).
+fn own_map() -> Option<String> {
+    let m = std::fs::read_to_string("/proc/self/uid_map").ok()?;
+    (!is_initial_map(&m)).then_some(m)
 }
 
 /// The ids this namespace has, as an identity map for a namespace nested
 /// in it (`INSIDE INSIDE COUNT` for each of its lines); `None` in the
 /// initial namespace.
 pub fn nested_identity_map() -> Option<String> {
-    let m = std::fs::read_to_string("/proc/self/uid_map").ok()?;
-    if is_initial_map(&m) {
-        return None;
-    }
-    Some(identity_of(&m))
+    own_map().map(|m| identity_of(&m))
 }
 
 fn identity_of(map: &str) -> String {
@@ -71,15 +66,17 @@ fn identity_of(map: &str) -> String {
         .collect()
 }
 
-/// What a cache of installed trees must tell apart: the ids files are
-/// owned by on disk (empty in the initial namespace).
+/// What a cache of installed trees must tell apart: a line `ids MAP` naming
+/// the ids files are owned by on disk, empty in the initial namespace.
 pub fn id_map_key() -> String {
-    let m = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    if is_initial_map(&m) {
-        String::new()
-    } else {
-        m.split_whitespace().collect::<Vec<_>>().join(" ")
-    }
+    own_map()
+        .map(|m| {
+            format!(
+                "ids {}\n",
+                m.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// One subordinate range: the first outside id and how many.
